@@ -1,0 +1,168 @@
+"""The ``interp`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+train_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a model.")
+app.add_typer(train_app, name="train")
+
+TASKS = ("maze",)
+
+
+class UsageError(ValueError):
+    """Bad arguments: reported as one line, exit status 2."""
+
+
+def _check_common(task: str, size: int, frames: int, steps: int | None) -> None:
+    if task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    if size < 2:
+        raise UsageError(f"--size must be at least 2 cells per side, got {size}")
+    if frames < 2:
+        raise UsageError(f"--frames must be at least 2 (the puzzle and the solution), got {frames}")
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {steps}")
+
+
+def _load_testbed(model: Path | None):
+    from interp.models.testbed import TestbedAdapter
+
+    if model is not None and not model.is_dir():
+        raise UsageError(f"--model {model}: no such folder")
+    return TestbedAdapter.load(model)
+
+
+@app.command()
+def generate(
+    task: str = typer.Option("maze", help="Reasoning task."),
+    size: int = typer.Option(4, help="Maze cells per side."),
+    frames: int = typer.Option(4, help="Frames of the video (frame 0 is the puzzle)."),
+    seed: int = typer.Option(0, help="Maze seed (held-out test mazes are seeds below 500000)."),
+    noise_seed: int | None = typer.Option(None, help="Seed of the initial noise; defaults to --seed."),
+    steps: int | None = typer.Option(None, help="Denoising steps; default: the model's."),
+    shift: float | None = typer.Option(None, help="Flow shift of the scheduler; default: the model's."),
+    model: Path | None = typer.Option(None, help="Testbed weights folder; default: the shipped model."),
+    out: Path = typer.Option(Path("runs/generate"), help="Output folder."),
+) -> None:
+    """Generate one maze video: writes video.gif, the x0_hat filmstrip.png and verdict.json."""
+    _check_common(task, size, frames, steps)
+    from interp.generation import generate_mazes, write_generated
+    from interp.tasks import maze as maze_task
+    from interp.tasks.splits import is_training_seed
+
+    adapter = _load_testbed(model)
+    if is_training_seed(seed):
+        typer.echo(f"note: seed {seed} is in the training range; use a seed below 500000 for a held-out maze")
+    maze = maze_task.generate_maze(size, seed)
+    noise = [seed if noise_seed is None else noise_seed]
+    result = generate_mazes(adapter, [maze], frames, steps, shift, noise)[0]
+    paths = write_generated(result, out)
+    v = result.verdict
+    typer.echo(
+        f"maze {size}x{size} seed {seed}: {'SOLVED' if v.solved else 'NOT SOLVED'} "
+        f"(final trail exact: {v.final_exact}, frames valid: {v.frames_valid}, "
+        f"path lit: {v.path_fraction:.0%}, walked per frame: {list(v.prefix_lengths)})"
+    )
+    for name, path in paths.items():
+        typer.echo(f"  {name}: {path}")
+
+
+@app.command()
+def evaluate(
+    size: int = typer.Option(4, help="Maze cells per side."),
+    frames: int = typer.Option(4, help="Frames per video."),
+    n: int = typer.Option(500, "-n", "--n", help="Held-out test mazes (seeds 0..n-1)."),
+    steps: int | None = typer.Option(None, help="Denoising steps; default: the model's."),
+    shift: float | None = typer.Option(None, help="Flow shift; default: the model's."),
+    model: Path | None = typer.Option(None, help="Testbed weights folder; default: the shipped model."),
+) -> None:
+    """Exact-match accuracy of the testbed on held-out mazes, with a 95% interval."""
+    _check_common("maze", size, frames, steps)
+    if n < 1:
+        raise UsageError(f"-n must be at least 1, got {n}")
+    from interp.evaluation import evaluate_mazes
+    from interp.tasks.splits import held_out_seeds
+
+    adapter = _load_testbed(model)
+    ev = evaluate_mazes(adapter, held_out_seeds(n), size, frames, steps, shift, progress=True)
+    typer.echo(json.dumps(ev.summary(), indent=2))
+
+
+@train_app.command("testbed")
+def train_testbed_cmd(
+    seed: int = typer.Option(0, help="Training seed (selects the training mazes and the noise)."),
+    steps: int = typer.Option(5000, help="Optimiser steps."),
+    batch_size: int = typer.Option(64, help="Mazes per step."),
+    device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+    checkpoint: Path = typer.Option(Path("checkpoints/testbed"), help="Checkpoint folder (resumed if present)."),
+    export: Path | None = typer.Option(None, help="Write the final EMA weights here as a diffusers model folder."),
+) -> None:
+    """Train the maze testbed with flow matching; rerun the same command to resume."""
+    import torch
+
+    from interp.models.testbed import SamplingDefaults
+    from interp.training import TrainConfig, export_weights, train_testbed
+
+    if steps < 1 or batch_size < 1:
+        raise UsageError("--steps and --batch-size must be positive")
+    torch.set_num_threads(threads)
+    cfg = TrainConfig(seed=seed, steps=steps, batch_size=batch_size)
+    train_testbed(cfg, checkpoint, device=device, log=typer.echo)
+    if export is not None:
+        defaults = SamplingDefaults(num_steps=cfg.sample_steps, frames=cfg.frames, size=cfg.size)
+        export_weights(checkpoint, export, defaults)
+        typer.echo(f"exported weights to {export}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
+    n_filmstrips: int = typer.Option(6, help="Held-out mazes drawn as filmstrips."),
+    n_accuracy: int = typer.Option(200, help="Held-out mazes for the accuracy figure."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+) -> None:
+    """The main job on the testbed: held-out mazes, their accuracy and x0_hat filmstrips."""
+    import torch
+
+    from interp.evaluation import evaluate_mazes
+    from interp.generation import generate_mazes, write_generated
+    from interp.tasks import maze as maze_task
+    from interp.tasks.splits import IN_DISTRIBUTION, held_out_seeds
+
+    torch.set_num_threads(threads)
+    tic = time.time()
+    adapter = _load_testbed(None)
+    size, frames = IN_DISTRIBUTION["size"], IN_DISTRIBUTION["frames"]
+    mazes = [maze_task.generate_maze(size, s) for s in held_out_seeds(n_filmstrips)]
+    for result in generate_mazes(adapter, mazes, frames):
+        folder = out / f"maze{size}_seed{result.maze.seed}"
+        write_generated(result, folder)
+        typer.echo(f"  seed {result.maze.seed}: {'solved' if result.verdict.solved else 'NOT solved'} -> {folder}")
+    ev = evaluate_mazes(adapter, held_out_seeds(n_accuracy), size, frames, progress=True)
+    summary = ev.summary()
+    (out / "accuracy.json").write_text(json.dumps(summary, indent=2))
+    lo, hi = summary["ci95"]
+    typer.echo(
+        f"held-out {size}x{size} mazes: {summary['accuracy']:.1%} exact (95% CI {lo:.1%}-{hi:.1%}, "
+        f"n={summary['n']}); {time.time() - tic:.0f}s; results in {out}"
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except (UsageError, FileNotFoundError, ValueError) as err:
+        typer.echo(f"interp: error: {err}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

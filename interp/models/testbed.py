@@ -1,0 +1,127 @@
+"""The testbed: a small ``diffusers.WanTransformer3DModel`` that solves mazes, and its adapter.
+
+The latent is the maze task's per-cell latent (one token per maze cell and frame, patch size 1);
+the decoder is the task's deterministic renderer. Conditioning follows Wan image-to-video: the
+mask channel and the condition frame's latent are concatenated to the noisy latent.
+The prompt is a fixed all-zero text embedding of one token (the testbed has one task per model).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import WanTransformer3DModel
+
+from interp.tasks import maze as maze_task
+
+WEIGHTS_DIR = Path(__file__).parent / "testbed_weights"
+TEXT_DIM = 16
+LATENT_CHANNELS = len(maze_task.LATENT_CHANNELS)
+
+DEFAULT_CONFIG: dict = {
+    "patch_size": (1, 1, 1),
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "in_channels": 2 * LATENT_CHANNELS + 1,  # noisy latent, mask, condition latent
+    "out_channels": LATENT_CHANNELS,
+    "text_dim": TEXT_DIM,
+    "freq_dim": 64,
+    "ffn_dim": 512,
+    "num_layers": 8,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "image_dim": None,
+    "added_kv_proj_dim": None,
+    "rope_max_seq_len": 64,
+}
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """How the shipped model is sampled unless a user says otherwise (written beside the weights)."""
+
+    num_steps: int = 20
+    shift: float = 1.0
+    frames: int = 4
+    size: int = 4
+
+
+def build_transformer(config: dict | None = None) -> WanTransformer3DModel:
+    """A randomly initialised testbed transformer from a config (defaults: ``DEFAULT_CONFIG``)."""
+    cfg = dict(DEFAULT_CONFIG)
+    cfg.update(config or {})
+    return WanTransformer3DModel(**cfg)
+
+
+def load_transformer(path: str | Path | None = None) -> WanTransformer3DModel:
+    """Load testbed weights (safetensors) from a local folder; the shipped ones by default."""
+    folder = Path(path) if path is not None else WEIGHTS_DIR
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no testbed weights at {folder} (expected config.json and a .safetensors file); "
+            "train them with `interp train testbed`"
+        )
+    model = WanTransformer3DModel.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+    return model.eval()
+
+
+def load_sampling_defaults(path: str | Path | None = None) -> SamplingDefaults:
+    folder = Path(path) if path is not None else WEIGHTS_DIR
+    meta = folder / "sampling.json"
+    if not meta.is_file():
+        return SamplingDefaults()
+    fields = json.loads(meta.read_text())
+    return SamplingDefaults(**{k: fields[k] for k in SamplingDefaults.__dataclass_fields__ if k in fields})
+
+
+class TestbedAdapter:
+    """Model adapter for the testbed: what the sampler, tracer and interventions need to know."""
+
+    name = "testbed"
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(self, transformer: WanTransformer3DModel, defaults: SamplingDefaults | None = None):
+        self.transformer = transformer
+        self.defaults = defaults or SamplingDefaults()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> TestbedAdapter:
+        return cls(load_transformer(path), load_sampling_defaults(path))
+
+    @property
+    def blocks(self) -> torch.nn.ModuleList:
+        return self.transformer.blocks
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    def latent_shape(self, size: int, frames: int) -> tuple[int, int, int, int]:
+        """(C, T, H, W) of one video's latent; tokens are the (T, H, W) grid with patch size 1."""
+        return (LATENT_CHANNELS, frames, size, size)
+
+    def conditioning(self, mazes: list[maze_task.Maze], frames: int) -> torch.Tensor:
+        """Image-to-video conditioning for a batch of mazes: (B, 1+C, T, N, N)."""
+        cond = np.stack([maze_task.condition(m, frames) for m in mazes])
+        return torch.from_numpy(cond).to(self.device, self.dtype)
+
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+        """The flow-matching velocity v for noisy ``latents`` at ``timestep`` (scheduler units)."""
+        batch = latents.shape[0]
+        text = torch.zeros(batch, 1, TEXT_DIM, device=latents.device, dtype=latents.dtype)
+        model_input = torch.cat([latents, conditioning], dim=1)
+        return self.transformer(model_input, timestep.expand(batch), text, return_dict=False)[0]
+
+    def decode(self, latents: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Latents (B, C, T, N, N) to RGB videos (B, T, 2N+1, 2N+1, 3) uint8."""
+        arr = latents.detach().float().cpu().numpy() if isinstance(latents, torch.Tensor) else latents
+        return np.stack([maze_task.render(z) for z in arr])

@@ -1,0 +1,58 @@
+"""Pictures of videos: the final video as a GIF and the x0_hat filmstrip (rows: steps, columns: frames)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def upscale(frame: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling so one-pixel-per-cell mazes are visible."""
+    return np.repeat(np.repeat(frame, factor, axis=-3), factor, axis=-2)
+
+
+def save_gif(video: np.ndarray, path: str | Path, scale: int = 16, frame_ms: int = 500) -> Path:
+    """An RGB video (T, H, W, 3) uint8 as a looping GIF."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = [Image.fromarray(upscale(f, scale)) for f in video]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    return path
+
+
+def save_filmstrip(
+    x0_videos: np.ndarray,
+    sigmas: Sequence[float],
+    path: str | Path,
+    steps: Sequence[int] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Decoded x0_hat of every step, (S, T, H, W, 3), as one PNG grid like the study's Figure 1."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_steps, n_frames = x0_videos.shape[:2]
+    steps = list(steps) if steps is not None else list(range(n_steps))
+    fig, axes = plt.subplots(n_steps, n_frames, figsize=(1.1 * n_frames + 1.2, 1.1 * n_steps + 0.4), squeeze=False)
+    for i in range(n_steps):
+        for j in range(n_frames):
+            ax = axes[i, j]
+            ax.imshow(x0_videos[i, j], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"frame {j}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"step {steps[i]}\nσ={sigmas[i]:.2f}", fontsize=7, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

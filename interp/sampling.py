@@ -1,0 +1,125 @@
+"""The one denoising loop: a diffusers flow-matching scheduler, per-step hooks, x0_hat.
+
+Every analysis (tracing, patching, noise injection, seed ensembles) hangs on this loop through
+hooks instead of writing its own. A model enters through an adapter that has
+``predict(latents, timestep, conditioning) -> velocity``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from tqdm.auto import tqdm
+
+
+class Denoiser(Protocol):
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class StepState:
+    """What a hook sees at one denoising step. Tensors are batched over videos/seeds."""
+
+    step: int
+    num_steps: int
+    timestep: torch.Tensor  # scalar, scheduler units (sigma * 1000 for flow matching)
+    sigma: float
+    sigma_next: float
+    latents: torch.Tensor  # x_t, the input of this step
+    model_output: torch.Tensor | None = None  # predicted velocity v
+    x0_hat: torch.Tensor | None = None  # x_t - sigma * v
+    next_latents: torch.Tensor | None = None  # x_{t+1} after the scheduler step
+
+
+class StepHook:
+    """Override either method; returning a tensor replaces the latents at that point."""
+
+    def before_model(self, state: StepState) -> torch.Tensor | None:
+        """Called with ``state.latents`` set; a returned tensor replaces x_t for this step."""
+        return None
+
+    def after_step(self, state: StepState) -> torch.Tensor | None:
+        """Called with every field set; a returned tensor replaces the next step's latents."""
+        return None
+
+
+class _CallableHook(StepHook):
+    def __init__(self, fn: Callable[[StepState], torch.Tensor | None]):
+        self.fn = fn
+
+    def after_step(self, state: StepState) -> torch.Tensor | None:
+        return self.fn(state)
+
+
+HookLike = StepHook | Callable[[StepState], torch.Tensor | None]
+
+
+def make_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
+    """The flow-matching Euler scheduler used by Wan-style models (sigma in [0, 1])."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+
+def initial_noise(
+    seeds: Sequence[int], shape: Sequence[int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """One independent N(0, I) draw per seed, so a video's noise does not depend on its batch."""
+    draws = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(draws).to(device=device, dtype=dtype)
+
+
+@dataclass
+class SampleResult:
+    latents: torch.Tensor  # final x_0, (B, C, T, H, W)
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor  # num_steps + 1 values, the last is 0
+
+
+@torch.no_grad()
+def sample(
+    model: Denoiser,
+    noise: torch.Tensor,
+    conditioning: torch.Tensor,
+    num_steps: int = 20,
+    shift: float = 1.0,
+    hooks: Sequence[HookLike] = (),
+    scheduler: FlowMatchEulerDiscreteScheduler | None = None,
+    start_step: int = 0,
+    progress: bool = False,
+) -> SampleResult:
+    """Denoise ``noise`` (x at ``start_step``) to a clean latent, calling ``hooks`` at every step.
+
+    ``start_step`` > 0 resumes a trajectory from a cached latent x_s (used by patching).
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if not 0 <= start_step < num_steps:
+        raise ValueError(f"start_step must be in [0, {num_steps - 1}], got {start_step}")
+    if noise.shape[0] != conditioning.shape[0]:
+        raise ValueError(f"batch of noise ({noise.shape[0]}) and conditioning ({conditioning.shape[0]}) differ")
+    scheduler = scheduler or make_scheduler(shift)
+    scheduler.set_timesteps(num_steps, device=noise.device)
+    hook_objs = [h if isinstance(h, StepHook) else _CallableHook(h) for h in hooks]
+    timesteps, sigmas = scheduler.timesteps, scheduler.sigmas
+    scheduler.set_begin_index(start_step)
+    latents = noise
+    for i in tqdm(range(start_step, num_steps), disable=not progress, desc="denoising", leave=False):
+        t = timesteps[i]
+        state = StepState(i, num_steps, t, float(sigmas[i]), float(sigmas[i + 1]), latents)
+        for hook in hook_objs:
+            replaced = hook.before_model(state)
+            if replaced is not None:
+                state.latents = replaced
+        v = model.predict(state.latents, t, conditioning)
+        state.model_output = v
+        state.x0_hat = state.latents - state.sigma * v
+        state.next_latents = scheduler.step(v, t, state.latents, return_dict=False)[0]
+        for hook in hook_objs:
+            replaced = hook.after_step(state)
+            if replaced is not None:
+                state.next_latents = replaced
+        latents = state.next_latents
+    return SampleResult(latents, timesteps.cpu(), sigmas.cpu())
