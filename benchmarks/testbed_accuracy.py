@@ -32,11 +32,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     adapter = TestbedAdapter.load()
     rows = []
-    for split, spec in [("in-distribution", IN_DISTRIBUTION)] + [("out-of-distribution", s) for s in OUT_OF_DISTRIBUTION]:
+    splits = [("in-distribution", IN_DISTRIBUTION)] + [("out-of-distribution", s) for s in OUT_OF_DISTRIBUTION]
+    for split, spec in splits:
         tic = time.time()
         ev = evaluate_mazes(adapter, held_out_seeds(args.n), spec["size"], spec["frames"])
         rows.append({"split": split, **ev.summary(), "seconds": round(time.time() - tic, 1)})
-    print(f"{'split':<20} {'maze':>5} {'frames':>6} {'n':>5} {'exact':>7} {'95% CI':>15} {'final ok':>9} {'frames ok':>9}")
+    header = ("split", "maze", "frames", "n", "exact", "95% CI", "final ok", "frames ok")
+    print("{:<20} {:>5} {:>6} {:>5} {:>7} {:>15} {:>9} {:>9}".format(*header))
     for r in rows:
         lo, hi = r["ci95"]
         print(

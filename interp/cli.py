@@ -95,6 +95,60 @@ def evaluate(
     typer.echo(json.dumps(ev.summary(), indent=2))
 
 
+@app.command()
+def trace(
+    model: str = typer.Option("testbed", help="'testbed' or a folder of testbed weights."),
+    task: str = typer.Option("maze", help="Reasoning task."),
+    n: int = typer.Option(16, "-n", "--n", help="Number of videos (maze seeds first-seed .. first-seed+n-1)."),
+    first_seed: int = typer.Option(0, help="First maze seed (held-out mazes: below 500000)."),
+    size: int = typer.Option(4, help="Maze cells per side."),
+    frames: int = typer.Option(4, help="Frames per video."),
+    steps: str = typer.Option("all", help="Denoising steps to store: 'all', '0-9,19', '0-19:2'."),
+    layers: str = typer.Option("all", help="Blocks to store: 'all', '0-7:2', '3'."),
+    sub: list[str] = typer.Option([], help="Also store block sub-modules: attn1, attn2, ffn (repeatable)."),
+    pooling: str = typer.Option("none", help="'none', 'frame', 'spatial:K', 'random:K[:SEED]'."),
+    dtype: str = typer.Option("float16", help="Storage dtype: float16 or float32."),
+    batch_size: int = typer.Option(16, help="Videos per batch (and per part file)."),
+    num_steps: int | None = typer.Option(None, help="Denoising steps of the sampler; default: the model's."),
+    backend: str = typer.Option("nnsight", help="Capture backend: nnsight or hooks."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+    out: Path = typer.Option(Path("runs/trace.h5"), help="Store path; rerunning resumes it."),
+) -> None:
+    """Sample videos and store every chosen block's output per (step, layer), resumably."""
+    import torch
+
+    from interp.trace_job import TraceConfig, load_adapter, plan_trace, run_trace
+
+    if dtype not in ("float16", "float32"):
+        raise UsageError(f"--dtype must be float16 or float32, got {dtype!r}")
+    cfg = TraceConfig(
+        model=model,
+        task=task,
+        size=size,
+        frames=frames,
+        n=n,
+        first_seed=first_seed,
+        steps=steps,
+        layers=layers,
+        subs=list(sub),
+        pooling=pooling,
+        dtype=dtype,
+        batch_size=batch_size,
+        num_steps=num_steps,
+        backend=backend,
+    )
+    _check_common(task, size, frames, num_steps)
+    torch.set_num_threads(threads)
+    adapter = load_adapter(model)
+    plan = plan_trace(cfg, adapter)  # every check before any compute
+    tic = time.time()
+    run_trace(cfg, out, adapter=adapter)
+    typer.echo(
+        f"stored {len(plan.sites)} sites x {len(plan.steps)} steps x {n} videos "
+        f"({plan.layout.n_tokens} tokens each) in {out} [{time.time() - tic:.0f}s]"
+    )
+
+
 @train_app.command("testbed")
 def train_testbed_cmd(
     seed: int = typer.Option(0, help="Training seed (selects the training mazes and the noise)."),

@@ -98,8 +98,9 @@ def sample(
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if not 0 <= start_step < num_steps:
         raise ValueError(f"start_step must be in [0, {num_steps - 1}], got {start_step}")
-    if noise.shape[0] != conditioning.shape[0]:
-        raise ValueError(f"batch of noise ({noise.shape[0]}) and conditioning ({conditioning.shape[0]}) differ")
+    cond_batch = conditioning.shape[0] if isinstance(conditioning, torch.Tensor) else conditioning.batch_size
+    if noise.shape[0] != cond_batch:
+        raise ValueError(f"batch of noise ({noise.shape[0]}) and conditioning ({cond_batch}) differ")
     scheduler = scheduler or make_scheduler(shift)
     scheduler.set_timesteps(num_steps, device=noise.device)
     hook_objs = [h if isinstance(h, StepHook) else _CallableHook(h) for h in hooks]

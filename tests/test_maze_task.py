@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from interp.tasks import maze as M
-from interp.tasks.splits import TRAIN_SEED_START, is_training_seed, held_out_seeds, validation_seeds
+from interp.tasks.splits import TRAIN_SEED_START, held_out_seeds, is_training_seed, validation_seeds
 from interp.training import TrainConfig, training_batch
 
 

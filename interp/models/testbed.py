@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from diffusers import WanTransformer3DModel
 
+from interp.models.base import ForwardCall, VideoDiTAdapter
 from interp.tasks import maze as maze_task
 
 WEIGHTS_DIR = Path(__file__).parent / "testbed_weights"
@@ -79,10 +80,11 @@ def load_sampling_defaults(path: str | Path | None = None) -> SamplingDefaults:
     return SamplingDefaults(**{k: fields[k] for k in SamplingDefaults.__dataclass_fields__ if k in fields})
 
 
-class TestbedAdapter:
+class TestbedAdapter(VideoDiTAdapter):
     """Model adapter for the testbed: what the sampler, tracer and interventions need to know."""
 
     name = "testbed"
+    blocks_attr = "blocks"
     __test__ = False  # not a pytest test class despite the name
 
     def __init__(self, transformer: WanTransformer3DModel, defaults: SamplingDefaults | None = None):
@@ -92,10 +94,6 @@ class TestbedAdapter:
     @classmethod
     def load(cls, path: str | Path | None = None) -> TestbedAdapter:
         return cls(load_transformer(path), load_sampling_defaults(path))
-
-    @property
-    def blocks(self) -> torch.nn.ModuleList:
-        return self.transformer.blocks
 
     @property
     def device(self) -> torch.device:
@@ -114,12 +112,16 @@ class TestbedAdapter:
         cond = np.stack([maze_task.condition(m, frames) for m in mazes])
         return torch.from_numpy(cond).to(self.device, self.dtype)
 
-    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
-        """The flow-matching velocity v for noisy ``latents`` at ``timestep`` (scheduler units)."""
+    def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
+        return tuple(int(v) for v in latent_shape[-3:])
+
+    def forward_calls(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning: torch.Tensor):
+        """One call per step, no guidance: velocity v for noisy ``latents`` at ``timestep`` (sigma*1000)."""
         batch = latents.shape[0]
         text = torch.zeros(batch, 1, TEXT_DIM, device=latents.device, dtype=latents.dtype)
         model_input = torch.cat([latents, conditioning], dim=1)
-        return self.transformer(model_input, timestep.expand(batch), text, return_dict=False)[0]
+        timesteps = timestep.expand(batch) if timestep.ndim == 0 else timestep
+        return [ForwardCall(self.transformer, (model_input, timesteps, text), {"return_dict": False})]
 
     def decode(self, latents: torch.Tensor | np.ndarray) -> np.ndarray:
         """Latents (B, C, T, N, N) to RGB videos (B, T, 2N+1, 2N+1, 3) uint8."""

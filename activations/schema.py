@@ -1,0 +1,114 @@
+"""The activation store's on-disk schema (version 1), readable with plain h5py.
+
+A store is a main file ``NAME.h5`` and a folder ``NAME.h5.parts/`` beside it:
+
+    NAME.h5.parts/part_000000.h5   one finished batch of videos (written to *.tmp, then renamed)
+    NAME.h5                        HDF5 virtual datasets over the finished parts, rewritten
+                                   atomically (temp file + rename) after every part
+
+so a run killed at any moment leaves a main file that opens, lists exactly the finished videos,
+and never shows a half-written one; rerunning resumes with the videos still missing.
+A store can be packed into one self-contained file with ``activations.pack``.
+
+Main file:
+
+    attrs   format = "video-dit-interp.activations", schema_version = 1,
+            layout = JSON of StoreLayout (model, adapter, model_config, num_steps, steps,
+            timesteps, sigmas, sites, hidden sizes, token_grid, pooling, dtype, latent_shape,
+            cfg_branch, n_videos, video_keys, extra), plus the main fields as plain attrs
+    /sites/<site>        (video, step, token, hidden)   e.g. /sites/blocks.12, dtype as stored
+    /x0_hat              (video, step, C, T, H, W)       clean-sample estimate, latent space
+    /final               (video, C, T, H, W)             the final latent
+    /token_positions     (token, 3)                      (frame, h, w) of each stored token
+    /token_index         (token,)                        flat grid index (random-subset pooling)
+    /videos/complete     (video,) bool                   True only for finished videos
+    /videos/meta         (video,) JSON strings           task, seed, prompt, verdict, ...
+
+Unfinished videos read as NaN in /sites, /x0_hat and /final. ``step`` positions refer to the
+denoising steps listed in ``layout["steps"]``; ``token`` is the pooled token axis.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FORMAT = "video-dit-interp.activations"
+SCHEMA_VERSION = 1
+DTYPES = ("float16", "float32")
+
+
+class StoreError(ValueError):
+    """A file that is not a store of ours, of another schema version, or damaged."""
+
+
+@dataclass
+class StoreLayout:
+    """Everything fixed for the life of a store; a resumed run must ask for the same."""
+
+    model: str
+    adapter: str
+    num_steps: int
+    steps: list[int]
+    timesteps: list[float]
+    sigmas: list[float]
+    sites: list[str]
+    hidden: dict[str, int]
+    token_grid: tuple[int, int, int]
+    pooling: str  # Pooling.to_json()
+    n_tokens: int
+    latent_shape: tuple[int, int, int, int]
+    n_videos: int
+    video_keys: list[str]
+    dtype: str = "float16"
+    cfg_branch: str = "cond"
+    model_config: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.token_grid = tuple(int(v) for v in self.token_grid)
+        self.latent_shape = tuple(int(v) for v in self.latent_shape)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if len(self.video_keys) != self.n_videos or len(set(self.video_keys)) != self.n_videos:
+            raise ValueError("video_keys must name each of the n_videos videos once")
+        if set(self.hidden) != set(self.sites):
+            raise ValueError("hidden must give the hidden size of every site")
+        # Configs carry paths and tuples; keep only what JSON says back, so a resumed layout compares equal.
+        self.model_config = json.loads(json.dumps(self.model_config, default=str))
+        self.extra = json.loads(json.dumps(self.extra, default=str))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> StoreLayout:
+        return cls(**json.loads(text))
+
+    def differences(self, other: StoreLayout) -> list[str]:
+        mine, theirs = asdict(self), asdict(other)
+        return [k for k in mine if json.dumps(mine[k], sort_keys=True) != json.dumps(theirs[k], sort_keys=True)]
+
+
+def parts_dir(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".parts")
+
+
+def check_header(attrs, path: str | Path) -> StoreLayout:
+    """Validate a main file's attributes; return its layout or raise one clear StoreError."""
+    fmt = attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode()
+    if fmt != FORMAT:
+        raise StoreError(f"{path} is an HDF5 file but not a video-dit-interp activation store")
+    version = int(attrs.get("schema_version", -1))
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} is an activation store of schema version {version}; this toolkit reads version {SCHEMA_VERSION}"
+        )
+    try:
+        return StoreLayout.from_json(attrs["layout"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise StoreError(f"{path}: damaged store header ({err})") from err

@@ -1,0 +1,246 @@
+"""Streams activations into a store off the sampling thread; resumable after any interruption.
+
+Each batch of videos goes to its own part file, written under a temporary name and renamed when
+complete; after each rename the main file's virtual datasets are rebuilt into a temporary file and
+renamed over the old one. Both renames are atomic, so whatever kills the process, the main file
+opens and lists exactly the videos whose part was finished (see ``activations.schema``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from activations.pooling import Pooling
+from activations.schema import FORMAT, SCHEMA_VERSION, StoreError, StoreLayout, check_header, parts_dir
+
+_STOP = object()
+
+
+def _to_numpy(array, dtype: str) -> np.ndarray:
+    """A detached host copy in the store's dtype (accepts torch tensors and numpy arrays)."""
+    if hasattr(array, "detach"):
+        import torch
+
+        return array.detach().to("cpu", getattr(torch, dtype)).numpy()
+    return np.asarray(array, dtype=dtype)
+
+
+def _part_videos(part: Path) -> list[int]:
+    with h5py.File(part, "r") as f:
+        return [int(v) for v in f.attrs["video_indices"]]
+
+
+class StoreWriter:
+    """Create a store, or reopen one made with the same layout and resume it."""
+
+    def __init__(self, path: str | Path, layout: StoreLayout, queue_size: int = 16):
+        self.path = Path(path)
+        self.layout = layout
+        layout.to_json()  # fails here, before anything touches the disk, if the layout cannot be stored
+        self.parts = parts_dir(self.path)
+        if self.path.exists():
+            try:
+                with h5py.File(self.path, "r") as f:
+                    existing = check_header(f.attrs, self.path)
+            except OSError as err:
+                raise StoreError(f"{self.path} exists and is not a readable HDF5 file ({err})") from err
+            diffs = existing.differences(layout)
+            if diffs:
+                raise StoreError(
+                    f"{self.path} was made with other settings ({', '.join(diffs)} differ); "
+                    "resume with the same settings or write to a new path"
+                )
+        elif self.parts.exists() and any(self.parts.glob("part_*.h5")):
+            raise StoreError(
+                f"{self.parts} holds parts but {self.path} is missing; remove the folder or restore the file"
+            )
+        self.parts.mkdir(parents=True, exist_ok=True)
+        for stale in self.parts.glob("*.tmp"):  # half-written parts of an interrupted run
+            stale.unlink()
+        self._part_files: dict[Path, list[int]] = {p: _part_videos(p) for p in sorted(self.parts.glob("part_*.h5"))}
+        self.completed: set[int] = {v for vids in self._part_files.values() for v in vids}
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="activation-store-writer", daemon=True)
+        self._thread.start()
+        self._write_index()
+
+    # -- public API ---------------------------------------------------------------------------
+    def pending(self) -> list[int]:
+        """Video indices not yet complete, in order."""
+        return [v for v in range(self.layout.n_videos) if v not in self.completed]
+
+    def begin_part(self, video_indices: Sequence[int]) -> PartWriter:
+        videos = [int(v) for v in video_indices]
+        if not videos or videos != list(range(videos[0], videos[0] + len(videos))):
+            raise ValueError(f"a part holds a contiguous run of videos, got {videos}")
+        if videos[0] < 0 or videos[-1] >= self.layout.n_videos:
+            raise ValueError(f"videos {videos[0]}-{videos[-1]} outside the store's 0-{self.layout.n_videos - 1}")
+        done = self.completed.intersection(videos)
+        if done:
+            raise ValueError(f"videos {sorted(done)} are already complete")
+        return PartWriter(self, videos)
+
+    def close(self) -> None:
+        """Wait until everything queued is on disk; raise the writer thread's error, if any."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+        self._raise_if_failed()
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the writer thread --------------------------------------------------------------------
+    def submit(self, fn: Callable[[], None]) -> None:
+        self._raise_if_failed()
+        self._queue.put(fn)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise StoreError(f"writing {self.path} failed: {self._error}") from self._error
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self._error is None:
+                try:
+                    item()
+                except BaseException as err:  # reported to the producer at its next call
+                    self._error = err
+
+    def _finish_part(self, tmp: Path, final: Path, videos: list[int]) -> None:
+        os.replace(tmp, final)
+        self._part_files[final] = videos
+        self.completed.update(videos)
+        self._write_index()
+
+    def _write_index(self) -> None:
+        """Rebuild the main file from the finished parts, atomically."""
+        lay = self.layout
+        n_v, n_s, n_t = lay.n_videos, len(lay.steps), lay.n_tokens
+        pooling = Pooling.from_json(lay.pooling)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self._write_index_file(tmp, n_v, n_s, n_t, pooling)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, self.path)
+
+    def _write_index_file(self, tmp: Path, n_v: int, n_s: int, n_t: int, pooling: Pooling) -> None:
+        lay = self.layout
+        with h5py.File(tmp, "w", libver="latest") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["layout"] = lay.to_json()
+            for key in ("model", "adapter", "dtype", "cfg_branch", "num_steps", "n_videos"):
+                f.attrs[key] = getattr(lay, key)
+            f.attrs["steps"] = np.asarray(lay.steps, dtype=np.int64)
+            f.attrs["timesteps"] = np.asarray(lay.timesteps, dtype=np.float64)
+            f.attrs["sigmas"] = np.asarray(lay.sigmas, dtype=np.float64)
+            f.attrs["sites"] = json.dumps(lay.sites)
+            f.attrs["token_grid"] = np.asarray(lay.token_grid, dtype=np.int64)
+            f.attrs["pooling"] = lay.pooling
+            shapes = {f"sites/{s}": (n_v, n_s, n_t, lay.hidden[s]) for s in lay.sites}
+            shapes["x0_hat"] = (n_v, n_s, *lay.latent_shape)
+            shapes["final"] = (n_v, *lay.latent_shape)
+            for name, shape in shapes.items():
+                layout = h5py.VirtualLayout(shape=shape, dtype=lay.dtype)
+                for part, videos in self._part_files.items():
+                    rel = f"{self.parts.name}/{part.name}"
+                    layout[videos[0] : videos[-1] + 1] = h5py.VirtualSource(rel, name, shape=(len(videos), *shape[1:]))
+                f.create_virtual_dataset(name, layout, fillvalue=np.nan)
+            complete = np.zeros(n_v, dtype=bool)
+            meta = [""] * n_v
+            for part, videos in self._part_files.items():
+                complete[videos] = True
+                with h5py.File(part, "r") as pf:
+                    for v, m in zip(videos, pf["meta"].asstr()[()]):
+                        meta[v] = m
+            f.create_dataset("videos/complete", data=complete)
+            f.create_dataset("videos/meta", data=np.array(meta, dtype=object), dtype=h5py.string_dtype())
+            f.create_dataset("token_positions", data=pooling.token_positions(lay.token_grid))
+            index = pooling.token_index(lay.token_grid)
+            if index is not None:
+                f.create_dataset("token_index", data=index)
+
+
+class PartWriter:
+    """One batch of videos being written; call ``finish`` when every step is in."""
+
+    def __init__(self, store: StoreWriter, videos: list[int]):
+        self.store = store
+        self.videos = videos
+        lay = store.layout
+        self._step_pos = {s: i for i, s in enumerate(lay.steps)}
+        name = f"part_{videos[0]:07d}_{len(videos):04d}.h5"
+        self._final_path = store.parts / name
+        self._tmp_path = store.parts / (name + ".tmp")
+        self._file: h5py.File | None = None
+        b, n_s = len(videos), len(lay.steps)
+
+        def create() -> None:
+            f = h5py.File(self._tmp_path, "w")
+            f.attrs["video_indices"] = np.asarray(videos, dtype=np.int64)
+            for site in lay.sites:
+                shape = (b, n_s, lay.n_tokens, lay.hidden[site])
+                # NaN where a site did not run (Wan 2.2: each step runs one expert only)
+                f.create_dataset(
+                    f"sites/{site}", shape=shape, dtype=lay.dtype, chunks=(1, 1, *shape[2:]), fillvalue=np.nan
+                )
+            f.create_dataset("x0_hat", shape=(b, n_s, *lay.latent_shape), dtype=lay.dtype)
+            f.create_dataset("final", shape=(b, *lay.latent_shape), dtype=lay.dtype)
+            self._file = f
+
+        store.submit(create)
+
+    def _position(self, step: int) -> int:
+        if step not in self._step_pos:
+            raise ValueError(f"step {step} is not among the store's steps {self.store.layout.steps}")
+        return self._step_pos[step]
+
+    def write_site(self, site: str, step: int, tokens) -> None:
+        """Tokens of ``site`` at denoising ``step`` for the whole batch: (batch, n_tokens, hidden)."""
+        lay = self.store.layout
+        if site not in lay.hidden:
+            raise ValueError(f"site {site!r} is not in the store (sites: {lay.sites})")
+        expected = (len(self.videos), lay.n_tokens, lay.hidden[site])
+        if tuple(tokens.shape) != expected:
+            raise ValueError(f"{site} at step {step}: expected shape {expected}, got {tuple(tokens.shape)}")
+        pos = self._position(step)
+        data = _to_numpy(tokens, lay.dtype)
+        self.store.submit(lambda: self._file[f"sites/{site}"].write_direct(data, dest_sel=np.s_[:, pos]))
+
+    def write_x0_hat(self, step: int, latents) -> None:
+        pos = self._position(step)
+        data = _to_numpy(latents, self.store.layout.dtype)
+        self.store.submit(lambda: self._file["x0_hat"].write_direct(data, dest_sel=np.s_[:, pos]))
+
+    def finish(self, final_latents, metas: Sequence[dict]) -> None:
+        """Queue the final latents and per-video metadata, then close and publish the part."""
+        if len(metas) != len(self.videos):
+            raise ValueError(f"{len(self.videos)} videos but {len(metas)} metadata records")
+        data = _to_numpy(final_latents, self.store.layout.dtype)
+        meta = np.array([json.dumps(m, sort_keys=True) for m in metas], dtype=object)
+
+        def close() -> None:
+            self._file["final"][...] = data
+            self._file.create_dataset("meta", data=meta, dtype=h5py.string_dtype())
+            self._file.close()
+            self.store._finish_part(self._tmp_path, self._final_path, self.videos)
+
+        self.store.submit(close)

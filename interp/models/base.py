@@ -1,0 +1,96 @@
+"""What every model adapter provides, so one sampler and one tracer serve all model families.
+
+An adapter turns (latents, timestep, conditioning) into the transformer calls of one denoising
+step (``forward_calls``), and their outputs into the velocity (``combine``). Classifier-free
+guidance is explicit: Wan calls the transformer twice (conditional, then unconditional),
+CogVideoX and LTX batch both halves in one call; each call says which batch rows are which branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from activations.axes import block_site, parse_site
+
+SUB_MODULES = ("attn1", "attn2", "ffn")  # in execution order inside a block
+
+
+@dataclass
+class ForwardCall:
+    transformer: torch.nn.Module
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    expert: str | None = None  # which transformer of a multi-expert model (Wan 2.2: "high"/"low")
+    branches: dict[str, slice] = field(default_factory=lambda: {"cond": slice(None)})  # batch rows per branch
+
+    def run(self) -> torch.Tensor:
+        return first_tensor(self.transformer(*self.args, **self.kwargs))
+
+
+def first_tensor(output) -> torch.Tensor:
+    """Module outputs come as tensors, tuples (CogVideoX blocks) or model-output objects."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "sample"):
+        return output.sample
+    return output[0]
+
+
+class VideoDiTAdapter:
+    """Base class; subclasses set ``name`` and ``blocks_attr`` and implement the three methods."""
+
+    name = "base"
+    blocks_attr = "blocks"
+
+    def forward_calls(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning) -> list[ForwardCall]:
+        raise NotImplementedError
+
+    def combine(self, calls: list[ForwardCall], outputs: list[torch.Tensor]) -> torch.Tensor:
+        """Velocity from the calls' outputs; default: the single call's output."""
+        return outputs[0]
+
+    def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
+        """(frames, h, w) of the transformer's tokens for a latent of shape (C, T, H, W)."""
+        raise NotImplementedError
+
+    def transformers(self) -> dict[str | None, torch.nn.Module]:
+        """Transformers by expert name (None for single-expert models)."""
+        return {None: self.transformer}
+
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning) -> torch.Tensor:
+        calls = self.forward_calls(latents, timestep, conditioning)
+        return self.combine(calls, [call.run() for call in calls])
+
+    # -- sites ----------------------------------------------------------------------------------
+    def num_blocks(self, expert: str | None = None) -> int:
+        return len(getattr(self.transformers()[expert], self.blocks_attr))
+
+    def hidden_size(self, expert: str | None = None) -> int:
+        cfg = self.transformers()[expert].config
+        return int(cfg.num_attention_heads * cfg.attention_head_dim)
+
+    def site_names(self, layers: list[int], subs: tuple[str, ...] = ()) -> list[str]:
+        """Names of block outputs (and chosen sub-modules) for every expert, in execution order."""
+        names = []
+        for expert in self.transformers():
+            for layer in layers:
+                names.extend(block_site(layer, sub, expert) for sub in subs)
+                names.append(block_site(layer, None, expert))
+        return names
+
+    def site_module(self, site: str) -> torch.nn.Module:
+        expert, index, sub = parse_site(site)
+        experts = self.transformers()
+        if expert not in experts:
+            raise ValueError(f"site {site!r}: this model's experts are {[e for e in experts if e] or 'none'}")
+        blocks = getattr(experts[expert], self.blocks_attr)
+        if index >= len(blocks):
+            raise ValueError(f"site {site!r}: block {index} is out of range, the model has {len(blocks)} blocks")
+        module = blocks[index]
+        if sub is not None:
+            if not hasattr(module, sub):
+                raise ValueError(f"site {site!r}: block has no sub-module {sub!r}")
+            module = getattr(module, sub)
+        return module

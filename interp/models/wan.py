@@ -1,0 +1,137 @@
+"""Wan 2.1 (text- and image-to-video) and Wan 2.2 (two experts) adapter.
+
+Mirrors diffusers' ``WanPipeline`` / ``WanImageToVideoPipeline`` step: the conditional call, then
+the unconditional one (classifier-free guidance), on ``transformer`` for timesteps at or above
+``boundary_ratio * 1000`` (Wan 2.2's high-noise expert, sites ``high.blocks.K``) and on
+``transformer_2`` below it (low-noise expert, ``low.blocks.K``). Wan 2.1 has one transformer and
+sites ``blocks.K``. Image-to-video concatenates the mask and the encoded first frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interp.models.base import ForwardCall, VideoDiTAdapter
+
+
+@dataclass
+class WanConditioning:
+    prompt_embeds: torch.Tensor  # (B, L, text_dim)
+    negative_prompt_embeds: torch.Tensor | None = None  # None: no guidance
+    condition: torch.Tensor | None = None  # I2V: (B, 4 + C, T, H, W) mask and first-frame latent
+    image_embeds: torch.Tensor | None = None  # Wan 2.1 I2V CLIP image embedding
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompt_embeds.shape[0]
+
+
+class WanAdapter(VideoDiTAdapter):
+    name = "wan"
+    blocks_attr = "blocks"
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        transformer_2: torch.nn.Module | None = None,
+        boundary_ratio: float | None = None,
+        guidance_scale: float = 5.0,
+        guidance_scale_2: float | None = None,
+        vae: torch.nn.Module | None = None,
+        pipeline=None,
+    ):
+        if (transformer_2 is None) != (boundary_ratio is None):
+            raise ValueError("Wan 2.2 needs both transformer_2 and boundary_ratio; Wan 2.1 neither")
+        self.transformer = transformer
+        self.transformer_2 = transformer_2
+        self.boundary_timestep = None if boundary_ratio is None else boundary_ratio * 1000
+        self.guidance_scale = guidance_scale
+        self.guidance_scale_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
+        self.vae = vae
+        self.pipeline = pipeline
+        self.name = "wan2.2" if transformer_2 is not None else "wan2.1"
+
+    @classmethod
+    def from_pipeline(cls, pipe, guidance_scale: float = 5.0, guidance_scale_2: float | None = None) -> WanAdapter:
+        boundary = getattr(pipe.config, "boundary_ratio", None)
+        transformer_2 = getattr(pipe, "transformer_2", None) if boundary is not None else None
+        return cls(pipe.transformer, transformer_2, boundary, guidance_scale, guidance_scale_2, pipe.vae, pipe)
+
+    @classmethod
+    def from_folder(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> WanAdapter:
+        """A local diffusers Wan pipeline folder (nothing is fetched from a hub)."""
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(Path(path), torch_dtype=dtype, local_files_only=True).to(device)
+        return cls.from_pipeline(pipe)
+
+    # -- the model ------------------------------------------------------------------------------
+    def transformers(self) -> dict[str | None, torch.nn.Module]:
+        if self.transformer_2 is None:
+            return {None: self.transformer}
+        return {"high": self.transformer, "low": self.transformer_2}
+
+    def expert_at(self, timestep: torch.Tensor) -> str | None:
+        if self.transformer_2 is None:
+            return None
+        return "high" if float(timestep) >= self.boundary_timestep else "low"
+
+    def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
+        p_t, p_h, p_w = self.transformers()[expert].config.patch_size
+        _, t, h, w = latent_shape[-4:]
+        return (t // p_t, h // p_h, w // p_w)
+
+    def forward_calls(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning: WanConditioning):
+        expert = self.expert_at(timestep)
+        model = self.transformers()[expert]
+        dtype = next(model.parameters()).dtype
+        model_input = latents if conditioning.condition is None else torch.cat([latents, conditioning.condition], 1)
+        common = {
+            "hidden_states": model_input.to(dtype),
+            "timestep": timestep.expand(latents.shape[0]),
+            "encoder_hidden_states_image": conditioning.image_embeds,
+            "return_dict": False,
+        }
+        calls = [ForwardCall(model, (), {**common, "encoder_hidden_states": conditioning.prompt_embeds}, expert)]
+        if conditioning.negative_prompt_embeds is not None:
+            uncond = {**common, "encoder_hidden_states": conditioning.negative_prompt_embeds}
+            calls.append(ForwardCall(model, (), uncond, expert, branches={"uncond": slice(None)}))
+        return calls
+
+    def combine(self, calls: list[ForwardCall], outputs: list[torch.Tensor]) -> torch.Tensor:
+        cond = outputs[0].float()
+        if len(outputs) == 1:
+            return cond
+        scale = self.guidance_scale if calls[0].expert in (None, "high") else self.guidance_scale_2
+        uncond = outputs[1].float()
+        return uncond + scale * (cond - uncond)
+
+    # -- inputs and outputs through the pipeline --------------------------------------------------
+    def encode(self, prompts: list[str], negative_prompt: str | None = "", max_sequence_length: int = 226):
+        """Prompt embeddings with the pipeline's text encoder (guidance off when negative_prompt is None)."""
+        if self.pipeline is None:
+            raise ValueError("encoding prompts needs the adapter built from a pipeline (WanAdapter.from_pipeline)")
+        guided = negative_prompt is not None
+        pos, neg = self.pipeline.encode_prompt(
+            prompts,
+            negative_prompt=[negative_prompt] * len(prompts) if guided else None,
+            do_classifier_free_guidance=guided,
+            max_sequence_length=max_sequence_length,
+            device=next(self.transformer.parameters()).device,
+        )
+        return WanConditioning(pos, neg if guided else None)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents to RGB videos (B, T, H, W, 3) uint8 with the pipeline's VAE (Wan's latent normalisation)."""
+        if self.vae is None:
+            raise ValueError("decoding needs the pipeline's VAE")
+        cfg = self.vae.config
+        mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(latents)
+        std = torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(latents)
+        video = self.vae.decode((latents * std + mean).to(self.vae.dtype), return_dict=False)[0]
+        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return video.permute(0, 2, 3, 4, 1).cpu().numpy()

@@ -1,0 +1,171 @@
+"""Real-model adapters on tiny random-weight configs of the real diffusers classes (nothing from a hub)."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+from activations import ActivationStore, Pooling, StoreWriter
+from interp.models.wan import WanAdapter, WanConditioning
+from interp.sampling import StepHook, sample
+from interp.tracing import SiteCapture, build_layout, trace_batch
+
+WAN_TINY = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=8,
+    in_channels=4,
+    out_channels=4,
+    text_dim=16,
+    freq_dim=32,
+    ffn_dim=32,
+    num_layers=2,
+    rope_max_seq_len=32,
+)
+LATENT = (4, 3, 4, 4)
+
+
+def _wan(seed, **overrides):
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(**{**WAN_TINY, **overrides}).eval()
+
+
+def _embeds(batch=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 5, 16, generator=g), torch.randn(batch, 5, 16, generator=g)
+
+
+@pytest.mark.parametrize("two_experts", [False, True])
+def test_wan_adapter_reproduces_the_diffusers_pipeline(two_experts):
+    t1, t2 = _wan(0), (_wan(1) if two_experts else None)
+    boundary = 0.5 if two_experts else None
+    pe, ne = _embeds()
+    noise = torch.randn(2, *LATENT, generator=torch.Generator().manual_seed(3))
+    pipe = WanPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        transformer=t1,
+        vae=None,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer_2=t2,
+        boundary_ratio=boundary,
+    )
+    extra = {"guidance_scale_2": 2.0} if two_experts else {}
+    expected = pipe(
+        prompt_embeds=pe,
+        negative_prompt_embeds=ne,
+        latents=noise.clone(),
+        num_inference_steps=6,
+        guidance_scale=4.0,
+        output_type="latent",
+        height=32,
+        width=32,
+        num_frames=9,
+        **extra,
+    ).frames
+    adapter = WanAdapter(t1, t2, boundary, guidance_scale=4.0, guidance_scale_2=2.0 if two_experts else None)
+    got = sample(adapter, noise.clone(), WanConditioning(pe, ne), num_steps=6, shift=3.0).latents
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert adapter.name == ("wan2.2" if two_experts else "wan2.1")
+
+
+class _CallRecorder(StepHook):
+    """Plain forward hooks on every block of every expert; keeps each call's outputs per step."""
+
+    def __init__(self, adapter):
+        self.step = -1
+        self.calls: dict[tuple[int, str], list[torch.Tensor]] = {}
+        self.handles = []
+        for expert, model in adapter.transformers().items():
+            for k, block in enumerate(model.blocks):
+                site = f"{expert}.blocks.{k}" if expert else f"blocks.{k}"
+                self.handles.append(block.register_forward_hook(self._hook(site)))
+
+    def _hook(self, site):
+        def hook(_m, _i, out):
+            self.calls.setdefault((self.step, site), []).append(out.detach().clone())
+
+        return hook
+
+    def before_model(self, state):
+        self.step = state.step
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _trace(adapter, conditioning, noise, sites, tmp_path, num_steps=4, shift=3.0):
+    layout = build_layout(
+        adapter,
+        model="tiny",
+        latent_shape=LATENT,
+        num_steps=num_steps,
+        shift=shift,
+        steps=list(range(num_steps)),
+        sites=sites,
+        pooling=Pooling(),
+        video_keys=[f"v{i}" for i in range(noise.shape[0])],
+        dtype="float32",
+    )
+    with StoreWriter(tmp_path / "w.h5", layout) as writer:
+        part = writer.begin_part(list(range(noise.shape[0])))
+        result = trace_batch(adapter, SiteCapture(adapter, sites), part, layout, noise, conditioning, shift)
+        part.finish(result.latents, [{} for _ in range(noise.shape[0])])
+    return ActivationStore(tmp_path / "w.h5"), result
+
+
+def test_wan22_store_equals_hooks_on_the_conditional_branch(tmp_path):
+    adapter = WanAdapter(_wan(0), _wan(1), 0.5, guidance_scale=4.0)
+    pe, ne = _embeds()
+    noise = torch.randn(2, *LATENT, generator=torch.Generator().manual_seed(3))
+    sites = adapter.site_names([0, 1])
+    assert sites == ["high.blocks.0", "high.blocks.1", "low.blocks.0", "low.blocks.1"]
+    recorder = _CallRecorder(adapter)
+    reference = sample(adapter, noise.clone(), WanConditioning(pe, ne), num_steps=4, shift=3.0, hooks=[recorder])
+    recorder.remove()
+    store, result = _trace(adapter, WanConditioning(pe, ne), noise.clone(), sites, tmp_path)
+    torch.testing.assert_close(result.latents, reference.latents)
+    with store:
+        assert store.layout.token_grid == (3, 2, 2)
+        for step in range(4):
+            expert = adapter.expert_at(torch.tensor(store.layout.timesteps[step]))
+            for site in sites:
+                got = store.activations(site, steps=[step])[:, 0]
+                if site.startswith(expert):
+                    cond, uncond = recorder.calls[(step, site)]  # Wan: conditional call first, then unconditional
+                    assert np.array_equal(got, cond.numpy())
+                    assert not np.allclose(got, uncond.numpy())
+                else:
+                    assert np.isnan(got).all() and (step, site) not in recorder.calls
+        ran = {adapter.expert_at(torch.tensor(t)) for t in store.layout.timesteps[:4]}
+        assert ran == {"high", "low"}
+
+
+def test_wan21_image_to_video_store_equals_hooks(tmp_path):
+    # I2V: mask (4 channels) and first-frame latent (4) concatenated to the noisy latent; CLIP image tokens.
+    model = _wan(2, in_channels=12, image_dim=8)
+    adapter = WanAdapter(model, guidance_scale=5.0)
+    pe, ne = _embeds()
+    g = torch.Generator().manual_seed(5)
+    cond = WanConditioning(
+        pe, ne, condition=torch.randn(2, 8, 3, 4, 4, generator=g), image_embeds=torch.randn(2, 3, 8, generator=g)
+    )
+    noise = torch.randn(2, *LATENT, generator=g)
+    recorder = _CallRecorder(adapter)
+    sample(adapter, noise.clone(), cond, num_steps=4, shift=3.0, hooks=[recorder])
+    recorder.remove()
+    store, _ = _trace(adapter, cond, noise.clone(), adapter.site_names([0, 1]), tmp_path)
+    with store:
+        for (step, site), outputs in recorder.calls.items():
+            assert np.array_equal(store.activations(site, steps=[step])[:, 0], outputs[0].numpy())
+
+
+def test_wan_site_errors_are_clear():
+    adapter = WanAdapter(_wan(0), _wan(1), 0.5)
+    with pytest.raises(ValueError, match="block 5 is out of range"):
+        SiteCapture(adapter, ["high.blocks.5"])
+    with pytest.raises(ValueError, match="experts are"):
+        SiteCapture(adapter, ["blocks.0"])
+    with pytest.raises(ValueError, match="both transformer_2 and boundary_ratio"):
+        WanAdapter(_wan(0), _wan(1), None)
