@@ -29,8 +29,8 @@ def _to_numpy(array, dtype: str) -> np.ndarray:
     if hasattr(array, "detach"):
         import torch
 
-        return array.detach().to("cpu", getattr(torch, dtype)).numpy()
-    return np.asarray(array, dtype=dtype)
+        return np.ascontiguousarray(array.detach().to("cpu", getattr(torch, dtype)).numpy())
+    return np.ascontiguousarray(array, dtype=dtype)
 
 
 def _part_videos(part: Path) -> list[int]:

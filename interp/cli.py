@@ -149,6 +149,40 @@ def trace(
     )
 
 
+@app.command()
+def energy(
+    store: Path = typer.Argument(..., help="An activation store (.h5)."),
+    video: int = typer.Option(0, help="Video index in the store."),
+    step: int = typer.Option(0, help="Denoising step (must be stored)."),
+    out: Path = typer.Option(Path("runs/energy"), help="Output folder."),
+) -> None:
+    """Token energy (layers x frames heatmap, per-token maps) and PCA colour maps of one video at one step."""
+    import numpy as np
+
+    from activations.reader import ActivationStore
+    from interp.analysis.token_energy import energy_by_layer, pca_rgb, token_energy
+    from interp.report.energy_plots import plot_layer_frame_energy, plot_token_maps
+
+    with ActivationStore(store) as st:
+        if step not in st.steps:
+            raise UsageError(f"step {step} is not stored; stored steps: {st.steps}")
+        if video not in st.completed_videos:
+            raise UsageError(f"video {video} is not a complete video of the store (0-{st.n_videos - 1})")
+        layers = st.layers
+        sites = [f"blocks.{k}" for k in layers]
+        out.mkdir(parents=True, exist_ok=True)
+        tag = f"video {video}, step {step} (sigma {st.sigma(step):.2f})"
+        matrix = energy_by_layer(st, video, step, sites)
+        paths = [plot_layer_frame_energy(matrix, layers, out / "energy_layers_frames.png", f"token energy, {tag}")]
+        maps = np.stack([token_energy(st, s, [video], [step])[0, 0] for s in sites])
+        paths.append(plot_token_maps(maps, layers, out / "energy_maps.png", f"token L2 norm, {tag}"))
+        rgb = np.stack([pca_rgb(st, s, video, step) for s in sites])
+        paths.append(plot_token_maps(rgb, layers, out / "pca_maps.png", f"PCA of tokens, {tag}", rgb=True))
+        np.save(out / "energy_layers_frames.npy", matrix)
+    for p in paths:
+        typer.echo(f"  {p}")
+
+
 @train_app.command("testbed")
 def train_testbed_cmd(
     seed: int = typer.Option(0, help="Training seed (selects the training mazes and the noise)."),

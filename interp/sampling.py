@@ -63,6 +63,29 @@ def make_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
 
 
+def flow_x0_hat(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Flow matching: x_s = (1 - s) x0 + s noise and v = noise - x0 give x0 = x_s - s v."""
+    return latents - sigma * velocity
+
+
+def scheduler_sigmas(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """Noise level per step plus a final 0: the scheduler's own sigmas for flow matching, and
+    sqrt(1 - alpha_bar_t) for DDPM-family schedulers (the share of noise in x_t)."""
+    if getattr(scheduler, "sigmas", None) is not None and len(scheduler.sigmas) == len(timesteps) + 1:
+        return scheduler.sigmas.float().cpu()
+    alpha_bar = scheduler.alphas_cumprod[timesteps.long().cpu()]
+    return torch.cat([(1 - alpha_bar).sqrt(), torch.zeros(1)]).float()
+
+
+def prepare_timesteps(model, scheduler, num_steps: int, device=None) -> None:
+    """``scheduler.set_timesteps``, or the model's own way of doing it (LTX: custom sigmas and mu)."""
+    custom = getattr(model, "set_timesteps", None)
+    if custom is not None:
+        custom(scheduler, num_steps, device)
+    else:
+        scheduler.set_timesteps(num_steps, device=device)
+
+
 def initial_noise(
     seeds: Sequence[int], shape: Sequence[int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
@@ -102,10 +125,15 @@ def sample(
     if noise.shape[0] != cond_batch:
         raise ValueError(f"batch of noise ({noise.shape[0]}) and conditioning ({cond_batch}) differ")
     scheduler = scheduler or make_scheduler(shift)
-    scheduler.set_timesteps(num_steps, device=noise.device)
+    prepare_timesteps(model, scheduler, num_steps, noise.device)
     hook_objs = [h if isinstance(h, StepHook) else _CallableHook(h) for h in hooks]
-    timesteps, sigmas = scheduler.timesteps, scheduler.sigmas
-    scheduler.set_begin_index(start_step)
+    timesteps = scheduler.timesteps
+    sigmas = scheduler_sigmas(scheduler, timesteps)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start_step)
+    elif start_step:
+        raise ValueError(f"{type(scheduler).__name__} cannot resume a trajectory from step {start_step}")
+    to_x0 = getattr(model, "x0_hat", None)
     latents = noise
     for i in tqdm(range(start_step, num_steps), disable=not progress, desc="denoising", leave=False):
         t = timesteps[i]
@@ -116,11 +144,14 @@ def sample(
                 state.latents = replaced
         v = model.predict(state.latents, t, conditioning)
         state.model_output = v
-        state.x0_hat = state.latents - state.sigma * v
+        if to_x0 is None:
+            state.x0_hat = flow_x0_hat(state.latents, v, state.sigma)
+        else:
+            state.x0_hat = to_x0(state.latents, v, t, state.sigma, scheduler)
         state.next_latents = scheduler.step(v, t, state.latents, return_dict=False)[0]
         for hook in hook_objs:
             replaced = hook.after_step(state)
             if replaced is not None:
                 state.next_latents = replaced
         latents = state.next_latents
-    return SampleResult(latents, timesteps.cpu(), sigmas.cpu())
+    return SampleResult(latents, timesteps.cpu(), sigmas)

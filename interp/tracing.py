@@ -18,7 +18,15 @@ from activations.pooling import Pooling
 from activations.schema import StoreLayout
 from activations.writer import PartWriter
 from interp.models.base import SUB_MODULES, ForwardCall, VideoDiTAdapter, first_tensor
-from interp.sampling import SampleResult, StepHook, StepState, make_scheduler, sample
+from interp.sampling import (
+    SampleResult,
+    StepHook,
+    StepState,
+    flow_x0_hat,
+    prepare_timesteps,
+    sample,
+    scheduler_sigmas,
+)
 
 BACKENDS = ("nnsight", "hooks")
 
@@ -40,9 +48,7 @@ class SiteCapture:
         # requires sites to be requested in the order the model runs them.
         self.by_expert: dict[str | None, list[tuple[str, str]]] = {}
         for site in sites:
-            adapter.site_module(site)  # validates the name against the model
-            expert, index, sub = parse_site(site)
-            path = f"{adapter.blocks_attr}.{index}" + (f".{sub}" if sub else "")
+            expert, path = adapter.site_path(site)  # validates the name against the model
             self.by_expert.setdefault(expert, []).append((site, path))
         for entries in self.by_expert.values():
             entries.sort(key=lambda e: _execution_order(e[0]))
@@ -124,6 +130,15 @@ class TracingDenoiser(StepHook):
         self._captured = {}
         return None
 
+    def set_timesteps(self, scheduler, num_steps: int, device=None) -> None:
+        prepare_timesteps(self.adapter, scheduler, num_steps, device)
+
+    def x0_hat(self, latents, output, timestep, sigma, scheduler) -> torch.Tensor:
+        to_x0 = getattr(self.adapter, "x0_hat", None)
+        return (
+            flow_x0_hat(latents, output, sigma) if to_x0 is None else to_x0(latents, output, timestep, sigma, scheduler)
+        )
+
     def predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning) -> torch.Tensor:
         calls = self.adapter.forward_calls(latents, timestep, conditioning)
         if self._step not in self.steps:
@@ -182,8 +197,9 @@ def build_layout(
         raise ValueError(f"sites of one store must share a token grid, got {sorted(grids)}")
     grid = grids.pop()
     pooling.token_index(grid)  # validates random:K against the grid
-    scheduler = make_scheduler(shift)
-    scheduler.set_timesteps(num_steps)
+    scheduler = adapter.make_scheduler(shift)
+    prepare_timesteps(adapter, scheduler, num_steps)
+    sigmas = scheduler_sigmas(scheduler, scheduler.timesteps)
     configs = {str(k): dict(m.config) for k, m in adapter.transformers().items()}
     return StoreLayout(
         model=model,
@@ -191,7 +207,7 @@ def build_layout(
         num_steps=num_steps,
         steps=steps,
         timesteps=[float(t) for t in scheduler.timesteps],
-        sigmas=[float(s) for s in scheduler.sigmas],
+        sigmas=[float(s) for s in sigmas],
         sites=sites,
         hidden={s: adapter.hidden_size(parse_site(s)[0]) for s in sites},
         token_grid=grid,
@@ -220,4 +236,6 @@ def trace_batch(
     sink = StoreSink(part, Pooling.from_json(layout.pooling), site_grids(adapter, layout.sites, layout.latent_shape))
     denoiser = TracingDenoiser(adapter, capture, layout.steps, sink, layout.cfg_branch)
     with torch.no_grad():
-        return sample(denoiser, noise, conditioning, layout.num_steps, shift, [denoiser])
+        return sample(
+            denoiser, noise, conditioning, layout.num_steps, hooks=[denoiser], scheduler=adapter.make_scheduler(shift)
+        )

@@ -169,3 +169,229 @@ def test_wan_site_errors_are_clear():
         SiteCapture(adapter, ["blocks.0"])
     with pytest.raises(ValueError, match="both transformer_2 and boundary_ratio"):
         WanAdapter(_wan(0), _wan(1), None)
+
+
+# -- CogVideoX, LTX-Video, HunyuanVideo ------------------------------------------------------------
+from diffusers import (  # noqa: E402
+    CogVideoXDDIMScheduler,
+    CogVideoXPipeline,
+    CogVideoXTransformer3DModel,
+    HunyuanVideoPipeline,
+    HunyuanVideoTransformer3DModel,
+    LTXPipeline,
+    LTXVideoTransformer3DModel,
+)
+
+from interp.models.cogvideox import CogVideoXAdapter, CogVideoXConditioning  # noqa: E402
+from interp.models.hunyuan import HunyuanConditioning, HunyuanVideoAdapter  # noqa: E402
+from interp.models.ltx import LTXAdapter, LTXConditioning  # noqa: E402
+
+
+def _cogvideox():
+    torch.manual_seed(0)
+    model = CogVideoXTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=8,
+        text_embed_dim=16,
+        num_layers=2,
+        sample_width=4,
+        sample_height=4,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=5,
+    ).eval()
+    scheduler = CogVideoXDDIMScheduler(
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+        rescale_betas_zero_snr=True,
+        clip_sample=False,
+        beta_schedule="scaled_linear",
+    )
+    pe, ne = _embeds()
+    noise = torch.randn(2, 3, 4, 4, 4, generator=torch.Generator().manual_seed(3))  # (B, frames, C, h, w)
+    adapter = CogVideoXAdapter(model, scheduler, guidance_scale=6.0)
+    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model, scheduler=scheduler)
+
+    def run_pipeline(steps):
+        return pipe(
+            prompt_embeds=pe,
+            negative_prompt_embeds=ne,
+            latents=noise.clone(),
+            num_inference_steps=steps,
+            guidance_scale=6.0,
+            output_type="latent",
+            height=32,
+            width=32,
+            num_frames=9,
+        ).frames
+
+    return adapter, CogVideoXConditioning(pe, ne), noise, run_pipeline, "batched"
+
+
+def _ltx():
+    torch.manual_seed(0)
+    model = LTXVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        num_layers=2,
+        caption_channels=16,
+    ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    pe, ne = _embeds()
+    mask = torch.ones(2, 5)
+    noise = torch.randn(2, 8, 4, generator=torch.Generator().manual_seed(3))  # packed: (B, 2x2x2 tokens, C)
+    adapter = LTXAdapter(model, scheduler, latent_grid=(2, 2, 2), guidance_scale=3.0)
+    pipe = LTXPipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, transformer=model)
+
+    def run_pipeline(steps):
+        return pipe(
+            prompt_embeds=pe,
+            prompt_attention_mask=mask,
+            negative_prompt_embeds=ne,
+            negative_prompt_attention_mask=mask,
+            latents=noise.clone(),
+            num_inference_steps=steps,
+            guidance_scale=3.0,
+            output_type="latent",
+            height=64,
+            width=64,
+            num_frames=9,
+        ).frames
+
+    return adapter, LTXConditioning(pe, mask, ne, mask), noise, run_pipeline, "batched"
+
+
+def _hunyuan():
+    torch.manual_seed(0)
+    model = HunyuanVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=1,
+        num_single_layers=2,
+        num_refiner_layers=1,
+        patch_size=1,
+        patch_size_t=1,
+        text_embed_dim=16,
+        pooled_projection_dim=8,
+        rope_axes_dim=(2, 2, 4),
+    ).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    pe, _ = _embeds()
+    mask, pooled = torch.ones(2, 5), torch.randn(2, 8, generator=torch.Generator().manual_seed(4))
+    noise = torch.randn(2, 4, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    adapter = HunyuanVideoAdapter(model, scheduler, guidance_scale=6.0)
+    pipe = HunyuanVideoPipeline(
+        text_encoder=None,
+        tokenizer=None,
+        transformer=model,
+        vae=None,
+        scheduler=scheduler,
+        text_encoder_2=None,
+        tokenizer_2=None,
+    )
+
+    def run_pipeline(steps):
+        return pipe(
+            prompt_embeds=pe,
+            prompt_attention_mask=mask,
+            pooled_prompt_embeds=pooled,
+            latents=noise.clone(),
+            num_inference_steps=steps,
+            guidance_scale=6.0,
+            output_type="latent",
+            height=32,
+            width=32,
+            num_frames=9,
+        ).frames
+
+    return adapter, HunyuanConditioning(pe, mask, pooled), noise, run_pipeline, "single"
+
+
+FAMILIES = {"cogvideox": _cogvideox, "ltx": _ltx, "hunyuanvideo": _hunyuan}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_reproduces_its_diffusers_pipeline(family):
+    adapter, cond, noise, run_pipeline, _ = FAMILIES[family]()
+    expected = run_pipeline(5)
+    got = sample(adapter, noise.clone(), cond, num_steps=5, scheduler=adapter.make_scheduler()).latents
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert adapter.name == family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_store_equals_hooks_on_the_conditional_branch(tmp_path, family):
+    adapter, cond, noise, _, guidance = FAMILIES[family]()
+    sites = adapter.site_names(list(range(adapter.num_blocks())))
+    recorded: dict[tuple[int, str], list[torch.Tensor]] = {}
+    step = {"i": -1}
+
+    class Step(StepHook):
+        def before_model(self, state):
+            step["i"] = state.step
+
+    def hook(site):
+        def fn(_m, _i, out):
+            out = out[0] if isinstance(out, tuple) else out
+            recorded.setdefault((step["i"], site), []).append(out.detach().clone())
+
+        return fn
+
+    handles = [adapter.site_module(s).register_forward_hook(hook(s)) for s in sites]
+    sample(adapter, noise.clone(), cond, num_steps=4, hooks=[Step()], scheduler=adapter.make_scheduler())
+    for h in handles:
+        h.remove()
+    latent_shape = tuple(noise.shape[1:])
+    layout = build_layout(
+        adapter,
+        model="tiny",
+        latent_shape=latent_shape,
+        num_steps=4,
+        shift=1.0,
+        steps=[0, 1, 2, 3],
+        sites=sites,
+        pooling=Pooling(),
+        video_keys=["a", "b"],
+        dtype="float32",
+    )
+    with StoreWriter(tmp_path / "w.h5", layout) as writer:
+        part = writer.begin_part([0, 1])
+        result = trace_batch(adapter, SiteCapture(adapter, sites), part, layout, noise.clone(), cond, 1.0)
+        part.finish(result.latents, [{}, {}])
+    with ActivationStore(tmp_path / "w.h5") as store:
+        assert store.layout.adapter == family
+        for (s, site), outputs in recorded.items():
+            expected = outputs[0][2:] if guidance == "batched" else outputs[0]  # rows [uncond, cond] when batched
+            got = store.activations(site, steps=[s])[:, 0]
+            assert np.array_equal(got, expected.numpy()), (family, s, site)
+            if guidance == "batched":
+                assert not np.allclose(got, outputs[0][:2].numpy())
+        # x0_hat is stored for every step and ends at the final latent
+        assert np.isfinite(store.x0_hat()).all()
+
+
+def test_hunyuan_sites_span_both_block_lists():
+    adapter = _hunyuan()[0]
+    assert adapter.num_blocks() == 3
+    assert adapter.site_path("blocks.2") == (None, "single_transformer_blocks.1")
+    assert adapter.site_path("blocks.0.attn1") == (None, "transformer_blocks.0.attn")
+    with pytest.raises(ValueError, match="no sub-module 'ffn'"):
+        adapter.site_path("blocks.1.ffn")
+
+
+def test_cogvideox_refuses_a_two_step_solver():
+    from diffusers import CogVideoXDPMScheduler
+
+    with pytest.raises(ValueError, match="two-step solver"):
+        CogVideoXAdapter(_cogvideox()[0].transformer, CogVideoXDPMScheduler())

@@ -43,6 +43,8 @@ class VideoDiTAdapter:
 
     name = "base"
     blocks_attr = "blocks"
+    # Canonical sub-module names (sites ``blocks.K.attn1`` ...) -> this family's attribute names.
+    sub_modules: dict[str, str] = {"attn1": "attn1", "attn2": "attn2", "ffn": "ffn"}
 
     def forward_calls(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning) -> list[ForwardCall]:
         raise NotImplementedError
@@ -63,6 +65,12 @@ class VideoDiTAdapter:
         calls = self.forward_calls(latents, timestep, conditioning)
         return self.combine(calls, [call.run() for call in calls])
 
+    def make_scheduler(self, shift: float | None = None):
+        """The scheduler this model samples with (default: flow-matching Euler)."""
+        from interp.sampling import make_scheduler
+
+        return make_scheduler(1.0 if shift is None else shift)
+
     # -- sites ----------------------------------------------------------------------------------
     def num_blocks(self, expert: str | None = None) -> int:
         return len(getattr(self.transformers()[expert], self.blocks_attr))
@@ -80,17 +88,29 @@ class VideoDiTAdapter:
                 names.append(block_site(layer, None, expert))
         return names
 
-    def site_module(self, site: str) -> torch.nn.Module:
+    def block_path(self, index: int, expert: str | None = None) -> str:
+        """Module path of block ``index`` inside its transformer (override for several block lists)."""
+        return f"{self.blocks_attr}.{index}"
+
+    def site_path(self, site: str) -> tuple[str | None, str]:
+        """(expert, module path inside that expert's transformer) of a site; ValueError if none."""
         expert, index, sub = parse_site(site)
         experts = self.transformers()
         if expert not in experts:
             raise ValueError(f"site {site!r}: this model's experts are {[e for e in experts if e] or 'none'}")
-        blocks = getattr(experts[expert], self.blocks_attr)
-        if index >= len(blocks):
-            raise ValueError(f"site {site!r}: block {index} is out of range, the model has {len(blocks)} blocks")
-        module = blocks[index]
+        n_blocks = self.num_blocks(expert)
+        if index >= n_blocks:
+            raise ValueError(f"site {site!r}: block {index} is out of range, the model has {n_blocks} blocks")
+        path = self.block_path(index, expert)
         if sub is not None:
-            if not hasattr(module, sub):
-                raise ValueError(f"site {site!r}: block has no sub-module {sub!r}")
-            module = getattr(module, sub)
-        return module
+            attr = self.sub_modules.get(sub)
+            if attr is None or not hasattr(experts[expert].get_submodule(path), attr):
+                raise ValueError(
+                    f"site {site!r}: this block has no sub-module {sub!r} (known here: {sorted(self.sub_modules)})"
+                )
+            path = f"{path}.{attr}"
+        return expert, path
+
+    def site_module(self, site: str) -> torch.nn.Module:
+        expert, path = self.site_path(site)
+        return self.transformers()[expert].get_submodule(path)

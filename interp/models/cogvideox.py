@@ -1,0 +1,87 @@
+"""CogVideoX adapter (text-to-video; image-to-video by concatenated image latents).
+
+Mirrors diffusers' ``CogVideoXPipeline`` step: both guidance halves in one batched call (rows
+[unconditional, conditional]), a DDIM-family scheduler with v-prediction, so x0_hat is
+sqrt(a) x_t - sqrt(1 - a) v with a = alpha_bar_t (not the flow-matching formula). Latents are laid
+out (batch, frames, channels, h, w). Sites ``blocks.K`` are ``transformer_blocks[K]``'s video tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from interp.models.base import ForwardCall, VideoDiTAdapter
+
+
+@dataclass
+class CogVideoXConditioning:
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None = None
+    image_latents: torch.Tensor | None = None  # I2V: concatenated on the channel axis (dim 2)
+    image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None  # from the pipeline when the model uses RoPE
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompt_embeds.shape[0]
+
+
+class CogVideoXAdapter(VideoDiTAdapter):
+    name = "cogvideox"
+    blocks_attr = "transformer_blocks"
+    sub_modules = {"attn1": "attn1", "ffn": "ff"}
+
+    def __init__(self, transformer: torch.nn.Module, scheduler, guidance_scale: float = 6.0, vae=None, pipeline=None):
+        if hasattr(scheduler, "step") and "old_pred_original_sample" in scheduler.step.__code__.co_varnames:
+            raise ValueError("CogVideoXDPMScheduler is a two-step solver; use CogVideoXDDIMScheduler with this adapter")
+        self.transformer = transformer
+        self.scheduler_config = scheduler.config
+        self.scheduler_class = type(scheduler)
+        self.guidance_scale = guidance_scale
+        self.vae = vae
+        self.pipeline = pipeline
+
+    @classmethod
+    def from_pipeline(cls, pipe, guidance_scale: float = 6.0) -> CogVideoXAdapter:
+        return cls(pipe.transformer, pipe.scheduler, guidance_scale, pipe.vae, pipe)
+
+    def make_scheduler(self, shift: float | None = None):
+        return self.scheduler_class.from_config(self.scheduler_config)
+
+    def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
+        frames, _, h, w = latent_shape[-4:]
+        p = self.transformer.config.patch_size
+        p_t = self.transformer.config.patch_size_t or 1
+        return (frames // p_t, h // p, w // p)
+
+    def forward_calls(self, latents: torch.Tensor, timestep: torch.Tensor, cond: CogVideoXConditioning):
+        batch = latents.shape[0]
+        guided = cond.negative_prompt_embeds is not None
+        hidden = torch.cat([latents] * 2) if guided else latents
+        if cond.image_latents is not None:
+            image = torch.cat([cond.image_latents] * 2) if guided else cond.image_latents
+            hidden = torch.cat([hidden, image], dim=2)
+        prompt = torch.cat([cond.negative_prompt_embeds, cond.prompt_embeds]) if guided else cond.prompt_embeds
+        kwargs = {
+            "hidden_states": hidden,
+            "encoder_hidden_states": prompt,
+            "timestep": timestep.expand(hidden.shape[0]),
+            "image_rotary_emb": cond.image_rotary_emb,
+            "return_dict": False,
+        }
+        branches = {"uncond": slice(0, batch), "cond": slice(batch, 2 * batch)} if guided else {"cond": slice(None)}
+        return [ForwardCall(self.transformer, (), kwargs, None, branches)]
+
+    def combine(self, calls: list[ForwardCall], outputs: list[torch.Tensor]) -> torch.Tensor:
+        out = outputs[0].float()
+        if "uncond" not in calls[0].branches:
+            return out
+        uncond, cond = out.chunk(2)
+        return uncond + self.guidance_scale * (cond - uncond)
+
+    def x0_hat(self, latents, output, timestep, sigma, scheduler) -> torch.Tensor:
+        alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(latents)
+        if scheduler.config.prediction_type == "v_prediction":
+            return alpha_bar.sqrt() * latents - (1 - alpha_bar).sqrt() * output
+        return (latents - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()

@@ -1,0 +1,106 @@
+"""HunyuanVideo adapter.
+
+Mirrors diffusers' ``HunyuanVideoPipeline`` step: one call with embedded guidance (the guidance
+scale enters the model as a conditioning input), optionally a second, unconditional call for true
+classifier-free guidance. Sites ``blocks.K`` run over both block lists in depth order: the
+dual-stream ``transformer_blocks`` first, then the single-stream ``single_transformer_blocks``;
+either kind's output site holds its video tokens. Sub-module sites exist on dual-stream blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from interp.models.base import ForwardCall, VideoDiTAdapter
+
+
+@dataclass
+class HunyuanConditioning:
+    prompt_embeds: torch.Tensor
+    prompt_attention_mask: torch.Tensor
+    pooled_prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None = None  # with true_cfg_scale > 1: true guidance
+    negative_prompt_attention_mask: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompt_embeds.shape[0]
+
+
+class HunyuanVideoAdapter(VideoDiTAdapter):
+    name = "hunyuanvideo"
+    blocks_attr = "transformer_blocks"
+    sub_modules = {"attn1": "attn", "ffn": "ff"}
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        scheduler,
+        guidance_scale: float = 6.0,
+        true_cfg_scale: float = 1.0,
+        vae=None,
+        pipeline=None,
+    ):
+        self.transformer = transformer
+        self.scheduler_class = type(scheduler)
+        self.scheduler_config = scheduler.config
+        self.guidance_scale = guidance_scale
+        self.true_cfg_scale = true_cfg_scale
+        self.vae = vae
+        self.pipeline = pipeline
+
+    def make_scheduler(self, shift: float | None = None):
+        return self.scheduler_class.from_config(self.scheduler_config)
+
+    def set_timesteps(self, scheduler, num_steps: int, device=None) -> None:
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, num_steps + 1)[:-1], device=device)
+
+    def num_blocks(self, expert: str | None = None) -> int:
+        return len(self.transformer.transformer_blocks) + len(self.transformer.single_transformer_blocks)
+
+    def block_path(self, index: int, expert: str | None = None) -> str:
+        n_dual = len(self.transformer.transformer_blocks)
+        if index < n_dual:
+            return f"transformer_blocks.{index}"
+        return f"single_transformer_blocks.{index - n_dual}"
+
+    def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
+        cfg = self.transformer.config
+        _, t, h, w = latent_shape[-4:]
+        return (t // cfg.patch_size_t, h // cfg.patch_size, w // cfg.patch_size)
+
+    def forward_calls(self, latents: torch.Tensor, timestep: torch.Tensor, cond: HunyuanConditioning):
+        dtype = next(self.transformer.parameters()).dtype
+        batch = latents.shape[0]
+        guidance = torch.tensor([self.guidance_scale] * batch, dtype=dtype, device=latents.device) * 1000.0
+        common = {
+            "hidden_states": latents.to(dtype),
+            "timestep": timestep.expand(batch).to(latents.dtype),
+            "guidance": guidance,
+            "return_dict": False,
+        }
+        cond_kwargs = {
+            **common,
+            "encoder_hidden_states": cond.prompt_embeds,
+            "encoder_attention_mask": cond.prompt_attention_mask,
+            "pooled_projections": cond.pooled_prompt_embeds,
+        }
+        calls = [ForwardCall(self.transformer, (), cond_kwargs)]
+        if self.true_cfg_scale > 1 and cond.negative_prompt_embeds is not None:
+            uncond_kwargs = {
+                **common,
+                "encoder_hidden_states": cond.negative_prompt_embeds,
+                "encoder_attention_mask": cond.negative_prompt_attention_mask,
+                "pooled_projections": cond.negative_pooled_prompt_embeds,
+            }
+            calls.append(ForwardCall(self.transformer, (), uncond_kwargs, branches={"uncond": slice(None)}))
+        return calls
+
+    def combine(self, calls: list[ForwardCall], outputs: list[torch.Tensor]) -> torch.Tensor:
+        if len(outputs) == 1:
+            return outputs[0]
+        return outputs[1] + self.true_cfg_scale * (outputs[0] - outputs[1])

@@ -1,0 +1,106 @@
+"""LTX-Video adapter.
+
+Mirrors diffusers' ``LTXPipeline`` step: latents are packed token sequences (batch, tokens,
+channels), both guidance halves go in one call (rows [unconditional, conditional]), and the
+flow-matching schedule uses sigmas linspace(1, 1/n, n) shifted by ``mu`` from the sequence length.
+The latent grid (frames, h, w) is fixed per adapter since packed latents do not carry it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from interp.models.base import ForwardCall, VideoDiTAdapter
+
+
+@dataclass
+class LTXConditioning:
+    prompt_embeds: torch.Tensor
+    prompt_attention_mask: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None = None
+    negative_prompt_attention_mask: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.prompt_embeds.shape[0]
+
+
+class LTXAdapter(VideoDiTAdapter):
+    name = "ltx"
+    blocks_attr = "transformer_blocks"
+    sub_modules = {"attn1": "attn1", "attn2": "attn2", "ffn": "ff"}
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        scheduler,
+        latent_grid: tuple[int, int, int],
+        guidance_scale: float = 3.0,
+        frame_rate: int = 25,
+        temporal_compression: int = 8,
+        spatial_compression: int = 32,
+        vae=None,
+        pipeline=None,
+    ):
+        self.transformer = transformer
+        self.scheduler_class = type(scheduler)
+        self.scheduler_config = scheduler.config
+        self.latent_grid = tuple(int(v) for v in latent_grid)
+        self.guidance_scale = guidance_scale
+        self.rope_interpolation_scale = (temporal_compression / frame_rate, spatial_compression, spatial_compression)
+        self.vae = vae
+        self.pipeline = pipeline
+
+    def make_scheduler(self, shift: float | None = None):
+        return self.scheduler_class.from_config(self.scheduler_config)
+
+    def set_timesteps(self, scheduler, num_steps: int, device=None) -> None:
+        cfg = scheduler.config
+        seq_len = int(np.prod(self.latent_grid))
+        slope = (cfg.get("max_shift", 1.15) - cfg.get("base_shift", 0.5)) / (
+            cfg.get("max_image_seq_len", 4096) - cfg.get("base_image_seq_len", 256)
+        )
+        mu = seq_len * slope + cfg.get("base_shift", 0.5) - slope * cfg.get("base_image_seq_len", 256)
+        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+        scheduler.set_timesteps(sigmas=sigmas, mu=mu, device=device)
+
+    def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
+        p = self.transformer.config.patch_size
+        p_t = self.transformer.config.patch_size_t
+        f, h, w = self.latent_grid
+        return (f // p_t, h // p, w // p)
+
+    def forward_calls(self, latents: torch.Tensor, timestep: torch.Tensor, cond: LTXConditioning):
+        batch = latents.shape[0]
+        guided = cond.negative_prompt_embeds is not None
+        hidden = torch.cat([latents] * 2) if guided else latents
+        prompt = torch.cat([cond.negative_prompt_embeds, cond.prompt_embeds]) if guided else cond.prompt_embeds
+        mask = (
+            torch.cat([cond.negative_prompt_attention_mask, cond.prompt_attention_mask])
+            if guided
+            else cond.prompt_attention_mask
+        )
+        f, h, w = self.latent_grid
+        kwargs = {
+            "hidden_states": hidden.to(prompt.dtype),
+            "encoder_hidden_states": prompt,
+            "timestep": timestep.expand(hidden.shape[0]),
+            "encoder_attention_mask": mask,
+            "num_frames": f,
+            "height": h,
+            "width": w,
+            "rope_interpolation_scale": self.rope_interpolation_scale,
+            "return_dict": False,
+        }
+        branches = {"uncond": slice(0, batch), "cond": slice(batch, 2 * batch)} if guided else {"cond": slice(None)}
+        return [ForwardCall(self.transformer, (), kwargs, None, branches)]
+
+    def combine(self, calls: list[ForwardCall], outputs: list[torch.Tensor]) -> torch.Tensor:
+        out = outputs[0].float()
+        if "uncond" not in calls[0].branches:
+            return out
+        uncond, cond = out.chunk(2)
+        return uncond + self.guidance_scale * (cond - uncond)
