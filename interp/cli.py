@@ -97,7 +97,16 @@ def evaluate(
 
 @app.command()
 def trace(
-    model: str = typer.Option("testbed", help="'testbed' or a folder of testbed weights."),
+    model: str = typer.Option(
+        "testbed", help="'testbed', a folder of testbed weights, or a diffusers pipeline folder."
+    ),
+    data: Path | None = typer.Option(None, help="Pipeline models: folder of samples (prompt.txt, first_frame.png)."),
+    height: int = typer.Option(480, help="Pipeline models: video height."),
+    width: int = typer.Option(832, help="Pipeline models: video width."),
+    num_frames: int = typer.Option(81, help="Pipeline models: frames."),
+    seed: list[int] = typer.Option([0], help="Pipeline models: noise seeds per sample (repeatable)."),
+    guidance_scale: float = typer.Option(5.0, help="Pipeline models: classifier-free guidance scale."),
+    device: str = typer.Option("cpu", help="Pipeline models: torch device."),
     task: str = typer.Option("maze", help="Reasoning task."),
     n: int = typer.Option(16, "-n", "--n", help="Number of videos (maze seeds first-seed .. first-seed+n-1)."),
     first_seed: int = typer.Option(0, help="First maze seed (held-out mazes: below 500000)."),
@@ -121,6 +130,34 @@ def trace(
 
     if dtype not in ("float16", "float32"):
         raise UsageError(f"--dtype must be float16 or float32, got {dtype!r}")
+    if Path(model, "model_index.json").is_file():
+        from interp.pipeline_job import PipelineTraceConfig, run_pipeline_trace
+
+        if data is None:
+            raise UsageError("a pipeline model needs --data DIR (sample folders with prompt.txt, first_frame.png)")
+        torch.set_num_threads(threads)
+        pcfg = PipelineTraceConfig(
+            model=model,
+            data=str(data),
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            seeds=list(seed),
+            steps=steps,
+            layers=layers,
+            subs=list(sub),
+            pooling=pooling,
+            dtype=dtype,
+            num_steps=num_steps or 50,
+            guidance_scale=guidance_scale,
+            device=device,
+            backend=backend,
+        )
+        run_pipeline_trace(pcfg, out)
+        typer.echo(f"stored {model} activations in {out}")
+        return
+    if data is not None:
+        raise UsageError("--data is for pipeline models; the testbed generates its own mazes")
     cfg = TraceConfig(
         model=model,
         task=task,

@@ -182,7 +182,7 @@ def build_layout(
     model: str,
     latent_shape: tuple[int, ...],
     num_steps: int,
-    shift: float,
+    shift: float | None,
     steps: list[int],
     sites: list[str],
     pooling: Pooling,
@@ -230,7 +230,7 @@ def trace_batch(
     layout: StoreLayout,
     noise: torch.Tensor,
     conditioning,
-    shift: float,
+    shift: float | None,
 ) -> SampleResult:
     """Sample one batch, streaming the chosen steps' activations and x0_hat into ``part``."""
     sink = StoreSink(part, Pooling.from_json(layout.pooling), site_grids(adapter, layout.sites, layout.latent_shape))

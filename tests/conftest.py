@@ -22,3 +22,24 @@ def tiny_adapter():
 @pytest.fixture(scope="session")
 def shipped_adapter():
     return testbed.TestbedAdapter.load()
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run ``interp ARGS`` in-process: returns (exit code, stdout, stderr)."""
+    import sys
+
+    from interp import cli
+
+    def run(*args):
+        capsys.readouterr()  # drop what the test printed before
+        monkeypatch.setattr(sys, "argv", ["interp", *map(str, args)])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

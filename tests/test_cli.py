@@ -1,15 +1,4 @@
-import sys
-
 import pytest
-
-from interp import cli
-
-
-def _run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["interp", *args])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    return exc.value.code, capsys.readouterr()
 
 
 @pytest.mark.parametrize(
@@ -21,11 +10,16 @@ def _run(monkeypatch, capsys, *args):
         (["generate", "--task", "sudoku"], "unknown task 'sudoku'"),
         (["generate", "--model", "/nonexistent/weights"], "no such folder"),
         (["evaluate", "-n", "0"], "-n must be at least 1"),
+        (["trace", "--layers", "99"], "layer 99 is out of range"),
+        (["trace", "--steps", "0-20"], "step 20 is out of range"),
+        (["trace", "--pooling", "mean"], "bad pooling"),
+        (["trace", "--dtype", "int8"], "--dtype must be float16 or float32"),
+        (["energy", "/nonexistent/store.h5"], "no activation store"),
     ],
 )
-def test_impossible_arguments_give_one_clear_line(monkeypatch, capsys, args, message):
-    code, captured = _run(monkeypatch, capsys, *args)
+def test_impossible_arguments_give_one_clear_line(run_cli, args, message):
+    code, _, err = run_cli(*args)
     assert code == 2
-    lines = captured.err.strip().splitlines()
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interp: error:") and message in lines[0]
-    assert "Traceback" not in captured.err
+    assert "Traceback" not in err

@@ -1,12 +1,10 @@
 """The shipped testbed model: real diffusers class, small, loads offline, solves held-out mazes."""
 
 import json
-import sys
 
 import numpy as np
 from diffusers import WanTransformer3DModel
 
-from interp import cli
 from interp.evaluation import evaluate_mazes
 from interp.models import testbed
 from interp.tasks.splits import held_out_seeds
@@ -27,10 +25,9 @@ def test_shipped_model_solves_held_out_mazes(shipped_adapter):
     assert len({v.prefix_lengths for v in ev.verdicts}) > 1
 
 
-def test_generate_command_writes_video_filmstrip_and_verdict(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["interp", "generate", "--size", "4", "--seed", "3", "--out", str(tmp_path)])
-    cli.main()
-    out = capsys.readouterr().out
+def test_generate_command_writes_video_filmstrip_and_verdict(tmp_path, run_cli):
+    code, out, err = run_cli("generate", "--size", 4, "--seed", 3, "--out", tmp_path)
+    assert code == 0, err
     assert "maze 4x4 seed 3:" in out
     for name in ("video.gif", "filmstrip.png", "verdict.json"):
         assert (tmp_path / name).stat().st_size > 0

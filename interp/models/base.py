@@ -29,6 +29,15 @@ class ForwardCall:
         return first_tensor(self.transformer(*self.args, **self.kwargs))
 
 
+def input_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype a transformer takes its latents in: its input embedding's, since some modules stay fp32."""
+    for name in ("patch_embedding", "patch_embed", "x_embedder", "proj_in"):
+        module = getattr(model, name, None)
+        if module is not None:
+            return next(module.parameters()).dtype
+    return next(model.parameters()).dtype
+
+
 def first_tensor(output) -> torch.Tensor:
     """Module outputs come as tensors, tuples (CogVideoX blocks) or model-output objects."""
     if isinstance(output, torch.Tensor):

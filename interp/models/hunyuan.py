@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from interp.models.base import ForwardCall, VideoDiTAdapter
+from interp.models.base import ForwardCall, VideoDiTAdapter, input_dtype
 
 
 @dataclass
@@ -74,7 +74,7 @@ class HunyuanVideoAdapter(VideoDiTAdapter):
         return (t // cfg.patch_size_t, h // cfg.patch_size, w // cfg.patch_size)
 
     def forward_calls(self, latents: torch.Tensor, timestep: torch.Tensor, cond: HunyuanConditioning):
-        dtype = next(self.transformer.parameters()).dtype
+        dtype = input_dtype(self.transformer)
         batch = latents.shape[0]
         guidance = torch.tensor([self.guidance_scale] * batch, dtype=dtype, device=latents.device) * 1000.0
         common = {

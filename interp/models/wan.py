@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp.models.base import ForwardCall, VideoDiTAdapter
+from interp.models.base import ForwardCall, VideoDiTAdapter, input_dtype
 
 
 @dataclass
@@ -43,6 +43,7 @@ class WanAdapter(VideoDiTAdapter):
         guidance_scale_2: float | None = None,
         vae: torch.nn.Module | None = None,
         pipeline=None,
+        scheduler=None,
     ):
         if (transformer_2 is None) != (boundary_ratio is None):
             raise ValueError("Wan 2.2 needs both transformer_2 and boundary_ratio; Wan 2.1 neither")
@@ -53,13 +54,18 @@ class WanAdapter(VideoDiTAdapter):
         self.guidance_scale_2 = guidance_scale if guidance_scale_2 is None else guidance_scale_2
         self.vae = vae
         self.pipeline = pipeline
+        self.scheduler = scheduler  # the pipeline's (UniPC with flow sigmas for released Wan models)
         self.name = "wan2.2" if transformer_2 is not None else "wan2.1"
 
     @classmethod
     def from_pipeline(cls, pipe, guidance_scale: float = 5.0, guidance_scale_2: float | None = None) -> WanAdapter:
         boundary = getattr(pipe.config, "boundary_ratio", None)
         transformer_2 = getattr(pipe, "transformer_2", None) if boundary is not None else None
-        return cls(pipe.transformer, transformer_2, boundary, guidance_scale, guidance_scale_2, pipe.vae, pipe)
+        if getattr(pipe.config, "expand_timesteps", False):
+            raise ValueError("Wan 2.2 TI2V (expand_timesteps) is not supported by this adapter yet")
+        return cls(
+            pipe.transformer, transformer_2, boundary, guidance_scale, guidance_scale_2, pipe.vae, pipe, pipe.scheduler
+        )
 
     @classmethod
     def from_folder(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> WanAdapter:
@@ -68,6 +74,12 @@ class WanAdapter(VideoDiTAdapter):
 
         pipe = DiffusionPipeline.from_pretrained(Path(path), torch_dtype=dtype, local_files_only=True).to(device)
         return cls.from_pipeline(pipe)
+
+    def make_scheduler(self, shift: float | None = None):
+        """A fresh copy of the pipeline's scheduler; without one, flow-matching Euler with ``shift``."""
+        if self.scheduler is not None and shift is None:
+            return type(self.scheduler).from_config(self.scheduler.config)
+        return super().make_scheduler(shift)
 
     # -- the model ------------------------------------------------------------------------------
     def transformers(self) -> dict[str | None, torch.nn.Module]:
@@ -88,7 +100,7 @@ class WanAdapter(VideoDiTAdapter):
     def forward_calls(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning: WanConditioning):
         expert = self.expert_at(timestep)
         model = self.transformers()[expert]
-        dtype = next(model.parameters()).dtype
+        dtype = input_dtype(model)
         model_input = latents if conditioning.condition is None else torch.cat([latents, conditioning.condition], 1)
         common = {
             "hidden_states": model_input.to(dtype),
