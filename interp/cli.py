@@ -252,32 +252,53 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
     n_filmstrips: int = typer.Option(6, help="Held-out mazes drawn as filmstrips."),
     n_accuracy: int = typer.Option(200, help="Held-out mazes for the accuracy figure."),
+    n_trace: int = typer.Option(32, help="Held-out mazes traced into an activation store."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
-    """The main job on the testbed: held-out mazes, their accuracy and x0_hat filmstrips."""
+    """The main job on the testbed: accuracy, x0_hat filmstrips, an activation store, token-energy maps."""
+    import numpy as np
     import torch
 
+    from activations.reader import ActivationStore
+    from interp.analysis.token_energy import energy_by_layer, pca_rgb
     from interp.evaluation import evaluate_mazes
     from interp.generation import generate_mazes, write_generated
+    from interp.report.energy_plots import plot_layer_frame_energy, plot_token_maps
     from interp.tasks import maze as maze_task
     from interp.tasks.splits import IN_DISTRIBUTION, held_out_seeds
+    from interp.trace_job import TraceConfig, run_trace
 
     torch.set_num_threads(threads)
     tic = time.time()
     adapter = _load_testbed(None)
     size, frames = IN_DISTRIBUTION["size"], IN_DISTRIBUTION["frames"]
+    typer.echo(f"1/3 x0_hat filmstrips of {n_filmstrips} held-out {size}x{size} mazes")
     mazes = [maze_task.generate_maze(size, s) for s in held_out_seeds(n_filmstrips)]
     for result in generate_mazes(adapter, mazes, frames):
         folder = out / f"maze{size}_seed{result.maze.seed}"
         write_generated(result, folder)
         typer.echo(f"  seed {result.maze.seed}: {'solved' if result.verdict.solved else 'NOT solved'} -> {folder}")
+    typer.echo(f"2/3 accuracy on {n_accuracy} held-out mazes")
     ev = evaluate_mazes(adapter, held_out_seeds(n_accuracy), size, frames, progress=True)
     summary = ev.summary()
     (out / "accuracy.json").write_text(json.dumps(summary, indent=2))
+    typer.echo(f"3/3 activation store of {n_trace} mazes (every block, every step) and token-energy maps")
+    store_path = run_trace(TraceConfig(n=n_trace), out / "trace.h5", adapter=adapter)
+    with ActivationStore(store_path) as store:
+        layers = store.layers
+        sites = [f"blocks.{k}" for k in layers]
+        for step in (store.steps[0], store.steps[len(store.steps) // 2], store.steps[-1]):
+            tag = f"video 0, step {step} (sigma {store.sigma(step):.2f})"
+            plot_layer_frame_energy(
+                energy_by_layer(store, 0, step, sites), layers, out / f"energy_step{step:02d}.png", tag
+            )
+        mid = store.steps[len(store.steps) // 2]
+        rgb = np.stack([pca_rgb(store, s, 0, mid) for s in sites])
+        plot_token_maps(rgb, layers, out / f"pca_step{mid:02d}.png", f"PCA of tokens, video 0, step {mid}", rgb=True)
     lo, hi = summary["ci95"]
     typer.echo(
         f"held-out {size}x{size} mazes: {summary['accuracy']:.1%} exact (95% CI {lo:.1%}-{hi:.1%}, "
-        f"n={summary['n']}); {time.time() - tic:.0f}s; results in {out}"
+        f"n={summary['n']}); store: {store_path}; {time.time() - tic:.0f}s; results in {out}"
     )
 
 

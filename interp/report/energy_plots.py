@@ -45,7 +45,7 @@ def plot_token_maps(
             if j == 0:
                 ax.set_ylabel(f"block {layers[i]}", fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)

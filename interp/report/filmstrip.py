@@ -52,7 +52,8 @@ def save_filmstrip(
                 ax.set_ylabel(f"step {steps[i]}\nσ={sigmas[i]:.2f}", fontsize=7, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    # Keep half an inch at the top for the title, clear of the column headings.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

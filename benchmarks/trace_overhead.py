@@ -1,0 +1,182 @@
+"""Cost of tracing on the testbed: every block at every step stored.
+
+Prints a table and writes benchmarks/results/trace_overhead.json:
+- traced-and-stored generation time over untraced generation time (nnsight and plain hooks),
+  medians over interleaved repeats in one process;
+- store write throughput against plain h5py writing the same arrays with the same layout;
+- peak RSS of a whole trace against the number of denoising steps (one fresh process each).
+Floors from the issue: at most 1.25x untraced; RSS flat in steps.
+Usage: python benchmarks/trace_overhead.py [--videos 64] [--repeats 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from activations.writer import site_chunks
+from interp.models.testbed import TestbedAdapter
+from interp.sampling import initial_noise, sample
+from interp.tasks import maze as maze_task
+from interp.trace_job import TraceConfig, run_trace
+
+
+def untraced(adapter: TestbedAdapter, n: int, batch: int, num_steps: int) -> float:
+    tic = time.perf_counter()
+    for start in range(0, n, batch):
+        mazes = [maze_task.generate_maze(4, s) for s in range(start, min(n, start + batch))]
+        noise = initial_noise([m.seed for m in mazes], adapter.latent_shape(4, 4))
+        with torch.no_grad():
+            out = sample(adapter, noise, adapter.conditioning(mazes, 4), num_steps)
+        videos = adapter.decode(out.latents)
+        [maze_task.verify(v, m) for v, m in zip(videos, mazes)]
+    return time.perf_counter() - tic
+
+
+def traced(
+    adapter: TestbedAdapter, n: int, batch: int, num_steps: int, backend: str, folder: Path
+) -> tuple[float, int]:
+    shutil.rmtree(folder, ignore_errors=True)
+    cfg = TraceConfig(n=n, batch_size=batch, num_steps=num_steps, backend=backend)
+    tic = time.perf_counter()
+    path = run_trace(cfg, folder / "t.h5", adapter=adapter, progress=False)
+    seconds = time.perf_counter() - tic
+    size = sum(p.stat().st_size for p in (folder / "t.h5.parts").glob("*.h5"))
+    assert path.exists()
+    return seconds, size
+
+
+def plain_h5py_write(n: int, batch: int, num_steps: int, sites: int, hidden: int, folder: Path) -> float:
+    """The same arrays (fp16, same shapes and chunks) written with h5py in the foreground."""
+    chunks = site_chunks(batch, 64, hidden, 2)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    block = rng.standard_normal((batch, 64, hidden)).astype(np.float16)
+    x0 = rng.standard_normal((batch, 8, 4, 4, 4)).astype(np.float16)
+    tic = time.perf_counter()
+    for part in range(0, n, batch):
+        with h5py.File(folder / f"p{part}.h5", "w") as f:
+            ds = [
+                f.create_dataset(f"s{k}", shape=(batch, num_steps, 64, hidden), dtype="float16", chunks=chunks)
+                for k in range(sites)
+            ]
+            xd = f.create_dataset("x0_hat", shape=(batch, num_steps, 8, 4, 4, 4), dtype="float16")
+            for step in range(num_steps):
+                for d in ds:
+                    d[:, step] = block
+                xd[:, step] = x0
+    return time.perf_counter() - tic
+
+
+def rss_probe(num_steps: int, videos: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    folder = Path(tempfile.mkdtemp())
+    run_trace(TraceConfig(n=videos, batch_size=16, num_steps=num_steps), folder / "t.h5", progress=False)
+    shutil.rmtree(folder)
+    print(
+        json.dumps({"num_steps": num_steps, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--videos", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rss-probe", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "trace_overhead.json")
+    args = parser.parse_args()
+    if args.rss_probe is not None:
+        return rss_probe(args.rss_probe, args.videos, args.threads)
+    torch.set_num_threads(args.threads)
+    adapter = TestbedAdapter.load()
+    work = Path(tempfile.mkdtemp())
+    times: dict[str, list[float]] = {"untraced": [], "nnsight": [], "hooks": []}
+    stored_bytes = 0
+    untraced(adapter, args.batch, args.batch, args.steps)  # warm-up
+    for _ in range(args.repeats):  # interleaved, so drifts of a shared machine hit all three alike
+        times["untraced"].append(untraced(adapter, args.videos, args.batch, args.steps))
+        for backend in ("nnsight", "hooks"):
+            seconds, stored_bytes = traced(adapter, args.videos, args.batch, args.steps, backend, work / backend)
+            times[backend].append(seconds)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    n_sites, hidden = adapter.num_blocks(), adapter.hidden_size()
+    h5_seconds = statistics.median(
+        plain_h5py_write(args.videos, args.batch, args.steps, n_sites, hidden, work / "plain")
+        for _ in range(args.repeats)
+    )
+    mb = stored_bytes / 2**20
+    # The store writes off the sampling thread, so its own throughput is bytes over the traced run's
+    # extra time is not meaningful; report bytes over plain-h5py time for the same arrays, and the
+    # traced run's bytes per second of wall time (a lower bound on what the writer sustains).
+    rss = []
+    for steps in (10, 20, 40):
+        probe = subprocess.run(
+            [sys.executable, __file__, "--rss-probe", str(steps), "--videos", "32", "--threads", str(args.threads)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rss.append(json.loads(probe.stdout.strip().splitlines()[-1]))
+    shutil.rmtree(work, ignore_errors=True)
+    ratio = {b: median[b] / median["untraced"] for b in ("nnsight", "hooks")}
+    print(
+        f"testbed: {args.videos} videos x {args.steps} steps x {n_sites} blocks stored ({mb:.1f} MB fp16), "
+        f"{args.threads} threads, median of {args.repeats}"
+    )
+    print(f"{'run':<28} {'seconds':>8} {'x untraced':>11}")
+    print(f"{'untraced generation':<28} {median['untraced']:>8.2f} {1.0:>11.2f}")
+    for b in ("nnsight", "hooks"):
+        print(f"{'traced + stored (' + b + ')':<28} {median[b]:>8.2f} {ratio[b]:>11.2f}")
+    print(f"{'plain h5py, same arrays':<28} {h5_seconds:>8.2f}   ({mb / h5_seconds:.0f} MB/s)")
+    print(f"store: {mb / median['nnsight']:.1f} MB/s of wall time while tracing (writes overlap sampling)")
+    print(f"{'steps':>6} {'peak RSS MB':>12}")
+    for r in rss:
+        print(f"{r['num_steps']:>6} {r['peak_rss_mb']:>12.0f}")
+    floor_ok = ratio["nnsight"] <= 1.25
+    rss_growth = rss[-1]["peak_rss_mb"] / rss[0]["peak_rss_mb"]
+    print(
+        f"floor: traced <= 1.25x untraced: {'met' if floor_ok else 'NOT met'} ({ratio['nnsight']:.2f}x); "
+        f"RSS 40 steps / 10 steps = {rss_growth:.2f}"
+    )
+    record = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",
+        "videos": args.videos,
+        "steps": args.steps,
+        "blocks": n_sites,
+        "stored_mb": mb,
+        "seconds": times,
+        "median_seconds": median,
+        "ratio_to_untraced": ratio,
+        "plain_h5py_seconds": h5_seconds,
+        "plain_h5py_mb_per_s": mb / h5_seconds,
+        "store_mb_per_s_wall": mb / median["nnsight"],
+        "rss": rss,
+        "rss_40_over_10": rss_growth,
+        "floor_ratio_met": floor_ok,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
