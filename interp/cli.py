@@ -105,7 +105,8 @@ def trace(
     width: int = typer.Option(832, help="Pipeline models: video width."),
     num_frames: int = typer.Option(81, help="Pipeline models: frames."),
     seed: list[int] = typer.Option([0], help="Pipeline models: noise seeds per sample (repeatable)."),
-    guidance_scale: float = typer.Option(5.0, help="Pipeline models: classifier-free guidance scale."),
+    guidance_scale: float | None = typer.Option(None, help="Pipeline models: guidance scale (default: the family's)."),
+    max_sequence_length: int = typer.Option(226, help="Pipeline models: prompt tokens."),
     device: str = typer.Option("cpu", help="Pipeline models: torch device."),
     task: str = typer.Option("maze", help="Reasoning task."),
     n: int = typer.Option(16, "-n", "--n", help="Number of videos (maze seeds first-seed .. first-seed+n-1)."),
@@ -152,6 +153,7 @@ def trace(
             guidance_scale=guidance_scale,
             device=device,
             backend=backend,
+            max_sequence_length=max_sequence_length,
         )
         run_pipeline_trace(pcfg, out)
         typer.echo(f"stored {model} activations in {out}")

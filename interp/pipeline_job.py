@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from activations.pooling import Pooling
@@ -20,7 +21,7 @@ from interp.models.base import VideoDiTAdapter
 from interp.sampling import initial_noise
 from interp.tracing import SiteCapture, build_layout, trace_batch
 
-CLI_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline")
+CLI_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline", "CogVideoXPipeline", "LTXPipeline")
 
 
 @dataclass
@@ -60,9 +61,9 @@ class PipelineTraceConfig:
     pooling: str = "none"
     dtype: str = "float16"
     num_steps: int = 50
-    guidance_scale: float = 5.0
-    negative_prompt: str = ""
-    max_sequence_length: int = 512
+    guidance_scale: float | None = None  # None: the family's default
+    negative_prompt: str | None = ""  # None: no classifier-free guidance
+    max_sequence_length: int = 226
     torch_dtype: str = "bfloat16"
     device: str = "cpu"
     backend: str = "nnsight"
@@ -70,8 +71,11 @@ class PipelineTraceConfig:
 
 
 def load_pipeline_adapter(cfg: PipelineTraceConfig) -> VideoDiTAdapter:
+    """The adapter of a local pipeline folder, chosen by the pipeline class in its model_index.json."""
     from diffusers import DiffusionPipeline
 
+    from interp.models.cogvideox import CogVideoXAdapter
+    from interp.models.ltx import LTXAdapter
     from interp.models.wan import WanAdapter
 
     folder = Path(cfg.model)
@@ -81,49 +85,16 @@ def load_pipeline_adapter(cfg: PipelineTraceConfig) -> VideoDiTAdapter:
     if kind not in CLI_PIPELINES:
         raise ValueError(
             f"--model {folder}: {kind} is not wired to the command line yet (supported: {', '.join(CLI_PIPELINES)}); "
-            "the Python adapters in interp.models cover CogVideoX, LTX-Video and HunyuanVideo"
+            "interp.models.hunyuan has the HunyuanVideo adapter for use from Python"
         )
     pipe = DiffusionPipeline.from_pretrained(folder, dtype=getattr(torch, cfg.torch_dtype), local_files_only=True)
     pipe = pipe.to(cfg.device)
-    return WanAdapter.from_pipeline(pipe, guidance_scale=cfg.guidance_scale)
-
-
-def _latent_shape(adapter, cfg: PipelineTraceConfig) -> tuple[int, int, int, int]:
-    pipe = adapter.pipeline
-    t_scale, s_scale = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
-    if (cfg.num_frames - 1) % t_scale:
-        raise ValueError(f"num_frames - 1 must be a multiple of {t_scale}, got {cfg.num_frames}")
-    if cfg.height % (s_scale * 2) or cfg.width % (s_scale * 2):
-        raise ValueError(f"height and width must be multiples of {s_scale * 2}")
-    return (pipe.vae.config.z_dim, (cfg.num_frames - 1) // t_scale + 1, cfg.height // s_scale, cfg.width // s_scale)
-
-
-def _conditioning(adapter, cfg: PipelineTraceConfig, samples: list[Sample], noise: torch.Tensor):
-    from PIL import Image
-
-    pipe = adapter.pipeline
-    cond = adapter.encode([s.prompt for s in samples], cfg.negative_prompt, cfg.max_sequence_length)
-    if type(pipe).__name__ == "WanImageToVideoPipeline":
-        missing = [s.name for s in samples if s.first_frame is None]
-        if missing:
-            raise ValueError(f"image-to-video needs first_frame.png; missing in {missing}")
-        images = [Image.open(s.first_frame).convert("RGB") for s in samples]
-        if getattr(pipe, "image_encoder", None) is not None:
-            cond.image_embeds = pipe.encode_image(images, noise.device)
-        processed = pipe.video_processor.preprocess(images, height=cfg.height, width=cfg.width).to(noise.device)
-        _, cond.condition = pipe.prepare_latents(
-            processed,
-            noise.shape[0],
-            noise.shape[1],
-            cfg.height,
-            cfg.width,
-            cfg.num_frames,
-            torch.float32,
-            noise.device,
-            None,
-            noise.clone(),
-        )
-    return cond
+    scale = {} if cfg.guidance_scale is None else {"guidance_scale": cfg.guidance_scale}
+    if kind.startswith("Wan"):
+        return WanAdapter.from_pipeline(pipe, **scale)
+    if kind == "CogVideoXPipeline":
+        return CogVideoXAdapter.from_pipeline(pipe, **scale)
+    return LTXAdapter.from_pipeline(pipe, cfg.height, cfg.width, cfg.num_frames, **scale)
 
 
 def run_pipeline_trace(cfg: PipelineTraceConfig, out: str | Path, progress: bool = True) -> Path:
@@ -132,7 +103,7 @@ def run_pipeline_trace(cfg: PipelineTraceConfig, out: str | Path, progress: bool
     if not cfg.seeds:
         raise ValueError("need at least one seed")
     adapter = load_pipeline_adapter(cfg)
-    latent_shape = _latent_shape(adapter, cfg)
+    latent_shape = adapter.pipeline_latent_shape(cfg.height, cfg.width, cfg.num_frames)
     steps = parse_index_spec(cfg.steps, cfg.num_steps, "step")
     layers = parse_index_spec(cfg.layers, adapter.num_blocks(next(iter(adapter.transformers()))), "layer")
     sites = adapter.site_names(layers, tuple(cfg.subs))
@@ -155,14 +126,24 @@ def run_pipeline_trace(cfg: PipelineTraceConfig, out: str | Path, progress: bool
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     capture = SiteCapture(adapter, sites, cfg.backend)
-    device = next(adapter.transformer.parameters()).device
+    device = adapter.transformer.device
     with StoreWriter(out, layout) as writer:
         pending = writer.pending()
         for v in tqdm(pending, disable=not progress, desc="tracing videos"):
             sample, seed = jobs[v]
             noise = initial_noise([seed], latent_shape, device, torch.float32)
+            image = Image.open(sample.first_frame).convert("RGB") if sample.first_frame else None
             with torch.no_grad():
-                conditioning = _conditioning(adapter, cfg, [sample], noise)
+                conditioning = adapter.pipeline_conditioning(
+                    [sample.prompt],
+                    [image],
+                    noise,
+                    cfg.negative_prompt,
+                    cfg.height,
+                    cfg.width,
+                    cfg.num_frames,
+                    cfg.max_sequence_length,
+                )
             part = writer.begin_part([v])
             result = trace_batch(adapter, capture, part, layout, noise, conditioning, None)
             meta = {"sample": sample.name, "prompt": sample.prompt, "seed": seed, "model": str(cfg.model)}

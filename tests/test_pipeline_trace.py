@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from tiny_pipelines import build_tiny_wan, write_samples
+from tiny_pipelines import BUILDERS, build_tiny_wan, write_samples
 
 from activations import ActivationStore
 
@@ -61,3 +61,68 @@ def test_pipeline_errors_are_clear(tmp_path, run_cli):
         last = err.strip().splitlines()[-1]  # progress bars of pipeline loading may come before it
         assert code == 2 and last.startswith("interp: error:") and message in last and "Traceback" not in err, err
     assert not list(tmp_path.glob("never*"))
+
+
+@pytest.mark.parametrize("family, grid", [("cogvideox", (3, 2, 2)), ("ltx", (3, 8, 8))])
+def test_trace_cogvideox_and_ltx_pipeline_folders(tmp_path, run_cli, family, grid):
+    model = BUILDERS[family](tmp_path / family)
+    data = write_samples(tmp_path / "data", n=1)
+    out = tmp_path / "store.h5"
+    code, _, err = run_cli(
+        "trace",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--height",
+        32,
+        "--width",
+        32,
+        "--num-frames",
+        9,
+        "--num-steps",
+        3,
+        "--max-sequence-length",
+        16,
+        "--out",
+        out,
+    )
+    assert code == 0, err
+    with ActivationStore(out) as store:
+        assert store.layout.adapter == family and store.layout.token_grid == grid
+        assert store.completed_videos == [0] and np.isfinite(store.activations("blocks.1")).all()
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "ltx"])
+def test_adapter_decode_matches_the_pipeline_output(tmp_path, family):
+    """Same noise, same prompt: the adapter's sampled-and-decoded video equals the pipeline's."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from interp.pipeline_job import PipelineTraceConfig, load_pipeline_adapter
+    from interp.sampling import sample
+
+    folder = BUILDERS[family](tmp_path / family)
+    frames = 5 if family == "wan" else 9
+    cfg = PipelineTraceConfig(model=str(folder), data="", height=32, width=32, num_frames=frames, torch_dtype="float32")
+    adapter = load_pipeline_adapter(cfg)
+    shape = adapter.pipeline_latent_shape(32, 32, frames)
+    noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cond = adapter.pipeline_conditioning(["solve the maze"], [None], noise, "", 32, 32, frames, 16)
+        latents = sample(adapter, noise.clone(), cond, num_steps=3, scheduler=adapter.make_scheduler()).latents
+        mine = adapter.decode(latents)
+    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    theirs = pipe(
+        prompt="solve the maze",
+        negative_prompt="",
+        latents=noise.clone(),
+        num_inference_steps=3,
+        height=32,
+        width=32,
+        num_frames=frames,
+        max_sequence_length=16,
+        output_type="np",
+    ).frames
+    assert mine.shape == (1, frames, 32, 32, 3)
+    np.testing.assert_allclose(mine / 255.0, np.asarray(theirs), atol=1.5 / 255)

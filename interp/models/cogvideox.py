@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from interp.models.base import ForwardCall, VideoDiTAdapter
+from interp.models.base import ForwardCall, VideoDiTAdapter, input_dtype
 
 
 @dataclass
@@ -64,7 +65,7 @@ class CogVideoXAdapter(VideoDiTAdapter):
             hidden = torch.cat([hidden, image], dim=2)
         prompt = torch.cat([cond.negative_prompt_embeds, cond.prompt_embeds]) if guided else cond.prompt_embeds
         kwargs = {
-            "hidden_states": hidden,
+            "hidden_states": hidden.to(input_dtype(self.transformer)),
             "encoder_hidden_states": prompt,
             "timestep": timestep.expand(hidden.shape[0]),
             "image_rotary_emb": cond.image_rotary_emb,
@@ -85,3 +86,43 @@ class CogVideoXAdapter(VideoDiTAdapter):
         if scheduler.config.prediction_type == "v_prediction":
             return alpha_bar.sqrt() * latents - (1 - alpha_bar).sqrt() * output
         return (latents - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
+
+    # -- through the pipeline ---------------------------------------------------------------------
+    def pipeline_latent_shape(self, height: int, width: int, num_frames: int) -> tuple[int, ...]:
+        pipe = self.pipeline
+        t_scale, s_scale = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
+        if (num_frames - 1) % t_scale:
+            raise ValueError(f"num_frames - 1 must be a multiple of {t_scale}, got {num_frames}")
+        p = self.transformer.config.patch_size
+        if height % (s_scale * p) or width % (s_scale * p):
+            raise ValueError(f"height and width must be multiples of {s_scale * p}")
+        frames = (num_frames - 1) // t_scale + 1
+        if self.transformer.config.patch_size_t and frames % self.transformer.config.patch_size_t:
+            raise ValueError(f"{frames} latent frames do not divide into temporal patches")
+        return (frames, self.transformer.config.in_channels, height // s_scale, width // s_scale)
+
+    def pipeline_conditioning(
+        self, prompts, images, noise, negative_prompt, height, width, num_frames, max_sequence_length
+    ) -> CogVideoXConditioning:
+        pipe = self.pipeline
+        guided = negative_prompt is not None
+        device = noise.device
+        pos, neg = pipe.encode_prompt(
+            prompts,
+            [negative_prompt] * len(prompts) if guided else None,
+            guided,
+            max_sequence_length=max_sequence_length,
+            device=device,
+        )
+        rotary = None
+        if self.transformer.config.use_rotary_positional_embeddings:
+            rotary = pipe._prepare_rotary_positional_embeddings(height, width, noise.shape[1], device)
+        return CogVideoXConditioning(pos, neg if guided else None, image_rotary_emb=rotary)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """(B, frames, C, h, w) latents to RGB videos (B, T, H, W, 3) uint8 with the pipeline's VAE."""
+        if self.vae is None:
+            raise ValueError("decoding needs the pipeline's VAE")
+        z = latents.permute(0, 2, 1, 3, 4) / self.vae.config.scaling_factor
+        video = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
+        return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()

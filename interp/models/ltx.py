@@ -54,6 +54,25 @@ class LTXAdapter(VideoDiTAdapter):
         self.vae = vae
         self.pipeline = pipeline
 
+    @classmethod
+    def from_pipeline(cls, pipe, height: int, width: int, num_frames: int, guidance_scale: float = 3.0) -> LTXAdapter:
+        t_scale, s_scale = pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio
+        if (num_frames - 1) % t_scale:
+            raise ValueError(f"num_frames - 1 must be a multiple of {t_scale}, got {num_frames}")
+        if height % s_scale or width % s_scale:
+            raise ValueError(f"height and width must be multiples of {s_scale}")
+        grid = ((num_frames - 1) // t_scale + 1, height // s_scale, width // s_scale)
+        return cls(
+            pipe.transformer,
+            pipe.scheduler,
+            grid,
+            guidance_scale,
+            temporal_compression=t_scale,
+            spatial_compression=s_scale,
+            vae=pipe.vae,
+            pipeline=pipe,
+        )
+
     def make_scheduler(self, shift: float | None = None):
         return self.scheduler_class.from_config(self.scheduler_config)
 
@@ -104,3 +123,34 @@ class LTXAdapter(VideoDiTAdapter):
             return out
         uncond, cond = out.chunk(2)
         return uncond + self.guidance_scale * (cond - uncond)
+
+    # -- through the pipeline ---------------------------------------------------------------------
+    def pipeline_latent_shape(self, height: int, width: int, num_frames: int) -> tuple[int, ...]:
+        """Packed latents: (tokens, channels x patch volume)."""
+        cfg = self.transformer.config
+        return (int(np.prod(self.token_grid(()))), cfg.in_channels)
+
+    def pipeline_conditioning(
+        self, prompts, images, noise, negative_prompt, height, width, num_frames, max_sequence_length
+    ) -> LTXConditioning:
+        guided = negative_prompt is not None
+        pe, pm, ne, nm = self.pipeline.encode_prompt(
+            prompts,
+            [negative_prompt] * len(prompts) if guided else None,
+            guided,
+            max_sequence_length=max_sequence_length,
+            device=noise.device,
+        )
+        return LTXConditioning(pe, pm, ne if guided else None, nm if guided else None)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Packed latents to RGB videos (B, T, H, W, 3) uint8, as the pipeline does at decode timestep 0."""
+        if self.vae is None or self.pipeline is None:
+            raise ValueError("decoding needs the adapter built from a pipeline (LTXAdapter.from_pipeline)")
+        pipe, vae, cfg = self.pipeline, self.vae, self.transformer.config
+        f, h, w = self.latent_grid
+        z = pipe._unpack_latents(latents, f, h, w, cfg.patch_size, cfg.patch_size_t)
+        z = pipe._denormalize_latents(z, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+        timestep = torch.zeros(z.shape[0], device=z.device) if vae.config.timestep_conditioning else None
+        video = vae.decode(z.to(vae.dtype), timestep, return_dict=False)[0]
+        return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()

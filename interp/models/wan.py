@@ -137,6 +137,49 @@ class WanAdapter(VideoDiTAdapter):
         )
         return WanConditioning(pos, neg if guided else None)
 
+    def pipeline_latent_shape(self, height: int, width: int, num_frames: int) -> tuple[int, ...]:
+        pipe = self.pipeline
+        t_scale, s_scale = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
+        if (num_frames - 1) % t_scale:
+            raise ValueError(f"num_frames - 1 must be a multiple of {t_scale}, got {num_frames}")
+        if height % (s_scale * 2) or width % (s_scale * 2):
+            raise ValueError(f"height and width must be multiples of {s_scale * 2}")
+        return (pipe.vae.config.z_dim, (num_frames - 1) // t_scale + 1, height // s_scale, width // s_scale)
+
+    def pipeline_conditioning(
+        self,
+        prompts: list[str],
+        images: list,
+        noise: torch.Tensor,
+        negative_prompt: str | None,
+        height: int,
+        width: int,
+        num_frames: int,
+        max_sequence_length: int,
+    ) -> WanConditioning:
+        """Text (and, for image-to-video, first-frame) conditioning through the pipeline's encoders."""
+        pipe = self.pipeline
+        cond = self.encode(prompts, negative_prompt, max_sequence_length)
+        if type(pipe).__name__ == "WanImageToVideoPipeline":
+            if any(image is None for image in images):
+                raise ValueError("image-to-video needs a first_frame.png in every sample")
+            if getattr(pipe, "image_encoder", None) is not None:
+                cond.image_embeds = pipe.encode_image(images, noise.device)
+            processed = pipe.video_processor.preprocess(images, height=height, width=width).to(noise.device)
+            _, cond.condition = pipe.prepare_latents(
+                processed,
+                noise.shape[0],
+                noise.shape[1],
+                height,
+                width,
+                num_frames,
+                torch.float32,
+                noise.device,
+                None,
+                noise.clone(),
+            )
+        return cond
+
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents to RGB videos (B, T, H, W, 3) uint8 with the pipeline's VAE (Wan's latent normalisation)."""
         if self.vae is None:
