@@ -21,7 +21,7 @@ from interp.models.base import VideoDiTAdapter
 from interp.sampling import initial_noise
 from interp.tracing import SiteCapture, build_layout, trace_batch
 
-CLI_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline", "CogVideoXPipeline", "LTXPipeline")
+CLI_PIPELINES = ("WanPipeline", "WanImageToVideoPipeline", "CogVideoXPipeline", "LTXPipeline", "HunyuanVideoPipeline")
 
 
 @dataclass
@@ -75,6 +75,7 @@ def load_pipeline_adapter(cfg: PipelineTraceConfig) -> VideoDiTAdapter:
     from diffusers import DiffusionPipeline
 
     from interp.models.cogvideox import CogVideoXAdapter
+    from interp.models.hunyuan import HunyuanVideoAdapter
     from interp.models.ltx import LTXAdapter
     from interp.models.wan import WanAdapter
 
@@ -83,10 +84,7 @@ def load_pipeline_adapter(cfg: PipelineTraceConfig) -> VideoDiTAdapter:
         raise ValueError(f"--model {folder}: not a diffusers pipeline folder (no model_index.json)")
     kind = json.loads((folder / "model_index.json").read_text()).get("_class_name")
     if kind not in CLI_PIPELINES:
-        raise ValueError(
-            f"--model {folder}: {kind} is not wired to the command line yet (supported: {', '.join(CLI_PIPELINES)}); "
-            "interp.models.hunyuan has the HunyuanVideo adapter for use from Python"
-        )
+        raise ValueError(f"--model {folder}: {kind} has no adapter yet (supported: {', '.join(CLI_PIPELINES)})")
     pipe = DiffusionPipeline.from_pretrained(folder, dtype=getattr(torch, cfg.torch_dtype), local_files_only=True)
     pipe = pipe.to(cfg.device)
     scale = {} if cfg.guidance_scale is None else {"guidance_scale": cfg.guidance_scale}
@@ -94,6 +92,8 @@ def load_pipeline_adapter(cfg: PipelineTraceConfig) -> VideoDiTAdapter:
         return WanAdapter.from_pipeline(pipe, **scale)
     if kind == "CogVideoXPipeline":
         return CogVideoXAdapter.from_pipeline(pipe, **scale)
+    if kind == "HunyuanVideoPipeline":
+        return HunyuanVideoAdapter.from_pipeline(pipe, **scale)
     return LTXAdapter.from_pipeline(pipe, cfg.height, cfg.width, cfg.num_frames, **scale)
 
 

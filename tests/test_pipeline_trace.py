@@ -63,8 +63,8 @@ def test_pipeline_errors_are_clear(tmp_path, run_cli):
     assert not list(tmp_path.glob("never*"))
 
 
-@pytest.mark.parametrize("family, grid", [("cogvideox", (3, 2, 2)), ("ltx", (3, 8, 8))])
-def test_trace_cogvideox_and_ltx_pipeline_folders(tmp_path, run_cli, family, grid):
+@pytest.mark.parametrize("family, grid", [("cogvideox", (3, 2, 2)), ("ltx", (3, 8, 8)), ("hunyuanvideo", (3, 4, 4))])
+def test_trace_cogvideox_ltx_hunyuan_pipeline_folders(tmp_path, run_cli, family, grid):
     model = BUILDERS[family](tmp_path / family)
     data = write_samples(tmp_path / "data", n=1)
     out = tmp_path / "store.h5"
@@ -93,7 +93,7 @@ def test_trace_cogvideox_and_ltx_pipeline_folders(tmp_path, run_cli, family, gri
         assert store.completed_videos == [0] and np.isfinite(store.activations("blocks.1")).all()
 
 
-@pytest.mark.parametrize("family", ["wan", "cogvideox", "ltx"])
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "ltx", "hunyuanvideo"])
 def test_adapter_decode_matches_the_pipeline_output(tmp_path, family):
     """Same noise, same prompt: the adapter's sampled-and-decoded video equals the pipeline's."""
     import torch

@@ -53,6 +53,10 @@ class HunyuanVideoAdapter(VideoDiTAdapter):
         self.vae = vae
         self.pipeline = pipeline
 
+    @classmethod
+    def from_pipeline(cls, pipe, guidance_scale: float = 6.0, true_cfg_scale: float = 1.0) -> HunyuanVideoAdapter:
+        return cls(pipe.transformer, pipe.scheduler, guidance_scale, true_cfg_scale, pipe.vae, pipe)
+
     def make_scheduler(self, shift: float | None = None):
         return self.scheduler_class.from_config(self.scheduler_config)
 
@@ -104,3 +108,42 @@ class HunyuanVideoAdapter(VideoDiTAdapter):
         if len(outputs) == 1:
             return outputs[0]
         return outputs[1] + self.true_cfg_scale * (outputs[0] - outputs[1])
+
+    # -- through the pipeline ---------------------------------------------------------------------
+    def pipeline_latent_shape(self, height: int, width: int, num_frames: int) -> tuple[int, ...]:
+        pipe = self.pipeline
+        t_scale, s_scale = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
+        if (num_frames - 1) % t_scale:
+            raise ValueError(f"num_frames - 1 must be a multiple of {t_scale}, got {num_frames}")
+        p = self.transformer.config.patch_size
+        if height % (s_scale * p) or width % (s_scale * p):
+            raise ValueError(f"height and width must be multiples of {s_scale * p}")
+        return (
+            self.transformer.config.in_channels,
+            (num_frames - 1) // t_scale + 1,
+            height // s_scale,
+            width // s_scale,
+        )
+
+    def pipeline_conditioning(
+        self, prompts, images, noise, negative_prompt, height, width, num_frames, max_sequence_length
+    ) -> HunyuanConditioning:
+        pipe = self.pipeline
+        pe, pooled, mask = pipe.encode_prompt(
+            prompts, None, max_sequence_length=max_sequence_length, device=noise.device
+        )
+        cond = HunyuanConditioning(pe, mask, pooled)
+        if self.true_cfg_scale > 1 and negative_prompt is not None:
+            ne, npooled, nmask = pipe.encode_prompt(
+                [negative_prompt] * len(prompts), None, max_sequence_length=max_sequence_length, device=noise.device
+            )
+            cond.negative_prompt_embeds, cond.negative_prompt_attention_mask = ne, nmask
+            cond.negative_pooled_prompt_embeds = npooled
+        return cond
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents to RGB videos (B, T, H, W, 3) uint8 with the pipeline's VAE."""
+        if self.vae is None:
+            raise ValueError("decoding needs the pipeline's VAE")
+        video = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+        return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
