@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is needed only while tracing; reading a store needs h5py and numpy alone
+    import torch
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class Pooling:
 
     def apply(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """Pool (batch, frames*h*w, hidden) tokens laid out frame-major, as DiTs flatten them."""
+        import torch
+
         b, n, d = tokens.shape
         t, h, w = grid
         if n != t * h * w:

@@ -38,6 +38,33 @@ def input_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def video_to_uint8(video: torch.Tensor):
+    """A VAE's decoded (B, C, T, H, W) video in [-1, 1] as (B, T, H, W, 3) uint8 numpy, as pipelines postprocess."""
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def check_video_size(num_frames: int, height: int, width: int, temporal: int, spatial: int) -> int:
+    """Validate a pipeline's video size; returns the number of latent frames."""
+    if (num_frames - 1) % temporal:
+        raise ValueError(f"num_frames - 1 must be a multiple of {temporal}, got {num_frames}")
+    if height % spatial or width % spatial:
+        raise ValueError(f"height and width must be multiples of {spatial}")
+    return (num_frames - 1) // temporal + 1
+
+
+def batched_guidance_branches(batch: int, guided: bool) -> dict[str, slice]:
+    """Rows of a call that batches both guidance halves, [unconditional, conditional] (CogVideoX, LTX)."""
+    return {"uncond": slice(0, batch), "cond": slice(batch, 2 * batch)} if guided else {"cond": slice(None)}
+
+
+def combine_batched_guidance(call: ForwardCall, output: torch.Tensor, scale: float) -> torch.Tensor:
+    out = output.float()
+    if "uncond" not in call.branches:
+        return out
+    uncond, cond = out.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
 def first_tensor(output) -> torch.Tensor:
     """Module outputs come as tensors, tuples (CogVideoX blocks) or model-output objects."""
     if isinstance(output, torch.Tensor):

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from interp.models.base import ForwardCall, VideoDiTAdapter, input_dtype
+from interp.models.base import (
+    ForwardCall,
+    VideoDiTAdapter,
+    batched_guidance_branches,
+    check_video_size,
+    combine_batched_guidance,
+    input_dtype,
+    video_to_uint8,
+)
 
 
 @dataclass
@@ -71,15 +79,10 @@ class CogVideoXAdapter(VideoDiTAdapter):
             "image_rotary_emb": cond.image_rotary_emb,
             "return_dict": False,
         }
-        branches = {"uncond": slice(0, batch), "cond": slice(batch, 2 * batch)} if guided else {"cond": slice(None)}
-        return [ForwardCall(self.transformer, (), kwargs, None, branches)]
+        return [ForwardCall(self.transformer, (), kwargs, None, batched_guidance_branches(batch, guided))]
 
     def combine(self, calls: list[ForwardCall], outputs: list[torch.Tensor]) -> torch.Tensor:
-        out = outputs[0].float()
-        if "uncond" not in calls[0].branches:
-            return out
-        uncond, cond = out.chunk(2)
-        return uncond + self.guidance_scale * (cond - uncond)
+        return combine_batched_guidance(calls[0], outputs[0], self.guidance_scale)
 
     def x0_hat(self, latents, output, timestep, sigma, scheduler) -> torch.Tensor:
         alpha_bar = scheduler.alphas_cumprod[int(timestep)].to(latents)
@@ -91,12 +94,8 @@ class CogVideoXAdapter(VideoDiTAdapter):
     def pipeline_latent_shape(self, height: int, width: int, num_frames: int) -> tuple[int, ...]:
         pipe = self.pipeline
         t_scale, s_scale = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
-        if (num_frames - 1) % t_scale:
-            raise ValueError(f"num_frames - 1 must be a multiple of {t_scale}, got {num_frames}")
         p = self.transformer.config.patch_size
-        if height % (s_scale * p) or width % (s_scale * p):
-            raise ValueError(f"height and width must be multiples of {s_scale * p}")
-        frames = (num_frames - 1) // t_scale + 1
+        frames = check_video_size(num_frames, height, width, t_scale, s_scale * p)
         if self.transformer.config.patch_size_t and frames % self.transformer.config.patch_size_t:
             raise ValueError(f"{frames} latent frames do not divide into temporal patches")
         return (frames, self.transformer.config.in_channels, height // s_scale, width // s_scale)
@@ -125,4 +124,4 @@ class CogVideoXAdapter(VideoDiTAdapter):
             raise ValueError("decoding needs the pipeline's VAE")
         z = latents.permute(0, 2, 1, 3, 4) / self.vae.config.scaling_factor
         video = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
-        return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+        return video_to_uint8(video)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from interp.models.base import ForwardCall, VideoDiTAdapter, input_dtype
+from interp.models.base import ForwardCall, VideoDiTAdapter, check_video_size, input_dtype, video_to_uint8
 
 
 @dataclass
@@ -113,17 +113,8 @@ class HunyuanVideoAdapter(VideoDiTAdapter):
     def pipeline_latent_shape(self, height: int, width: int, num_frames: int) -> tuple[int, ...]:
         pipe = self.pipeline
         t_scale, s_scale = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
-        if (num_frames - 1) % t_scale:
-            raise ValueError(f"num_frames - 1 must be a multiple of {t_scale}, got {num_frames}")
-        p = self.transformer.config.patch_size
-        if height % (s_scale * p) or width % (s_scale * p):
-            raise ValueError(f"height and width must be multiples of {s_scale * p}")
-        return (
-            self.transformer.config.in_channels,
-            (num_frames - 1) // t_scale + 1,
-            height // s_scale,
-            width // s_scale,
-        )
+        frames = check_video_size(num_frames, height, width, t_scale, s_scale * self.transformer.config.patch_size)
+        return (self.transformer.config.in_channels, frames, height // s_scale, width // s_scale)
 
     def pipeline_conditioning(
         self, prompts, images, noise, negative_prompt, height, width, num_frames, max_sequence_length
@@ -146,4 +137,4 @@ class HunyuanVideoAdapter(VideoDiTAdapter):
         if self.vae is None:
             raise ValueError("decoding needs the pipeline's VAE")
         video = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
-        return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+        return video_to_uint8(video)

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from interp.models.base import ForwardCall, VideoDiTAdapter
+from interp.models.base import (
+    ForwardCall,
+    VideoDiTAdapter,
+    batched_guidance_branches,
+    check_video_size,
+    combine_batched_guidance,
+    video_to_uint8,
+)
 
 
 @dataclass
@@ -57,11 +64,7 @@ class LTXAdapter(VideoDiTAdapter):
     @classmethod
     def from_pipeline(cls, pipe, height: int, width: int, num_frames: int, guidance_scale: float = 3.0) -> LTXAdapter:
         t_scale, s_scale = pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio
-        if (num_frames - 1) % t_scale:
-            raise ValueError(f"num_frames - 1 must be a multiple of {t_scale}, got {num_frames}")
-        if height % s_scale or width % s_scale:
-            raise ValueError(f"height and width must be multiples of {s_scale}")
-        grid = ((num_frames - 1) // t_scale + 1, height // s_scale, width // s_scale)
+        grid = (check_video_size(num_frames, height, width, t_scale, s_scale), height // s_scale, width // s_scale)
         return cls(
             pipe.transformer,
             pipe.scheduler,
@@ -114,15 +117,10 @@ class LTXAdapter(VideoDiTAdapter):
             "rope_interpolation_scale": self.rope_interpolation_scale,
             "return_dict": False,
         }
-        branches = {"uncond": slice(0, batch), "cond": slice(batch, 2 * batch)} if guided else {"cond": slice(None)}
-        return [ForwardCall(self.transformer, (), kwargs, None, branches)]
+        return [ForwardCall(self.transformer, (), kwargs, None, batched_guidance_branches(batch, guided))]
 
     def combine(self, calls: list[ForwardCall], outputs: list[torch.Tensor]) -> torch.Tensor:
-        out = outputs[0].float()
-        if "uncond" not in calls[0].branches:
-            return out
-        uncond, cond = out.chunk(2)
-        return uncond + self.guidance_scale * (cond - uncond)
+        return combine_batched_guidance(calls[0], outputs[0], self.guidance_scale)
 
     # -- through the pipeline ---------------------------------------------------------------------
     def pipeline_latent_shape(self, height: int, width: int, num_frames: int) -> tuple[int, ...]:
@@ -153,4 +151,4 @@ class LTXAdapter(VideoDiTAdapter):
         z = pipe._denormalize_latents(z, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
         timestep = torch.zeros(z.shape[0], device=z.device) if vae.config.timestep_conditioning else None
         video = vae.decode(z.to(vae.dtype), timestep, return_dict=False)[0]
-        return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+        return video_to_uint8(video)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp.models.base import ForwardCall, VideoDiTAdapter, input_dtype
+from interp.models.base import ForwardCall, VideoDiTAdapter, check_video_size, input_dtype, video_to_uint8
 
 
 @dataclass
@@ -140,11 +140,9 @@ class WanAdapter(VideoDiTAdapter):
     def pipeline_latent_shape(self, height: int, width: int, num_frames: int) -> tuple[int, ...]:
         pipe = self.pipeline
         t_scale, s_scale = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
-        if (num_frames - 1) % t_scale:
-            raise ValueError(f"num_frames - 1 must be a multiple of {t_scale}, got {num_frames}")
-        if height % (s_scale * 2) or width % (s_scale * 2):
-            raise ValueError(f"height and width must be multiples of {s_scale * 2}")
-        return (pipe.vae.config.z_dim, (num_frames - 1) // t_scale + 1, height // s_scale, width // s_scale)
+        p_h = self.transformer.config.patch_size[1]
+        frames = check_video_size(num_frames, height, width, t_scale, s_scale * p_h)
+        return (pipe.vae.config.z_dim, frames, height // s_scale, width // s_scale)
 
     def pipeline_conditioning(
         self,
@@ -188,5 +186,4 @@ class WanAdapter(VideoDiTAdapter):
         mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(latents)
         std = torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(latents)
         video = self.vae.decode((latents * std + mean).to(self.vae.dtype), return_dict=False)[0]
-        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(0, 2, 3, 4, 1).cpu().numpy()
+        return video_to_uint8(video)
