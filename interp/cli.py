@@ -230,7 +230,10 @@ def train_testbed_cmd(
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
     checkpoint: Path = typer.Option(Path("checkpoints/testbed"), help="Checkpoint folder (resumed if present)."),
-    export: Path | None = typer.Option(None, help="Write the final EMA weights here as a diffusers model folder."),
+    export: Path | None = typer.Option(None, help="Write the final weights here as a diffusers model folder."),
+    export_weights_choice: str = typer.Option(
+        "best", "--export-weights", help="ema, raw, or best (the more accurate on validation mazes)."
+    ),
 ) -> None:
     """Train the maze testbed with flow matching; rerun the same command to resume."""
     import torch
@@ -240,12 +243,16 @@ def train_testbed_cmd(
 
     if steps < 1 or batch_size < 1:
         raise UsageError("--steps and --batch-size must be positive")
+    if export_weights_choice not in ("ema", "raw", "best"):
+        raise UsageError(f"--export-weights must be ema, raw or best, got {export_weights_choice!r}")
     torch.set_num_threads(threads)
     cfg = TrainConfig(seed=seed, steps=steps, batch_size=batch_size)
-    train_testbed(cfg, checkpoint, device=device, log=typer.echo)
+    from tqdm.auto import tqdm
+
+    train_testbed(cfg, checkpoint, device=device, log=tqdm.write, progress=True)
     if export is not None:
         defaults = SamplingDefaults(num_steps=cfg.sample_steps, frames=cfg.frames, size=cfg.size)
-        export_weights(checkpoint, export, defaults)
+        export_weights(checkpoint, export, defaults, which=export_weights_choice)
         typer.echo(f"exported weights to {export}")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from interp.evaluation import evaluate_mazes
 from interp.models import testbed
@@ -97,15 +98,47 @@ def _load_checkpoint(folder: Path, model, optimizer, device) -> tuple[int, dict]
     return json.loads((folder / "state.json").read_text())["step"], ema
 
 
-def export_weights(checkpoint: str | Path, out_dir: str | Path, sampling: testbed.SamplingDefaults) -> Path:
-    """Write the EMA weights of a checkpoint as a diffusers model folder (config + safetensors)."""
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+WEIGHT_CHOICES = ("ema", "raw", "best")
+
+
+def checkpoint_model(checkpoint: str | Path, which: str) -> torch.nn.Module:
+    """The EMA ("ema") or optimised ("raw") weights of a checkpoint as a testbed transformer."""
+    checkpoint = Path(checkpoint)
     state = json.loads((checkpoint / "state.json").read_text())
     model = testbed.build_transformer(state["config"]["model"])
-    model.load_state_dict(load_file(checkpoint / "ema.safetensors"))
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.load_state_dict(load_file(checkpoint / ("ema.safetensors" if which == "ema" else "model.safetensors")))
+    return model.eval()
+
+
+def export_weights(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    sampling: testbed.SamplingDefaults,
+    which: str = "ema",
+    validation_mazes: int = 256,
+) -> Path:
+    """Write a checkpoint's weights as a diffusers model folder (config + safetensors).
+
+    ``which="best"`` samples ``validation_mazes`` validation mazes (seeds disjoint from test and
+    training) with both the EMA and the raw weights and keeps the more accurate; the scores go
+    into training.json beside the weights.
+    """
+    if which not in WEIGHT_CHOICES:
+        raise ValueError(f"which must be one of {WEIGHT_CHOICES}, got {which!r}")
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    state = json.loads((checkpoint / "state.json").read_text())
+    scores = {}
+    if which == "best":
+        cfg = state["config"]
+        for candidate in ("ema", "raw"):
+            adapter = testbed.TestbedAdapter(checkpoint_model(checkpoint, candidate), sampling)
+            ev = evaluate_mazes(adapter, validation_seeds(validation_mazes), cfg["size"], cfg["frames"])
+            scores[candidate] = ev.accuracy
+        which = max(scores, key=lambda k: (scores[k], k == "ema"))
+    checkpoint_model(checkpoint, which).save_pretrained(out_dir, safe_serialization=True)
     (out_dir / "sampling.json").write_text(json.dumps(asdict(sampling), indent=2))
-    (out_dir / "training.json").write_text(json.dumps(state, indent=2))
+    record = {**state, "exported": which, "validation_accuracy": scores, "validation_mazes": validation_mazes}
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2))
     return out_dir
 
 
@@ -115,6 +148,7 @@ def train_testbed(
     device: str = "cpu",
     log=print,
     max_new_steps: int | None = None,
+    progress: bool = False,
 ) -> testbed.TestbedAdapter:
     """Train (or resume) the testbed; returns an adapter around the EMA weights.
 
@@ -136,6 +170,7 @@ def train_testbed(
     log_file = checkpoint_dir.with_name(checkpoint_dir.name + ".log.jsonl")
     tic, seen = time.time(), 0
     end = cfg.steps if max_new_steps is None else min(cfg.steps, start + max_new_steps)
+    bar = tqdm(total=cfg.steps, initial=start, desc="training", disable=not progress)
     for step in range(start, end):
         model.train()
         for group in optimizer.param_groups:
@@ -156,6 +191,8 @@ def train_testbed(
                     v.copy_(params[k])
         seen += cfg.batch_size
         done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         record = None
         if done % 50 == 0:
             record = {"step": done, "loss": loss.item(), "videos_per_s": seen / (time.time() - tic)}
@@ -170,5 +207,6 @@ def train_testbed(
                 fh.write(json.dumps(record) + "\n")
         if done % cfg.checkpoint_every == 0 or done == end:
             _save_checkpoint(checkpoint_dir, cfg, done, model, ema, optimizer)
+    bar.close()
     ema_model.load_state_dict(ema)
     return ema_adapter

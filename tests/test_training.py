@@ -37,3 +37,18 @@ def test_export_writes_a_diffusers_folder_that_loads(tmp_path):
     ema = load_file(tmp_path / "ck" / "ema.safetensors")
     for k, v in adapter.transformer.state_dict().items():
         assert torch.equal(v, ema[k])
+
+
+def test_export_best_picks_by_validation_accuracy(tmp_path):
+    train_testbed(_cfg(), tmp_path / "ck", log=lambda *_: None)
+    sampling = testbed.SamplingDefaults(num_steps=3)
+    out = export_weights(tmp_path / "ck", tmp_path / "w", sampling, which="best", validation_mazes=8)
+    record = json.loads((out / "training.json").read_text())
+    assert set(record["validation_accuracy"]) == {"ema", "raw"} and record["exported"] in ("ema", "raw")
+    best = max(record["validation_accuracy"].values())
+    assert record["validation_accuracy"][record["exported"]] == best
+    raw = export_weights(tmp_path / "ck", tmp_path / "r", sampling, which="raw")
+    assert json.loads((raw / "training.json").read_text())["exported"] == "raw"
+    model = load_file(tmp_path / "ck" / "model.safetensors")
+    for k, v in testbed.TestbedAdapter.load(raw).transformer.state_dict().items():
+        assert torch.equal(v, model[k])
