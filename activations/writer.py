@@ -43,9 +43,10 @@ def site_chunks(batch: int, n_tokens: int, hidden: int, itemsize: int, target: i
     return (max(1, min(batch, target // per_video)), 1, n_tokens, hidden)
 
 
-def _part_videos(part: Path) -> list[int]:
+def _read_part(part: Path) -> tuple[list[int], list[str]]:
+    """(video indices, metadata JSON strings) of a finished part."""
     with h5py.File(part, "r") as f:
-        return [int(v) for v in f.attrs["video_indices"]]
+        return [int(v) for v in f.attrs["video_indices"]], list(f["meta"].asstr()[()])
 
 
 class StoreWriter:
@@ -75,8 +76,14 @@ class StoreWriter:
         self.parts.mkdir(parents=True, exist_ok=True)
         for stale in self.parts.glob("*.tmp"):  # half-written parts of an interrupted run
             stale.unlink()
-        self._part_files: dict[Path, list[int]] = {p: _part_videos(p) for p in sorted(self.parts.glob("part_*.h5"))}
-        self.completed: set[int] = {v for vids in self._part_files.values() for v in vids}
+        # Read once; kept in memory so that rebuilding the index never reopens earlier parts.
+        self._part_files: dict[Path, list[int]] = {}
+        self._meta: dict[int, str] = {}
+        for part in sorted(self.parts.glob("part_*.h5")):
+            videos, metas = _read_part(part)
+            self._part_files[part] = videos
+            self._meta.update(zip(videos, metas))
+        self._lock = threading.Lock()  # the writer thread adds finished parts while the sampler reads them
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="activation-store-writer", daemon=True)
@@ -84,9 +91,16 @@ class StoreWriter:
         self._write_index()
 
     # -- public API ---------------------------------------------------------------------------
+    @property
+    def completed(self) -> set[int]:
+        """Videos whose part is finished (on disk, renamed)."""
+        with self._lock:
+            return set(self._meta)
+
     def pending(self) -> list[int]:
         """Video indices not yet complete, in order."""
-        return [v for v in range(self.layout.n_videos) if v not in self.completed]
+        done = self.completed
+        return [v for v in range(self.layout.n_videos) if v not in done]
 
     def begin_part(self, video_indices: Sequence[int]) -> PartWriter:
         videos = [int(v) for v in video_indices]
@@ -132,10 +146,11 @@ class StoreWriter:
                 except BaseException as err:  # reported to the producer at its next call
                     self._error = err
 
-    def _finish_part(self, tmp: Path, final: Path, videos: list[int]) -> None:
+    def _finish_part(self, tmp: Path, final: Path, videos: list[int], metas: list[str]) -> None:
         os.replace(tmp, final)
-        self._part_files[final] = videos
-        self.completed.update(videos)
+        with self._lock:
+            self._part_files[final] = videos
+            self._meta.update(zip(videos, metas))
         self._write_index()
 
     def _write_index(self) -> None:
@@ -144,14 +159,18 @@ class StoreWriter:
         n_v, n_s, n_t = lay.n_videos, len(lay.steps), lay.n_tokens
         pooling = Pooling.from_json(lay.pooling)
         tmp = self.path.with_name(self.path.name + ".tmp")
+        with self._lock:
+            parts, metas = dict(self._part_files), dict(self._meta)
         try:
-            self._write_index_file(tmp, n_v, n_s, n_t, pooling)
+            self._write_index_file(tmp, n_v, n_s, n_t, pooling, parts, metas)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         os.replace(tmp, self.path)
 
-    def _write_index_file(self, tmp: Path, n_v: int, n_s: int, n_t: int, pooling: Pooling) -> None:
+    def _write_index_file(
+        self, tmp: Path, n_v: int, n_s: int, n_t: int, pooling: Pooling, parts: dict, metas: dict
+    ) -> None:
         lay = self.layout
         with h5py.File(tmp, "w", libver="latest") as f:
             f.attrs["format"] = FORMAT
@@ -170,17 +189,13 @@ class StoreWriter:
             shapes["final"] = (n_v, *lay.latent_shape)
             for name, shape in shapes.items():
                 layout = h5py.VirtualLayout(shape=shape, dtype=lay.dtype)
-                for part, videos in self._part_files.items():
+                for part, videos in parts.items():
                     rel = f"{self.parts.name}/{part.name}"
                     layout[videos[0] : videos[-1] + 1] = h5py.VirtualSource(rel, name, shape=(len(videos), *shape[1:]))
                 f.create_virtual_dataset(name, layout, fillvalue=np.nan)
             complete = np.zeros(n_v, dtype=bool)
-            meta = [""] * n_v
-            for part, videos in self._part_files.items():
-                complete[videos] = True
-                with h5py.File(part, "r") as pf:
-                    for v, m in zip(videos, pf["meta"].asstr()[()]):
-                        meta[v] = m
+            complete[list(metas)] = True
+            meta = [metas.get(v, "") for v in range(n_v)]
             f.create_dataset("videos/complete", data=complete)
             f.create_dataset("videos/meta", data=np.array(meta, dtype=object), dtype=h5py.string_dtype())
             f.create_dataset("token_positions", data=pooling.token_positions(lay.token_grid))
@@ -251,6 +266,6 @@ class PartWriter:
             self._file["final"][...] = data
             self._file.create_dataset("meta", data=meta, dtype=h5py.string_dtype())
             self._file.close()
-            self.store._finish_part(self._tmp_path, self._final_path, self.videos)
+            self.store._finish_part(self._tmp_path, self._final_path, self.videos, list(meta))
 
         self.store.submit(close)

@@ -107,7 +107,7 @@ def run_pipeline_trace(cfg: PipelineTraceConfig, out: str | Path, progress: bool
     steps = parse_index_spec(cfg.steps, cfg.num_steps, "step")
     layers = parse_index_spec(cfg.layers, adapter.num_blocks(next(iter(adapter.transformers()))), "layer")
     sites = adapter.site_names(layers, tuple(cfg.subs))
-    SiteCapture(adapter, sites)  # validates sub-module names
+    capture = SiteCapture(adapter, sites, cfg.backend)  # validates site names and the backend
     jobs = [(s, seed) for s in samples for seed in cfg.seeds]
     layout = build_layout(
         adapter,
@@ -125,7 +125,6 @@ def run_pipeline_trace(cfg: PipelineTraceConfig, out: str | Path, progress: bool
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    capture = SiteCapture(adapter, sites, cfg.backend)
     device = adapter.transformer.device
     with StoreWriter(out, layout) as writer:
         pending = writer.pending()

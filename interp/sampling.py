@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
 from tqdm.auto import tqdm
 
 
@@ -105,17 +105,19 @@ class SampleResult:
 def sample(
     model: Denoiser,
     noise: torch.Tensor,
-    conditioning: torch.Tensor,
+    conditioning: torch.Tensor | Any,
     num_steps: int = 20,
     shift: float = 1.0,
     hooks: Sequence[HookLike] = (),
-    scheduler: FlowMatchEulerDiscreteScheduler | None = None,
+    scheduler: SchedulerMixin | None = None,
     start_step: int = 0,
     progress: bool = False,
 ) -> SampleResult:
     """Denoise ``noise`` (x at ``start_step``) to a clean latent, calling ``hooks`` at every step.
 
-    ``start_step`` > 0 resumes a trajectory from a cached latent x_s (used by patching).
+    ``conditioning`` is whatever the model's ``predict`` takes (a tensor for the testbed, a
+    dataclass with ``batch_size`` for pipeline adapters). ``scheduler`` defaults to flow-matching
+    Euler with ``shift``. ``start_step`` > 0 resumes a trajectory from a cached latent x_s.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")

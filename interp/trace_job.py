@@ -16,7 +16,7 @@ from interp.models.base import SUB_MODULES
 from interp.models.testbed import TestbedAdapter
 from interp.sampling import initial_noise
 from interp.tasks import maze as maze_task
-from interp.tracing import SiteCapture, build_layout, trace_batch
+from interp.tracing import BACKENDS, SiteCapture, build_layout, trace_batch
 
 TASKS = ("maze",)
 
@@ -73,6 +73,8 @@ def plan_trace(cfg: TraceConfig, adapter: TestbedAdapter) -> TracePlan:
         raise ValueError(f"unknown task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
     if cfg.n < 1 or cfg.batch_size < 1:
         raise ValueError("n and batch_size must be at least 1")
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {cfg.backend!r}; choose from {BACKENDS}")
     bad_subs = [s for s in cfg.subs if s not in SUB_MODULES]
     if bad_subs:
         raise ValueError(f"unknown sub-module {bad_subs[0]!r}; choose from {SUB_MODULES}")
@@ -119,9 +121,9 @@ def run_trace(cfg: TraceConfig, out: str | Path, adapter: TestbedAdapter | None 
     """Trace ``cfg.n`` videos into the store at ``out``, skipping videos a previous run finished."""
     adapter = adapter or load_adapter(cfg.model)
     plan = plan_trace(cfg, adapter)
+    capture = SiteCapture(adapter, plan.sites, cfg.backend)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    capture = SiteCapture(adapter, plan.sites, cfg.backend)
     with StoreWriter(out, plan.layout) as writer:
         batches = _batches(writer.pending(), cfg.batch_size)
         bar = tqdm(total=cfg.n, initial=cfg.n - len(writer.pending()), disable=not progress, desc="tracing videos")

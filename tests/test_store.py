@@ -131,6 +131,7 @@ def test_impossible_specs_are_refused_before_any_compute(tmp_path, tiny):
         ({"pooling": "spatial:0"}, "bad pooling"),
         ({"size": 1}, "size"),
         ({"subs": ["mlp"]}, "unknown sub-module"),
+        ({"backend": "pyvene"}, "unknown backend"),
     ]:
         cfg = TraceConfig(model=model_dir, n=2, **kwargs)
         with pytest.raises(ValueError, match=message):
