@@ -3,31 +3,25 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+from tiny_pipelines import (
+    tiny_cogvideox_transformer,
+    tiny_hunyuan_transformer,
+    tiny_ltx_transformer,
+    tiny_wan_transformer,
+)
 
 from activations import ActivationStore, Pooling, StoreWriter
 from interp.models.wan import WanAdapter, WanConditioning
 from interp.sampling import StepHook, sample
 from interp.tracing import SiteCapture, build_layout, trace_batch
 
-WAN_TINY = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=8,
-    in_channels=4,
-    out_channels=4,
-    text_dim=16,
-    freq_dim=32,
-    ffn_dim=32,
-    num_layers=2,
-    rope_max_seq_len=32,
-)
 LATENT = (4, 3, 4, 4)
 
 
 def _wan(seed, **overrides):
     torch.manual_seed(seed)
-    return WanTransformer3DModel(**{**WAN_TINY, **overrides}).eval()
+    return tiny_wan_transformer(**overrides)
 
 
 def _embeds(batch=2, seed=1):
@@ -175,11 +169,8 @@ def test_wan_site_errors_are_clear():
 from diffusers import (  # noqa: E402
     CogVideoXDDIMScheduler,
     CogVideoXPipeline,
-    CogVideoXTransformer3DModel,
     HunyuanVideoPipeline,
-    HunyuanVideoTransformer3DModel,
     LTXPipeline,
-    LTXVideoTransformer3DModel,
 )
 
 from interp.models.cogvideox import CogVideoXAdapter, CogVideoXConditioning  # noqa: E402
@@ -189,21 +180,7 @@ from interp.models.ltx import LTXAdapter, LTXConditioning  # noqa: E402
 
 def _cogvideox():
     torch.manual_seed(0)
-    model = CogVideoXTransformer3DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        out_channels=4,
-        time_embed_dim=8,
-        text_embed_dim=16,
-        num_layers=2,
-        sample_width=4,
-        sample_height=4,
-        sample_frames=9,
-        patch_size=2,
-        temporal_compression_ratio=4,
-        max_text_seq_length=5,
-    ).eval()
+    model = tiny_cogvideox_transformer(max_text_seq_length=5)
     scheduler = CogVideoXDDIMScheduler(
         prediction_type="v_prediction",
         timestep_spacing="trailing",
@@ -234,17 +211,7 @@ def _cogvideox():
 
 def _ltx():
     torch.manual_seed(0)
-    model = LTXVideoTransformer3DModel(
-        in_channels=4,
-        out_channels=4,
-        patch_size=1,
-        patch_size_t=1,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        cross_attention_dim=16,
-        num_layers=2,
-        caption_channels=16,
-    ).eval()
+    model = tiny_ltx_transformer(channels=4)
     scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
     pe, ne = _embeds()
     mask = torch.ones(2, 5)
@@ -272,20 +239,7 @@ def _ltx():
 
 def _hunyuan():
     torch.manual_seed(0)
-    model = HunyuanVideoTransformer3DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_layers=1,
-        num_single_layers=2,
-        num_refiner_layers=1,
-        patch_size=1,
-        patch_size_t=1,
-        text_embed_dim=16,
-        pooled_projection_dim=8,
-        rope_axes_dim=(2, 2, 4),
-    ).eval()
+    model = tiny_hunyuan_transformer()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
     pe, _ = _embeds()
     mask, pooled = torch.ones(2, 5), torch.randn(2, 8, generator=torch.Generator().manual_seed(4))

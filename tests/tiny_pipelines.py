@@ -21,13 +21,85 @@ def _tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
+def tiny_wan_transformer(**overrides):
+    from diffusers import WanTransformer3DModel
+
+    config = dict(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        text_dim=16,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        rope_max_seq_len=32,
+    )
+    return WanTransformer3DModel(**{**config, **overrides}).eval()
+
+
+def tiny_cogvideox_transformer(max_text_seq_length: int = 16):
+    from diffusers import CogVideoXTransformer3DModel
+
+    return CogVideoXTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=8,
+        text_embed_dim=16,
+        num_layers=2,
+        sample_width=4,
+        sample_height=4,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=max_text_seq_length,
+    ).eval()
+
+
+def tiny_ltx_transformer(channels: int = 8):
+    from diffusers import LTXVideoTransformer3DModel
+
+    return LTXVideoTransformer3DModel(
+        in_channels=channels,
+        out_channels=channels,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        num_layers=2,
+        caption_channels=16,
+    ).eval()
+
+
+def tiny_hunyuan_transformer():
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    return HunyuanVideoTransformer3DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=1,
+        num_single_layers=2,
+        num_refiner_layers=1,
+        patch_size=1,
+        patch_size_t=1,
+        text_embed_dim=16,
+        pooled_projection_dim=8,
+        rope_axes_dim=(2, 2, 4),
+    ).eval()
+
+
 def build_tiny_wan(folder: Path, image_to_video: bool = False) -> Path:
     from diffusers import (
         AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
         WanImageToVideoPipeline,
         WanPipeline,
-        WanTransformer3DModel,
     )
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -45,18 +117,7 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False) -> Path:
         latents_mean=[0.0] * 4,
         latents_std=[1.0] * 4,
     ).eval()
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=12 if image_to_video else 4,
-        out_channels=4,
-        text_dim=16,
-        freq_dim=32,
-        ffn_dim=32,
-        num_layers=2,
-        rope_max_seq_len=32,
-    ).eval()
+    transformer = tiny_wan_transformer(in_channels=12 if image_to_video else 4)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     if image_to_video:
         pipe = WanImageToVideoPipeline(
@@ -96,7 +157,7 @@ def _t5(tokenizer):
 
 
 def build_tiny_cogvideox(folder: Path) -> Path:
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline
 
     torch.manual_seed(0)
     tokenizer = _tokenizer()
@@ -111,21 +172,7 @@ def build_tiny_cogvideox(folder: Path) -> Path:
         norm_num_groups=2,
         temporal_compression_ratio=4,
     ).eval()
-    transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        out_channels=4,
-        time_embed_dim=8,
-        text_embed_dim=16,
-        num_layers=2,
-        sample_width=4,
-        sample_height=4,
-        sample_frames=9,
-        patch_size=2,
-        temporal_compression_ratio=4,
-        max_text_seq_length=16,
-    ).eval()
+    transformer = tiny_cogvideox_transformer()
     scheduler = CogVideoXDDIMScheduler(prediction_type="v_prediction", timestep_spacing="trailing")
     CogVideoXPipeline(
         tokenizer=tokenizer, text_encoder=_t5(tokenizer), vae=vae, transformer=transformer, scheduler=scheduler
@@ -138,7 +185,6 @@ def build_tiny_ltx(folder: Path) -> Path:
         AutoencoderKLLTXVideo,
         FlowMatchEulerDiscreteScheduler,
         LTXPipeline,
-        LTXVideoTransformer3DModel,
     )
 
     torch.manual_seed(0)
@@ -162,17 +208,7 @@ def build_tiny_ltx(folder: Path) -> Path:
         encoder_causal=True,
         decoder_causal=False,
     ).eval()
-    transformer = LTXVideoTransformer3DModel(
-        in_channels=8,
-        out_channels=8,
-        patch_size=1,
-        patch_size_t=1,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        cross_attention_dim=16,
-        num_layers=2,
-        caption_channels=16,
-    ).eval()
+    transformer = tiny_ltx_transformer()
     LTXPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
         vae=vae,
@@ -188,7 +224,6 @@ def build_tiny_hunyuan(folder: Path) -> Path:
         AutoencoderKLHunyuanVideo,
         FlowMatchEulerDiscreteScheduler,
         HunyuanVideoPipeline,
-        HunyuanVideoTransformer3DModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
 
@@ -230,20 +265,7 @@ def build_tiny_hunyuan(folder: Path) -> Path:
         spatial_compression_ratio=8,
         temporal_compression_ratio=4,
     ).eval()
-    transformer = HunyuanVideoTransformer3DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_layers=1,
-        num_single_layers=2,
-        num_refiner_layers=1,
-        patch_size=1,
-        patch_size_t=1,
-        text_embed_dim=16,
-        pooled_projection_dim=8,
-        rope_axes_dim=(2, 2, 4),
-    ).eval()
+    transformer = tiny_hunyuan_transformer()
     HunyuanVideoPipeline(
         text_encoder=llama,
         tokenizer=tokenizer,
