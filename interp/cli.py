@@ -196,28 +196,15 @@ def energy(
     out: Path = typer.Option(Path("runs/energy"), help="Output folder."),
 ) -> None:
     """Token energy (layers x frames heatmap, per-token maps) and PCA colour maps of one video at one step."""
-    import numpy as np
-
     from activations.reader import ActivationStore
-    from interp.analysis.token_energy import energy_by_layer, pca_rgb, token_energy
-    from interp.report.energy_plots import plot_layer_frame_energy, plot_token_maps
+    from interp.report.energy_plots import write_energy_figures
 
     with ActivationStore(store) as st:
         if step not in st.steps:
             raise UsageError(f"step {step} is not stored; stored steps: {st.steps}")
         if video not in st.completed_videos:
             raise UsageError(f"video {video} is not a complete video of the store (0-{st.n_videos - 1})")
-        layers = st.layers
-        sites = [f"blocks.{k}" for k in layers]
-        out.mkdir(parents=True, exist_ok=True)
-        tag = f"video {video}, step {step} (sigma {st.sigma(step):.2f})"
-        matrix = energy_by_layer(st, video, step, sites)
-        paths = [plot_layer_frame_energy(matrix, layers, out / "energy_layers_frames.png", f"token energy, {tag}")]
-        maps = np.stack([token_energy(st, s, [video], [step])[0, 0] for s in sites])
-        paths.append(plot_token_maps(maps, layers, out / "energy_maps.png", f"token L2 norm, {tag}"))
-        rgb = np.stack([pca_rgb(st, s, video, step) for s in sites])
-        paths.append(plot_token_maps(rgb, layers, out / "pca_maps.png", f"PCA of tokens, {tag}", rgb=True))
-        np.save(out / "energy_layers_frames.npy", matrix)
+        paths = write_energy_figures(st, video, step, out)
     for p in paths:
         typer.echo(f"  {p}")
 
@@ -265,14 +252,12 @@ def demo(
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
     """The main job on the testbed: accuracy, x0_hat filmstrips, an activation store, token-energy maps."""
-    import numpy as np
     import torch
 
     from activations.reader import ActivationStore
-    from interp.analysis.token_energy import energy_by_layer, pca_rgb
     from interp.evaluation import evaluate_mazes
     from interp.generation import generate_mazes, write_generated
-    from interp.report.energy_plots import plot_layer_frame_energy, plot_token_maps
+    from interp.report.energy_plots import write_energy_figures
     from interp.tasks import maze as maze_task
     from interp.tasks.splits import IN_DISTRIBUTION, held_out_seeds
     from interp.trace_job import TraceConfig, run_trace
@@ -294,16 +279,8 @@ def demo(
     typer.echo(f"3/3 activation store of {n_trace} mazes (every block, every step) and token-energy maps")
     store_path = run_trace(TraceConfig(n=n_trace), out / "trace.h5", adapter=adapter)
     with ActivationStore(store_path) as store:
-        layers = store.layers
-        sites = [f"blocks.{k}" for k in layers]
         for step in (store.steps[0], store.steps[len(store.steps) // 2], store.steps[-1]):
-            tag = f"video 0, step {step} (sigma {store.sigma(step):.2f})"
-            plot_layer_frame_energy(
-                energy_by_layer(store, 0, step, sites), layers, out / f"energy_step{step:02d}.png", tag
-            )
-        mid = store.steps[len(store.steps) // 2]
-        rgb = np.stack([pca_rgb(store, s, 0, mid) for s in sites])
-        plot_token_maps(rgb, layers, out / f"pca_step{mid:02d}.png", f"PCA of tokens, video 0, step {mid}", rgb=True)
+            write_energy_figures(store, 0, step, out / f"energy_step{step:02d}")
     lo, hi = summary["ci95"]
     typer.echo(
         f"held-out {size}x{size} mazes: {summary['accuracy']:.1%} exact (95% CI {lo:.1%}-{hi:.1%}, "

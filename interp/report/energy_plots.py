@@ -49,3 +49,25 @@ def plot_token_maps(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def write_energy_figures(store, video: int, step: int, out_dir: str | Path) -> list[Path]:
+    """Token energy (layers x frames heatmap, per-token maps) and PCA colour maps of one video at one
+    step of a store, plus the heatmap's numbers as .npy; returns the paths written."""
+    from interp.analysis.token_energy import energy_by_layer, pca_rgb, token_energy
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layers = store.layers
+    sites = [f"blocks.{k}" for k in layers]
+    tag = f"video {video}, step {step} (sigma {store.sigma(step):.2f})"
+    matrix = energy_by_layer(store, video, step, sites)
+    maps = np.stack([token_energy(store, s, [video], [step])[0, 0] for s in sites])
+    rgb = np.stack([pca_rgb(store, s, video, step) for s in sites])
+    np.save(out_dir / "energy_layers_frames.npy", matrix)
+    return [
+        plot_layer_frame_energy(matrix, layers, out_dir / "energy_layers_frames.png", f"token energy, {tag}"),
+        plot_token_maps(maps, layers, out_dir / "energy_maps.png", f"token L2 norm, {tag}"),
+        plot_token_maps(rgb, layers, out_dir / "pca_maps.png", f"PCA of tokens, {tag}", rgb=True),
+        out_dir / "energy_layers_frames.npy",
+    ]
