@@ -29,21 +29,15 @@ import numpy as np
 import torch
 
 from activations.writer import site_chunks
+from interp.evaluation import evaluate_mazes
 from interp.models.testbed import TestbedAdapter
-from interp.sampling import initial_noise, sample
-from interp.tasks import maze as maze_task
 from interp.trace_job import TraceConfig, run_trace
 
 
 def untraced(adapter: TestbedAdapter, n: int, batch: int, num_steps: int) -> float:
+    """Generation with verification and nothing traced: the baseline."""
     tic = time.perf_counter()
-    for start in range(0, n, batch):
-        mazes = [maze_task.generate_maze(4, s) for s in range(start, min(n, start + batch))]
-        noise = initial_noise([m.seed for m in mazes], adapter.latent_shape(4, 4))
-        with torch.no_grad():
-            out = sample(adapter, noise, adapter.conditioning(mazes, 4), num_steps)
-        videos = adapter.decode(out.latents)
-        [maze_task.verify(v, m) for v, m in zip(videos, mazes)]
+    evaluate_mazes(adapter, range(n), 4, 4, num_steps=num_steps, batch_size=batch)
     return time.perf_counter() - tic
 
 
