@@ -94,7 +94,10 @@ class ActivationStore:
         sv, ss = np.asarray(videos)[order_v], np.asarray(positions)[order_s]
         uv, inv_v = np.unique(sv, return_inverse=True)
         us, inv_s = np.unique(ss, return_inverse=True)
-        block = np.stack([dataset[int(v), list(map(int, us))] for v in uv])
+        if len(us) == 1:  # one step of many videos: one read (chunks span a step of several videos)
+            block = dataset[list(map(int, uv)), int(us[0])][:, None]
+        else:
+            block = np.stack([dataset[int(v), list(map(int, us))] for v in uv])
         block = block[inv_v][:, inv_s]
         return block[np.argsort(order_v)][:, np.argsort(order_s)]
 
@@ -120,6 +123,22 @@ class ActivationStore:
         """(video, step, C, T, H, W) clean-sample estimates in latent space."""
         videos, positions = self._select(videos, steps)
         return self._read(self._file["x0_hat"], videos, positions)
+
+    def x_t(self, videos=None, steps=None) -> np.ndarray:
+        """(video, step, C, T, H, W) noisy latents that entered the model at each stored step."""
+        videos, positions = self._select(videos, steps)
+        return self._read(self._file["x_t"], videos, positions)
+
+    @property
+    def has_condition(self) -> bool:
+        return self.layout.condition_shape is not None
+
+    def condition(self, videos=None) -> np.ndarray:
+        """(video, *condition_shape) conditioning latents (testbed: mask + frame-0 latent)."""
+        if not self.has_condition:
+            raise KeyError(f"{self.path} keeps no conditioning latent (its adapter has none)")
+        videos, _ = self._select(videos, None)
+        return np.stack([self._file["condition"][v] for v in videos])
 
     def final(self, videos=None) -> np.ndarray:
         videos, _ = self._select(videos, None)

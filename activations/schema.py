@@ -1,4 +1,4 @@
-"""The activation store's on-disk schema (version 1), readable with plain h5py.
+"""The activation store's on-disk schema (version 2), readable with plain h5py.
 
 A store is a main file ``NAME.h5`` and a folder ``NAME.h5.parts/`` beside it:
 
@@ -8,23 +8,25 @@ A store is a main file ``NAME.h5`` and a folder ``NAME.h5.parts/`` beside it:
 
 so a run killed at any moment leaves a main file that opens, lists exactly the finished videos,
 and never shows a half-written one; rerunning resumes with the videos still missing.
-A store can be packed into one self-contained file with ``activations.pack``.
 
 Main file:
 
-    attrs   format = "video-dit-interp.activations", schema_version = 1,
+    attrs   format = "video-dit-interp.activations", schema_version = 2,
             layout = JSON of StoreLayout (model, adapter, model_config, num_steps, steps,
             timesteps, sigmas, sites, hidden sizes, token_grid, pooling, dtype, latent_shape,
-            cfg_branch, n_videos, video_keys, extra), plus the main fields as plain attrs
+            condition_shape, cfg_branch, n_videos, video_keys, extra), plus the main fields as plain attrs
     /sites/<site>        (video, step, token, hidden)   e.g. /sites/blocks.12, dtype as stored
     /x0_hat              (video, step, C, T, H, W)       clean-sample estimate, latent space
+    /x_t                 (video, step, C, T, H, W)       the noisy latent entering the model at the step
     /final               (video, C, T, H, W)             the final latent
+    /condition           (video, *condition_shape)       conditioning latent, where the adapter has one
+    /results/<tool>/<name>  tables written by analyses (probes, ...); kept when the index is rebuilt
     /token_positions     (token, 3)                      (frame, h, w) of each stored token
     /token_index         (token,)                        flat grid index (random-subset pooling)
     /videos/complete     (video,) bool                   True only for finished videos
     /videos/meta         (video,) JSON strings           task, seed, prompt, verdict, ...
 
-Unfinished videos read as NaN in /sites, /x0_hat and /final. ``step`` positions refer to the
+Unfinished videos read as NaN in /sites, /x0_hat, /x_t, /final and /condition. ``step`` positions refer to the
 denoising steps listed in ``layout["steps"]``; ``token`` is the pooled token axis.
 """
 
@@ -35,8 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 FORMAT = "video-dit-interp.activations"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: x_t, condition and results added
 DTYPES = ("float16", "float32")
+RESULTS = "results"  # group of the main file where analyses store their tables
 
 
 class StoreError(ValueError):
@@ -62,6 +65,7 @@ class StoreLayout:
     n_videos: int
     video_keys: list[str]
     dtype: str = "float16"
+    condition_shape: tuple[int, ...] | None = None  # conditioning latent per video (testbed: mask + frame 0)
     cfg_branch: str = "cond"
     model_config: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
@@ -69,6 +73,8 @@ class StoreLayout:
     def __post_init__(self) -> None:
         self.token_grid = tuple(int(v) for v in self.token_grid)
         self.latent_shape = tuple(int(v) for v in self.latent_shape)
+        if self.condition_shape is not None:
+            self.condition_shape = tuple(int(v) for v in self.condition_shape)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if len(self.video_keys) != self.n_videos or len(set(self.video_keys)) != self.n_videos:

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from activations.pooling import Pooling
-from activations.schema import FORMAT, SCHEMA_VERSION, StoreError, StoreLayout, check_header, parts_dir
+from activations.schema import FORMAT, RESULTS, SCHEMA_VERSION, StoreError, StoreLayout, check_header, parts_dir
 
 _STOP = object()
 
@@ -226,7 +226,10 @@ class StoreWriter:
             f.attrs["pooling"] = lay.pooling
             shapes = {f"sites/{s}": (n_v, n_s, n_t, lay.hidden[s]) for s in lay.sites}
             shapes["x0_hat"] = (n_v, n_s, *lay.latent_shape)
+            shapes["x_t"] = (n_v, n_s, *lay.latent_shape)
             shapes["final"] = (n_v, *lay.latent_shape)
+            if lay.condition_shape is not None:
+                shapes["condition"] = (n_v, *lay.condition_shape)
             for name, shape in shapes.items():
                 layout = h5py.VirtualLayout(shape=shape, dtype=lay.dtype)
                 for part, videos in parts.items():
@@ -242,6 +245,15 @@ class StoreWriter:
             index = pooling.token_index(lay.token_grid)
             if index is not None:
                 f.create_dataset("token_index", data=index)
+            self._carry_results(f)
+
+    def _carry_results(self, f: h5py.File) -> None:
+        """Analyses' tables live in the main file; a rebuilt index keeps them."""
+        if not self.path.exists():
+            return
+        with h5py.File(self.path, "r") as old:
+            if RESULTS in old:
+                old.copy(old[RESULTS], f, name=RESULTS)
 
 
 class PartWriter:
@@ -269,6 +281,9 @@ class PartWriter:
                 ds = f.create_dataset(f"sites/{site}", shape=shape, dtype=lay.dtype, chunks=chunks, fillvalue=np.nan)
                 self._slabs[site] = SlabWriter(ds)
             self._x0_hat = f.create_dataset("x0_hat", shape=(b, n_s, *lay.latent_shape), dtype=lay.dtype)
+            self._x_t = f.create_dataset("x_t", shape=(b, n_s, *lay.latent_shape), dtype=lay.dtype)
+            if lay.condition_shape is not None:
+                f.create_dataset("condition", shape=(b, *lay.condition_shape), dtype=lay.dtype, fillvalue=np.nan)
             f.create_dataset("final", shape=(b, *lay.latent_shape), dtype=lay.dtype)
             self._file = f
 
@@ -295,6 +310,21 @@ class PartWriter:
         pos = self._position(step)
         data = _to_numpy(latents, self.store.layout.dtype)
         self.store.submit(lambda: self._x0_hat.__setitem__(np.s_[:, pos], data))
+
+    def write_x_t(self, step: int, latents) -> None:
+        """The noisy latent that entered the model at ``step`` (what a probe sees without the network)."""
+        pos = self._position(step)
+        data = _to_numpy(latents, self.store.layout.dtype)
+        self.store.submit(lambda: self._x_t.__setitem__(np.s_[:, pos], data))
+
+    def write_condition(self, condition) -> None:
+        """The batch's conditioning latent, (batch, *layout.condition_shape)."""
+        shape = self.store.layout.condition_shape
+        expected = (len(self.videos), *shape) if shape is not None else None
+        if expected is None or tuple(condition.shape) != expected:
+            raise ValueError(f"condition of shape {tuple(condition.shape)} but the store expects {expected}")
+        data = _to_numpy(condition, self.store.layout.dtype)
+        self.store.submit(lambda: self._file["condition"].__setitem__(Ellipsis, data))
 
     def finish(self, final_latents, metas: Sequence[dict]) -> None:
         """Queue the final latents and per-video metadata, then close and publish the part."""

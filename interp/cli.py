@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import typer
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -209,6 +210,212 @@ def energy(
         typer.echo(f"  {p}")
 
 
+@app.command()
+def probe(
+    store: Path = typer.Argument(..., help="An activation store (.h5)."),
+    target: list[str] = typer.Option([], help="Maze target (on_path, wall, dist_to_goal, solved, ...); repeatable."),
+    labels: list[str] = typer.Option([], help="NAME=FILE.npy: your labels on the store's token grid; repeatable."),
+    out: Path = typer.Option(Path("runs/probes"), help="Output folder: table (CSV), config and heatmaps."),
+    layers: str = typer.Option("all", help="Layers to probe, e.g. all, 0-7, 0-39:4."),
+    steps: str = typer.Option("all", help="Denoising steps to probe, e.g. all, 0-9,19."),
+    method: str = typer.Option("fast", help="fast (batched torch) or sklearn (one scikit-learn fit at a time)."),
+    test_fraction: float = typer.Option(0.25, help="Share of videos held out for testing."),
+    folds: int = typer.Option(3, help="Cross-validation folds (by video) for the regularisation."),
+    seed: int = typer.Option(0, help="Seed of the video split and the control task."),
+    group: int = typer.Option(16, help="Fast path: (step, layer) slabs fitted together (memory grows with it)."),
+    device: str = typer.Option("cpu", help="torch device of the fast path: cpu, cuda, ..."),
+    name: str = typer.Option("probes", help="Name of the table inside the store (results/probes/NAME)."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+) -> None:
+    """Linear probes per (step, layer) with controls: control task, x_t alone, conditioning alone, majority."""
+    import torch
+
+    from probes.plots import plot_all
+    from probes.run import ProbeConfig, run_probes, save_results
+
+    label_files = {}
+    for item in labels:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise UsageError(f"--labels takes NAME=FILE.npy, got {item!r}")
+        label_files[key] = path
+    if not store.is_file():
+        raise UsageError(f"no activation store at {store}")
+    torch.set_num_threads(threads)
+    cfg = ProbeConfig(
+        targets=list(target),
+        labels=label_files,
+        layers=layers,
+        steps=steps,
+        method=method,
+        test_fraction=test_fraction,
+        folds=folds,
+        seed=seed,
+        group=group,
+        device=device,
+        name=name,
+    )
+    tic = time.time()
+    table = run_probes(store, cfg)
+    paths = save_results(table, store, cfg, out)
+    figures = plot_all(table, out)
+    for t, rows in table.groupby("target", sort=False):
+        best = rows.loc[rows["selectivity"].idxmax()]
+        typer.echo(
+            f"{t}: best selectivity {best['selectivity']:.3f} at step {best['step']}, layer {best['layer']} "
+            f"({best['metric']} {best['value']:.3f}, control {best['control']:.3f}, x_t {best['x_t']:.3f})"
+        )
+    for p in [*paths.values(), *figures.values()]:
+        typer.echo(f"  {p}")
+    typer.echo(f"table also in {store} at results/probes/{name} [{time.time() - tic:.0f}s]")
+
+
+def _experiment(cls, config: Path | None, fields: dict):
+    """A config from --config FILE (rerun) or from the command's options."""
+    from interp.causal.experiments import load_config
+
+    if config is not None:
+        if not config.is_file():
+            raise UsageError(f"no config file at {config}")
+        cfg = load_config(config)
+        if not isinstance(cfg, cls):
+            raise UsageError(f"{config} is a {cfg.experiment!r} config, not {cls.experiment!r}")
+        return cfg
+    return cls(**fields)
+
+
+def _run_experiment(kind: str, cfg, out: Path, threads: int) -> None:
+    import torch
+
+    from interp.causal import experiments as ex
+    from interp.causal import plots
+
+    torch.set_num_threads(threads)
+    tic = time.time()
+    if kind == "patch":
+        result = ex.run_patch(cfg)
+        what = "patching score (1 = clean behaviour, 0 = corrupted)"
+        paths = plots.save_grid(result, out, f"activation patching ({cfg.direction}, region {cfg.region}): {what}")
+        best = result.where(result == result.max(), drop=True)
+        typer.echo(f"highest score {float(result.max()):.2f} at step {int(best.step[0])}, layer {int(best.layer[0])}")
+    elif kind == "swap":
+        result = ex.run_swap(cfg)
+        paths = plots.save_grid(result, out, "latent swap: share of mazes answering the other maze")
+        typer.echo(f"largest share flipped: {float(result.max()):.2f}")
+    elif kind == "perturb":
+        result = ex.run_perturb(cfg)
+        paths = plots.save_perturb(result, out)
+        worst_step = min(result["at_step"].items(), key=lambda kv: kv[1]["accuracy"])
+        worst_frame = min(result["at_frame"].items(), key=lambda kv: kv[1]["accuracy"])
+        typer.echo(
+            f"no noise: {result['baseline']['accuracy']:.2f} solved; noise at step {worst_step[0]}: "
+            f"{worst_step[1]['accuracy']:.2f}; noise at frame {worst_frame[0]}: {worst_frame[1]['accuracy']:.2f} "
+            f"(answer right {worst_frame[1]['final_exact']:.2f})"
+        )
+    else:
+        result = ex.run_flow(cfg)
+        paths = plots.save_flow(result, out)
+        sens = json.loads(result.attrs["sensitivity"])
+        steps = [int(s) for s in result.inject_step.values]
+        typer.echo(f"most sensitive injection step: {steps[int(np.argmax(sens))]} (mean 1 - CKA {max(sens):.3f})")
+    for p in paths.values():
+        typer.echo(f"  {p}")
+    typer.echo(f"[{time.time() - tic:.0f}s]")
+
+
+@app.command()
+def patch(
+    n: int = typer.Option(4, "-n", "--n", help="Maze pairs (clean seeds first-seed.., corrupted: rewired)."),
+    first_seed: int = typer.Option(0, help="First clean maze seed."),
+    steps: str = typer.Option("all", help="Steps to patch, e.g. all, 0-19:2."),
+    layers: str = typer.Option("all", help="Layers to patch."),
+    sub: str | None = typer.Option(None, help="Patch a sub-module (attn1, attn2, ffn), not the block."),
+    region: str = typer.Option("all", help="Tokens: all, frame:F, diff (cells where solutions differ), .npy mask."),
+    direction: str = typer.Option("denoising", help="denoising (clean into corrupted) or noising."),
+    metric: str = typer.Option("maze", help="maze (verifier-based) or latent (projection of the final latent)."),
+    span: str = typer.Option("step", help="step (patch one step, then continue) or onward (every later step too)."),
+    size: int = typer.Option(4, help="Maze cells per side."),
+    frames: int = typer.Option(4, help="Frames per video."),
+    model: str = typer.Option("testbed", help="testbed or a folder of testbed weights."),
+    config: Path | None = typer.Option(None, help="Rerun from a saved config.json (other options ignored)."),
+    out: Path = typer.Option(Path("runs/patch"), help="Output folder."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+) -> None:
+    """Activation patching over steps x layers (x token region), scored 1 = clean, 0 = corrupted."""
+    from interp.causal.experiments import PatchConfig
+
+    fields = dict(n=n, first_seed=first_seed, steps=steps, layers=layers, sub=sub, region=region)
+    fields.update(direction=direction, metric=metric, span=span, size=size, frames=frames, model=model)
+    _run_experiment("patch", _experiment(PatchConfig, config, fields), out, threads)
+
+
+@app.command()
+def swap(
+    n: int = typer.Option(8, "-n", "--n", help="Mazes."),
+    first_seed: int = typer.Option(0, help="First maze seed."),
+    steps: str = typer.Option("0", help="Steps at which to swap (the study: the first step)."),
+    layers: str = typer.Option("all", help="Layers to swap."),
+    other: str = typer.Option("rewired", help="The other input: rewired (one wall moved) or a seed offset."),
+    size: int = typer.Option(4, help="Maze cells per side."),
+    frames: int = typer.Option(4, help="Frames per video."),
+    model: str = typer.Option("testbed", help="testbed or a folder of testbed weights."),
+    config: Path | None = typer.Option(None, help="Rerun from a saved config.json."),
+    out: Path = typer.Option(Path("runs/swap"), help="Output folder."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+) -> None:
+    """Layer-wise latent swap: at step s, layer k's tokens from a run on another maze."""
+    from interp.causal.experiments import SwapConfig
+
+    fields = dict(n=n, first_seed=first_seed, steps=steps, layers=layers, other=other)
+    fields.update(size=size, frames=frames, model=model)
+    _run_experiment("swap", _experiment(SwapConfig, config, fields), out, threads)
+
+
+@app.command()
+def perturb(
+    n: int = typer.Option(64, "-n", "--n", help="Held-out mazes."),
+    first_seed: int = typer.Option(0, help="First maze seed."),
+    steps: str = typer.Option("all", help="Steps at which x_s is replaced by fresh noise."),
+    frames_to_noise: str = typer.Option("all", "--frames-to-noise", help="Frames replaced by noise at every step."),
+    noise_seed: int = typer.Option(12345, help="Seed of the injected noise."),
+    size: int = typer.Option(4, help="Maze cells per side."),
+    frames: int = typer.Option(4, help="Frames per video."),
+    model: str = typer.Option("testbed", help="testbed or a folder of testbed weights."),
+    config: Path | None = typer.Option(None, help="Rerun from a saved config.json."),
+    out: Path = typer.Option(Path("runs/perturb"), help="Output folder."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+) -> None:
+    """Noise at step vs noise at frame (chain of steps against chain of frames), with 95% intervals."""
+    from interp.causal.experiments import PerturbConfig
+
+    fields = dict(n=n, first_seed=first_seed, steps=steps, frames_to_noise=frames_to_noise, noise_seed=noise_seed)
+    fields.update(size=size, frames=frames, model=model)
+    _run_experiment("perturb", _experiment(PerturbConfig, config, fields), out, threads)
+
+
+@app.command()
+def flow(
+    n: int = typer.Option(8, "-n", "--n", help="Mazes."),
+    first_seed: int = typer.Option(0, help="First maze seed."),
+    inject_steps: str = typer.Option("all", help="Steps at which noise is injected."),
+    layers: str = typer.Option("all", help="Layers compared."),
+    strength: float = typer.Option(1.0, help="x_s <- sqrt(1-a^2) x_s + a noise; 1 replaces x_s."),
+    noise_seed: int = typer.Option(12345, help="Seed of the injected noise."),
+    size: int = typer.Option(4, help="Maze cells per side."),
+    frames: int = typer.Option(4, help="Frames per video."),
+    model: str = typer.Option("testbed", help="testbed or a folder of testbed weights."),
+    config: Path | None = typer.Option(None, help="Rerun from a saved config.json."),
+    out: Path = typer.Option(Path("runs/flow"), help="Output folder."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+) -> None:
+    """Information flow: noise injected at step s, linear CKA to the clean run at later steps and layers."""
+    from interp.causal.experiments import FlowConfig
+
+    fields = dict(n=n, first_seed=first_seed, inject_steps=inject_steps, layers=layers, strength=strength)
+    fields.update(noise_seed=noise_seed, size=size, frames=frames, model=model)
+    _run_experiment("flow", _experiment(FlowConfig, config, fields), out, threads)
+
+
 @train_app.command("testbed")
 def train_testbed_cmd(
     seed: int = typer.Option(0, help="Training seed (selects the training mazes and the noise)."),
@@ -251,7 +458,7 @@ def demo(
     n_trace: int = typer.Option(32, help="Held-out mazes traced into an activation store."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
-    """The main job on the testbed: accuracy, x0_hat filmstrips, an activation store, token-energy maps."""
+    """The main job on the testbed: accuracy, x0_hat filmstrips, an activation store, token-energy maps, probes."""
     import torch
 
     from activations.reader import ActivationStore
@@ -266,26 +473,41 @@ def demo(
     tic = time.time()
     adapter = _load_testbed(None)
     size, frames = IN_DISTRIBUTION["size"], IN_DISTRIBUTION["frames"]
-    typer.echo(f"1/3 x0_hat filmstrips of {n_filmstrips} held-out {size}x{size} mazes")
+    typer.echo(f"1/4 x0_hat filmstrips of {n_filmstrips} held-out {size}x{size} mazes")
     mazes = [maze_task.generate_maze(size, s) for s in held_out_seeds(n_filmstrips)]
     for result in generate_mazes(adapter, mazes, frames):
         folder = out / f"maze{size}_seed{result.maze.seed}"
         write_generated(result, folder)
         typer.echo(f"  seed {result.maze.seed}: {'solved' if result.verdict.solved else 'NOT solved'} -> {folder}")
-    typer.echo(f"2/3 accuracy on {n_accuracy} held-out mazes")
+    typer.echo(f"2/4 accuracy on {n_accuracy} held-out mazes")
     ev = evaluate_mazes(adapter, held_out_seeds(n_accuracy), size, frames, progress=True)
     summary = ev.summary()
     (out / "accuracy.json").write_text(json.dumps(summary, indent=2))
-    typer.echo(f"3/3 activation store of {n_trace} mazes (every block, every step) and token-energy maps")
+    typer.echo(f"3/4 activation store of {n_trace} mazes (every block, every step) and token-energy maps")
     store_path = run_trace(TraceConfig(n=n_trace), out / "trace.h5", adapter=adapter)
     with ActivationStore(store_path) as store:
         for step in (store.steps[0], store.steps[len(store.steps) // 2], store.steps[-1]):
             write_energy_figures(store, 0, step, out / f"energy_step{step:02d}")
+    typer.echo("4/4 linear probes per (step, layer) with controls: on_path, wall, dist_to_goal")
+    from probes.plots import plot_all
+    from probes.run import ProbeConfig, run_probes, save_results
+
+    probe_cfg = ProbeConfig(targets=["on_path", "wall", "dist_to_goal"])
+    table = run_probes(store_path, probe_cfg)
+    save_results(table, store_path, probe_cfg, out / "probes")
+    plot_all(table, out / "probes")
     lo, hi = summary["ci95"]
     typer.echo(
         f"held-out {size}x{size} mazes: {summary['accuracy']:.1%} exact (95% CI {lo:.1%}-{hi:.1%}, "
         f"n={summary['n']}); store: {store_path}; {time.time() - tic:.0f}s; results in {out}"
     )
+    for target, rows in table.groupby("target", sort=False):
+        best = rows.loc[rows["selectivity"].idxmax()]
+        typer.echo(
+            f"probe {target}: best selectivity {best['selectivity']:.2f} at step {best['step']}, layer "
+            f"{best['layer']} ({best['metric']} {best['value']:.2f}; control task {best['control']:.2f}, "
+            f"x_t alone {best['x_t']:.2f}, conditioning alone {best['condition']:.2f})"
+        )
 
 
 def main() -> None:

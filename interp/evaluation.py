@@ -14,6 +14,14 @@ from interp.sampling import initial_noise, sample
 from interp.tasks import maze as maze_task
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% for z = 1.96)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
 @dataclass
 class MazeEvaluation:
     size: int
@@ -27,11 +35,7 @@ class MazeEvaluation:
 
     def wilson_interval(self, z: float = 1.96) -> tuple[float, float]:
         """95% Wilson score interval of the exact-match accuracy."""
-        n = len(self.verdicts)
-        p = self.accuracy
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return float(centre - half), float(centre + half)
+        return wilson_interval(sum(v.solved for v in self.verdicts), len(self.verdicts), z)
 
     def summary(self) -> dict:
         lo, hi = self.wilson_interval()

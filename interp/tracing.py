@@ -170,6 +170,7 @@ class StoreSink:
         for site, tokens in activations.items():
             self.part.write_site(site, state.step, self.pooling.apply(tokens, self.grids[site]))
         self.part.write_x0_hat(state.step, state.x0_hat)
+        self.part.write_x_t(state.step, state.latents)
 
 
 def site_grids(adapter: VideoDiTAdapter, sites: Sequence[str], latent_shape) -> dict[str, tuple[int, int, int]]:
@@ -214,6 +215,7 @@ def build_layout(
         pooling=pooling.to_json(),
         n_tokens=pooling.num_tokens(grid),
         latent_shape=tuple(latent_shape),
+        condition_shape=adapter.condition_shape(tuple(latent_shape)),
         n_videos=len(video_keys),
         video_keys=video_keys,
         dtype=dtype,
@@ -235,6 +237,8 @@ def trace_batch(
     """Sample one batch, streaming the chosen steps' activations and x0_hat into ``part``."""
     sink = StoreSink(part, Pooling.from_json(layout.pooling), site_grids(adapter, layout.sites, layout.latent_shape))
     denoiser = TracingDenoiser(adapter, capture, layout.steps, sink, layout.cfg_branch)
+    if layout.condition_shape is not None:
+        part.write_condition(adapter.condition_latent(conditioning))
     with torch.no_grad():
         return sample(
             denoiser, noise, conditioning, layout.num_steps, hooks=[denoiser], scheduler=adapter.make_scheduler(shift)

@@ -43,6 +43,13 @@ def test_trace_a_local_wan_pipeline_over_vbvr_samples(tmp_path, run_cli, image_t
         acts = store.activations("blocks.1")
         assert acts.shape == (4, 3, 8, 16) and np.isfinite(acts).all()
         assert not np.allclose(acts[0], acts[1])  # another seed, another trajectory
+        assert np.isfinite(store.x_t()).all()
+        # Image-to-video keeps its (mask + first-frame latent) conditioning for the probes' control.
+        assert store.has_condition == image_to_video
+        if image_to_video:
+            cond = store.condition()
+            assert cond.shape[0] == 4 and cond.shape[2:] == store.layout.latent_shape[1:]
+            assert np.isfinite(cond).all() and np.array_equal(cond[0], cond[1])  # same sample, other seed
 
 
 def test_pipeline_errors_are_clear(tmp_path, run_cli):

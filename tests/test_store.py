@@ -35,10 +35,12 @@ def _hook_reference(adapter, seeds, num_steps, frames=4, size=4):
     """Block outputs per step recorded with plain torch forward hooks, and x0_hat per step."""
     recorded: dict[tuple[int, int], torch.Tensor] = {}
     x0: dict[int, torch.Tensor] = {}
+    x_t: dict[int, torch.Tensor] = {}
     step = {"i": -1}
 
     def on_step(state):
         x0[state.step] = state.x0_hat.clone()
+        x_t[state.step] = state.latents.clone()
 
     class StepCounter(StepHook):
         def before_model(self, state):
@@ -58,7 +60,7 @@ def _hook_reference(adapter, seeds, num_steps, frames=4, size=4):
     finally:
         for h in handles:
             h.remove()
-    return recorded, x0, out.latents
+    return recorded, x0, out.latents, x_t
 
 
 @pytest.mark.parametrize("backend", ["nnsight", "hooks"])
@@ -66,7 +68,7 @@ def test_stored_activations_equal_torch_hook_outputs_exactly(tmp_path, tiny, bac
     model_dir, adapter = tiny
     cfg = TraceConfig(model=model_dir, n=3, batch_size=3, dtype="float32", backend=backend)
     store_path = run_trace(cfg, tmp_path / "t.h5", progress=False)
-    recorded, x0, final = _hook_reference(adapter, [0, 1, 2], 6)
+    recorded, x0, final, x_t = _hook_reference(adapter, [0, 1, 2], 6)
     with ActivationStore(store_path) as store:
         assert store.sites == ["blocks.0", "blocks.1", "blocks.2"] and store.steps == list(range(6))
         for (step, layer), ref in recorded.items():
@@ -74,7 +76,11 @@ def test_stored_activations_equal_torch_hook_outputs_exactly(tmp_path, tiny, bac
             assert np.array_equal(got, ref.numpy()), (step, layer)
         for step, ref in x0.items():
             assert np.array_equal(store.x0_hat(steps=[step])[:, 0], ref.numpy())
+        for step, ref in x_t.items():
+            assert np.array_equal(store.x_t(steps=[step])[:, 0], ref.numpy())
         assert np.array_equal(store.final(), final.numpy())
+        mazes = [M.generate_maze(4, s) for s in (0, 1, 2)]
+        assert np.array_equal(store.condition(), adapter.conditioning(mazes, 4).numpy())
         meta = store.meta(1)
         assert meta["maze_seed"] == 1 and "solved" in meta["verdict"]
 
@@ -249,3 +255,23 @@ def test_direct_chunk_writes_equal_plain_h5py_writes(tmp_path, chunks):
     with h5py.File(tmp_path / "a.h5", "r") as f:
         np.testing.assert_array_equal(f["d"][()], f["p"][()])
         assert np.isnan(f["d"][:, 1]).all()
+
+
+def test_result_tables_live_in_the_main_file_and_survive_a_resume(tmp_path, tiny):
+    from activations.results import list_tables, read_table, write_table
+
+    model_dir, _ = tiny
+    cfg = TraceConfig(model=model_dir, n=4, batch_size=2, num_steps=2)
+    path = run_trace(TraceConfig(**{**cfg.__dict__, "n": 4}), tmp_path / "t.h5", progress=False)
+    # Drop the second part as if the run had stopped after the first one, then add a table.
+    for part in sorted((tmp_path / "t.h5.parts").glob("part_*.h5"))[1:]:
+        part.unlink()
+    write_table(path, "probes", "run1", {"layer": np.arange(3), "target": np.array(["a", "b", "c"])}, {"x": 1})
+    run_trace(cfg, path, progress=False)  # resumes: rebuilds the index twice
+    assert list_tables(path, "probes") == ["run1"]
+    columns, config = read_table(path, "probes", "run1")
+    assert list(columns["target"]) == ["a", "b", "c"] and config == {"x": 1}
+    with ActivationStore(path) as store:
+        assert store.completed_videos == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="plain name"):
+        write_table(path, "probes", "a/b", {"x": np.arange(2)}, {})

@@ -101,6 +101,14 @@ class VideoDiTAdapter:
         calls = self.forward_calls(latents, timestep, conditioning)
         return self.combine(calls, [call.run() for call in calls])
 
+    def condition_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """Shape of one video's conditioning latent kept in a store (None: the adapter keeps none)."""
+        return None
+
+    def condition_latent(self, conditioning) -> torch.Tensor | None:
+        """The batch's conditioning as a latent of ``condition_shape`` (probes' input-only control)."""
+        return None
+
     def make_scheduler(self, shift: float | None = None):
         """The scheduler this model samples with (default: flow-matching Euler)."""
         from interp.sampling import make_scheduler

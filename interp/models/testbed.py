@@ -112,6 +112,13 @@ class TestbedAdapter(VideoDiTAdapter):
         cond = np.stack([maze_task.condition(m, frames) for m in mazes])
         return torch.from_numpy(cond).to(self.device, self.dtype)
 
+    def condition_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The I2V conditioning: a mask channel plus the frame-0 latent, on the latent grid."""
+        return (latent_shape[0] + 1, *latent_shape[1:])
+
+    def condition_latent(self, conditioning: torch.Tensor) -> torch.Tensor:
+        return conditioning
+
     def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
         return tuple(int(v) for v in latent_shape[-3:])
 

@@ -97,6 +97,15 @@ class WanAdapter(VideoDiTAdapter):
         _, t, h, w = latent_shape[-4:]
         return (t // p_t, h // p_h, w // p_w)
 
+    def condition_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """Image-to-video models take a (mask + first-frame latent) beside the noisy latent."""
+        cfg = self.transformer.config
+        extra = int(cfg.in_channels) - int(cfg.out_channels)
+        return (extra, *latent_shape[1:]) if extra > 0 else None
+
+    def condition_latent(self, conditioning: WanConditioning) -> torch.Tensor | None:
+        return conditioning.condition
+
     def forward_calls(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning: WanConditioning):
         expert = self.expert_at(timestep)
         model = self.transformers()[expert]

@@ -313,3 +313,47 @@ def pixel_truth(maze: Maze, frames: int) -> dict[str, np.ndarray]:
         "trail": (kinds == PALETTE_NAMES.index("trail")) | (kinds == PALETTE_NAMES.index("agent")),
         "agent": kinds == PALETTE_NAMES.index("agent"),
     }
+
+
+def _with_walls(maze: Maze, open_sides: np.ndarray) -> Maze:
+    dist_to_goal, parent = _tree_distances(open_sides, maze.goal)
+    path = [maze.start]
+    while path[-1] != maze.goal:
+        path.append(tuple(int(v) for v in parent[path[-1]]))
+    return Maze(maze.size, maze.seed, open_sides, maze.start, maze.goal, tuple(path), dist_to_goal)
+
+
+def rewire(maze: Maze, seed: int = 0) -> Maze:
+    """The smallest edit that keeps a perfect maze and changes its solution: one passage of the
+    solution path is walled up and one wall elsewhere is opened to reconnect the two halves.
+
+    (Toggling a single wall of a perfect maze either disconnects it or adds a loop, so a wall
+    *swap* is the minimal pair of perfect mazes with different answers.) Same start and goal.
+    Raises ValueError when no such edit exists.
+    """
+    rng = np.random.default_rng([int(seed), int(maze.seed), maze.size, 0x72657769])
+    n = maze.size
+    cuts = list(range(len(maze.path) - 1))
+    rng.shuffle(cuts)
+    for i in cuts:
+        (r, c), (r2, c2) = maze.path[i], maze.path[i + 1]
+        d = DIRECTIONS.index((r2 - r, c2 - c))
+        walls = maze.open_sides.copy()
+        walls[r, c, d] = walls[r2, c2, (d + 2) % 4] = False
+        side_of_start, _ = _tree_distances(walls, maze.start)
+        reach = side_of_start >= 0
+        # Walls between the start's component and the goal's, other than the one just closed.
+        bridges = [
+            (a, b, e)
+            for a in range(n)
+            for b in range(n)
+            for e, (da, db) in enumerate(DIRECTIONS)
+            if 0 <= a + da < n and 0 <= b + db < n and reach[a, b] and not reach[a + da, b + db]
+            and not walls[a, b, e] and ((a, b), (a + da, b + db)) != ((r, c), (r2, c2))
+        ]  # fmt: skip
+        if bridges:
+            a, b, e = bridges[int(rng.integers(len(bridges)))]
+            da, db = DIRECTIONS[e]
+            walls[a, b, e] = walls[a + da, b + db, (e + 2) % 4] = True
+            return _with_walls(maze, walls)
+    raise ValueError(f"maze seed {maze.seed} ({n}x{n}) has no wall swap that changes its solution")

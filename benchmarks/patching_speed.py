@@ -1,0 +1,95 @@
+"""A full step x layer activation-patching sweep on the testbed: batched from cached latents, against
+the naive way (every patched run from step 0, one at a time).
+
+Prints a table and writes benchmarks/results/patching_speed.json: wall time of both, their ratio,
+and the largest difference between their final latents and between their scores (must be within
+float tolerance).
+Usage: python benchmarks/patching_speed.py [--pairs 1] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interp.causal.experiments import _pairs, _scores, _sites, patch_sweep
+from interp.causal.patching import Patch, record_run, run_patched
+from interp.models.testbed import TestbedAdapter
+from interp.sampling import initial_noise
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pairs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "patching_speed.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    adapter = TestbedAdapter.load()
+    num_steps, frames = adapter.defaults.num_steps, 4
+    sites = _sites(adapter, list(range(adapter.num_blocks())), None)
+    steps = list(range(num_steps))
+
+    class Cfg:
+        size, first_seed = 4, 0
+
+    clean_mazes, corrupted_mazes = _pairs(Cfg, args.pairs)
+
+    def cached(mazes):
+        cond = adapter.conditioning(mazes, frames)
+        noise = initial_noise([m.seed for m in mazes], adapter.latent_shape(4, frames))
+        return record_run(adapter, noise, cond, num_steps, sites), cond
+
+    tic = time.perf_counter()
+    clean, _ = cached(clean_mazes)
+    corrupted, corr_cond = cached(corrupted_mazes)
+    record_seconds = time.perf_counter() - tic
+    tic = time.perf_counter()
+    batched = patch_sweep(adapter, corrupted, corr_cond, clean, steps, sites, [None] * args.pairs, num_steps, False)
+    batched_seconds = time.perf_counter() - tic
+    tic = time.perf_counter()
+    naive = torch.zeros_like(batched)
+    for e in range(args.pairs):
+        for i, step in enumerate(steps):
+            for k, site in enumerate(sites):
+                naive[e, i, k] = run_patched(
+                    adapter, corrupted, corr_cond, clean, [[Patch(step, site)]], [e], [e], num_steps, start_step=0
+                )[0]
+    naive_seconds = time.perf_counter() - tic
+    latent_diff = float((batched - naive).abs().max())
+    score_b = _scores("maze", batched, clean.final, corrupted.final, clean_mazes, corrupted_mazes)
+    score_n = _scores("maze", naive, clean.final, corrupted.final, clean_mazes, corrupted_mazes)
+    score_diff = float(np.nanmax(np.abs(score_b - score_n))) if np.isfinite(score_b).any() else 0.0
+    ratio = naive_seconds / batched_seconds
+    n_runs = args.pairs * len(steps) * len(sites)
+    print(f"testbed: {args.pairs} maze pair(s) x {len(steps)} steps x {len(sites)} layers = {n_runs} patched runs")
+    print(f"{'way':<36} {'seconds':>8}")
+    print(f"{'record clean + corrupted runs (once)':<36} {record_seconds:>8.2f}")
+    print(f"{'batched from cached x_s':<36} {batched_seconds:>8.2f}")
+    print(f"{'naive: each from step 0, one by one':<36} {naive_seconds:>8.2f}")
+    print(f"speed-up {ratio:.1f}x; largest difference: final latents {latent_diff:.2e}, scores {score_diff:.2e}")
+    record = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",
+        "pairs": args.pairs,
+        "steps": len(steps),
+        "layers": len(sites),
+        "seconds": {"record": record_seconds, "batched": batched_seconds, "naive": naive_seconds},
+        "speedup": ratio,
+        "max_abs_latent_diff": latent_diff,
+        "max_abs_score_diff": score_diff,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

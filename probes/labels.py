@@ -1,0 +1,138 @@
+"""What a probe is trained to read out: labels per token (or per video) on a store's token grid.
+
+Three sources:
+- the maze task's ground truth, recomputed from each video's metadata (``MAZE_TARGETS``);
+- the verifier's verdict per video (``solved``, ``final_exact``, ``frames_valid``);
+- a label array a user supplies (``.npy``), on the store's token grid or one value per video.
+
+Labels come back as a float array of shape (n_videos, n_tokens) or (n_videos,), NaN where a label
+is missing (unfinished videos, or values a user left out), with the kind of probe that fits them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from activations import ActivationStore
+
+CLASS = "class"
+REGRESSION = "regression"
+
+# Token targets of the maze testbed: name -> (key of ``maze.token_truth``, kind, how to make it).
+MAZE_TARGETS: dict[str, tuple[str, str]] = {
+    "wall": ("n_walls", CLASS),  # number of closed sides of the cell (0-4)
+    "wall_n": ("open_n", CLASS),
+    "wall_e": ("open_e", CLASS),
+    "wall_s": ("open_s", CLASS),
+    "wall_w": ("open_w", CLASS),
+    "n_walls": ("n_walls", CLASS),
+    "start": ("start", CLASS),
+    "goal": ("goal", CLASS),
+    "on_path": ("on_path", CLASS),
+    "dead_end": ("dead_end", CLASS),
+    "dist_to_goal": ("dist_to_goal", REGRESSION),
+    "trail": ("trail", CLASS),
+    "agent": ("agent", CLASS),
+}
+_NEGATED = {"wall_n", "wall_e", "wall_s", "wall_w"}  # walls are closed sides: not open
+VIDEO_TARGETS = ("solved", "final_exact", "frames_valid")  # the verifier's verdict, one per video
+
+
+@dataclass
+class Labels:
+    name: str
+    kind: str  # CLASS or REGRESSION
+    values: np.ndarray  # (n_videos, n_tokens) or (n_videos,), float, NaN = no label
+    source: str
+
+    @property
+    def per_video(self) -> bool:
+        return self.values.ndim == 1
+
+
+def _pool_labels(store: ActivationStore, grid_labels: np.ndarray, kind: str, name: str) -> np.ndarray:
+    """(n_videos, T, H, W) labels on the full token grid -> (n_videos, n_tokens) on the stored tokens."""
+    pooling = store.pooling
+    flat = grid_labels.reshape(grid_labels.shape[0], -1)
+    if pooling.kind == "none":
+        return flat
+    if pooling.kind == "random":
+        return flat[:, pooling.token_index(store.layout.token_grid)]
+    if kind == CLASS:
+        raise ValueError(
+            f"target {name!r} labels single tokens but the store pools tokens ({pooling.kind}); "
+            "trace with --pooling none or random:K to probe it"
+        )
+    import torch
+
+    pooled = pooling.apply(torch.from_numpy(flat[..., None].astype(np.float64)), store.layout.token_grid)
+    return pooled[..., 0].numpy()
+
+
+def maze_labels(store: ActivationStore, target: str) -> Labels:
+    """Ground truth of the maze testbed for every complete video (NaN rows for the others)."""
+    from interp.tasks import maze as maze_task
+
+    if target in VIDEO_TARGETS:
+        values = np.full(store.n_videos, np.nan)
+        for v in store.completed_videos:
+            values[v] = float(store.meta(v)["verdict"][target])
+        return Labels(target, CLASS, values, "verifier")
+    if target not in MAZE_TARGETS:
+        known = ", ".join([*MAZE_TARGETS, *VIDEO_TARGETS])
+        raise ValueError(f"unknown target {target!r}; maze targets: {known} (or supply labels with --labels)")
+    key, kind = MAZE_TARGETS[target]
+    grid = tuple(store.layout.token_grid)
+    values = np.full((store.n_videos, *grid), np.nan)
+    for v in store.completed_videos:
+        meta = store.meta(v)
+        if meta.get("task") != "maze":
+            raise ValueError(f"video {v} of {store.path} is not a maze video; supply labels with --labels")
+        truth = maze_task.token_truth(maze_task.generate_maze(meta["size"], meta["maze_seed"]), meta["frames"])[key]
+        if truth.shape != grid:
+            raise ValueError(f"maze ground truth has shape {truth.shape} but the store's token grid is {grid}")
+        values[v] = (~truth if target in _NEGATED else truth).astype(np.float64)
+    return Labels(target, kind, _pool_labels(store, values, kind, target), "maze ground truth")
+
+
+def load_label_file(store: ActivationStore, name: str, path: str | Path, kind: str | None = None) -> Labels:
+    """A user's labels from a ``.npy`` file (no pickles): (n_videos, n_tokens), (n_videos, frames, h, w)
+    of the stored grid, or (n_videos,). Integer or boolean arrays are classes, floats regression;
+    NaN (floats) or negative values (integers) mark tokens without a label."""
+    path = Path(path)
+    if path.suffix != ".npy" or not path.is_file():
+        raise ValueError(f"labels {name!r}: {path} is not a .npy file")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"labels {name!r}: {path} is not a plain numeric .npy array ({err})") from err
+    return labels_from_array(store, name, array, kind, source=str(path))
+
+
+def labels_from_array(
+    store: ActivationStore, name: str, array: np.ndarray, kind: str | None = None, source: str = "array"
+) -> Labels:
+    n_v, n_t = store.n_videos, store.layout.n_tokens
+    grid = store.pooling.output_grid(store.layout.token_grid)
+    shapes = [(n_v,), (n_v, n_t)] + ([(n_v, *grid)] if grid is not None else [])
+    if array.shape not in shapes:
+        raise ValueError(
+            f"labels {name!r} have shape {array.shape}; this store needs one of "
+            f"{' or '.join(str(s) for s in shapes)} (videos x stored tokens, or one label per video)"
+        )
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"labels {name!r} must be numbers or booleans, got dtype {array.dtype}")
+    inferred = REGRESSION if array.dtype.kind == "f" else CLASS
+    kind = kind or inferred
+    if kind not in (CLASS, REGRESSION):
+        raise ValueError(f"labels {name!r}: kind must be {CLASS!r} or {REGRESSION!r}, got {kind!r}")
+    values = array.astype(np.float64).reshape(n_v, -1) if array.ndim > 1 else array.astype(np.float64)
+    if array.dtype.kind in "iu":
+        values[array.reshape(values.shape) < 0] = np.nan
+    if kind == CLASS and np.any(np.isfinite(values) & (values != np.round(values))):
+        raise ValueError(f"labels {name!r}: class labels must be whole numbers")
+    values[~store.complete] = np.nan
+    return Labels(name, kind, values, source)

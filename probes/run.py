@@ -1,0 +1,315 @@
+"""A probing run as data: ``ProbeConfig`` + a store -> a tidy table of scores with their controls.
+
+For every target and every (step, layer) of the store, one linear probe is trained on the block
+output of training videos and scored on held-out videos. Beside every score:
+
+- ``control``: the same probe on the control task of Hewitt and Liang (2019): every token type
+  (position, and what the given frame shows there) gets a random label drawn from the target's
+  training distribution; ``selectivity = value - control``;
+- ``x_t``: the same probe on the noisy latent that entered the model at that step (per step);
+- ``condition``: the same probe on the conditioning latent alone (one figure per target);
+- ``majority_rate``: the test accuracy of always answering the commonest training class.
+
+Slabs are read one (step, site) at a time; the fast path fits ``group`` slabs together, so memory
+depends on ``group``, not on how many steps and layers the store holds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from activations import ActivationStore, parse_index_spec
+from activations.axes import parse_site
+from probes.features import condition_tokens, token_types, x_t_tokens
+from probes.fit import DEFAULT_ALPHAS, DEFAULT_CS, Head, fit_fast, fit_sklearn
+from probes.labels import CLASS, Labels, load_label_file, maze_labels
+
+METHODS = ("fast", "sklearn")
+COLUMNS = (
+    "target", "kind", "site", "layer", "step", "sigma", "metric", "value", "control", "selectivity",
+    "majority_rate", "x_t", "condition", "regularisation", "n_train_videos", "n_test_videos", "method",
+)  # fmt: skip
+
+
+@dataclass
+class ProbeConfig:
+    targets: list[str] = field(default_factory=lambda: ["on_path"])
+    labels: dict[str, str] = field(default_factory=dict)  # name -> .npy file of user labels
+    layers: str = "all"
+    steps: str = "all"
+    method: str = "fast"
+    test_fraction: float = 0.25
+    folds: int = 3
+    seed: int = 0
+    cs: list[float] = field(default_factory=lambda: list(DEFAULT_CS))
+    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    group: int = 16  # slabs fitted together by the fast path
+    device: str = "cpu"
+    name: str = "probes"  # table name inside the store: /results/probes/<name>
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ProbeConfig:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class Split:
+    train: list[int]  # video indices
+    test: list[int]
+    fold: dict[int, int]  # training video -> cross-validation fold
+
+
+def split_videos(videos: list[int], test_fraction: float, folds: int, seed: int) -> Split:
+    """Held-out videos and cross-validation folds, by video: no video is on two sides."""
+    rng = np.random.default_rng(seed)
+    order = [int(v) for v in rng.permutation(videos)]
+    n_test = max(1, int(round(test_fraction * len(order))))
+    train, test = sorted(order[n_test:]), sorted(order[:n_test])
+    if len(train) < folds:
+        raise ValueError(
+            f"{len(videos)} labelled videos leave {len(train)} for training, fewer than the {folds} folds; "
+            "trace more videos or lower --folds / --test-fraction"
+        )
+    shuffled = [int(v) for v in rng.permutation(train)]
+    return Split(train, test, {v: i % folds for i, v in enumerate(shuffled)})
+
+
+@dataclass
+class _Target:
+    labels: Labels
+    rows_train: np.ndarray  # (n,) flat indices into (videos_train x tokens) of labelled rows
+    rows_test: np.ndarray
+    head: Head
+    control: Head
+    folds: np.ndarray  # (n_train_rows,) fold of each training row
+    majority_rate: float
+
+
+def _check_config(cfg: ProbeConfig, store: ActivationStore) -> tuple[list[str], list[int]]:
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
+    if not 0 < cfg.test_fraction < 1:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {cfg.test_fraction}")
+    if cfg.folds < 2:
+        raise ValueError(f"folds must be at least 2, got {cfg.folds}")
+    if cfg.group < 1:
+        raise ValueError(f"group must be at least 1, got {cfg.group}")
+    if not cfg.targets and not cfg.labels:
+        raise ValueError("nothing to probe: give at least one target or label file")
+    if not cfg.cs or not cfg.alphas or min(cfg.cs) <= 0 or min(cfg.alphas) <= 0:
+        raise ValueError("cs and alphas must be non-empty lists of positive numbers")
+    # "all" means every stored layer / step; explicit indices must have been stored.
+    layers = store.layers
+    if cfg.layers.strip().lower() != "all":
+        layers = parse_index_spec(cfg.layers, max(store.layers) + 1 if store.layers else 0, "layer")
+        missing = [k for k in layers if k not in store.layers]
+        if missing:
+            raise ValueError(f"layer {missing[0]} is not in the store (stored layers: {store.layers})")
+    steps = store.steps
+    if cfg.steps.strip().lower() != "all":
+        steps = parse_index_spec(cfg.steps, store.layout.num_steps, "step")
+        absent = [s for s in steps if s not in store.steps]
+        if absent:
+            raise ValueError(f"step {absent[0]} is not in the store (stored steps: {store.steps})")
+    sites = [s for s in store.sites if parse_site(s)[2] is None and parse_site(s)[1] in layers]
+    return sites, steps
+
+
+def _control_labels(labels: np.ndarray, types: np.ndarray, train_rows: np.ndarray, rng) -> np.ndarray:
+    """Hewitt and Liang's control task: one label per type, drawn from the training labels."""
+    values = labels[train_rows]
+    per_type = rng.choice(values, size=int(types.max()) + 1, replace=True)
+    return per_type[types]
+
+
+def _prepare_target(labels: Labels, split: Split, types: np.ndarray, seed: int) -> _Target:
+    videos = split.train + split.test
+    n_tr = len(split.train)
+    values = labels.values[videos]  # (V,) or (V, tokens)
+    flat = values.reshape(len(videos), -1)
+    n_tok = flat.shape[1]
+    valid = np.isfinite(flat).reshape(-1)
+    is_train = np.repeat(np.arange(len(videos)) < n_tr, n_tok)
+    rows_train = np.flatnonzero(valid & is_train)
+    rows_test = np.flatnonzero(valid & ~is_train)
+    if len(rows_train) == 0 or len(rows_test) == 0:
+        raise ValueError(f"target {labels.name!r} has no labels on the training or the test videos")
+    y = flat.reshape(-1)
+    fold_of_video = np.array([split.fold[v] for v in split.train])
+    folds = fold_of_video[rows_train // n_tok]
+    rng = np.random.default_rng(seed)
+    if labels.per_video:  # one label per video: each video is its own type
+        type_ids = np.arange(len(videos))
+    else:
+        type_ids = types.reshape(-1)
+    control = _control_labels(y, type_ids, rows_train, rng)
+    majority = float("nan")
+    if labels.kind == CLASS:
+        classes, counts = np.unique(y[rows_train], return_counts=True)
+        majority = float(np.mean(y[rows_test] == classes[np.argmax(counts)]))
+    return _Target(
+        labels,
+        rows_train,
+        rows_test,
+        Head(y[rows_train], y[rows_test]),
+        Head(control[rows_train], control[rows_test]),
+        folds,
+        majority,
+    )
+
+
+def _rows(features: np.ndarray, per_video: bool) -> np.ndarray:
+    """(V, tokens, d) -> rows (V*tokens, d), or per-video means (V, d) for per-video targets."""
+    return features.mean(1) if per_video else features.reshape(-1, features.shape[-1])
+
+
+class Prober:
+    """Fits every target on a sequence of feature slabs with the configured method."""
+
+    def __init__(self, cfg: ProbeConfig, targets: list[_Target]):
+        self.cfg = cfg
+        self.targets = targets
+        self.device = torch.device(cfg.device)
+
+    def scores(self, slabs: list[np.ndarray]) -> list[dict[str, tuple[float, float, float]]]:
+        """Per slab, per target name: (score, control score, chosen regularisation)."""
+        out: list[dict[str, tuple[float, float, float]]] = [{} for _ in slabs]
+        for t in self.targets:
+            rows = [_rows(s, t.labels.per_video) for s in slabs]
+            if self.cfg.method == "sklearn":
+                for i, x in enumerate(rows):
+                    args = (t.labels.kind, t.folds, tuple(self.cfg.cs), tuple(self.cfg.alphas))
+                    value, reg = fit_sklearn(x[t.rows_train], x[t.rows_test], t.head, *args)
+                    control, _ = fit_sklearn(x[t.rows_train], x[t.rows_test], t.control, *args)
+                    out[i][t.labels.name] = (value, control, reg)
+                continue
+            # Slabs of different widths (x_t vs blocks) never share a call.
+            x = torch.from_numpy(np.stack(rows)).to(self.device)
+            fit = fit_fast(
+                x[:, t.rows_train],
+                x[:, t.rows_test],
+                [t.head, t.control],
+                t.labels.kind,
+                t.folds,
+                tuple(self.cfg.cs),
+                tuple(self.cfg.alphas),
+            )
+            for i in range(len(slabs)):
+                out[i][t.labels.name] = (
+                    float(fit.scores[i, 0]),
+                    float(fit.scores[i, 1]),
+                    float(fit.regularisation[i, 0]),
+                )
+        return out
+
+
+def _groups(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def load_targets(store: ActivationStore, cfg: ProbeConfig) -> list[Labels]:
+    """Every target's labels, checked against the store before any probe is fitted."""
+    labels = [maze_labels(store, t) for t in cfg.targets]
+    labels += [load_label_file(store, name, path) for name, path in cfg.labels.items()]
+    names = [lab.name for lab in labels]
+    if len(set(names)) != len(names):
+        raise ValueError(f"target names must be unique, got {names}")
+    return labels
+
+
+def run_probes(store_path: str | Path, cfg: ProbeConfig, progress: bool = True):
+    """Fit and score every probe; returns the results as a pandas DataFrame (columns ``COLUMNS``)."""
+    import pandas as pd
+
+    with ActivationStore(store_path) as store:
+        sites, steps = _check_config(cfg, store)
+        all_labels = load_targets(store, cfg)
+        labelled = [v for v in store.completed_videos if all(np.isfinite(lab.values[v]).any() for lab in all_labels)]
+        split = split_videos(labelled, cfg.test_fraction, cfg.folds, cfg.seed)
+        videos = split.train + split.test
+        types = token_types(store, videos)
+        targets = [_prepare_target(lab, split, types, cfg.seed + i) for i, lab in enumerate(all_labels)]
+        prober = Prober(cfg, targets)
+        slabs = [(site, step) for site in sites for step in steps]
+        results: dict[tuple[str, int], dict] = {}
+        bar = tqdm(total=len(slabs) + len(steps) + 1, disable=not progress, desc="probing slabs")
+        for group in _groups(slabs, cfg.group if cfg.method == "fast" else 1):
+            data = [
+                store.activations(site, videos=videos, steps=[step])[:, 0].astype(np.float32) for site, step in group
+            ]
+            for key, scores in zip(group, prober.scores(data)):
+                results[key] = scores
+            bar.update(len(group))
+        x_t_scores: dict[int, dict] = {}
+        for group in _groups(steps, cfg.group if cfg.method == "fast" else 1):
+            for step, scores in zip(group, prober.scores([x_t_tokens(store, videos, s) for s in group])):
+                x_t_scores[step] = scores
+            bar.update(len(group))
+        condition = prober.scores([condition_tokens(store, videos)])[0] if store.has_condition else {}
+        bar.update(1)
+        bar.close()
+        rows = []
+        for t in targets:
+            name, kind = t.labels.name, t.labels.kind
+            for site, step in slabs:
+                value, control, reg = results[(site, step)][name]
+                rows.append(
+                    {
+                        "target": name,
+                        "kind": kind,
+                        "site": site,
+                        "layer": parse_site(site)[1],
+                        "step": step,
+                        "sigma": store.sigma(step),
+                        "metric": "accuracy" if kind == CLASS else "r2",
+                        "value": value,
+                        "control": control,
+                        "selectivity": value - control,
+                        "majority_rate": t.majority_rate,
+                        "x_t": x_t_scores[step][name][0],
+                        "condition": condition[name][0] if condition else float("nan"),
+                        "regularisation": reg,
+                        "n_train_videos": len(split.train),
+                        "n_test_videos": len(split.test),
+                        "method": cfg.method,
+                    }
+                )
+        return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def save_results(table, store_path: str | Path, cfg: ProbeConfig, out_dir: str | Path | None) -> dict[str, Path]:
+    """The table as CSV (and the config as JSON) in ``out_dir``, and inside the store."""
+    from activations.results import write_table
+
+    columns = {c: table[c].to_numpy() for c in table.columns}
+    write_table(store_path, "probes", cfg.name, columns, {"config": asdict(cfg), "store": str(store_path)})
+    paths: dict[str, Path] = {}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths["table"] = out / f"{cfg.name}.csv"
+        table.to_csv(paths["table"], index=False)
+        paths["config"] = out / f"{cfg.name}.config.json"
+        paths["config"].write_text(cfg.to_json())
+    return paths
+
+
+def read_results(store_path: str | Path, name: str = "probes"):
+    """A probing table stored inside a store, as a pandas DataFrame."""
+    import pandas as pd
+
+    from activations.results import read_table
+
+    columns, _ = read_table(store_path, "probes", name)
+    return pd.DataFrame(columns)

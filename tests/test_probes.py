@@ -1,0 +1,245 @@
+"""Probes: planted signals are found where they are and nowhere else, with honest controls."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from activations import StoreLayout, StoreWriter
+from activations.results import read_table
+from probes.fit import Head, fit_fast, fit_sklearn
+from probes.labels import labels_from_array
+from probes.run import ProbeConfig, read_results, run_probes, save_results, split_videos
+
+GRID = (2, 4, 4)
+HIDDEN = 16
+LAYERS = 6
+FIRST_ENCODING_LAYER = 3
+
+
+def _synthetic_store(path, n_videos=40, seed=0):
+    """Random block outputs; from FIRST_ENCODING_LAYER on, a binary token label is added along one direction."""
+    rng = np.random.default_rng(seed)
+    n_tokens = int(np.prod(GRID))
+    labels = rng.integers(0, 2, size=(n_videos, n_tokens))
+    direction = rng.standard_normal(HIDDEN)
+    direction /= np.linalg.norm(direction)
+    sites = [f"blocks.{k}" for k in range(LAYERS)]
+    layout = StoreLayout(
+        model="synthetic",
+        adapter="none",
+        num_steps=2,
+        steps=[0, 1],
+        timesteps=[1000.0, 500.0],
+        sigmas=[1.0, 0.5, 0.0],
+        sites=sites,
+        hidden={s: HIDDEN for s in sites},
+        token_grid=GRID,
+        pooling=json.dumps({"kind": "none", "factor": 1, "count": 0, "seed": 0}),
+        n_tokens=n_tokens,
+        latent_shape=(4, *GRID),
+        n_videos=n_videos,
+        video_keys=[f"v{i}" for i in range(n_videos)],
+        dtype="float32",
+    )
+    with StoreWriter(path, layout) as writer:
+        for start in range(0, n_videos, 10):
+            videos = list(range(start, start + 10))
+            part = writer.begin_part(videos)
+            for step in (0, 1):
+                for k, site in enumerate(sites):
+                    x = rng.standard_normal((10, n_tokens, HIDDEN))
+                    if k >= FIRST_ENCODING_LAYER:
+                        x += 2.0 * (2 * labels[videos, :, None] - 1) * direction
+                    part.write_site(site, step, x.astype(np.float32))
+                part.write_x0_hat(step, rng.standard_normal((10, 4, *GRID)).astype(np.float32))
+                part.write_x_t(step, rng.standard_normal((10, 4, *GRID)).astype(np.float32))
+            part.finish(np.zeros((10, 4, *GRID), np.float32), [{"task": "synthetic"}] * 10)
+    return labels
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synthetic")
+    labels = _synthetic_store(folder / "s.h5")
+    np.save(folder / "planted.npy", labels)
+    return folder / "s.h5", folder / "planted.npy", labels
+
+
+@pytest.mark.parametrize("method", ["fast", "sklearn"])
+def test_planted_signal_is_decodable_from_its_layer_on_and_nowhere_before(synthetic, method):
+    store, label_file, _ = synthetic
+    cfg = ProbeConfig(targets=[], labels={"planted": str(label_file)}, method=method)
+    table = run_probes(store, cfg, progress=False)
+    assert len(table) == LAYERS * 2
+    before = table[table["layer"] < FIRST_ENCODING_LAYER]
+    after = table[table["layer"] >= FIRST_ENCODING_LAYER]
+    chance = table["majority_rate"].iloc[0]
+    assert 0.4 < chance < 0.6
+    assert (after["value"] > 0.95).all() and (after["selectivity"] > 0.4).all()
+    assert (before["value"] < chance + 0.05).all() and (before["selectivity"].abs() < 0.06).all()
+    # The control task (random label per token position) stays near chance everywhere, and so do
+    # the input-only controls (x_t here is noise unrelated to the label).
+    assert (table["control"] < 0.58).all()
+    assert (table["x_t"] < 0.58).all()
+    assert table["condition"].isna().all()  # this store keeps no conditioning latent
+
+
+def test_fast_path_agrees_with_scikit_learn_within_one_point(synthetic):
+    store, label_file, _ = synthetic
+    tables = {
+        m: run_probes(store, ProbeConfig(targets=[], labels={"planted": str(label_file)}, method=m), progress=False)
+        for m in ("fast", "sklearn")
+    }
+    for column in ("value", "control", "x_t"):
+        assert np.abs(tables["fast"][column] - tables["sklearn"][column]).max() <= 0.01, column
+
+
+def test_fast_path_agrees_on_multiclass_and_ridge():
+    rng = np.random.default_rng(1)
+    n, d = 900, 12
+    x = rng.standard_normal((2, n, d)).astype(np.float32)
+    latent = x[:, :, 0] + 0.5 * x[:, :, 1]
+    classes = np.digitize(latent[0], [-1.0, 0.0, 1.0]).astype(float)  # ordered bands: needs multinomial
+    value = latent[1] + 0.3 * rng.standard_normal(n)
+    train, test = np.arange(n) < 600, np.arange(n) >= 600
+    folds = (np.arange(600) // 50) % 3
+    xt = torch.from_numpy(x)
+    fast_c = fit_fast(xt[:, train], xt[:, test], [Head(classes[train], classes[test])], "class", folds)
+    fast_r = fit_fast(xt[:, train], xt[:, test], [Head(value[train], value[test])], "regression", folds)
+    ref_c = fit_sklearn(x[0][train], x[0][test], Head(classes[train], classes[test]), "class", folds)
+    ref_r = fit_sklearn(x[1][train], x[1][test], Head(value[train], value[test]), "regression", folds)
+    assert ref_c[0] > 0.85 and abs(fast_c.scores[0, 0] - ref_c[0]) <= 0.01
+    assert ref_r[0] > 0.8 and abs(fast_r.scores[1, 0] - ref_r[0]) < 1e-6 and fast_r.regularisation[1, 0] == ref_r[1]
+
+
+def test_splits_never_share_a_video():
+    videos = list(range(37))
+    split = split_videos(videos, 0.25, 3, seed=5)
+    assert not set(split.train) & set(split.test)
+    assert sorted(split.train + split.test) == videos
+    assert set(split.fold) == set(split.train) and set(split.fold.values()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="fewer than the 3 folds"):
+        split_videos(list(range(3)), 0.5, 3, seed=0)
+
+
+def test_rows_of_one_video_stay_in_one_fold(synthetic, monkeypatch):
+    """Every training row's fold is its video's fold: no token of a video is on two sides."""
+    import probes.run as run
+
+    seen = {}
+    original = run._prepare_target
+
+    def spy(labels, split, types, seed):
+        target = original(labels, split, types, seed)
+        n_tok = labels.values.shape[1]
+        for row, fold in zip(target.rows_train, target.folds):
+            video = split.train[row // n_tok]
+            assert seen.setdefault(video, fold) == fold == split.fold[video]
+        assert (target.rows_test >= len(split.train) * n_tok).all()
+        return target
+
+    monkeypatch.setattr(run, "_prepare_target", spy)
+    store, label_file, _ = synthetic
+    run_probes(store, ProbeConfig(targets=[], labels={"planted": str(label_file)}, layers="0", steps="0"), False)
+    assert len(seen) == 30
+
+
+def test_label_arrays_of_the_wrong_shape_are_refused(synthetic, tmp_path):
+    store, _, labels = synthetic
+    from activations import ActivationStore
+
+    with ActivationStore(store) as st:
+        with pytest.raises(ValueError, match=r"labels 'bad' have shape \(40, 31\); this store needs one of"):
+            labels_from_array(st, "bad", labels[:, :31])
+        with pytest.raises(ValueError, match="must be numbers"):
+            labels_from_array(st, "text", np.array(["a"] * 40))
+        ok = labels_from_array(st, "grid", labels.reshape(40, *GRID).astype(bool))
+        assert ok.kind == "class" and ok.values.shape == (40, 32)
+    np.save(tmp_path / "short.npy", labels[:39])
+    with pytest.raises(ValueError, match=r"\(39, 32\)"):
+        run_probes(store, ProbeConfig(targets=[], labels={"short": str(tmp_path / "short.npy")}), progress=False)
+    with pytest.raises(ValueError, match="layer 9 is not in the store|out of range"):
+        run_probes(store, ProbeConfig(targets=[], labels={"x": str(tmp_path / "short.npy")}, layers="9"), False)
+
+
+def test_probes_read_one_slab_at_a_time(synthetic, monkeypatch):
+    """Peak memory does not grow with the store: every read is one (site, step) slab."""
+    from activations import ActivationStore
+
+    reads = []
+    original = ActivationStore.activations
+
+    def spy(self, site, videos=None, steps=None, frames=None, as_torch=False):
+        out = original(self, site, videos, steps, frames, as_torch)
+        reads.append(out.shape)
+        return out
+
+    monkeypatch.setattr(ActivationStore, "activations", spy)
+    store, label_file, _ = synthetic
+    run_probes(store, ProbeConfig(targets=[], labels={"p": str(label_file)}, group=4), progress=False)
+    assert len(reads) == LAYERS * 2 and all(shape[1] == 1 for shape in reads)
+
+
+def test_results_are_saved_as_csv_and_inside_the_store(synthetic, tmp_path):
+    store, label_file, _ = synthetic
+    cfg = ProbeConfig(targets=[], labels={"planted": str(label_file)}, layers="2-3", steps="1", name="t1")
+    table = run_probes(store, cfg, progress=False)
+    paths = save_results(table, store, cfg, tmp_path)
+    assert paths["table"].read_text().splitlines()[0].startswith("target,kind,site,layer,step")
+    back = read_results(store, "t1")
+    assert list(back["layer"]) == [2, 3] and np.allclose(back["value"], table["value"])
+    _, config = read_table(store, "probes", "t1")
+    assert config["config"]["layers"] == "2-3"
+
+
+@pytest.fixture(scope="module")
+def testbed_store(tmp_path_factory):
+    """The shipped testbed traced on 16 held-out mazes, 4 of 20 steps, 3 layers."""
+    from interp.trace_job import TraceConfig, run_trace
+
+    folder = tmp_path_factory.mktemp("testbed")
+    cfg = TraceConfig(n=16, steps="0,10,19", layers="0,4,7")
+    return run_trace(cfg, folder / "t.h5", progress=False)
+
+
+def test_probe_cli_on_the_testbed_writes_table_figures_and_store_table(testbed_store, tmp_path, run_cli):
+    out = tmp_path / "probes"
+    code, stdout, stderr = run_cli(
+        "probe", testbed_store, "--target", "on_path", "--target", "dist_to_goal", "--out", out, "--folds", "2"
+    )
+    assert code == 0, stderr
+    assert "on_path: best selectivity" in stdout and "dist_to_goal: best selectivity" in stdout
+    for name in ("probes.csv", "probes.config.json", "probe_on_path.png", "probe_dist_to_goal.png"):
+        assert (out / name).stat().st_size > 0
+    table = read_results(testbed_store)
+    assert set(table["target"]) == {"on_path", "dist_to_goal"} and len(table) == 2 * 3 * 3
+    on_path = table[table["target"] == "on_path"]
+    # The testbed keeps its conditioning latent: the input-only control is measured, not NaN.
+    assert np.isfinite(on_path["condition"]).all() and np.isfinite(on_path["x_t"]).all()
+    assert set(table[table["target"] == "dist_to_goal"]["metric"]) == {"r2"}
+
+
+def test_probe_cli_refuses_bad_requests_before_fitting(testbed_store, tmp_path, run_cli):
+    code, _, err = run_cli("probe", testbed_store, "--target", "colour")
+    assert code == 2 and "unknown target 'colour'" in err
+    code, _, err = run_cli("probe", testbed_store, "--target", "on_path", "--steps", "5")
+    assert code == 2 and "step 5 is not in the store" in err
+    code, _, err = run_cli("probe", testbed_store, "--labels", "no-equals-sign")
+    assert code == 2 and "NAME=FILE.npy" in err
+    code, _, err = run_cli("probe", tmp_path / "missing.h5", "--target", "on_path")
+    assert code == 2 and "no activation store" in err
+
+
+def test_pooled_stores_refuse_token_classes_but_pool_regression_labels(tmp_path):
+    from activations import ActivationStore
+    from interp.trace_job import TraceConfig, run_trace
+    from probes.labels import maze_labels
+
+    path = run_trace(TraceConfig(n=2, steps="0", layers="0", pooling="spatial:2"), tmp_path / "p.h5", progress=False)
+    with ActivationStore(path) as store:
+        with pytest.raises(ValueError, match="pools tokens"):
+            maze_labels(store, "on_path")
+        dist = maze_labels(store, "dist_to_goal")
+        assert dist.values.shape == (2, 4 * 2 * 2)
