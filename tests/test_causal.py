@@ -151,3 +151,38 @@ def test_linear_cka_and_information_flow(tiny_adapter, planted_model):
     assert np.isnan(values[0, 0]).all() and np.isnan(values[1, :2]).all()
     assert np.isfinite(values[0, 1:]).all() and ((values[0, 1:] >= 0) & (values[0, 1:] <= 1 + 1e-9)).all()
     assert len(json.loads(flow.attrs["sensitivity"])) == 2
+
+
+def test_patch_and_flow_run_on_a_local_pipeline_from_their_configs(tmp_path, run_cli):
+    from tiny_pipelines import build_tiny_wan, write_samples
+
+    model = build_tiny_wan(tmp_path / "wan", image_to_video=True)
+    data = write_samples(tmp_path / "data", n=2)
+    pipeline = {
+        "model": str(model),
+        "data": str(data),
+        "samples": ["sample_000", "sample_001"],
+        "height": 32,
+        "width": 32,
+        "num_frames": 5,
+        "num_steps": 3,
+        "torch_dtype": "float32",
+    }
+    patch_cfg = PatchConfig(pipeline=pipeline, metric="latent", steps="0,2", layers="all", region="frame:1")
+    (tmp_path / "patch.json").write_text(patch_cfg.to_json())
+    code, _, err = run_cli("patch", "--config", tmp_path / "patch.json", "--out", tmp_path / "p")
+    assert code == 0, err
+    result = json.loads((tmp_path / "p" / "result.json").read_text())
+    assert result["coords"] == {"step": [0, 2], "layer": [0, 1]}
+    values = np.array(result["values"], dtype=float)
+    assert np.isfinite(values).all() and np.abs(values).max() > 0  # patching one frame moves the output
+    flow_cfg = FlowConfig(pipeline=pipeline, inject_steps="1", strength=0.5)
+    (tmp_path / "flow.json").write_text(flow_cfg.to_json())
+    code, _, err = run_cli("flow", "--config", tmp_path / "flow.json", "--out", tmp_path / "f")
+    assert code == 0, err
+    cka = np.array(json.loads((tmp_path / "f" / "result.json").read_text())["cka"], dtype=float)
+    assert cka.shape == (1, 3, 2) and np.isnan(cka[0, 0]).all() and np.isfinite(cka[0, 1:]).all()
+    bad = PatchConfig(pipeline=pipeline, metric="maze")
+    (tmp_path / "bad.json").write_text(bad.to_json())
+    code, _, err = run_cli("patch", "--config", tmp_path / "bad.json", "--out", tmp_path / "b")
+    assert code == 2 and "use metric 'latent'" in err

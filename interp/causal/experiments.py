@@ -66,6 +66,7 @@ class PatchConfig(_Config):
     direction: str = "denoising"
     metric: str = "maze"
     span: str = "step"  # step: patch that step only; onward: that step and every later one
+    pipeline: dict | None = None  # a real model instead of the testbed: PipelineInputs fields, 2 samples
 
 
 @dataclass
@@ -97,6 +98,26 @@ class FlowConfig(_Config):
     layers: str = "all"
     strength: float = 1.0  # x_s <- sqrt(1 - a^2) x_s + a * fresh noise; 1.0 replaces x_s
     noise_seed: int = 12345
+    pipeline: dict | None = None  # a real model instead of the testbed: PipelineInputs fields
+
+
+@dataclass
+class PipelineInputs:
+    """A local diffusers pipeline folder and VBVR-style samples (``prompt.txt``, ``first_frame.png``)."""
+
+    model: str
+    data: str
+    samples: list[str] | None = None  # sample folder names; None: every sample
+    height: int = 480
+    width: int = 832
+    num_frames: int = 81
+    seed: int = 0  # one noise seed for every sample, so that the runs differ only in their inputs
+    num_steps: int = 50
+    device: str = "cpu"
+    torch_dtype: str = "bfloat16"
+    guidance_scale: float | None = None
+    negative_prompt: str | None = ""
+    max_sequence_length: int = 226
 
 
 CONFIGS = {c.experiment: c for c in (PatchConfig, SwapConfig, PerturbConfig, FlowConfig)}
@@ -130,8 +151,64 @@ def _check_common(cfg: _Config, adapter: TestbedAdapter) -> int:
 
 
 def _sites(adapter, layers: list[int], sub: str | None) -> list[str]:
-    names = adapter.site_names(layers, (sub,) if sub else ())
-    return [s for s in names if (s.endswith(f".{sub}") if sub else s.count(".") == 1)]
+    """Block outputs (or one sub-module) of ``layers``, every expert of a multi-expert model."""
+    from activations.axes import parse_site
+
+    return [s for s in adapter.site_names(layers, (sub,) if sub else ()) if parse_site(s)[2] == sub]
+
+
+def pipeline_runs(spec: dict, sites_for) -> tuple:
+    """Load a pipeline adapter and record one run per chosen sample (same noise seed).
+
+    ``sites_for(adapter) -> (sites, num_steps)``. Returns (adapter, RunCache, conditioning, names).
+    """
+    from PIL import Image
+
+    from interp.causal.patching import stack_conditioning
+    from interp.pipeline_job import PipelineTraceConfig, load_pipeline_adapter, read_samples
+
+    p = PipelineInputs(**spec)
+    samples = read_samples(p.data)
+    if p.samples is not None:
+        by_name = {x.name: x for x in samples}
+        missing = [name for name in p.samples if name not in by_name]
+        if missing:
+            raise ValueError(f"no sample {missing[0]!r} in {p.data} (samples: {sorted(by_name)})")
+        samples = [by_name[name] for name in p.samples]
+    trace_cfg = PipelineTraceConfig(
+        model=p.model,
+        data=p.data,
+        height=p.height,
+        width=p.width,
+        num_frames=p.num_frames,
+        num_steps=p.num_steps,
+        guidance_scale=p.guidance_scale,
+        torch_dtype=p.torch_dtype,
+        device=p.device,
+    )
+    adapter = load_pipeline_adapter(trace_cfg)
+    sites = sites_for(adapter)
+    shape = adapter.pipeline_latent_shape(p.height, p.width, p.num_frames)
+    noise = initial_noise([p.seed] * len(samples), shape, adapter.transformer.device, torch.float32)
+    conds = []
+    with torch.no_grad():
+        for i, sample in enumerate(samples):
+            image = Image.open(sample.first_frame).convert("RGB") if sample.first_frame else None
+            conds.append(
+                adapter.pipeline_conditioning(
+                    [sample.prompt],
+                    [image],
+                    noise[i : i + 1],
+                    p.negative_prompt,
+                    p.height,
+                    p.width,
+                    p.num_frames,
+                    p.max_sequence_length,
+                )  # fmt: skip
+            )
+    cond = stack_conditioning(conds)
+    run = record_run(adapter, noise, cond, p.num_steps, sites)
+    return adapter, run, cond, [x.name for x in samples], p.num_steps
 
 
 def final_trail(latents: torch.Tensor) -> np.ndarray:
@@ -229,16 +306,11 @@ def run_patch(cfg: PatchConfig, adapter: TestbedAdapter | None = None, progress:
     """Activation patching; returns an xarray DataArray (step, layer) of the mean normalised score."""
     import xarray as xr
 
+    if cfg.pipeline is not None:
+        return _run_patch_pipeline(cfg, progress)
     adapter = adapter or _adapter(cfg)
     num_steps = _check_common(cfg, adapter)
-    if cfg.direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {cfg.direction!r}")
-    if cfg.metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {cfg.metric!r}")
-    if cfg.span not in ("step", "onward"):
-        raise ValueError(f"span must be 'step' or 'onward', got {cfg.span!r}")
-    if cfg.sub is not None and cfg.sub not in ("attn1", "attn2", "ffn"):
-        raise ValueError(f"sub must be attn1, attn2 or ffn, got {cfg.sub!r}")
+    _check_patch(cfg)
     steps = parse_index_spec(cfg.steps, num_steps, "step")
     layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
     sites = _sites(adapter, layers, cfg.sub)
@@ -262,6 +334,70 @@ def run_patch(cfg: PatchConfig, adapter: TestbedAdapter | None = None, progress:
         attrs={
             "config": cfg.to_json(),
             "per_pair": json.dumps(scores.tolist()),
+            "meaning": "1 = clean behaviour, 0 = corrupted behaviour",
+        },
+    )
+
+
+def _check_patch(cfg: PatchConfig) -> None:
+    if cfg.direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {cfg.direction!r}")
+    if cfg.metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {cfg.metric!r}")
+    if cfg.span not in ("step", "onward"):
+        raise ValueError(f"span must be 'step' or 'onward', got {cfg.span!r}")
+    if cfg.sub is not None and cfg.sub not in ("attn1", "attn2", "ffn"):
+        raise ValueError(f"sub must be attn1, attn2 or ffn, got {cfg.sub!r}")
+
+
+def _run_patch_pipeline(cfg: PatchConfig, progress: bool):
+    """Patching on a real model: samples [clean, corrupted] of a VBVR-style folder, latent metric."""
+    import xarray as xr
+
+    _check_patch(cfg)
+    if cfg.metric != "latent":
+        raise ValueError("a pipeline model has no maze verifier: use metric 'latent'")
+    if cfg.region == "diff":
+        raise ValueError("region 'diff' is for maze pairs; use all, frame:F or a .npy mask")
+    if len((cfg.pipeline or {}).get("samples") or []) != 2:
+        raise ValueError("pipeline patching needs samples: [clean, corrupted] (two sample folder names)")
+    chosen: dict = {}
+
+    def sites_for(adapter):  # every check before the runs are recorded
+        spec = PipelineInputs(**cfg.pipeline)
+        expert = next(iter(adapter.transformers()))
+        chosen["steps"] = parse_index_spec(cfg.steps, spec.num_steps, "step")
+        chosen["layers"] = parse_index_spec(cfg.layers, adapter.num_blocks(expert), "layer")
+        chosen["sites"] = _sites(adapter, chosen["layers"], cfg.sub)
+        if len(chosen["sites"]) != len(chosen["layers"]):
+            raise ValueError("patching a multi-expert model from a config is not supported yet; use run_patched")
+        shape = adapter.pipeline_latent_shape(spec.height, spec.width, spec.num_frames)
+        chosen["tokens"] = region_tokens(cfg.region, adapter.token_grid(tuple(shape), expert), None, None)
+        return chosen["sites"]
+
+    adapter, run, cond, _, num_steps = pipeline_runs(cfg.pipeline, sites_for)
+    sites, tokens = chosen["sites"], chosen["tokens"]
+    clean_e, corr_e = (0, 1) if cfg.direction == "denoising" else (1, 0)
+    from interp.causal.patching import Patch
+
+    finals = []
+    for step in tqdm(chosen["steps"], disable=not progress, desc="patching steps", leave=False):
+        span = range(step, num_steps) if cfg.span == "onward" else (step,)
+        rows = [[Patch(t, site, tokens) for t in span] for site in sites]
+        out = run_patched(adapter, run, cond, run, rows, [corr_e] * len(sites), [clean_e] * len(sites), num_steps)
+        finals.append(out)
+    finals = torch.stack(finals)  # (steps, sites, *latent)
+    flat = finals.flatten(0, 1)
+    clean_final, corr_final = run.final[0:1].expand_as(flat), run.final[1:2].expand_as(flat)
+    scores = projection_score(flat, clean_final, corr_final).reshape(len(chosen["steps"]), len(sites))
+    return xr.DataArray(
+        scores,
+        dims=("step", "layer"),
+        coords={"step": chosen["steps"], "layer": chosen["layers"]},
+        name="patching score",
+        attrs={
+            "config": cfg.to_json(),
+            "per_pair": json.dumps([scores.tolist()]),
             "meaning": "1 = clean behaviour, 0 = corrupted behaviour",
         },
     )
@@ -402,16 +538,32 @@ def run_flow(cfg: FlowConfig, adapter: TestbedAdapter | None = None, progress: b
     attrs ``x0_hat_cka`` (inject_step, step) and ``sensitivity`` (mean 1 - CKA over later states)."""
     import xarray as xr
 
-    adapter = adapter or _adapter(cfg)
-    num_steps = _check_common(cfg, adapter)
     if not 0 < cfg.strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {cfg.strength}")
-    injects = parse_index_spec(cfg.inject_steps, num_steps, "step")
-    layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
-    sites = _sites(adapter, layers, None)
-    mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + i) for i in range(cfg.n)]
-    clean, cond = _cached_runs(adapter, mazes, cfg.frames, num_steps, sites)
-    cka = np.full((len(injects), num_steps, len(layers)), np.nan)
+    if cfg.pipeline is not None:  # a real model over its samples
+        chosen: dict = {}
+
+        def sites_for(model):
+            spec = PipelineInputs(**cfg.pipeline)
+            chosen["injects"] = parse_index_spec(cfg.inject_steps, spec.num_steps, "step")
+            chosen["layers"] = parse_index_spec(cfg.layers, model.num_blocks(next(iter(model.transformers()))), "layer")
+            names = _sites(model, chosen["layers"], None)
+            if len(names) != len(chosen["layers"]):
+                raise ValueError("information flow of a multi-expert model from a config is not supported yet")
+            return names
+
+        adapter, clean, cond, _, num_steps = pipeline_runs(cfg.pipeline, sites_for)
+        injects, layers = chosen["injects"], chosen["layers"]
+        sites = _sites(adapter, layers, None)
+    else:
+        adapter = adapter or _adapter(cfg)
+        num_steps = _check_common(cfg, adapter)
+        injects = parse_index_spec(cfg.inject_steps, num_steps, "step")
+        layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
+        sites = _sites(adapter, layers, None)
+        mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + i) for i in range(cfg.n)]
+        clean, cond = _cached_runs(adapter, mazes, cfg.frames, num_steps, sites)
+    cka = np.full((len(injects), num_steps, len(sites)), np.nan)
     x0_cka = np.full((len(injects), num_steps), np.nan)
     a = cfg.strength
     for i, s in enumerate(tqdm(injects, disable=not progress, desc="information flow", leave=False)):
@@ -420,6 +572,8 @@ def run_flow(cfg: FlowConfig, adapter: TestbedAdapter | None = None, progress: b
         perturbed = record_run_from(adapter, start, cond, num_steps, sites, s)
         for step in range(s, num_steps):
             for k, site in enumerate(sites):
+                if (step, 0, site) not in clean.acts:  # a multi-expert model runs one expert per step
+                    continue
                 x = clean.acts[(step, 0, site)].flatten(0, -2)
                 y = perturbed.acts[(step, 0, site)].flatten(0, -2)
                 cka[i, step, k] = linear_cka(x, y)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +101,9 @@ def save_flow(result, out: str | Path) -> dict[str, Path]:
     axes[0].set_xlabel("step s where noise is injected")
     axes[0].set_ylabel("mean 1 - CKA of later block outputs")
     axes[0].set_title("sensitivity to noise injected at step s", fontsize=10)
-    mean = np.nanmean(1 - values, axis=0)  # (step, layer) averaged over injections
+    with warnings.catch_warnings():  # steps before every injection are all-NaN columns
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(1 - values, axis=0)  # (step, layer) averaged over injections
     grid = result.isel(inject_step=0).copy(data=mean).transpose("layer", "step").to_pandas().sort_index(ascending=False)
     sns.heatmap(grid, ax=axes[1], vmin=0, vmax=max(0.05, float(np.nanmax(mean))), cmap="magma")
     axes[1].set_title("1 - CKA to the clean run, averaged over injection steps", fontsize=10)
