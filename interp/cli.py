@@ -270,6 +270,34 @@ def probe(
     typer.echo(f"table also in {store} at results/probes/{name} [{time.time() - tic:.0f}s]")
 
 
+@app.command()
+def chain(
+    store: Path = typer.Argument(..., help="An activation store traced with --steps all (maze task)."),
+    out: Path = typer.Option(Path("runs/chain"), help="Output folder: chain.json and chain.png."),
+    min_branches: int = typer.Option(2, help="Multi-path: lit side branches at some step."),
+    superposition_share: float = typer.Option(0.8, help="Superposition: share of the solution lit..."),
+    superposition_extra: int = typer.Option(2, help="...while at least this many off-path cells are lit."),
+    formed_share: float = typer.Option(0.5, help="An answer is formed when this share of the path length is lit."),
+) -> None:
+    """Chain-of-Steps analysis of x0_hat: commit step, exploration, self-correction, perception vs action."""
+    from activations.reader import ActivationStore
+    from interp.analysis.chain_of_steps import ChainConfig, analyse_store, write_chain_report
+
+    if not store.is_file():
+        raise UsageError(f"no activation store at {store}")
+    cfg = ChainConfig(min_branches, superposition_share, superposition_extra, formed_share)
+    with ActivationStore(store) as st:
+        chains = analyse_store(st, cfg)
+    report = write_chain_report(chains, cfg, out)
+    summary = report["summary"]
+    shares = ", ".join(f"{k} {v:.2f}" for k, v in summary["behaviour_share"].items())
+    typer.echo(
+        f"{summary['n']} videos: answer commits at step {summary['commit_step']['median']:.0f} (median), "
+        f"perception at {summary['perception_step']['median']:.0f}; shares: {shares}"
+    )
+    typer.echo(f"  {report['json']}\n  {report['figure']}")
+
+
 def _experiment(cls, config: Path | None, fields: dict):
     """A config from --config FILE (rerun) or from the command's options."""
     from interp.causal.experiments import load_config

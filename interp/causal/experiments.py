@@ -230,7 +230,8 @@ def maze_preference(lit: np.ndarray, clean: maze_task.Maze, corrupted: maze_task
     """Share of the clean-only solution cells lit minus share of the corrupted-only ones, in [-1, 1]."""
     a, b = path_mask(clean), path_mask(corrupted)
     only_a, only_b = a & ~b, b & ~a
-    return float(lit[only_a].mean() - lit[only_b].mean())
+    share = lambda cells: float(lit[cells].mean()) if cells.any() else 0.0  # noqa: E731 (one path may contain the other)
+    return share(only_a) - share(only_b)
 
 
 def region_tokens(region: str, grid: tuple[int, int, int], clean: maze_task.Maze, corrupted: maze_task.Maze):
