@@ -298,6 +298,33 @@ def chain(
     typer.echo(f"  {report['json']}\n  {report['figure']}")
 
 
+@app.command()
+def ensemble(
+    n: int = typer.Option(64, "-n", "--n", help="Held-out mazes per size."),
+    size: list[int] = typer.Option([4, 5], help="Maze sizes (4: in distribution); repeatable."),
+    seeds: list[int] = typer.Option([1, 2, 3, 5], help="Ensemble sizes N; repeatable."),
+    k: list[int] = typer.Option([1, 3], help="Merge after each of the first K steps; repeatable."),
+    merge: list[str] = typer.Option(["mean", "rescaled", "x0"], help="Merge rules; repeatable."),
+    temperature: list[float] = typer.Option([0.8, 0.6], help="Control: initial-noise scales; repeatable."),
+    model: str = typer.Option("testbed", help="testbed or a folder of testbed weights."),
+    out: Path = typer.Option(Path("runs/ensemble"), help="Output folder."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+) -> None:
+    """Seed ensemble against one seed, best-of-N, and noise-shrinking controls, with 95% intervals."""
+    import torch
+
+    from interp.ensemble import EnsembleConfig, run_ensemble, write_ensemble_report
+
+    torch.set_num_threads(threads)
+    cfg = EnsembleConfig(
+        model=model, sizes=list(size), n=n, seeds=list(seeds), ks=list(k), merges=list(merge),
+        temperatures=list(temperature),
+    )  # fmt: skip
+    report = write_ensemble_report(run_ensemble(cfg), cfg, out)
+    typer.echo(report["text"])
+    typer.echo(f"  {report['json']}\n  {report['csv']}")
+
+
 def _experiment(cls, config: Path | None, fields: dict):
     """A config from --config FILE (rerun) or from the command's options."""
     from interp.causal.experiments import load_config

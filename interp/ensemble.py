@@ -1,0 +1,188 @@
+"""The study's training-free seed ensemble, with the controls that say whether it is more than a
+temperature effect.
+
+N seeds of one input run side by side; after each of the first K steps their latents are merged:
+
+- ``mean``: the plain mean of the N next latents (its noise part shrinks by 1/sqrt(N));
+- ``rescaled``: the mean clean estimate, plus the mean noise part rescaled to the seeds' own noise
+  spread (so the merged latent sits at the scheduler's noise level, not 1/sqrt(N) below it);
+- ``x0``: only the clean estimates are merged; each seed keeps its own noise.
+
+With ``mean`` or ``rescaled`` the N trajectories are one after the first merge (the sampler is
+deterministic); the ensemble's answer is seed 0's row. Controls: one seed whose noise is shrunk as
+the mean of N seeds shrinks it (initial noise and the noise part after each of the first K steps
+times 1/sqrt(N)), and plain low-temperature sampling (initial noise times a scale).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from interp.evaluation import wilson_interval
+from interp.sampling import StepHook, initial_noise, sample
+from interp.tasks import maze as maze_task
+
+MERGES = ("mean", "rescaled", "x0")
+
+
+class SeedMerge(StepHook):
+    """Merges groups of ``n_seeds`` consecutive rows after each of the first ``k`` steps."""
+
+    def __init__(self, n_seeds: int, k: int, rule: str = "rescaled"):
+        if rule not in MERGES:
+            raise ValueError(f"merge rule must be one of {MERGES}, got {rule!r}")
+        if n_seeds < 1 or k < 0:
+            raise ValueError("n_seeds must be >= 1 and k >= 0")
+        self.n, self.k, self.rule = n_seeds, k, rule
+
+    def after_step(self, state):
+        if state.step >= self.k or self.n == 1:
+            return None
+        nxt = state.next_latents
+        groups = nxt.reshape(-1, self.n, *nxt.shape[1:])
+        if self.rule == "mean":
+            merged = groups.mean(1, keepdim=True).expand_as(groups)
+            return merged.reshape(nxt.shape)
+        sigma = state.sigma_next
+        x0 = state.x0_hat.reshape(groups.shape)
+        if sigma <= 0:
+            return x0.mean(1, keepdim=True).expand_as(groups).reshape(nxt.shape)
+        noise = (groups - (1 - sigma) * x0) / sigma  # each seed's noise part at the next level
+        x0_mean = x0.mean(1, keepdim=True)
+        if self.rule == "x0":
+            return ((1 - sigma) * x0_mean + sigma * noise).reshape(nxt.shape)
+        # Rescale the mean noise to the seeds' own spread (sqrt(N) for independent seeds, 1 once they
+        # have merged: a fixed sqrt(N) would inflate the noise at every later merge).
+        mean = noise.mean(1, keepdim=True)
+        dims = tuple(range(2, noise.ndim))
+        target = noise.std(dim=dims, keepdim=True).mean(1, keepdim=True)
+        noise_mean = mean * target / mean.std(dim=dims, keepdim=True).clamp_min(1e-12)
+        return ((1 - sigma) * x0_mean + sigma * noise_mean).expand_as(groups).reshape(nxt.shape)
+
+
+class ShrunkNoise(StepHook):
+    """Control: one seed whose noise part is scaled by ``scale`` after each of the first ``k`` steps."""
+
+    def __init__(self, scale: float, k: int):
+        self.scale, self.k = scale, k
+
+    def after_step(self, state):
+        if state.step >= self.k or state.sigma_next <= 0:
+            return None
+        sigma = state.sigma_next
+        noise = (state.next_latents - (1 - sigma) * state.x0_hat) / sigma
+        return (1 - sigma) * state.x0_hat + sigma * self.scale * noise
+
+
+@dataclass
+class EnsembleConfig:
+    experiment = "ensemble"
+    model: str = "testbed"
+    sizes: list[int] = field(default_factory=lambda: [4, 5])  # in and out of distribution
+    frames: int = 4
+    n: int = 64  # held-out mazes per size
+    first_seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 5])
+    ks: list[int] = field(default_factory=lambda: [1, 3])
+    merges: list[str] = field(default_factory=lambda: ["mean", "rescaled", "x0"])
+    temperatures: list[float] = field(default_factory=lambda: [0.8, 0.6])
+    num_steps: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"experiment": self.experiment, **asdict(self)}, indent=2, sort_keys=True)
+
+
+def _sample_groups(adapter, noises, cond, n_seeds: int, num_steps: int, hooks=(), scale: float = 1.0):
+    """Sample the first ``n_seeds`` noises of every input: (inputs, n_seeds, *latent)."""
+    x = (noises[:, :n_seeds] * scale).flatten(0, 1)
+    c = cond.repeat_interleave(n_seeds, 0)
+    with torch.no_grad():
+        out = sample(adapter, x, c, num_steps, hooks=list(hooks), scheduler=adapter.make_scheduler(None))
+    return out.latents.reshape(noises.shape[0], n_seeds, *noises.shape[2:])
+
+
+def _solved(adapter, latents, mazes) -> np.ndarray:
+    return np.array([maze_task.verify(v, m).solved for v, m in zip(adapter.decode(latents), mazes)])
+
+
+def _row(name: str, size: int, solved: np.ndarray, **extra) -> dict:
+    lo, hi = wilson_interval(int(solved.sum()), len(solved))
+    return {"size": size, "method": name, "accuracy": float(solved.mean()), "ci95": [lo, hi], "n": len(solved), **extra}
+
+
+def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True) -> list[dict]:
+    """Accuracy rows: single seed, best-of-N oracle, ensembles (N, K, rule), shrunk-noise and
+    temperature controls, per maze size. The seeds of one maze: maze seed + 1,000,003 * i."""
+    from interp.causal.experiments import _adapter
+
+    adapter = adapter or _adapter(cfg)
+    num_steps = cfg.num_steps or adapter.defaults.num_steps
+    bad = [m for m in cfg.merges if m not in MERGES]
+    if bad:
+        raise ValueError(f"merge rule must be one of {MERGES}, got {bad[0]!r}")
+    if min(cfg.seeds) < 1 or min(cfg.ks, default=0) < 0 or max(cfg.ks, default=0) > num_steps:
+        raise ValueError(f"seeds must be >= 1 and K within 0-{num_steps}")
+    rows: list[dict] = []
+    n_max = max(cfg.seeds)
+    for size in cfg.sizes:
+        mazes = [maze_task.generate_maze(size, cfg.first_seed + i) for i in range(cfg.n)]
+        shape = adapter.latent_shape(size, cfg.frames)
+        cond = adapter.conditioning(mazes, cfg.frames)
+        noise_seeds = [[m.seed + 1_000_003 * i for i in range(n_max)] for m in mazes]
+        noises = torch.stack([initial_noise(s, shape) for s in noise_seeds])  # (mazes, N, ...)
+
+        def run(n_seeds: int, hooks=(), scale: float = 1.0, noises=noises, cond=cond) -> torch.Tensor:
+            return _sample_groups(adapter, noises, cond, n_seeds, num_steps, hooks, scale)
+
+        independent = run(n_max)
+        solved_each = np.stack([_solved(adapter, independent[:, i], mazes) for i in range(n_max)], 1)
+        rows.append(_row("single seed", size, solved_each[:, 0], n_seeds=1))
+        for n_seeds in cfg.seeds:
+            if n_seeds > 1:
+                rows.append(_row("best of N (oracle)", size, solved_each[:, :n_seeds].any(1), n_seeds=n_seeds))
+        jobs = [(n, k, rule) for n in cfg.seeds if n > 1 for k in cfg.ks for rule in cfg.merges]
+        for n_seeds, k, rule in tqdm(jobs, disable=not progress, desc=f"ensembles {size}x{size}", leave=False):
+            final = run(n_seeds, [SeedMerge(n_seeds, k, rule)])
+            rows.append(_row(f"ensemble ({rule})", size, _solved(adapter, final[:, 0], mazes), n_seeds=n_seeds, k=k))
+        for n_seeds in cfg.seeds:
+            if n_seeds == 1:
+                continue
+            scale = n_seeds**-0.5
+            for k in cfg.ks:
+                final = run(1, [ShrunkNoise(scale, k)], scale=scale)
+                rows.append(
+                    _row("control: noise x 1/sqrt(N)", size, _solved(adapter, final[:, 0], mazes), n_seeds=n_seeds, k=k)
+                )
+        for t in cfg.temperatures:
+            final = run(1, scale=t)
+            rows.append(_row("control: temperature", size, _solved(adapter, final[:, 0], mazes), scale=t))
+    return rows
+
+
+def write_ensemble_report(rows: list[dict], cfg: EnsembleConfig, out) -> dict:
+    """ensemble.json (config + rows), ensemble.csv, and a printable table."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ensemble.json").write_text(json.dumps({"config": json.loads(cfg.to_json()), "rows": rows}, indent=2))
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "ensemble.csv", index=False)
+    lines = [f"{'size':>4} {'method':<30} {'N':>3} {'K':>3} {'scale':>6} {'accuracy':>9}  95% CI"]
+    for r in rows:
+        n_seeds, k, scale = r.get("n_seeds", ""), r.get("k", ""), r.get("scale", "")
+        scale = f"{scale:.2f}" if scale != "" else ""
+        lines.append(
+            f"{r['size']:>4} {r['method']:<30} {n_seeds!s:>3} {k!s:>3} {scale:>6} {r['accuracy']:>9.3f}"
+            f"  {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}"
+        )
+    text = "\n".join(lines)
+    (out / "ensemble.txt").write_text(text + "\n")
+    return {"json": out / "ensemble.json", "csv": out / "ensemble.csv", "text": text}
