@@ -511,6 +511,7 @@ def demo(
     n_filmstrips: int = typer.Option(6, help="Held-out mazes drawn as filmstrips."),
     n_accuracy: int = typer.Option(200, help="Held-out mazes for the accuracy figure."),
     n_trace: int = typer.Option(32, help="Held-out mazes traced into an activation store."),
+    probe_target: list[str] = typer.Option(["on_path", "wall", "dist_to_goal"], help="Probe targets; repeatable."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
     """The main job on the testbed: accuracy, x0_hat filmstrips, an activation store, token-energy maps, probes."""
@@ -543,15 +544,25 @@ def demo(
     with ActivationStore(store_path) as store:
         for step in (store.steps[0], store.steps[len(store.steps) // 2], store.steps[-1]):
             write_energy_figures(store, 0, step, out / f"energy_step{step:02d}")
-    typer.echo("4/4 linear probes per (step, layer) with controls: on_path, wall, dist_to_goal")
+    typer.echo(f"4/4 linear probes per (step, layer) with controls ({', '.join(probe_target)}); chain of steps")
     from probes.plots import plot_all
     from probes.run import ProbeConfig, run_probes, save_results
 
-    probe_cfg = ProbeConfig(targets=["on_path", "wall", "dist_to_goal"])
+    probe_cfg = ProbeConfig(targets=list(probe_target))
     table = run_probes(store_path, probe_cfg)
     save_results(table, store_path, probe_cfg, out / "probes")
     plot_all(table, out / "probes")
+    from interp.analysis.chain_of_steps import ChainConfig, analyse_store, write_chain_report
+
+    with ActivationStore(store_path) as store:
+        chain_cfg = ChainConfig()
+        chain = write_chain_report(analyse_store(store, chain_cfg), chain_cfg, out / "chain")["summary"]
     lo, hi = summary["ci95"]
+    typer.echo(
+        f"chain of steps: x0_hat solves {chain['solved_per_step'][0]:.0%} at step 0, "
+        f"{chain['solved_per_step'][len(chain['solved_per_step']) // 2]:.0%} at mid-trajectory; "
+        f"median commit step {chain['commit_step']['median']:.0f}"
+    )
     typer.echo(
         f"held-out {size}x{size} mazes: {summary['accuracy']:.1%} exact (95% CI {lo:.1%}-{hi:.1%}, "
         f"n={summary['n']}); store: {store_path}; {time.time() - tic:.0f}s; results in {out}"

@@ -47,7 +47,9 @@ def test_rescaled_merge_keeps_the_noise_level_and_the_shrunk_control_shrinks_it(
     assert plain.std() == pytest.approx(float(nxt.std()) / np.sqrt(3), rel=0.1)
     shrunk = ShrunkNoise(3**-0.5, 1).after_step(state)
     assert shrunk.std() == pytest.approx(float(nxt.std()) / np.sqrt(3), rel=1e-4)
-    assert SeedMerge(3, 1, "mean").after_step(StepState(1, 10, torch.tensor(0.0), 0.9, sigma, nxt, None, x0, nxt)) is None
+    assert (
+        SeedMerge(3, 1, "mean").after_step(StepState(1, 10, torch.tensor(0.0), 0.9, sigma, nxt, None, x0, nxt)) is None
+    )
 
 
 def test_ensemble_cli_reports_single_seed_oracle_ensembles_and_controls(tmp_path, run_cli):
