@@ -355,11 +355,18 @@ def _run_experiment(kind: str, cfg, out: Path, threads: int) -> None:
         typer.echo(f"highest score {float(result.max()):.2f} at step {int(best.step[0])}, layer {int(best.layer[0])}")
     elif kind == "swap":
         result = ex.run_swap(cfg)
-        paths = plots.save_grid(result, out, "latent swap: share of mazes answering the other maze")
-        typer.echo(f"largest share flipped: {float(result.max()):.2f}")
+        paths = plots.save_grid(result, out, f"latent swap: {result.name}")
+        typer.echo(f"largest {result.name}: {float(result.max()):.2f}")
     elif kind == "perturb":
         result = ex.run_perturb(cfg)
         paths = plots.save_perturb(result, out)
+        if "similarity" in result["baseline"]:
+            for key in ("at_step", "at_frame"):
+                sims = ", ".join(f"{k}: {v['similarity']:.3f}" for k, v in result[key].items())
+                typer.echo(f"similarity to the unperturbed output, noise {key.replace('_', ' ')}: {sims}")
+            for p in paths.values():
+                typer.echo(f"  {p}")
+            return
         worst_step = min(result["at_step"].items(), key=lambda kv: kv[1]["accuracy"])
         worst_frame = min(result["at_frame"].items(), key=lambda kv: kv[1]["accuracy"])
         typer.echo(

@@ -182,6 +182,19 @@ def test_patch_and_flow_run_on_a_local_pipeline_from_their_configs(tmp_path, run
     assert code == 0, err
     cka = np.array(json.loads((tmp_path / "f" / "result.json").read_text())["cka"], dtype=float)
     assert cka.shape == (1, 3, 2) and np.isnan(cka[0, 0]).all() and np.isfinite(cka[0, 1:]).all()
+    swap_cfg = SwapConfig(pipeline=pipeline, steps="0", layers="1")
+    (tmp_path / "swap.json").write_text(swap_cfg.to_json())
+    code, _, err = run_cli("swap", "--config", tmp_path / "swap.json", "--out", tmp_path / "s")
+    assert code == 0, err
+    swapped = json.loads((tmp_path / "s" / "result.json").read_text())
+    assert swapped["config"]["experiment"] == "swap" and np.isfinite(np.array(swapped["values"], float)).all()
+    perturb_cfg = PerturbConfig(pipeline=pipeline, steps="0,2", frames_to_noise="1")
+    (tmp_path / "perturb.json").write_text(perturb_cfg.to_json())
+    code, stdout, err = run_cli("perturb", "--config", tmp_path / "perturb.json", "--out", tmp_path / "n")
+    assert code == 0, err
+    noised = json.loads((tmp_path / "n" / "result.json").read_text())
+    assert noised["baseline"]["similarity"] == pytest.approx(1.0)
+    assert set(noised["at_step"]) == {"0", "2"} and noised["at_frame"]["1"]["similarity"] < 1.0
     bad = PatchConfig(pipeline=pipeline, metric="maze")
     (tmp_path / "bad.json").write_text(bad.to_json())
     code, _, err = run_cli("patch", "--config", tmp_path / "bad.json", "--out", tmp_path / "b")

@@ -77,6 +77,7 @@ class SwapConfig(_Config):
     steps: str = "0"  # the study swaps at the first step
     layers: str = "all"
     other: str = "rewired"  # rewired (same maze, one wall moved) or an integer seed offset, e.g. "1000"
+    pipeline: dict | None = None  # a real model: PipelineInputs fields with samples [base, other]
 
 
 @dataclass
@@ -87,6 +88,7 @@ class PerturbConfig(_Config):
     steps: str = "all"
     frames_to_noise: str = "all"
     noise_seed: int = 12345
+    pipeline: dict | None = None  # a real model: PipelineInputs fields; scored by similarity, not accuracy
 
 
 @dataclass
@@ -430,6 +432,20 @@ def run_swap(cfg: SwapConfig, adapter: TestbedAdapter | None = None, progress: b
     maze's solution (attrs: the mean normalised score as well)."""
     import xarray as xr
 
+    if cfg.pipeline is not None:  # no verifier: where the output lies between base (0) and other (1)
+        samples = (cfg.pipeline or {}).get("samples") or []
+        if len(samples) != 2:
+            raise ValueError("pipeline swapping needs samples: [base, other] (two sample folder names)")
+        as_patch = PatchConfig(
+            pipeline={**cfg.pipeline, "samples": [samples[1], samples[0]]},
+            steps=cfg.steps,
+            layers=cfg.layers,
+            metric="latent",
+        )
+        result = _run_patch_pipeline(as_patch, progress)
+        result.name = "projection of the output toward the other run's (1) from the base run's (0)"
+        result.attrs["config"] = cfg.to_json()
+        return result
     adapter = adapter or _adapter(cfg)
     num_steps = _check_common(cfg, adapter)
     steps = parse_index_spec(cfg.steps, num_steps, "step")
@@ -487,7 +503,11 @@ def _solved(adapter, latents, mazes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_perturb(cfg: PerturbConfig, adapter: TestbedAdapter | None = None, progress: bool = True) -> dict:
-    """Accuracy with x_s replaced by fresh noise at each step, and with one frame noised at every step."""
+    """Accuracy with x_s replaced by fresh noise at each step, and with one frame noised at every step.
+    On a pipeline model (no verifier) each entry is the cosine similarity of the final latent to the
+    unperturbed run's instead (``similarity``, mean over samples, with its per-sample values)."""
+    if cfg.pipeline is not None:
+        return _run_perturb_pipeline(cfg, progress)
     adapter = adapter or _adapter(cfg)
     num_steps = _check_common(cfg, adapter)
     steps = parse_index_spec(cfg.steps, num_steps, "step")
@@ -522,6 +542,42 @@ def run_perturb(cfg: PerturbConfig, adapter: TestbedAdapter | None = None, progr
         at_frame[f] = summary(_solved(adapter, out.latents, mazes))
     config = json.loads(cfg.to_json())
     return {"config": config, "baseline": summary(baseline), "at_step": at_step, "at_frame": at_frame}
+
+
+def _run_perturb_pipeline(cfg: PerturbConfig, progress: bool) -> dict:
+    chosen: dict = {}
+
+    def sites_for(adapter):  # checks before the run is recorded
+        spec = PipelineInputs(**cfg.pipeline)
+        shape = adapter.pipeline_latent_shape(spec.height, spec.width, spec.num_frames)
+        if len(shape) != 4:
+            raise ValueError(f"noise at frame needs a (C, T, H, W) latent, this model's is {tuple(shape)}")
+        chosen["steps"] = parse_index_spec(cfg.steps, spec.num_steps, "step")
+        chosen["frames"] = parse_index_spec(cfg.frames_to_noise, shape[1], "latent frame")
+        return []
+
+    adapter, run, cond, names, num_steps = pipeline_runs(cfg.pipeline, sites_for)
+    reference = run.final.flatten(1).double()
+
+    def summary(final: torch.Tensor) -> dict:
+        sims = torch.nn.functional.cosine_similarity(final.flatten(1).double(), reference, dim=1).tolist()
+        return {"similarity": float(np.mean(sims)), "per_sample": dict(zip(names, sims)), "n": len(sims)}
+
+    at_step, at_frame = {}, {}
+    scheduler = adapter.make_scheduler(None)
+    for s in tqdm(chosen["steps"], disable=not progress, desc="noise at step", leave=False):
+        fresh = _fresh_noise(run.latents[s].shape, cfg.noise_seed, s).to(run.latents[s])
+        with torch.no_grad():
+            out = sample(adapter, fresh, cond, num_steps, scheduler=scheduler, start_step=s)
+        at_step[s] = summary(out.latents)
+    for f in tqdm(chosen["frames"], disable=not progress, desc="noise at frame", leave=False):
+        with torch.no_grad():
+            out = sample(
+                adapter, run.latents[0], cond, num_steps, hooks=[_FrameNoise(f, cfg.noise_seed)], scheduler=scheduler
+            )
+        at_frame[f] = summary(out.latents)
+    config = json.loads(cfg.to_json())
+    return {"config": config, "baseline": summary(run.final), "at_step": at_step, "at_frame": at_frame}
 
 
 # -- information flow ---------------------------------------------------------------------------

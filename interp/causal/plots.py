@@ -57,7 +57,12 @@ def save_perturb(result: dict, out: str | Path) -> dict[str, Path]:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, key, label in ((axes[0], "at_step", "denoising step s"), (axes[1], "at_frame", "frame f")):
-        xs = sorted(result[key])
+        xs = sorted(result[key], key=int)
+        if "similarity" in result["baseline"]:  # a pipeline model: no verifier
+            ax.plot(xs, [result[key][x]["similarity"] for x in xs], "o-", label="cosine similarity to unperturbed")
+            ax.set_xlabel(label)
+            ax.set_ylim(-1.02, 1.02)
+            continue
         for metric, colour in (("accuracy", "C0"), ("final_exact", "C1")):
             ys = [result[key][x][metric] for x in xs]
             ci = np.array([result[key][x]["ci95" if metric == "accuracy" else "final_exact_ci95"] for x in xs])
