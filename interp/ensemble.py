@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from interp.evaluation import wilson_interval
+from interp.evaluation import verify_latents, wilson_interval
 from interp.sampling import StepHook, initial_noise, sample
 from interp.tasks import maze as maze_task
 
@@ -107,7 +107,7 @@ def _sample_groups(adapter, noises, cond, n_seeds: int, num_steps: int, hooks=()
 
 
 def _solved(adapter, latents, mazes) -> np.ndarray:
-    return np.array([maze_task.verify(v, m).solved for v, m in zip(adapter.decode(latents), mazes)])
+    return np.array([v.solved for v in verify_latents(adapter, latents, mazes)])
 
 
 def _row(name: str, size: int, solved: np.ndarray, **extra) -> dict:
@@ -118,9 +118,9 @@ def _row(name: str, size: int, solved: np.ndarray, **extra) -> dict:
 def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True) -> list[dict]:
     """Accuracy rows: single seed, best-of-N oracle, ensembles (N, K, rule), shrunk-noise and
     temperature controls, per maze size. The seeds of one maze: maze seed + 1,000,003 * i."""
-    from interp.causal.experiments import _adapter
+    from interp.trace_job import load_adapter
 
-    adapter = adapter or _adapter(cfg)
+    adapter = adapter or load_adapter(cfg.model)
     num_steps = cfg.num_steps or adapter.defaults.num_steps
     bad = [m for m in cfg.merges if m not in MERGES]
     if bad:

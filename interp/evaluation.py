@@ -51,6 +51,11 @@ class MazeEvaluation:
         }
 
 
+def verify_latents(adapter, latents: torch.Tensor, mazes: Sequence[maze_task.Maze]) -> list[maze_task.Verdict]:
+    """Decode final latents with the adapter and ask the verifier about each maze."""
+    return [maze_task.verify(video, maze) for video, maze in zip(adapter.decode(latents), mazes)]
+
+
 def evaluate_mazes(
     adapter: TestbedAdapter,
     maze_seeds: Sequence[int],
@@ -74,6 +79,5 @@ def evaluate_mazes(
         noise = initial_noise([m.seed + noise_seed_offset for m in chunk], shape, adapter.device, adapter.dtype)
         with torch.no_grad():
             out = sample(adapter, noise, adapter.conditioning(chunk, frames), num_steps=num_steps, shift=shift)
-        videos = adapter.decode(out.latents)
-        verdicts.extend(maze_task.verify(v, m) for v, m in zip(videos, chunk))
+        verdicts.extend(verify_latents(adapter, out.latents, chunk))
     return MazeEvaluation(size, frames, list(maze_seeds), verdicts)

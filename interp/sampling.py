@@ -58,6 +58,31 @@ class _CallableHook(StepHook):
 HookLike = StepHook | Callable[[StepState], torch.Tensor | None]
 
 
+class AdapterDenoiser(StepHook):
+    """Base of denoisers that wrap an adapter and act per step (tracing, patching, recording).
+
+    Give an instance to ``sample`` both as the model and as a hook: as a hook it learns the current
+    step; as the model it delegates the scheduler's timesteps and x0_hat to the adapter.
+    """
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self.step = -1
+
+    def before_model(self, state: StepState) -> torch.Tensor | None:
+        self.step = state.step
+        return None
+
+    def set_timesteps(self, scheduler, num_steps: int, device=None) -> None:
+        prepare_timesteps(self.adapter, scheduler, num_steps, device)
+
+    def x0_hat(self, latents, output, timestep, sigma, scheduler) -> torch.Tensor:
+        to_x0 = getattr(self.adapter, "x0_hat", None)
+        if to_x0 is None:
+            return flow_x0_hat(latents, output, sigma)
+        return to_x0(latents, output, timestep, sigma, scheduler)
+
+
 def make_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
     """The flow-matching Euler scheduler used by Wan-style models (sigma in [0, 1])."""
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)

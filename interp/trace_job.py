@@ -52,7 +52,7 @@ def load_adapter(model: str) -> TestbedAdapter:
     if model == "testbed":
         return TestbedAdapter.load()
     if not Path(model).is_dir():
-        raise ValueError(f"model {model!r}: not 'testbed' and not a folder")
+        raise ValueError(f"model {model!r}: not 'testbed' and not a folder of testbed weights")
     return TestbedAdapter.load(model)
 
 

@@ -19,10 +19,9 @@ from activations.schema import StoreLayout
 from activations.writer import PartWriter
 from interp.models.base import SUB_MODULES, ForwardCall, VideoDiTAdapter, first_tensor
 from interp.sampling import (
+    AdapterDenoiser,
     SampleResult,
-    StepHook,
     StepState,
-    flow_x0_hat,
     prepare_timesteps,
     sample,
     scheduler_sigmas,
@@ -102,7 +101,7 @@ class CapturedStep:
     activations: dict[str, torch.Tensor]  # site -> (batch, tokens, hidden), the stored branch only
 
 
-class TracingDenoiser(StepHook):
+class TracingDenoiser(AdapterDenoiser):
     """Wraps an adapter: on chosen steps its forward calls run through ``SiteCapture``.
 
     Give it to ``sample`` both as the model and as a hook (the hook tells it the current step).
@@ -117,31 +116,20 @@ class TracingDenoiser(StepHook):
         on_step: Callable[[StepState, dict[str, torch.Tensor]], None],
         branch: str = "cond",
     ):
-        self.adapter = adapter
+        super().__init__(adapter)
         self.capture = capture
         self.steps = set(steps)
         self.on_step = on_step
         self.branch = branch
-        self._step = -1
         self._captured: dict[str, torch.Tensor] = {}
 
     def before_model(self, state: StepState) -> None:
-        self._step = state.step
+        super().before_model(state)
         self._captured = {}
-        return None
-
-    def set_timesteps(self, scheduler, num_steps: int, device=None) -> None:
-        prepare_timesteps(self.adapter, scheduler, num_steps, device)
-
-    def x0_hat(self, latents, output, timestep, sigma, scheduler) -> torch.Tensor:
-        to_x0 = getattr(self.adapter, "x0_hat", None)
-        return (
-            flow_x0_hat(latents, output, sigma) if to_x0 is None else to_x0(latents, output, timestep, sigma, scheduler)
-        )
 
     def predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning) -> torch.Tensor:
         calls = self.adapter.forward_calls(latents, timestep, conditioning)
-        if self._step not in self.steps:
+        if self.step not in self.steps:
             return self.adapter.combine(calls, [call.run() for call in calls])
         outputs = []
         for call in calls:

@@ -51,17 +51,20 @@ def condition_tokens(store: ActivationStore, videos: list[int]) -> np.ndarray:
     return _pool(store, tokens)
 
 
-def token_types(store: ActivationStore, videos: list[int]) -> np.ndarray:
+def token_types(store: ActivationStore, videos: list[int], condition: np.ndarray | None = None) -> np.ndarray:
     """(videos, stored tokens) integer type of each token for the control task.
 
     A type is what a probe could memorise without reading the property: the token's position
     (frame, h, w) and, where the store keeps the conditioning latent, what the given frame shows at
     that place (rounded, so that a discrete input such as the maze's cells gives a few types).
+    ``condition``: ``condition_tokens(store, videos)`` when the caller already has it.
     """
     n_t = store.layout.n_tokens
     keys = np.broadcast_to(store.token_positions[None].astype(np.float64), (len(videos), n_t, 3))
     if store.has_condition:
-        keys = np.concatenate([keys, np.round(condition_tokens(store, videos).astype(np.float64), 1)], axis=-1)
+        if condition is None:
+            condition = condition_tokens(store, videos)
+        keys = np.concatenate([keys, np.round(condition.astype(np.float64), 1)], axis=-1)
     flat = keys.reshape(len(videos) * n_t, -1)
     _, types = np.unique(flat, axis=0, return_inverse=True)
     return types.reshape(len(videos), n_t)

@@ -238,7 +238,8 @@ def run_probes(store_path: str | Path, cfg: ProbeConfig, progress: bool = True):
         labelled = [v for v in store.completed_videos if all(np.isfinite(lab.values[v]).any() for lab in all_labels)]
         split = split_videos(labelled, cfg.test_fraction, cfg.folds, cfg.seed)
         videos = split.train + split.test
-        types = token_types(store, videos)
+        condition = condition_tokens(store, videos) if store.has_condition else None
+        types = token_types(store, videos, condition)
         targets = [_prepare_target(lab, split, types, cfg.seed + i) for i, lab in enumerate(all_labels)]
         prober = Prober(cfg, targets)
         slabs = [(site, step) for site in sites for step in steps]
@@ -256,7 +257,7 @@ def run_probes(store_path: str | Path, cfg: ProbeConfig, progress: bool = True):
             for step, scores in zip(group, prober.scores([x_t_tokens(store, videos, s) for s in group])):
                 x_t_scores[step] = scores
             bar.update(len(group))
-        condition = prober.scores([condition_tokens(store, videos)])[0] if store.has_condition else {}
+        condition_scores = prober.scores([condition])[0] if condition is not None else {}
         bar.update(1)
         bar.close()
         rows = []
@@ -278,7 +279,7 @@ def run_probes(store_path: str | Path, cfg: ProbeConfig, progress: bool = True):
                         "selectivity": value - control,
                         "majority_rate": t.majority_rate,
                         "x_t": x_t_scores[step][name][0],
-                        "condition": condition[name][0] if condition else float("nan"),
+                        "condition": condition_scores[name][0] if condition_scores else float("nan"),
                         "regularisation": reg,
                         "n_train_videos": len(split.train),
                         "n_test_videos": len(split.test),

@@ -242,7 +242,7 @@ def test_plan_reports_layout(tiny):
 
 @pytest.mark.parametrize("chunks", [(5, 1, 7, 4), (2, 1, 3, 4), (3, 1, 7, 4), (1, 1, 2, 4), (5, 1, 7, 2)])
 def test_direct_chunk_writes_equal_plain_h5py_writes(tmp_path, chunks):
-    from activations.writer import write_step_slab
+    from activations.writer import SlabWriter
 
     rng = np.random.default_rng(0)
     data = [rng.standard_normal((5, 7, 4)).astype(np.float16) for _ in range(3)]
@@ -250,7 +250,7 @@ def test_direct_chunk_writes_equal_plain_h5py_writes(tmp_path, chunks):
         direct = f.create_dataset("d", shape=(5, 3, 7, 4), dtype="float16", chunks=chunks, fillvalue=np.nan)
         plain = f.create_dataset("p", shape=(5, 3, 7, 4), dtype="float16", chunks=chunks, fillvalue=np.nan)
         for pos in (2, 0):  # out of order, and step 1 never written: it must read as the fill value
-            write_step_slab(direct, pos, data[pos])
+            SlabWriter(direct).write(pos, data[pos])
             plain[:, pos] = data[pos]
     with h5py.File(tmp_path / "a.h5", "r") as f:
         np.testing.assert_array_equal(f["d"][()], f["p"][()])

@@ -25,10 +25,11 @@ from tqdm.auto import tqdm
 
 from activations.selection import parse_index_spec
 from interp.causal.patching import Patch, RunCache, projection_score, record_run, run_patched
-from interp.evaluation import wilson_interval
+from interp.evaluation import verify_latents, wilson_interval
 from interp.models.testbed import TestbedAdapter
 from interp.sampling import StepHook, initial_noise, sample
 from interp.tasks import maze as maze_task
+from interp.trace_job import load_adapter
 
 DIRECTIONS = ("denoising", "noising")
 METRICS = ("maze", "latent")
@@ -134,14 +135,6 @@ def load_config(path: str | Path):
 
 
 # -- shared pieces ------------------------------------------------------------------------------
-def _adapter(cfg: _Config) -> TestbedAdapter:
-    if cfg.model == "testbed":
-        return TestbedAdapter.load()
-    if not Path(cfg.model).is_dir():
-        raise ValueError(f"model {cfg.model!r}: not 'testbed' and not a folder of testbed weights")
-    return TestbedAdapter.load(cfg.model)
-
-
 def _check_common(cfg: _Config, adapter: TestbedAdapter) -> int:
     maze_task.encode(maze_task.generate_maze(cfg.size, 0), cfg.frames)  # validates size and frames
     num_steps = cfg.num_steps or adapter.defaults.num_steps
@@ -287,21 +280,24 @@ def patch_sweep(
     num_steps: int,
     progress: bool = True,
     onward: bool = False,
+    pairs: list[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
-    """Final latents of every (element, step, site) patch, (elements, steps, sites, *latent).
+    """Final latents of every (pair, step, site) patch, (pairs, steps, sites, *latent).
 
-    For each step one batch: every element x every site, started from the base's cached x_s.
-    ``tokens[e]`` is element e's token region (None: all). ``onward``: patch that step and every
+    A pair is (base element, source element); default: element e of both runs, for every element
+    of the base. For each step one batch: every pair x every site, started from the base's cached
+    x_s. ``tokens[i]`` is pair i's token region (None: all). ``onward``: patch that step and every
     later one (default: that step only, then sampling continues unpatched).
     """
-    n = base.batch
+    pairs = pairs if pairs is not None else [(e, e) for e in range(base.batch)]
+    base_elements = [b for b, _ in pairs for _ in sites]
+    source_elements = [src for _, src in pairs for _ in sites]
     out = []
     for step in tqdm(steps, disable=not progress, desc="patching steps", leave=False):
         span = range(step, num_steps) if onward else (step,)
-        rows = [[Patch(t, site, tokens[e]) for t in span] for e in range(n) for site in sites]
-        elements = [e for e in range(n) for _ in sites]
-        finals = run_patched(adapter, base, base_cond, source, rows, elements, elements, num_steps)
-        out.append(finals.reshape(n, len(sites), *finals.shape[1:]))
+        rows = [[Patch(t, site, tokens[i]) for t in span] for i in range(len(pairs)) for site in sites]
+        finals = run_patched(adapter, base, base_cond, source, rows, base_elements, source_elements, num_steps)
+        out.append(finals.reshape(len(pairs), len(sites), *finals.shape[1:]))
     return torch.stack(out, 1)
 
 
@@ -311,7 +307,7 @@ def run_patch(cfg: PatchConfig, adapter: TestbedAdapter | None = None, progress:
 
     if cfg.pipeline is not None:
         return _run_patch_pipeline(cfg, progress)
-    adapter = adapter or _adapter(cfg)
+    adapter = adapter or load_adapter(cfg.model)
     num_steps = _check_common(cfg, adapter)
     _check_patch(cfg)
     steps = parse_index_spec(cfg.steps, num_steps, "step")
@@ -380,16 +376,12 @@ def _run_patch_pipeline(cfg: PatchConfig, progress: bool):
 
     adapter, run, cond, _, num_steps = pipeline_runs(cfg.pipeline, sites_for)
     sites, tokens = chosen["sites"], chosen["tokens"]
+    # Both samples are elements of one recorded run: patch the source element into the base one.
     clean_e, corr_e = (0, 1) if cfg.direction == "denoising" else (1, 0)
-    from interp.causal.patching import Patch
-
-    finals = []
-    for step in tqdm(chosen["steps"], disable=not progress, desc="patching steps", leave=False):
-        span = range(step, num_steps) if cfg.span == "onward" else (step,)
-        rows = [[Patch(t, site, tokens) for t in span] for site in sites]
-        out = run_patched(adapter, run, cond, run, rows, [corr_e] * len(sites), [clean_e] * len(sites), num_steps)
-        finals.append(out)
-    finals = torch.stack(finals)  # (steps, sites, *latent)
+    onward = cfg.span == "onward"
+    finals = patch_sweep(
+        adapter, run, cond, run, chosen["steps"], sites, [tokens], num_steps, progress, onward, [(corr_e, clean_e)]
+    )[0]  # (steps, sites, *latent)
     flat = finals.flatten(0, 1)
     clean_final, corr_final = run.final[0:1].expand_as(flat), run.final[1:2].expand_as(flat)
     scores = projection_score(flat, clean_final, corr_final).reshape(len(chosen["steps"]), len(sites))
@@ -446,7 +438,7 @@ def run_swap(cfg: SwapConfig, adapter: TestbedAdapter | None = None, progress: b
         result.name = "projection of the output toward the other run's (1) from the base run's (0)"
         result.attrs["config"] = cfg.to_json()
         return result
-    adapter = adapter or _adapter(cfg)
+    adapter = adapter or load_adapter(cfg.model)
     num_steps = _check_common(cfg, adapter)
     steps = parse_index_spec(cfg.steps, num_steps, "step")
     layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
@@ -498,7 +490,7 @@ class _FrameNoise(StepHook):
 
 def _solved(adapter, latents, mazes) -> tuple[np.ndarray, np.ndarray]:
     """(solved, final_exact) per maze: the whole video right, and the answer (last frame) right."""
-    verdicts = [maze_task.verify(v, m) for v, m in zip(adapter.decode(latents), mazes)]
+    verdicts = verify_latents(adapter, latents, mazes)
     return np.array([v.solved for v in verdicts]), np.array([v.final_exact for v in verdicts])
 
 
@@ -508,16 +500,15 @@ def run_perturb(cfg: PerturbConfig, adapter: TestbedAdapter | None = None, progr
     unperturbed run's instead (``similarity``, mean over samples, with its per-sample values)."""
     if cfg.pipeline is not None:
         return _run_perturb_pipeline(cfg, progress)
-    adapter = adapter or _adapter(cfg)
+    adapter = adapter or load_adapter(cfg.model)
     num_steps = _check_common(cfg, adapter)
     steps = parse_index_spec(cfg.steps, num_steps, "step")
     frames = parse_index_spec(cfg.frames_to_noise, cfg.frames, "frame")
     mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + i) for i in range(cfg.n)]
     run, cond = _cached_runs(adapter, mazes, cfg.frames, num_steps, [])
-    baseline = _solved(adapter, run.final, mazes)
 
-    def summary(verdicts: tuple[np.ndarray, np.ndarray]) -> dict:
-        solved, final_exact = verdicts
+    def score(latents: torch.Tensor) -> dict:
+        solved, final_exact = _solved(adapter, latents, mazes)
         lo, hi = wilson_interval(int(solved.sum()), len(solved))
         flo, fhi = wilson_interval(int(final_exact.sum()), len(final_exact))
         return {
@@ -528,20 +519,7 @@ def run_perturb(cfg: PerturbConfig, adapter: TestbedAdapter | None = None, progr
             "n": len(solved),
         }
 
-    at_step, at_frame = {}, {}
-    scheduler = adapter.make_scheduler(None)
-    for s in tqdm(steps, disable=not progress, desc="noise at step", leave=False):
-        fresh = _fresh_noise(run.latents[s].shape, cfg.noise_seed, s).to(run.latents[s])
-        with torch.no_grad():
-            out = sample(adapter, fresh, cond, num_steps, scheduler=scheduler, start_step=s)
-        at_step[s] = summary(_solved(adapter, out.latents, mazes))
-    noise = run.latents[0]
-    for f in tqdm(frames, disable=not progress, desc="noise at frame", leave=False):
-        with torch.no_grad():
-            out = sample(adapter, noise, cond, num_steps, hooks=[_FrameNoise(f, cfg.noise_seed)], scheduler=scheduler)
-        at_frame[f] = summary(_solved(adapter, out.latents, mazes))
-    config = json.loads(cfg.to_json())
-    return {"config": config, "baseline": summary(baseline), "at_step": at_step, "at_frame": at_frame}
+    return _noise_at_steps_and_frames(cfg, adapter, run, cond, num_steps, steps, frames, score, progress)
 
 
 def _run_perturb_pipeline(cfg: PerturbConfig, progress: bool) -> dict:
@@ -563,21 +541,29 @@ def _run_perturb_pipeline(cfg: PerturbConfig, progress: bool) -> dict:
         sims = torch.nn.functional.cosine_similarity(final.flatten(1).double(), reference, dim=1).tolist()
         return {"similarity": float(np.mean(sims)), "per_sample": dict(zip(names, sims)), "n": len(sims)}
 
+    return _noise_at_steps_and_frames(
+        cfg, adapter, run, cond, num_steps, chosen["steps"], chosen["frames"], summary, progress
+    )
+
+
+def _noise_at_steps_and_frames(cfg, adapter, run: RunCache, cond, num_steps, steps, frames, score, progress) -> dict:
+    """The two halves of the perturbation experiment, each result scored by ``score(final latents)``:
+    x_s replaced by fresh noise at step s (resumed from the cached x_s), and frame f replaced by
+    fresh noise before every step."""
     at_step, at_frame = {}, {}
     scheduler = adapter.make_scheduler(None)
-    for s in tqdm(chosen["steps"], disable=not progress, desc="noise at step", leave=False):
+    for s in tqdm(steps, disable=not progress, desc="noise at step", leave=False):
         fresh = _fresh_noise(run.latents[s].shape, cfg.noise_seed, s).to(run.latents[s])
         with torch.no_grad():
             out = sample(adapter, fresh, cond, num_steps, scheduler=scheduler, start_step=s)
-        at_step[s] = summary(out.latents)
-    for f in tqdm(chosen["frames"], disable=not progress, desc="noise at frame", leave=False):
+        at_step[s] = score(out.latents)
+    for f in tqdm(frames, disable=not progress, desc="noise at frame", leave=False):
+        hooks = [_FrameNoise(f, cfg.noise_seed)]
         with torch.no_grad():
-            out = sample(
-                adapter, run.latents[0], cond, num_steps, hooks=[_FrameNoise(f, cfg.noise_seed)], scheduler=scheduler
-            )
-        at_frame[f] = summary(out.latents)
+            out = sample(adapter, run.latents[0], cond, num_steps, hooks=hooks, scheduler=scheduler)
+        at_frame[f] = score(out.latents)
     config = json.loads(cfg.to_json())
-    return {"config": config, "baseline": summary(run.final), "at_step": at_step, "at_frame": at_frame}
+    return {"config": config, "baseline": score(run.final), "at_step": at_step, "at_frame": at_frame}
 
 
 # -- information flow ---------------------------------------------------------------------------
@@ -613,7 +599,7 @@ def run_flow(cfg: FlowConfig, adapter: TestbedAdapter | None = None, progress: b
         injects, layers = chosen["injects"], chosen["layers"]
         sites = _sites(adapter, layers, None)
     else:
-        adapter = adapter or _adapter(cfg)
+        adapter = adapter or load_adapter(cfg.model)
         num_steps = _check_common(cfg, adapter)
         injects = parse_index_spec(cfg.inject_steps, num_steps, "step")
         layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
@@ -626,7 +612,7 @@ def run_flow(cfg: FlowConfig, adapter: TestbedAdapter | None = None, progress: b
     for i, s in enumerate(tqdm(injects, disable=not progress, desc="information flow", leave=False)):
         fresh = _fresh_noise(clean.latents[s].shape, cfg.noise_seed, s).to(clean.latents[s])
         start = (1 - a * a) ** 0.5 * clean.latents[s] + a * fresh
-        perturbed = record_run_from(adapter, start, cond, num_steps, sites, s)
+        perturbed = record_run(adapter, start, cond, num_steps, sites, start_step=s)
         for step in range(s, num_steps):
             for k, site in enumerate(sites):
                 if (step, 0, site) not in clean.acts:  # a multi-expert model runs one expert per step
@@ -647,21 +633,3 @@ def run_flow(cfg: FlowConfig, adapter: TestbedAdapter | None = None, progress: b
             "sensitivity": json.dumps(sensitivity),
         },
     )
-
-
-def record_run_from(adapter, latents, conditioning, num_steps, sites, start_step) -> RunCache:
-    """``record_run`` for a trajectory resumed at ``start_step`` from ``latents``."""
-    from interp.causal.patching import _Recorder
-
-    recorder = _Recorder(adapter, sites, None)
-    with torch.no_grad():
-        result = sample(
-            recorder,
-            latents,
-            conditioning,
-            num_steps,
-            hooks=[recorder],
-            scheduler=adapter.make_scheduler(None),
-            start_step=start_step,
-        )
-    return RunCache(recorder.latents, recorder.acts, recorder.branches, recorder.x0, result.latents, latents.shape[0])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from interp.models.base import VideoDiTAdapter, first_tensor
-from interp.sampling import StepHook, StepState, flow_x0_hat, prepare_timesteps, sample
+from interp.sampling import AdapterDenoiser, StepState, sample
 
 
 @dataclass(frozen=True)
@@ -79,24 +79,8 @@ def _rows(branches: dict[str, slice], element: int) -> dict[str, int]:
     return {name: (sl.start or 0) + element for name, sl in branches.items()}
 
 
-class _SteppedDenoiser(StepHook):
-    """Shared plumbing: knows the current step, delegates scheduler details to the adapter."""
-
-    def __init__(self, adapter: VideoDiTAdapter):
-        self.adapter = adapter
-        self.step = -1
-
-    def before_model(self, state: StepState) -> None:
-        self.step = state.step
-
-    def set_timesteps(self, scheduler, num_steps: int, device=None) -> None:
-        prepare_timesteps(self.adapter, scheduler, num_steps, device)
-
-    def x0_hat(self, latents, output, timestep, sigma, scheduler) -> torch.Tensor:
-        to_x0 = getattr(self.adapter, "x0_hat", None)
-        if to_x0 is None:
-            return flow_x0_hat(latents, output, sigma)
-        return to_x0(latents, output, timestep, sigma, scheduler)
+class _SteppedDenoiser(AdapterDenoiser):
+    """Runs the adapter's transformer calls for a step with per-call forward hooks."""
 
     def _run_calls(self, latents, timestep, conditioning, hooks_for_call) -> torch.Tensor:
         calls = self.adapter.forward_calls(latents, timestep, conditioning)
@@ -158,12 +142,20 @@ def record_run(
     sites: Sequence[str],
     steps: Sequence[int] | None = None,
     shift: float | None = None,
+    start_step: int = 0,
 ) -> RunCache:
-    """Sample once, keeping x_s of every step and the chosen sites' outputs at ``steps`` (default all)."""
+    """Sample once, keeping x_s of every step and the chosen sites' outputs at ``steps`` (default all).
+    ``start_step`` > 0: ``noise`` is the latent x_s of a trajectory resumed at that step."""
     recorder = _Recorder(adapter, sites, None if steps is None else set(steps))
     with torch.no_grad():
         result = sample(
-            recorder, noise, conditioning, num_steps, hooks=[recorder], scheduler=adapter.make_scheduler(shift)
+            recorder,
+            noise,
+            conditioning,
+            num_steps,
+            hooks=[recorder],
+            scheduler=adapter.make_scheduler(shift),
+            start_step=start_step,
         )
     return RunCache(recorder.latents, recorder.acts, recorder.branches, recorder.x0, result.latents, noise.shape[0])
 

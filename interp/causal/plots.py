@@ -18,23 +18,38 @@ def _plt():
     return plt
 
 
+def _write_record(out: Path, config: dict, record: dict, figure: str) -> dict[str, Path]:
+    """config.json and result.json in ``out`` (created); the paths, with the figure's to come."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    (out / "result.json").write_text(json.dumps(record, indent=2))
+    return {"config": out / "config.json", "result": out / "result.json", "figure": out / figure}
+
+
+def _axes_record(result) -> dict:
+    """Config, dims and integer coords of a DataArray result, for result.json."""
+    return {
+        "config": json.loads(result.attrs["config"]),
+        "dims": list(result.dims),
+        "coords": {d: [int(v) for v in result.coords[d].values] for d in result.dims},
+    }
+
+
+def _finite_or_none(values: np.ndarray) -> list:
+    return np.where(np.isfinite(values), values, None).tolist()
+
+
 def save_grid(result, out: str | Path, title: str, vmin: float = 0.0, vmax: float = 1.0) -> dict[str, Path]:
     """A (step, layer) DataArray: result.json (config, coords, values), config.json and a heatmap."""
     import seaborn as sns
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = json.loads(result.attrs["config"])
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     record = {
-        "config": config,
+        **_axes_record(result),
         "name": result.name,
-        "dims": list(result.dims),
-        "coords": {d: [int(v) for v in result.coords[d].values] for d in result.dims},
-        "values": np.where(np.isfinite(result.values), result.values, None).tolist(),
+        "values": _finite_or_none(result.values),
         "attrs": {k: json.loads(v) if k != "meaning" else v for k, v in result.attrs.items() if k != "config"},
     }
-    (out / "result.json").write_text(json.dumps(record, indent=2))
+    paths = _write_record(Path(out), record["config"], record, "heatmap.png")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * result.sizes["step"], 1.4 + 0.35 * result.sizes["layer"]))
     grid = result.transpose("layer", "step").to_pandas().sort_index(ascending=False)
@@ -43,17 +58,14 @@ def save_grid(result, out: str | Path, title: str, vmin: float = 0.0, vmax: floa
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "heatmap.png", dpi=110)
+    fig.savefig(paths["figure"], dpi=110)
     plt.close(fig)
-    return {"config": out / "config.json", "result": out / "result.json", "figure": out / "heatmap.png"}
+    return paths
 
 
 def save_perturb(result: dict, out: str | Path) -> dict[str, Path]:
     """Noise at step vs noise at frame: accuracy curves with 95% intervals and the baseline."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(result["config"], indent=2, sort_keys=True))
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    paths = _write_record(Path(out), result["config"], result, "noise_step_vs_frame.png")
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, key, label in ((axes[0], "at_step", "denoising step s"), (axes[1], "at_frame", "frame f")):
@@ -76,29 +88,23 @@ def save_perturb(result: dict, out: str | Path) -> dict[str, Path]:
     axes[0].set_ylabel("share of mazes")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "noise_step_vs_frame.png", dpi=110)
+    fig.savefig(paths["figure"], dpi=110)
     plt.close(fig)
-    return {"config": out / "config.json", "result": out / "result.json", "figure": out / "noise_step_vs_frame.png"}
+    return paths
 
 
 def save_flow(result, out: str | Path) -> dict[str, Path]:
     """Information flow: sensitivity per injection step, and 1 - CKA (step x layer) per injection."""
     import seaborn as sns
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = json.loads(result.attrs["config"])
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     values = result.values
     record = {
-        "config": config,
-        "dims": list(result.dims),
-        "coords": {d: [int(v) for v in result.coords[d].values] for d in result.dims},
-        "cka": np.where(np.isfinite(values), values, None).tolist(),
+        **_axes_record(result),
+        "cka": _finite_or_none(values),
         "x0_hat_cka": json.loads(result.attrs["x0_hat_cka"]),
         "sensitivity": json.loads(result.attrs["sensitivity"]),
     }
-    (out / "result.json").write_text(json.dumps(record, indent=2))
+    paths = _write_record(Path(out), record["config"], record, "flow.png")
     plt = _plt()
     injects = record["coords"]["inject_step"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -115,6 +121,6 @@ def save_flow(result, out: str | Path) -> dict[str, Path]:
     axes[1].set_xlabel("denoising step")
     axes[1].set_ylabel("layer")
     fig.tight_layout()
-    fig.savefig(out / "flow.png", dpi=110)
+    fig.savefig(paths["figure"], dpi=110)
     plt.close(fig)
-    return {"config": out / "config.json", "result": out / "result.json", "figure": out / "flow.png"}
+    return paths
