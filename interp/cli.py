@@ -513,15 +513,68 @@ def train_testbed_cmd(
 
 
 @app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder: what the demo or the other commands wrote."),
+    out: Path | None = typer.Option(None, help="The page (default RUN_DIR/report.html; must lie in RUN_DIR)."),
+    title: str | None = typer.Option(None, help="Page title."),
+) -> None:
+    """One self-contained HTML page of a run folder's results: figures embedded, files linked."""
+    from interp.report.html import write_report
+
+    typer.echo(str(write_report(run_dir, out, title)))
+
+
+def _demo_causal(adapter, out: Path, n_causal: int, n_noise: int, headline: list[str]) -> None:
+    """Patching (onward), the swap at the first step, noise at step vs frame, information flow."""
+    from interp.causal import experiments as ex
+    from interp.causal import plots
+
+    patch_cfg = ex.PatchConfig(n=n_causal, steps="0-18:2", span="onward")
+    grid = ex.run_patch(patch_cfg, adapter, progress=False)
+    plots.save_grid(grid, out / "patch_onward", "activation patching onward (clean into corrupted): 1 = clean answer")
+    clean_from = [int(s) for s in grid.step.values if float(grid.sel(step=s).mean()) > 0.5]
+    headline.append(
+        "patching every block output from step s onward gives the clean answer "
+        + (f"for s <= {max(clean_from)}" if clean_from else "at no step")
+        + f" (mean score over layers > 0.5; {n_causal} maze pairs)"
+    )
+    swap = ex.run_swap(ex.SwapConfig(n=n_causal * 2, steps="0-15:5"), adapter, progress=False)
+    plots.save_grid(swap, out / "swap", f"latent swap (one step, one layer): {swap.name}")
+    headline.append(f"swapping one layer's tokens at one step (0, 5, 10, 15): largest {swap.name} {float(swap.max()):.2f}")
+    perturb = ex.run_perturb(ex.PerturbConfig(n=n_noise, steps="0-18:2"), adapter, progress=False)
+    plots.save_perturb(perturb, out / "noise")
+    at_step = {int(k): v["accuracy"] for k, v in perturb["at_step"].items()}
+    broken = [s for s, acc in sorted(at_step.items()) if acc < 0.5 * perturb["baseline"]["accuracy"]]
+    answer_kept = [v["final_exact"] for k, v in perturb["at_frame"].items() if int(k) < max(map(int, perturb["at_frame"]))]
+    headline.append(
+        f"noise at step: solved {perturb['baseline']['accuracy']:.0%} without noise, "
+        + (f"below half of that from step {broken[0]}" if broken else "never below half")
+        + (f"; noise at an earlier frame keeps the answer right in {np.mean(answer_kept):.0%}" if answer_kept else "")
+    )
+    flow = ex.run_flow(ex.FlowConfig(n=n_causal * 2, strength=0.5), adapter, progress=False)
+    plots.save_flow(flow, out / "flow")
+    sens = json.loads(flow.attrs["sensitivity"])
+    steps = [int(s) for s in flow.inject_step.values]
+    headline.append(
+        f"information flow: later block outputs most sensitive to noise injected at step {steps[int(np.argmax(sens))]} "
+        f"(1 - CKA {max(sens):.2f}; at step {steps[0]}: {sens[0]:.2f})"
+    )
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
     n_filmstrips: int = typer.Option(6, help="Held-out mazes drawn as filmstrips."),
     n_accuracy: int = typer.Option(200, help="Held-out mazes for the accuracy figure."),
     n_trace: int = typer.Option(32, help="Held-out mazes traced into an activation store."),
     probe_target: list[str] = typer.Option(["on_path", "wall", "dist_to_goal"], help="Probe targets; repeatable."),
+    n_causal: int = typer.Option(2, help="Maze pairs patched (swap and flow use twice as many mazes)."),
+    n_noise: int = typer.Option(32, help="Mazes for noise at step vs noise at frame."),
+    n_ensemble: int = typer.Option(32, help="Held-out 5x5 mazes for the seed ensemble (0 skips it)."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
-    """The main job on the testbed: accuracy, x0_hat filmstrips, an activation store, token-energy maps, probes."""
+    """The whole study on the testbed: accuracy, filmstrips, store, energy, probes, Chain-of-Steps,
+    patching, swapping, noise tests, information flow, the seed ensemble, and one HTML report."""
     import torch
 
     from activations.reader import ActivationStore
@@ -532,26 +585,41 @@ def demo(
     from interp.tasks.splits import IN_DISTRIBUTION, held_out_seeds
     from interp.trace_job import TraceConfig, run_trace
 
+    if min(n_filmstrips, n_accuracy, n_trace, n_causal, n_noise) < 1 or n_ensemble < 0:
+        raise UsageError("the demo's counts must be positive (--n-ensemble may be 0)")
+    options = dict(n_filmstrips=n_filmstrips, n_accuracy=n_accuracy, n_trace=n_trace, probe_target=list(probe_target))
+    options.update(n_causal=n_causal, n_noise=n_noise, n_ensemble=n_ensemble, threads=threads)
     torch.set_num_threads(threads)
     tic = time.time()
+    headline: list[str] = []
+    timings: dict[str, float] = {}
+
+    def stage(i: int, text: str) -> None:
+        typer.echo(f"{i}/9 {text} [{time.time() - tic:.0f}s]")
+
     adapter = _load_testbed(None)
     size, frames = IN_DISTRIBUTION["size"], IN_DISTRIBUTION["frames"]
-    typer.echo(f"1/4 x0_hat filmstrips of {n_filmstrips} held-out {size}x{size} mazes")
+    stage(1, f"x0_hat filmstrips of {n_filmstrips} held-out {size}x{size} mazes")
     mazes = [maze_task.generate_maze(size, s) for s in held_out_seeds(n_filmstrips)]
     for result in generate_mazes(adapter, mazes, frames):
         folder = out / f"maze{size}_seed{result.maze.seed}"
         write_generated(result, folder)
         typer.echo(f"  seed {result.maze.seed}: {'solved' if result.verdict.solved else 'NOT solved'} -> {folder}")
-    typer.echo(f"2/4 accuracy on {n_accuracy} held-out mazes")
-    ev = evaluate_mazes(adapter, held_out_seeds(n_accuracy), size, frames, progress=True)
+    stage(2, f"accuracy on {n_accuracy} held-out mazes")
+    ev = evaluate_mazes(adapter, held_out_seeds(n_accuracy), size, frames, progress=False)
     summary = ev.summary()
     (out / "accuracy.json").write_text(json.dumps(summary, indent=2))
-    typer.echo(f"3/4 activation store of {n_trace} mazes (every block, every step) and token-energy maps")
-    store_path = run_trace(TraceConfig(n=n_trace), out / "trace.h5", adapter=adapter)
+    lo, hi = summary["ci95"]
+    headline.append(
+        f"held-out {size}x{size} mazes: {summary['accuracy']:.1%} exact (95% CI {lo:.1%}-{hi:.1%}, n={summary['n']})"
+    )
+    stage(3, f"activation store of {n_trace} mazes (every block, every step) and token-energy maps")
+    store_path = run_trace(TraceConfig(n=n_trace), out / "trace.h5", adapter=adapter, progress=False)
     with ActivationStore(store_path) as store:
         for step in (store.steps[0], store.steps[len(store.steps) // 2], store.steps[-1]):
             write_energy_figures(store, 0, step, out / f"energy_step{step:02d}")
-    typer.echo(f"4/4 linear probes per (step, layer) with controls ({', '.join(probe_target)}); chain of steps")
+    timings["store"] = time.time() - tic
+    stage(4, f"linear probes per (step, layer) with controls ({', '.join(probe_target)})")
     from probes.plots import plot_all
     from probes.run import ProbeConfig, run_probes, save_results
 
@@ -559,28 +627,48 @@ def demo(
     table = run_probes(store_path, probe_cfg)
     save_results(table, store_path, probe_cfg, out / "probes")
     plot_all(table, out / "probes")
+    for target, rows in table.groupby("target", sort=False):
+        best = rows.loc[rows["selectivity"].idxmax()]
+        headline.append(
+            f"probe {target}: best selectivity {best['selectivity']:.2f} at step {best['step']}, layer "
+            f"{best['layer']} ({best['metric']} {best['value']:.2f}; control task {best['control']:.2f}, "
+            f"x_t alone {best['x_t']:.2f}, conditioning alone {best['condition']:.2f})"
+        )
+    stage(5, "Chain-of-Steps statistics of x0_hat")
     from interp.analysis.chain_of_steps import ChainConfig, analyse_store, write_chain_report
 
     with ActivationStore(store_path) as store:
         chain_cfg = ChainConfig()
         chain = write_chain_report(analyse_store(store, chain_cfg), chain_cfg, out / "chain")["summary"]
-    lo, hi = summary["ci95"]
-    typer.echo(
-        f"chain of steps: x0_hat solves {chain['solved_per_step'][0]:.0%} at step 0, "
-        f"{chain['solved_per_step'][len(chain['solved_per_step']) // 2]:.0%} at mid-trajectory; "
-        f"median commit step {chain['commit_step']['median']:.0f}"
+    per_step = chain["solved_per_step"]
+    headline.append(
+        f"chain of steps: x0_hat solves {per_step[0]:.0%} at step 0, {per_step[len(per_step) // 2]:.0%} at "
+        f"mid-trajectory; median commit step {chain['commit_step']['median']:.0f}"
     )
-    typer.echo(
-        f"held-out {size}x{size} mazes: {summary['accuracy']:.1%} exact (95% CI {lo:.1%}-{hi:.1%}, "
-        f"n={summary['n']}); store: {store_path}; {time.time() - tic:.0f}s; results in {out}"
-    )
-    for target, rows in table.groupby("target", sort=False):
-        best = rows.loc[rows["selectivity"].idxmax()]
-        typer.echo(
-            f"probe {target}: best selectivity {best['selectivity']:.2f} at step {best['step']}, layer "
-            f"{best['layer']} ({best['metric']} {best['value']:.2f}; control task {best['control']:.2f}, "
-            f"x_t alone {best['x_t']:.2f}, conditioning alone {best['condition']:.2f})"
+    stage(6, f"activation patching and latent swapping ({n_causal} pairs), noise at step vs frame, flow")
+    _demo_causal(adapter, out / "causal", n_causal, n_noise, headline)
+    if n_ensemble:
+        stage(7, f"seed ensemble on {n_ensemble} held-out 5x5 mazes (N = 1, 3; K = 1) with its controls")
+        from interp.ensemble import EnsembleConfig, run_ensemble, write_ensemble_report
+
+        ens_cfg = EnsembleConfig(sizes=[5], n=n_ensemble, seeds=[1, 3], ks=[1], temperatures=[0.577])
+        rows = run_ensemble(ens_cfg, adapter, progress=False)
+        write_ensemble_report(rows, ens_cfg, out / "ensemble")
+        acc = {(r["method"], r.get("n_seeds")): r["accuracy"] for r in rows}
+        headline.append(
+            f"seed ensemble, 5x5: one seed {acc[('single seed', 1)]:.0%}, mean of 3 {acc[('ensemble (mean)', 3)]:.0%}, "
+            f"rescaled {acc[('ensemble (rescaled)', 3)]:.0%}, best of 3 {acc[('best of N (oracle)', 3)]:.0%}; "
+            f"control one seed x 1/sqrt(3) {acc[('control: noise x 1/sqrt(N)', 3)]:.0%}"
         )
+    stage(8, "the report")
+    from interp.report.html import write_report
+
+    (out / "study.json").write_text(json.dumps({"options": options, "headline": headline}, indent=2))
+    page = write_report(out, title="Video DiT interpretability: the testbed study")
+    stage(9, "done")
+    for line in headline:
+        typer.echo(f"  {line}")
+    typer.echo(f"report: {page.resolve()}  ({time.time() - tic:.0f}s)")
 
 
 def main() -> None:

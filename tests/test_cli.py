@@ -23,22 +23,3 @@ def test_impossible_arguments_give_one_clear_line(run_cli, args, message):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interp: error:") and message in lines[0]
     assert "Traceback" not in err
-
-
-def test_demo_writes_every_artefact(tmp_path, run_cli):
-    out = tmp_path / "demo"
-    args = ["--n-filmstrips", 1, "--n-accuracy", 8, "--n-trace", 8, "--probe-target", "on_path"]
-    code, stdout, err = run_cli("demo", "--out", out, *args)
-    assert code == 0, err
-    assert "held-out 4x4 mazes:" in stdout and "probe on_path: best selectivity" in stdout
-    for path in (
-        "maze4_seed0/filmstrip.png",
-        "accuracy.json",
-        "trace.h5",
-        "probes/probes.csv",
-        "probes/probe_on_path.png",
-        "chain/chain.json",
-        "chain/chain.png",
-    ):
-        assert (out / path).is_file(), path
-    assert list(out.glob("energy_step*/*.png"))

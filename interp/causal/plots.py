@@ -51,7 +51,9 @@ def save_grid(result, out: str | Path, title: str, vmin: float = 0.0, vmax: floa
     }
     paths = _write_record(Path(out), record["config"], record, "heatmap.png")
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * result.sizes["step"], 1.4 + 0.35 * result.sizes["layer"]))
+    # Wide enough for the title even with one or two steps (a swap at the first step only).
+    width = max(1.2 + 0.45 * result.sizes["step"], 0.075 * len(title) + 1.0)
+    fig, ax = plt.subplots(figsize=(width, 1.4 + 0.35 * result.sizes["layer"]))
     grid = result.transpose("layer", "step").to_pandas().sort_index(ascending=False)
     sns.heatmap(grid, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=grid.size <= 200, fmt=".2f")
     ax.set_xlabel("denoising step")

@@ -1,0 +1,121 @@
+"""The whole-study demo (small) and its HTML report: artefacts exist, the page links them, and every
+image loads in a real browser."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from interp import cli
+from interp.report.html import write_report
+
+DEMO_ARGS = ["--n-filmstrips", "1", "--n-accuracy", "8", "--n-trace", "8", "--probe-target", "on_path"]
+DEMO_ARGS += ["--n-causal", "1", "--n-noise", "4", "--n-ensemble", "4"]
+ARTEFACTS = [
+    "maze4_seed0/filmstrip.png",
+    "maze4_seed0/video.gif",
+    "accuracy.json",
+    "trace.h5",
+    "energy_step00/energy_maps.png",
+    "probes/probes.csv",
+    "probes/probe_on_path.png",
+    "chain/chain.json",
+    "chain/chain.png",
+    "causal/patch_onward/heatmap.png",
+    "causal/swap/heatmap.png",
+    "causal/noise/noise_step_vs_frame.png",
+    "causal/flow/flow.png",
+    "ensemble/ensemble.json",
+    "ensemble/ensemble.png",
+    "study.json",
+    "report.html",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    result = CliRunner().invoke(cli.app, ["demo", "--out", str(out), *DEMO_ARGS])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_demo_writes_every_artefact_and_prints_headlines(demo_run):
+    out, output = demo_run
+    for path in ARTEFACTS:
+        assert (out / path).is_file(), path
+    assert "held-out 4x4 mazes:" in output and "probe on_path: best selectivity" in output
+    assert "seed ensemble, 5x5: one seed" in output and "noise at step:" in output
+    assert f"report: {(out / 'report.html').resolve()}" in output
+    study = json.loads((out / "study.json").read_text())
+    assert study["options"]["n_trace"] == 8 and len(study["headline"]) >= 7
+
+
+def test_report_links_every_artefact(demo_run):
+    out, _ = demo_run
+    page = (out / "report.html").read_text()
+    links = set(re.findall(r'href="([^"#][^"]*)"', page))
+    embedded = set(re.findall(r'data-file="([^"]*)"', page))
+    for path in ARTEFACTS[:-1]:
+        assert path in links, f"{path} not linked"
+    for png in out.rglob("*.png"):
+        assert png.relative_to(out).as_posix() in embedded, f"{png} not shown"
+    for f in out.rglob("*"):  # nothing the run wrote is left out (store parts are the store's own)
+        if f.is_file() and ".parts" not in f.as_posix() and f.name != "report.html":
+            assert f.relative_to(out).as_posix() in links, f"{f} not linked"
+    for section in ("probes", "patching", "noise", "flow", "energy", "filmstrips", "chain", "ensemble", "config"):
+        assert f'<section id="{section}">' in page, section
+    for link in links:
+        assert (out / link).is_file(), link
+
+
+def test_report_refuses_empty_folders_and_pages_outside(tmp_path, demo_run):
+    with pytest.raises(ValueError, match="nothing to report"):
+        write_report(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no run folder"):
+        write_report(tmp_path / "missing")
+    with pytest.raises(ValueError, match="must be written inside"):
+        write_report(demo_run[0], tmp_path / "elsewhere.html")
+
+
+def _browser() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_report_renders_in_headless_chromium_with_every_image_loaded(demo_run, tmp_path):
+    browser = _browser()
+    if browser is None:
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail("REQUIRE_BROWSER is set but no chromium is installed (apt-get install chromium)")
+        pytest.skip("no chromium on this machine: install Debian's chromium package to run the report test")
+    out, _ = demo_run
+    # The page moves with its figures embedded: render a copy away from the run folder.
+    page = tmp_path / "moved.html"
+    shutil.copy(out / "report.html", page)
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body))
+    n_images = len(list(out.rglob("*.png")))
+    assert int(attrs["data-images"]) == n_images, attrs
+    assert attrs["data-images-loaded"] == attrs["data-images"], f"broken: {attrs.get('data-images-broken')}"
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", "--window-size=1280,2400", page.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (2400, 1280) and pixels.std() > 10  # a rendered page, not a blank one
