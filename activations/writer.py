@@ -86,11 +86,18 @@ def _read_part(part: Path) -> tuple[list[int], list[str]]:
 
 
 class StoreWriter:
-    """Create a store, or reopen one made with the same layout and resume it."""
+    """Create a store, or reopen one made with the same layout and resume it.
 
-    def __init__(self, path: str | Path, layout: StoreLayout, queue_size: int = 16):
+    ``index=False`` is a shard writer, for one of several processes filling the same store (Ray
+    workers): it writes parts only, never rebuilds the main file and never removes other
+    processes' half-written parts; the process that owns the store rebuilds the index afterwards
+    (any ``StoreWriter`` opened with ``index=True`` does, from the parts on disk).
+    """
+
+    def __init__(self, path: str | Path, layout: StoreLayout, queue_size: int = 16, index: bool = True):
         self.path = Path(path)
         self.layout = layout
+        self.index = index
         layout.to_json()  # fails here, before anything touches the disk, if the layout cannot be stored
         self.parts = parts_dir(self.path)
         if self.path.exists():
@@ -105,12 +112,14 @@ class StoreWriter:
                     f"{self.path} was made with other settings ({', '.join(diffs)} differ); "
                     "resume with the same settings or write to a new path"
                 )
+        elif not index:
+            raise StoreError(f"{self.path} is missing: a shard writer needs the store created first")
         elif self.parts.exists() and any(self.parts.glob("part_*.h5")):
             raise StoreError(
                 f"{self.parts} holds parts but {self.path} is missing; remove the folder or restore the file"
             )
         self.parts.mkdir(parents=True, exist_ok=True)
-        for stale in self.parts.glob("*.tmp"):  # half-written parts of an interrupted run
+        for stale in self.parts.glob("*.tmp") if index else ():  # half-written parts of an interrupted run
             stale.unlink()
         # Read once; kept in memory so that rebuilding the index never reopens earlier parts.
         self._part_files: dict[Path, list[int]] = {}
@@ -124,7 +133,8 @@ class StoreWriter:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="activation-store-writer", daemon=True)
         self._thread.start()
-        self._write_index()
+        if index:
+            self._write_index()
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -187,7 +197,8 @@ class StoreWriter:
         with self._lock:
             self._part_files[final] = videos
             self._meta.update(zip(videos, metas))
-        self._write_index()
+        if self.index:
+            self._write_index()
 
     def _write_index(self) -> None:
         """Rebuild the main file from the finished parts, atomically."""

@@ -124,9 +124,20 @@ def trace(
     backend: str = typer.Option("nnsight", help="Capture backend: nnsight or hooks."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
     out: Path = typer.Option(Path("runs/trace.h5"), help="Store path; rerunning resumes it."),
+    ray: bool = typer.Option(False, "--ray", help="Spread the videos over Ray workers (pip install '.[ray]')."),
+    ray_address: str | None = typer.Option(None, help="With --ray: a running cluster; default a local instance."),
+    workers: int = typer.Option(2, help="With --ray and no address: workers of the local instance."),
+    threads_per_worker: int = typer.Option(1, help="With --ray: CPU threads (and Ray CPUs) per worker."),
 ) -> None:
     """Sample videos and store every chosen block's output per (step, layer), resumably."""
     import torch
+
+    def on_ray(config) -> None:
+        from interp.distributed import run_trace_ray
+
+        summary = run_trace_ray(config, out, ray_address, workers, threads_per_worker)
+        typer.echo(summary.table())
+        typer.echo(f"stored activations in {out}")
 
     from interp.trace_job import TraceConfig, load_adapter, plan_trace, run_trace
 
@@ -156,6 +167,8 @@ def trace(
             backend=backend,
             max_sequence_length=max_sequence_length,
         )
+        if ray:
+            return on_ray(pcfg)
         run_pipeline_trace(pcfg, out)
         typer.echo(f"stored {model} activations in {out}")
         return
@@ -181,6 +194,8 @@ def trace(
     torch.set_num_threads(threads)
     adapter = load_adapter(model)
     plan = plan_trace(cfg, adapter)  # every check before any compute
+    if ray:
+        return on_ray(cfg)
     tic = time.time()
     run_trace(cfg, out, adapter=adapter)
     typer.echo(
@@ -540,12 +555,16 @@ def _demo_causal(adapter, out: Path, n_causal: int, n_noise: int, headline: list
     )
     swap = ex.run_swap(ex.SwapConfig(n=n_causal * 2, steps="0-15:5"), adapter, progress=False)
     plots.save_grid(swap, out / "swap", f"latent swap (one step, one layer): {swap.name}")
-    headline.append(f"swapping one layer's tokens at one step (0, 5, 10, 15): largest {swap.name} {float(swap.max()):.2f}")
+    headline.append(
+        f"swapping one layer's tokens at one step (0, 5, 10, 15): largest {swap.name} {float(swap.max()):.2f}"
+    )
     perturb = ex.run_perturb(ex.PerturbConfig(n=n_noise, steps="0-18:2"), adapter, progress=False)
     plots.save_perturb(perturb, out / "noise")
     at_step = {int(k): v["accuracy"] for k, v in perturb["at_step"].items()}
     broken = [s for s, acc in sorted(at_step.items()) if acc < 0.5 * perturb["baseline"]["accuracy"]]
-    answer_kept = [v["final_exact"] for k, v in perturb["at_frame"].items() if int(k) < max(map(int, perturb["at_frame"]))]
+    answer_kept = [
+        v["final_exact"] for k, v in perturb["at_frame"].items() if int(k) < max(map(int, perturb["at_frame"]))
+    ]
     headline.append(
         f"noise at step: solved {perturb['baseline']['accuracy']:.0%} without noise, "
         + (f"below half of that from step {broken[0]}" if broken else "never below half")
@@ -568,6 +587,7 @@ def demo(
     n_accuracy: int = typer.Option(200, help="Held-out mazes for the accuracy figure."),
     n_trace: int = typer.Option(32, help="Held-out mazes traced into an activation store."),
     probe_target: list[str] = typer.Option(["on_path", "wall", "dist_to_goal"], help="Probe targets; repeatable."),
+    probe_steps: str = typer.Option("0-19:2", help="Steps probed (every other step keeps the demo short)."),
     n_causal: int = typer.Option(2, help="Maze pairs patched (swap and flow use twice as many mazes)."),
     n_noise: int = typer.Option(32, help="Mazes for noise at step vs noise at frame."),
     n_ensemble: int = typer.Option(32, help="Held-out 5x5 mazes for the seed ensemble (0 skips it)."),
@@ -588,6 +608,7 @@ def demo(
     if min(n_filmstrips, n_accuracy, n_trace, n_causal, n_noise) < 1 or n_ensemble < 0:
         raise UsageError("the demo's counts must be positive (--n-ensemble may be 0)")
     options = dict(n_filmstrips=n_filmstrips, n_accuracy=n_accuracy, n_trace=n_trace, probe_target=list(probe_target))
+    options["probe_steps"] = probe_steps
     options.update(n_causal=n_causal, n_noise=n_noise, n_ensemble=n_ensemble, threads=threads)
     torch.set_num_threads(threads)
     tic = time.time()
@@ -623,7 +644,7 @@ def demo(
     from probes.plots import plot_all
     from probes.run import ProbeConfig, run_probes, save_results
 
-    probe_cfg = ProbeConfig(targets=list(probe_target))
+    probe_cfg = ProbeConfig(targets=list(probe_target), steps=probe_steps)
     table = run_probes(store_path, probe_cfg)
     save_results(table, store_path, probe_cfg, out / "probes")
     plot_all(table, out / "probes")

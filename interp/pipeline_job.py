@@ -97,55 +97,65 @@ def load_pipeline_adapter(cfg: PipelineTraceConfig) -> VideoDiTAdapter:
     return LTXAdapter.from_pipeline(pipe, cfg.height, cfg.width, cfg.num_frames, **scale)
 
 
-def run_pipeline_trace(cfg: PipelineTraceConfig, out: str | Path, progress: bool = True) -> Path:
-    """One video per (sample, seed) into a resumable store; checks everything before any compute."""
-    samples = read_samples(cfg.data)
-    if not cfg.seeds:
-        raise ValueError("need at least one seed")
-    adapter = load_pipeline_adapter(cfg)
-    latent_shape = adapter.pipeline_latent_shape(cfg.height, cfg.width, cfg.num_frames)
-    steps = parse_index_spec(cfg.steps, cfg.num_steps, "step")
-    layers = parse_index_spec(cfg.layers, adapter.num_blocks(next(iter(adapter.transformers()))), "layer")
-    sites = adapter.site_names(layers, tuple(cfg.subs))
-    capture = SiteCapture(adapter, sites, cfg.backend)  # validates site names and the backend
-    jobs = [(s, seed) for s in samples for seed in cfg.seeds]
-    layout = build_layout(
-        adapter,
-        model=str(cfg.model),
-        latent_shape=latent_shape,
-        num_steps=cfg.num_steps,
-        shift=None,
-        steps=steps,
-        sites=sites,
-        pooling=Pooling.parse(cfg.pooling),
-        video_keys=[f"{s.name}-seed{seed}" for s, seed in jobs],
-        dtype=cfg.dtype,
-        branch=cfg.branch,
-        extra={"pipeline_trace_config": asdict(cfg)},
-    )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    device = adapter.transformer.device
-    with StoreWriter(out, layout) as writer:
-        pending = writer.pending()
-        for v in tqdm(pending, disable=not progress, desc="tracing videos"):
-            sample, seed = jobs[v]
-            noise = initial_noise([seed], latent_shape, device, torch.float32)
+class PipelineTraceJob:
+    """What one process needs to trace any video of a ``PipelineTraceConfig`` (one video per part):
+    the single-process loop and the Ray workers (``interp.distributed``) both trace through it."""
+
+    batch_size = 1
+
+    def __init__(self, cfg: PipelineTraceConfig):
+        self.cfg = cfg
+        self.samples = read_samples(cfg.data)
+        if not cfg.seeds:
+            raise ValueError("need at least one seed")
+        adapter = load_pipeline_adapter(cfg)
+        self.adapter = adapter
+        self.latent_shape = adapter.pipeline_latent_shape(cfg.height, cfg.width, cfg.num_frames)
+        steps = parse_index_spec(cfg.steps, cfg.num_steps, "step")
+        layers = parse_index_spec(cfg.layers, adapter.num_blocks(next(iter(adapter.transformers()))), "layer")
+        sites = adapter.site_names(layers, tuple(cfg.subs))
+        self.capture = SiteCapture(adapter, sites, cfg.backend)  # validates site names and the backend
+        self.jobs = [(s, seed) for s in self.samples for seed in cfg.seeds]
+        self.layout = build_layout(
+            adapter,
+            model=str(cfg.model),
+            latent_shape=self.latent_shape,
+            num_steps=cfg.num_steps,
+            shift=None,
+            steps=steps,
+            sites=sites,
+            pooling=Pooling.parse(cfg.pooling),
+            video_keys=[f"{s.name}-seed{seed}" for s, seed in self.jobs],
+            dtype=cfg.dtype,
+            branch=cfg.branch,
+            extra={"pipeline_trace_config": asdict(cfg)},
+        )
+
+    def trace_part(self, writer: StoreWriter, videos: list[int]) -> None:
+        cfg, adapter = self.cfg, self.adapter
+        for v in videos:
+            sample, seed = self.jobs[v]
+            device = adapter.transformer.device
+            noise = initial_noise([seed], self.latent_shape, device, torch.float32)
             image = Image.open(sample.first_frame).convert("RGB") if sample.first_frame else None
             with torch.no_grad():
                 conditioning = adapter.pipeline_conditioning(
-                    [sample.prompt],
-                    [image],
-                    noise,
-                    cfg.negative_prompt,
-                    cfg.height,
-                    cfg.width,
-                    cfg.num_frames,
+                    [sample.prompt], [image], noise, cfg.negative_prompt, cfg.height, cfg.width, cfg.num_frames,
                     cfg.max_sequence_length,
-                )
+                )  # fmt: skip
             part = writer.begin_part([v])
-            result = trace_batch(adapter, capture, part, layout, noise, conditioning, None)
+            result = trace_batch(adapter, self.capture, part, self.layout, noise, conditioning, None)
             meta = {"sample": sample.name, "prompt": sample.prompt, "seed": seed, "model": str(cfg.model)}
             part.finish(result.latents, [meta])
+
+
+def run_pipeline_trace(cfg: PipelineTraceConfig, out: str | Path, progress: bool = True) -> Path:
+    """One video per (sample, seed) into a resumable store; checks everything before any compute."""
+    job = PipelineTraceJob(cfg)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with StoreWriter(out, job.layout) as writer:
+        for v in tqdm(writer.pending(), disable=not progress, desc="tracing videos"):
+            job.trace_part(writer, [v])
     out.with_name(out.name + ".config.json").write_text(json.dumps(asdict(cfg), indent=2))
     return out

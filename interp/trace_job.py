@@ -106,8 +106,8 @@ def plan_trace(cfg: TraceConfig, adapter: TestbedAdapter) -> TracePlan:
     return TracePlan(cfg, steps, sites, pooling, layout, num_steps, shift)
 
 
-def _batches(pending: list[int], batch_size: int) -> list[list[int]]:
-    """Contiguous runs of pending videos, at most ``batch_size`` long."""
+def batches(pending: list[int], batch_size: int) -> list[list[int]]:
+    """Contiguous runs of pending videos, at most ``batch_size`` long (the same runs in every process)."""
     runs: list[list[int]] = []
     for v in pending:
         if runs and v == runs[-1][-1] + 1 and len(runs[-1]) < batch_size:
@@ -117,38 +117,54 @@ def _batches(pending: list[int], batch_size: int) -> list[list[int]]:
     return runs
 
 
+class TestbedTraceJob:
+    """What one process needs to trace any batch of a ``TraceConfig``: the model, the plan, the capture.
+    The single-process loop and the Ray workers (``interp.distributed``) both trace through it."""
+
+    def __init__(self, cfg: TraceConfig, adapter: TestbedAdapter | None = None):
+        self.cfg = cfg
+        self.adapter = adapter or load_adapter(cfg.model)
+        self.plan = plan_trace(cfg, self.adapter)
+        self.capture = SiteCapture(self.adapter, self.plan.sites, cfg.backend)
+        self.layout = self.plan.layout
+        self.batch_size = cfg.batch_size
+
+    def trace_part(self, writer: StoreWriter, videos: list[int]) -> None:
+        """Trace a contiguous run of videos into one part of ``writer``'s store."""
+        cfg, adapter, plan = self.cfg, self.adapter, self.plan
+        mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + v) for v in videos]
+        part = writer.begin_part(videos)
+        noise = initial_noise([m.seed for m in mazes], plan.layout.latent_shape, adapter.device, adapter.dtype)
+        conditioning = adapter.conditioning(mazes, cfg.frames)
+        result = trace_batch(adapter, self.capture, part, plan.layout, noise, conditioning, plan.shift)
+        videos_rgb = adapter.decode(result.latents)
+        metas = []
+        for maze, rgb in zip(mazes, videos_rgb):
+            verdict = maze_task.verify(rgb, maze)
+            metas.append(
+                {
+                    "task": cfg.task,
+                    "size": cfg.size,
+                    "frames": cfg.frames,
+                    "maze_seed": maze.seed,
+                    "noise_seed": maze.seed,
+                    "prompt": f"Solve the {cfg.size}x{cfg.size} maze: walk from the green start to the red goal.",
+                    "verdict": asdict(verdict),
+                }
+            )
+        part.finish(result.latents, metas)
+
+
 def run_trace(cfg: TraceConfig, out: str | Path, adapter: TestbedAdapter | None = None, progress: bool = True) -> Path:
     """Trace ``cfg.n`` videos into the store at ``out``, skipping videos a previous run finished."""
-    adapter = adapter or load_adapter(cfg.model)
-    plan = plan_trace(cfg, adapter)
-    capture = SiteCapture(adapter, plan.sites, cfg.backend)
+    job = TestbedTraceJob(cfg, adapter)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with StoreWriter(out, plan.layout) as writer:
-        batches = _batches(writer.pending(), cfg.batch_size)
-        bar = tqdm(total=cfg.n, initial=cfg.n - len(writer.pending()), disable=not progress, desc="tracing videos")
-        for videos in batches:
-            mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + v) for v in videos]
-            part = writer.begin_part(videos)
-            noise = initial_noise([m.seed for m in mazes], plan.layout.latent_shape, adapter.device, adapter.dtype)
-            conditioning = adapter.conditioning(mazes, cfg.frames)
-            result = trace_batch(adapter, capture, part, plan.layout, noise, conditioning, plan.shift)
-            videos_rgb = adapter.decode(result.latents)
-            metas = []
-            for maze, rgb in zip(mazes, videos_rgb):
-                verdict = maze_task.verify(rgb, maze)
-                metas.append(
-                    {
-                        "task": cfg.task,
-                        "size": cfg.size,
-                        "frames": cfg.frames,
-                        "maze_seed": maze.seed,
-                        "noise_seed": maze.seed,
-                        "prompt": f"Solve the {cfg.size}x{cfg.size} maze: walk from the green start to the red goal.",
-                        "verdict": asdict(verdict),
-                    }
-                )
-            part.finish(result.latents, metas)
+    with StoreWriter(out, job.layout) as writer:
+        pending = writer.pending()
+        bar = tqdm(total=cfg.n, initial=cfg.n - len(pending), disable=not progress, desc="tracing videos")
+        for videos in batches(pending, job.batch_size):
+            job.trace_part(writer, videos)
             bar.update(len(videos))
         bar.close()
     (out.with_name(out.name + ".config.json")).write_text(cfg.to_json())

@@ -249,8 +249,11 @@ def run_probes(store_path: str | Path, cfg: ProbeConfig, progress: bool = True):
             data = [
                 store.activations(site, videos=videos, steps=[step])[:, 0].astype(np.float32) for site, step in group
             ]
-            for key, scores in zip(group, prober.scores(data)):
-                results[key] = scores
+            # A slab never computed (all NaN: a multi-expert model runs one expert per step) has no probe.
+            kept = [(key, x) for key, x in zip(group, data) if not np.isnan(x).all()]
+            if kept:
+                for (key, _), scores in zip(kept, prober.scores([x for _, x in kept])):
+                    results[key] = scores
             bar.update(len(group))
         x_t_scores: dict[int, dict] = {}
         for group in _groups(steps, cfg.group if cfg.method == "fast" else 1):
@@ -264,6 +267,8 @@ def run_probes(store_path: str | Path, cfg: ProbeConfig, progress: bool = True):
         for t in targets:
             name, kind = t.labels.name, t.labels.kind
             for site, step in slabs:
+                if (site, step) not in results:
+                    continue
                 value, control, reg = results[(site, step)][name]
                 rows.append(
                     {

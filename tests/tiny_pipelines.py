@@ -94,7 +94,8 @@ def tiny_hunyuan_transformer():
     ).eval()
 
 
-def build_tiny_wan(folder: Path, image_to_video: bool = False) -> Path:
+def build_tiny_wan(folder: Path, image_to_video: bool = False, two_experts: bool = False) -> Path:
+    """A tiny Wan 2.1 pipeline, or Wan 2.2 (high- and low-noise experts) with ``two_experts``."""
     from diffusers import (
         AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
@@ -130,8 +131,17 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False) -> Path:
             image_encoder=None,
         )
     else:
+        experts = {}
+        if two_experts:
+            torch.manual_seed(1)
+            experts = {"transformer_2": tiny_wan_transformer(in_channels=4), "boundary_ratio": 0.875}
         pipe = WanPipeline(
-            tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            transformer=transformer,
+            vae=vae,
+            scheduler=scheduler,
+            **experts,
         )
     pipe.save_pretrained(folder)
     return folder

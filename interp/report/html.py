@@ -139,7 +139,9 @@ def _headline(page: _Page, files: list[Path]) -> None:
             )
     accuracy = [p for p in files if p.name == "accuracy.json"]
     if items or accuracy:
-        body = f'<ul class="headline">{"".join(items)}</ul>' + page.files(accuracy + [p for p in files if p.name == "study.json"])
+        body = f'<ul class="headline">{"".join(items)}</ul>' + page.files(
+            accuracy + [p for p in files if p.name == "study.json"]
+        )
         page.add("headline", "Headline numbers", body)
 
 
@@ -177,7 +179,18 @@ def _probes(page: _Page, files: list[Path]) -> None:
         for target, group in table.groupby("target", sort=False):
             best = group.loc[group["selectivity"].idxmax()]
             rows.append({"target": target, **best.drop("target").to_dict()})
-        cols = ["target", "metric", "step", "layer", "value", "control", "selectivity", "x_t", "condition", "majority_rate"]
+        cols = [
+            "target",
+            "metric",
+            "step",
+            "layer",
+            "value",
+            "control",
+            "selectivity",
+            "x_t",
+            "condition",
+            "majority_rate",
+        ]
         body.append(
             f"<h3>{html.escape(page.rel(csv.parent))}</h3><p>Best selectivity (score minus control task) per target. "
             "Controls: the Hewitt-Liang control task, the same probe on the noisy input x_t alone and on the "
@@ -185,7 +198,9 @@ def _probes(page: _Page, files: list[Path]) -> None:
             + _table(rows, cols, {c: ".3f" for c in cols[4:]})
         )
         for png in sorted(csv.parent.glob("probe_*.png")):
-            body.append(page.image(png, f"probe heatmaps, {png.stem.removeprefix('probe_')}: layers x steps with controls"))
+            body.append(
+                page.image(png, f"probe heatmaps, {png.stem.removeprefix('probe_')}: layers x steps with controls")
+            )
         body.append(page.files([csv, csv.parent / "probes.config.json"]))
     if body:
         page.add("probes", "Linear probes per (step, layer)", "".join(body))
@@ -217,6 +232,9 @@ def _grid_summary(result: dict) -> str:
     )
 
 
+_THREE_DIGITS = {"solved": ".3f", "answer_right": ".3f", "similarity": ".3f"}
+
+
 def _causal(page: _Page, files: list[Path]) -> None:
     found = _experiment_dirs(files)
     grids = []
@@ -224,7 +242,8 @@ def _causal(page: _Page, files: list[Path]) -> None:
         for folder, result in found[kind]:
             cfg = result["config"]
             what = (
-                f"activation patching, {cfg.get('direction')} direction, span {cfg.get('span')}, region {cfg.get('region')}"
+                f"activation patching, {cfg.get('direction')} direction, span {cfg.get('span')}, "
+                f"region {cfg.get('region')}"
                 if kind == "patch"
                 else f"latent swap with {cfg.get('other')} inputs at steps {cfg.get('steps')}"
             )
@@ -256,11 +275,17 @@ def _causal(page: _Page, files: list[Path]) -> None:
             if "accuracy" in base
             else "pipeline model: cosine similarity of the final latent to the unperturbed run"
         )
-        cols = ["where", "index", "solved", "ci95", "answer_right"] if "accuracy" in base else ["where", "index", "similarity"]
+        cols = (
+            ["where", "index", "solved", "ci95", "answer_right"]
+            if "accuracy" in base
+            else ["where", "index", "similarity"]
+        )
         noise.append(
             f"<h3>{html.escape(page.rel(folder))}</h3><p>{html.escape(base_text)}</p>"
-            + page.image(folder / "noise_step_vs_frame.png", "noise at step (chain of steps) vs noise at frame (chain of frames)")
-            + f"<details><summary>table</summary>{_table(rows, cols, {'solved': '.3f', 'answer_right': '.3f', 'similarity': '.3f'})}</details>"
+            + page.image(
+                folder / "noise_step_vs_frame.png", "noise at step (chain of steps) vs noise at frame (chain of frames)"
+            )
+            + f"<details><summary>table</summary>{_table(rows, cols, _THREE_DIGITS)}</details>"
             + page.files([folder / "config.json", folder / "result.json"])
         )
     if noise:
@@ -272,7 +297,9 @@ def _causal(page: _Page, files: list[Path]) -> None:
         text = ""
         if sens:
             k = int(np.nanargmax(np.array(sens, dtype=float)))
-            text = f"<p>Most sensitive injection step: {steps[k]} (mean 1 - CKA of later block outputs {sens[k]:.3f}).</p>"
+            text = (
+                f"<p>Most sensitive injection step: {steps[k]} (mean 1 - CKA of later block outputs {sens[k]:.3f}).</p>"
+            )
         flows.append(
             f"<h3>{html.escape(page.rel(folder))}</h3>{text}"
             + page.image(folder / "flow.png", "information flow: linear CKA to the clean run after noise at step s")
@@ -293,6 +320,9 @@ def _energy(page: _Page, files: list[Path]) -> None:
         page.add("energy", "Token energy", "<p>Per-token residual norm and PCA maps, one video.</p>" + "".join(body))
 
 
+_CHAIN_CAPTION = "verifier on x0_hat per step, lit side branches, perception vs commit"
+
+
 def _chain(page: _Page, files: list[Path]) -> None:
     body = []
     for path in [p for p in files if p.name == "chain.json"]:
@@ -305,13 +335,14 @@ def _chain(page: _Page, files: list[Path]) -> None:
                 {"statistic": "final video solved", "value": f"{s['final_solved']:.1%}"},
                 {"statistic": "commit step (median, min-max)",
                  "value": f"{s['commit_step']['median']:.0f} ({s['commit_step']['min']}-{s['commit_step']['max']})"},
-                {"statistic": "perception step (median)", "value": f"{s['perception_step']['median']:.0f}"}]  # fmt: skip
+                {"statistic": "perception step (median)",
+                 "value": f"{s['perception_step']['median']:.0f}"}]  # fmt: skip
         rows += [{"statistic": f"share: {k}", "value": f"{v:.1%}"} for k, v in s["behaviour_share"].items()]
         figure = path.parent / "chain.png"
         body.append(
             f"<h3>{html.escape(page.rel(path.parent))}</h3>"
             + _table(rows, ["statistic", "value"])
-            + (page.image(figure, "verifier on x0_hat per step, lit side branches, perception vs commit") if figure.is_file() else "")
+            + (page.image(figure, _CHAIN_CAPTION) if figure.is_file() else "")
             + "<details><summary>thresholds</summary>" + _pre_json(record["config"]) + "</details>"
             + page.files([path])
         )  # fmt: skip
