@@ -321,16 +321,56 @@ def ensemble(
     k: list[int] = typer.Option([1, 3], help="Merge after each of the first K steps; repeatable."),
     merge: list[str] = typer.Option(["mean", "rescaled", "x0"], help="Merge rules; repeatable."),
     temperature: list[float] = typer.Option([0.8, 0.6], help="Control: initial-noise scales; repeatable."),
-    model: str = typer.Option("testbed", help="testbed or a folder of testbed weights."),
+    model: str = typer.Option("testbed", help="testbed, a folder of testbed weights, or a pipeline folder."),
+    data: Path | None = typer.Option(None, help="Pipeline models: sample folders (prompt.txt, first_frame.png)."),
+    height: int = typer.Option(480, help="Pipeline models: video height."),
+    width: int = typer.Option(832, help="Pipeline models: video width."),
+    num_frames: int = typer.Option(81, help="Pipeline models: frames."),
+    num_steps: int = typer.Option(50, help="Pipeline models: denoising steps."),
+    device: str = typer.Option("cpu", help="Pipeline models: torch device."),
+    config: Path | None = typer.Option(None, help="Rerun from a saved ensemble.json or a config JSON."),
     out: Path = typer.Option(Path("runs/ensemble"), help="Output folder."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
-    """Seed ensemble against one seed, best-of-N, and noise-shrinking controls, with 95% intervals."""
+    """Seed ensemble against one seed, best-of-N, and noise-shrinking controls, with 95% intervals.
+    On a pipeline model (no verifier): every variant's video and final latent, with similarity stats."""
     import torch
 
-    from interp.ensemble import EnsembleConfig, run_ensemble, write_ensemble_report
+    from interp.ensemble import (
+        EnsembleConfig,
+        PipelineEnsembleConfig,
+        run_ensemble,
+        run_pipeline_ensemble,
+        write_ensemble_report,
+        write_pipeline_ensemble_report,
+    )
 
     torch.set_num_threads(threads)
+    spec = None
+    if config is not None:
+        if not config.is_file():
+            raise UsageError(f"no config file at {config}")
+        spec = json.loads(config.read_text())
+        spec = spec.get("config", spec)  # an ensemble.json holds its config
+        spec.pop("experiment", None)
+        if "pipeline" not in spec:
+            cfg = EnsembleConfig(**spec)
+            report = write_ensemble_report(run_ensemble(cfg), cfg, out)
+            typer.echo(report["text"])
+            return
+    elif Path(model, "model_index.json").is_file():
+        if data is None:
+            raise UsageError("a pipeline model needs --data DIR (sample folders with prompt.txt)")
+        pipeline = dict(model=model, data=str(data), height=height, width=width, num_frames=num_frames)
+        pipeline.update(num_steps=num_steps, device=device, torch_dtype="bfloat16" if device != "cpu" else "float32")
+        spec = dict(pipeline=pipeline, seeds=[s for s in seeds if s > 1] or [2], ks=list(k), merges=list(merge))
+        spec["temperatures"] = list(temperature)
+    if spec is not None:
+        pcfg = PipelineEnsembleConfig(**spec)
+        report = write_pipeline_ensemble_report(run_pipeline_ensemble(pcfg, out), pcfg, out)
+        typer.echo(report["text"])
+        typer.echo(f"  {report['json']}\n  {out / 'finals.safetensors'}\n  {out / 'videos'}")
+        return
     cfg = EnsembleConfig(
         model=model, sizes=list(size), n=n, seeds=list(seeds), ks=list(k), merges=list(merge),
         temperatures=list(temperature),

@@ -226,3 +226,142 @@ def _plot_rows(rows: list[dict], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# -- a user's model: no verifier, so the outputs and their statistics -------------------------------
+@dataclass
+class PipelineEnsembleConfig:
+    """The ensemble on a local diffusers pipeline over VBVR-style samples (``PipelineInputs`` fields in
+    ``pipeline``). With no verifier, every variant's video is written for the user's own scorer, with
+    statistics that need none: similarity to seed 0's output and the final latent's spread against a
+    single seed's (a merged latent that is too smooth shows a ratio below 1)."""
+
+    experiment = "ensemble"
+    pipeline: dict = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [3])  # ensemble sizes N
+    ks: list[int] = field(default_factory=lambda: [1])
+    merges: list[str] = field(default_factory=lambda: ["mean", "rescaled", "x0"])
+    temperatures: list[float] = field(default_factory=lambda: [0.577])
+    first_seed: int = 0  # seeds of every sample: first_seed + i
+
+    def to_json(self) -> str:
+        return json.dumps({"experiment": self.experiment, **asdict(self)}, indent=2, sort_keys=True)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-12))
+
+
+def run_pipeline_ensemble(cfg: PipelineEnsembleConfig, out, progress: bool = True) -> list[dict]:
+    """Per sample: N independent seeds, each ensemble (N, K, rule), the shrunk-noise and temperature
+    controls; final latents in ``finals.safetensors`` and decoded GIFs under ``videos/``."""
+    from pathlib import Path
+
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from interp.causal.experiments import PipelineInputs
+    from interp.causal.patching import repeat_conditioning
+    from interp.pipeline_job import PipelineTraceConfig, load_pipeline_adapter, read_samples
+    from interp.report.filmstrip import save_gif
+
+    p = PipelineInputs(**cfg.pipeline)
+    bad = [m for m in cfg.merges if m not in MERGES]
+    if bad:
+        raise ValueError(f"merge rule must be one of {MERGES}, got {bad[0]!r}")
+    if not cfg.seeds or min(cfg.seeds) < 1 or min(cfg.ks, default=0) < 0 or max(cfg.ks, default=0) > p.num_steps:
+        raise ValueError(f"seeds must be >= 1 and K within 0-{p.num_steps}")
+    samples = read_samples(p.data)
+    if p.samples is not None:
+        by_name = {s.name: s for s in samples}
+        missing = [n for n in p.samples if n not in by_name]
+        if missing:
+            raise ValueError(f"no sample {missing[0]!r} in {p.data} (samples: {sorted(by_name)})")
+        samples = [by_name[n] for n in p.samples]
+    trace_cfg = PipelineTraceConfig(
+        model=p.model, data=p.data, height=p.height, width=p.width, num_frames=p.num_frames, num_steps=p.num_steps,
+        guidance_scale=p.guidance_scale, torch_dtype=p.torch_dtype, device=p.device,
+    )  # fmt: skip
+    adapter = load_pipeline_adapter(trace_cfg)
+    if getattr(adapter, "x0_hat", None) is not None and set(cfg.merges) - {"mean"}:
+        raise ValueError(f"{adapter.name} is not a flow-matching model: only the 'mean' merge applies")
+    shape = adapter.pipeline_latent_shape(p.height, p.width, p.num_frames)
+    device = adapter.transformer.device
+    n_max = max(cfg.seeds)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    finals: dict[str, torch.Tensor] = {}
+    for item in tqdm(samples, disable=not progress, desc="ensembles per sample"):
+        noise = initial_noise([cfg.first_seed + i for i in range(n_max)], shape, device, torch.float32)
+        image = Image.open(item.first_frame).convert("RGB") if item.first_frame else None
+        with torch.no_grad():
+            one = adapter.pipeline_conditioning(
+                [item.prompt], [image], noise[:1], p.negative_prompt, p.height, p.width, p.num_frames,
+                p.max_sequence_length,
+            )  # fmt: skip
+
+        def run(n_seeds: int, hooks=(), scale: float = 1.0, noise=noise, one=one) -> torch.Tensor:
+            with torch.no_grad():
+                result = sample(
+                    adapter, noise[:n_seeds] * scale, repeat_conditioning(one, 0, n_seeds), p.num_steps,
+                    hooks=list(hooks), scheduler=adapter.make_scheduler(None),
+                )  # fmt: skip
+            return result.latents
+
+        variants: dict[str, tuple[torch.Tensor, dict]] = {}
+        independent = run(n_max)
+        for i in range(n_max):
+            variants[f"seed{i}"] = (independent[i], {"method": "single seed", "seed": cfg.first_seed + i})
+        for n_seeds in cfg.seeds:
+            if n_seeds == 1:
+                continue
+            for k in cfg.ks:
+                for rule in cfg.merges:
+                    final = run(n_seeds, [SeedMerge(n_seeds, k, rule)])[0]
+                    info = {"method": f"ensemble ({rule})", "n_seeds": n_seeds, "k": k}
+                    variants[f"ensemble_{rule}_N{n_seeds}_K{k}"] = (final, info)
+                scale = n_seeds**-0.5
+                final = run(1, [ShrunkNoise(scale, k)], scale=scale)[0]
+                info = {"method": "control: noise x 1/sqrt(N)", "n_seeds": n_seeds, "k": k}
+                variants[f"control_shrunk_N{n_seeds}_K{k}"] = (final, info)
+        for t in cfg.temperatures:
+            variants[f"control_temperature_{t:g}"] = (
+                run(1, scale=t)[0],
+                {"method": "control: temperature", "scale": t},
+            )
+        reference = independent[0]
+        spread = float(reference.float().std())
+        folder = out / "videos" / item.name
+        for name, (final, info) in variants.items():
+            rows.append(
+                {
+                    "sample": item.name,
+                    "variant": name,
+                    **info,
+                    "similarity_to_seed0": _cosine(final, reference),
+                    "latent_std_ratio": float(final.float().std()) / spread if spread > 0 else float("nan"),
+                }
+            )
+            finals[f"{item.name}/{name}"] = final.detach().float().cpu().contiguous()
+            if getattr(adapter, "vae", None) is not None:
+                with torch.no_grad():
+                    save_gif(adapter.decode(final[None].to(device))[0], folder / f"{name}.gif", scale=1)
+    save_file(finals, str(out / "finals.safetensors"))
+    return rows
+
+
+def write_pipeline_ensemble_report(rows: list[dict], cfg: PipelineEnsembleConfig, out) -> dict:
+    """ensemble.json (config + rows) and ensemble.csv beside the videos and final latents."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ensemble.json").write_text(json.dumps({"config": json.loads(cfg.to_json()), "rows": rows}, indent=2))
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "ensemble.csv", index=False)
+    text = table[["sample", "variant", "similarity_to_seed0", "latent_std_ratio"]].to_string(index=False)
+    return {"json": out / "ensemble.json", "csv": out / "ensemble.csv", "text": text}

@@ -61,3 +61,30 @@ def test_ensemble_cli_reports_single_seed_oracle_ensembles_and_controls(tmp_path
     assert "control: temperature" in stdout and (tmp_path / "ensemble.csv").is_file()
     code, _, err = run_cli("ensemble", "-n", 2, "--merge", "median", "--out", tmp_path / "x")
     assert code == 2 and "merge rule" in err
+
+
+def test_ensemble_on_a_pipeline_model_writes_videos_latents_and_stats(tmp_path, run_cli):
+    import json
+
+    from safetensors.torch import load_file
+    from tiny_pipelines import build_tiny_wan, write_samples
+
+    model, data = build_tiny_wan(tmp_path / "wan"), write_samples(tmp_path / "data", n=1)
+    out = tmp_path / "ens"
+    args = ["--model", model, "--data", data, "--height", 32, "--width", 32, "--num-frames", 5, "--num-steps", 4]
+    args += ["--seeds", 2, "--k", 1, "--merge", "mean", "--merge", "rescaled", "--temperature", 0.5, "--out", out]
+    code, stdout, err = run_cli("ensemble", *args)
+    assert code == 0, err
+    rows = json.loads((out / "ensemble.json").read_text())["rows"]
+    by_variant = {r["variant"]: r for r in rows}
+    expected = {"seed0", "seed1", "ensemble_mean_N2_K1", "ensemble_rescaled_N2_K1", "control_shrunk_N2_K1"}
+    assert set(by_variant) == expected | {"control_temperature_0.5"}
+    assert by_variant["seed0"]["similarity_to_seed0"] == pytest.approx(1.0)
+    assert by_variant["seed1"]["similarity_to_seed0"] < 0.99  # different seeds, different videos
+    finals = load_file(out / "finals.safetensors")
+    assert set(finals) == {f"sample_000/{v}" for v in by_variant}
+    for variant in by_variant:
+        assert (out / "videos" / "sample_000" / f"{variant}.gif").is_file()
+    code, _, err = run_cli("ensemble", "--config", out / "ensemble.json", "--out", tmp_path / "again")
+    assert code == 0, err  # the saved config reruns the same ensemble
+    assert json.loads((tmp_path / "again" / "ensemble.json").read_text())["rows"] == rows

@@ -354,6 +354,18 @@ def _ensemble(page: _Page, files: list[Path]) -> None:
     body = []
     for path in [p for p in files if p.name == "ensemble.json"]:
         record = json.loads(path.read_text())
+        if record["rows"] and "accuracy" not in record["rows"][0]:  # a pipeline model: no verifier
+            cols = ["sample", "variant", "method", "n_seeds", "k", "scale", "similarity_to_seed0", "latent_std_ratio"]
+            body.append(
+                f"<h3>{html.escape(page.rel(path.parent))}</h3><p>No verifier for this model: each variant's "
+                "video is in <code>videos/</code> for your own scorer; a latent spread ratio below 1 means "
+                "a smoother (lower-temperature) output than one seed's.</p>"
+                + _table(
+                    record["rows"], cols, {"similarity_to_seed0": ".3f", "latent_std_ratio": ".3f", "scale": ".2f"}
+                )
+                + page.files([path, path.parent / "ensemble.csv", path.parent / "finals.safetensors"])
+            )
+            continue
         rows = [{**r, "ci95": _ci(r["ci95"])} for r in record["rows"]]
         cols = ["size", "method", "n_seeds", "k", "scale", "accuracy", "ci95", "n"]
         figure = path.parent / "ensemble.png"
