@@ -99,3 +99,10 @@ def test_probes_give_the_same_table_on_the_sharded_and_the_single_store(local_ra
     a = run_probes(single_store, cfg, progress=False)
     b = run_probes(sharded, cfg, progress=False)
     pd.testing.assert_frame_equal(a, b)
+    # Consolidated into one file (no parts folder beside it): the same bytes, the same table.
+    from activations.consolidate import consolidate_store
+
+    one = consolidate_store(sharded, tmp_path / "elsewhere" / "one.h5")
+    assert not (one.parent / "one.h5.parts").exists()
+    _assert_same_store(sharded, one)
+    pd.testing.assert_frame_equal(a, run_probes(one, cfg, progress=False))
