@@ -261,9 +261,8 @@ def run_pipeline_ensemble(cfg: PipelineEnsembleConfig, out, progress: bool = Tru
     from PIL import Image
     from safetensors.torch import save_file
 
-    from interp.causal.experiments import PipelineInputs
+    from interp.causal.experiments import PipelineInputs, load_pipeline_inputs
     from interp.causal.patching import repeat_conditioning
-    from interp.pipeline_job import PipelineTraceConfig, load_pipeline_adapter, read_samples
     from interp.report.filmstrip import save_gif
 
     p = PipelineInputs(**cfg.pipeline)
@@ -272,18 +271,7 @@ def run_pipeline_ensemble(cfg: PipelineEnsembleConfig, out, progress: bool = Tru
         raise ValueError(f"merge rule must be one of {MERGES}, got {bad[0]!r}")
     if not cfg.seeds or min(cfg.seeds) < 1 or min(cfg.ks, default=0) < 0 or max(cfg.ks, default=0) > p.num_steps:
         raise ValueError(f"seeds must be >= 1 and K within 0-{p.num_steps}")
-    samples = read_samples(p.data)
-    if p.samples is not None:
-        by_name = {s.name: s for s in samples}
-        missing = [n for n in p.samples if n not in by_name]
-        if missing:
-            raise ValueError(f"no sample {missing[0]!r} in {p.data} (samples: {sorted(by_name)})")
-        samples = [by_name[n] for n in p.samples]
-    trace_cfg = PipelineTraceConfig(
-        model=p.model, data=p.data, height=p.height, width=p.width, num_frames=p.num_frames, num_steps=p.num_steps,
-        guidance_scale=p.guidance_scale, torch_dtype=p.torch_dtype, device=p.device,
-    )  # fmt: skip
-    adapter = load_pipeline_adapter(trace_cfg)
+    adapter, samples = load_pipeline_inputs(p)
     if getattr(adapter, "x0_hat", None) is not None and set(cfg.merges) - {"mean"}:
         raise ValueError(f"{adapter.name} is not a flow-matching model: only the 'mean' merge applies")
     shape = adapter.pipeline_latent_shape(p.height, p.width, p.num_frames)

@@ -152,17 +152,10 @@ def _sites(adapter, layers: list[int], sub: str | None) -> list[str]:
     return [s for s in adapter.site_names(layers, (sub,) if sub else ()) if parse_site(s)[2] == sub]
 
 
-def pipeline_runs(spec: dict, sites_for) -> tuple:
-    """Load a pipeline adapter and record one run per chosen sample (same noise seed).
-
-    ``sites_for(adapter) -> (sites, num_steps)``. Returns (adapter, RunCache, conditioning, names).
-    """
-    from PIL import Image
-
-    from interp.causal.patching import stack_conditioning
+def load_pipeline_inputs(p: PipelineInputs) -> tuple:
+    """(adapter, chosen samples) of a ``PipelineInputs``: the named samples, in order (all if none named)."""
     from interp.pipeline_job import PipelineTraceConfig, load_pipeline_adapter, read_samples
 
-    p = PipelineInputs(**spec)
     samples = read_samples(p.data)
     if p.samples is not None:
         by_name = {x.name: x for x in samples}
@@ -181,7 +174,20 @@ def pipeline_runs(spec: dict, sites_for) -> tuple:
         torch_dtype=p.torch_dtype,
         device=p.device,
     )
-    adapter = load_pipeline_adapter(trace_cfg)
+    return load_pipeline_adapter(trace_cfg), samples
+
+
+def pipeline_runs(spec: dict, sites_for) -> tuple:
+    """Load a pipeline adapter and record one run per chosen sample (same noise seed).
+
+    ``sites_for(adapter) -> (sites, num_steps)``. Returns (adapter, RunCache, conditioning, names).
+    """
+    from PIL import Image
+
+    from interp.causal.patching import stack_conditioning
+
+    p = PipelineInputs(**spec)
+    adapter, samples = load_pipeline_inputs(p)
     sites = sites_for(adapter)
     shape = adapter.pipeline_latent_shape(p.height, p.width, p.num_frames)
     noise = initial_noise([p.seed] * len(samples), shape, adapter.transformer.device, torch.float32)
