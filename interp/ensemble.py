@@ -115,6 +115,44 @@ def _row(name: str, size: int, solved: np.ndarray, **extra) -> dict:
     return {"size": size, "method": name, "accuracy": float(solved.mean()), "ci95": [lo, hi], "n": len(solved), **extra}
 
 
+def _check_sweep(seeds: list[int], ks: list[int], merges: list[str], num_steps: int) -> None:
+    bad = [m for m in merges if m not in MERGES]
+    if bad:
+        raise ValueError(f"merge rule must be one of {MERGES}, got {bad[0]!r}")
+    if not seeds or min(seeds) < 1 or min(ks, default=0) < 0 or max(ks, default=0) > num_steps:
+        raise ValueError(f"seeds must be >= 1 and K within 0-{num_steps}")
+
+
+def _variants(seeds: list[int], ks: list[int], merges: list[str], temperatures: list[float]):
+    """The runs a sweep makes beside the independent seeds, in report order:
+    (name, row fields, seeds sampled, hooks, initial-noise scale)."""
+    for n in (n for n in seeds if n > 1):
+        for k in ks:
+            for rule in merges:
+                info = {"method": f"ensemble ({rule})", "n_seeds": n, "k": k}
+                yield f"ensemble_{rule}_N{n}_K{k}", info, n, [SeedMerge(n, k, rule)], 1.0
+    for n in (n for n in seeds if n > 1):
+        for k in ks:
+            info = {"method": "control: noise x 1/sqrt(N)", "n_seeds": n, "k": k}
+            yield f"control_shrunk_N{n}_K{k}", info, 1, [ShrunkNoise(n**-0.5, k)], n**-0.5
+    for t in temperatures:
+        yield f"control_temperature_{t:g}", {"method": "control: temperature", "scale": t}, 1, [], t
+
+
+def _write_rows(rows: list[dict], cfg, out):
+    """ensemble.json (config + rows) and ensemble.csv in ``out``; the table."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ensemble.json").write_text(json.dumps({"config": json.loads(cfg.to_json()), "rows": rows}, indent=2))
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "ensemble.csv", index=False)
+    return out, table
+
+
 def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True) -> list[dict]:
     """Accuracy rows: single seed, best-of-N oracle, ensembles (N, K, rule), shrunk-noise and
     temperature controls, per maze size. The seeds of one maze: maze seed + 1,000,003 * i."""
@@ -122,11 +160,7 @@ def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True) -> li
 
     adapter = adapter or load_adapter(cfg.model)
     num_steps = cfg.num_steps or adapter.defaults.num_steps
-    bad = [m for m in cfg.merges if m not in MERGES]
-    if bad:
-        raise ValueError(f"merge rule must be one of {MERGES}, got {bad[0]!r}")
-    if min(cfg.seeds) < 1 or min(cfg.ks, default=0) < 0 or max(cfg.ks, default=0) > num_steps:
-        raise ValueError(f"seeds must be >= 1 and K within 0-{num_steps}")
+    _check_sweep(cfg.seeds, cfg.ks, cfg.merges, num_steps)
     rows: list[dict] = []
     n_max = max(cfg.seeds)
     for size in cfg.sizes:
@@ -145,36 +179,19 @@ def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True) -> li
         for n_seeds in cfg.seeds:
             if n_seeds > 1:
                 rows.append(_row("best of N (oracle)", size, solved_each[:, :n_seeds].any(1), n_seeds=n_seeds))
-        jobs = [(n, k, rule) for n in cfg.seeds if n > 1 for k in cfg.ks for rule in cfg.merges]
-        for n_seeds, k, rule in tqdm(jobs, disable=not progress, desc=f"ensembles {size}x{size}", leave=False):
-            final = run(n_seeds, [SeedMerge(n_seeds, k, rule)])
-            rows.append(_row(f"ensemble ({rule})", size, _solved(adapter, final[:, 0], mazes), n_seeds=n_seeds, k=k))
-        for n_seeds in cfg.seeds:
-            if n_seeds == 1:
-                continue
-            scale = n_seeds**-0.5
-            for k in cfg.ks:
-                final = run(1, [ShrunkNoise(scale, k)], scale=scale)
-                rows.append(
-                    _row("control: noise x 1/sqrt(N)", size, _solved(adapter, final[:, 0], mazes), n_seeds=n_seeds, k=k)
-                )
-        for t in cfg.temperatures:
-            final = run(1, scale=t)
-            rows.append(_row("control: temperature", size, _solved(adapter, final[:, 0], mazes), scale=t))
+        variants = list(_variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures))
+        for _, info, n_seeds, hooks, scale in tqdm(
+            variants, disable=not progress, desc=f"ensembles {size}x{size}", leave=False
+        ):
+            final = run(n_seeds, hooks, scale)
+            extra = {key: value for key, value in info.items() if key != "method"}
+            rows.append(_row(info["method"], size, _solved(adapter, final[:, 0], mazes), **extra))
     return rows
 
 
 def write_ensemble_report(rows: list[dict], cfg: EnsembleConfig, out) -> dict:
     """ensemble.json (config + rows), ensemble.csv, and a printable table."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ensemble.json").write_text(json.dumps({"config": json.loads(cfg.to_json()), "rows": rows}, indent=2))
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "ensemble.csv", index=False)
+    out, _ = _write_rows(rows, cfg, out)
     lines = [f"{'size':>4} {'method':<30} {'N':>3} {'K':>3} {'scale':>6} {'accuracy':>9}  95% CI"]
     for r in rows:
         n_seeds, k, scale = r.get("n_seeds", ""), r.get("k", ""), r.get("scale", "")
@@ -266,11 +283,7 @@ def run_pipeline_ensemble(cfg: PipelineEnsembleConfig, out, progress: bool = Tru
     from interp.report.filmstrip import save_gif
 
     p = PipelineInputs(**cfg.pipeline)
-    bad = [m for m in cfg.merges if m not in MERGES]
-    if bad:
-        raise ValueError(f"merge rule must be one of {MERGES}, got {bad[0]!r}")
-    if not cfg.seeds or min(cfg.seeds) < 1 or min(cfg.ks, default=0) < 0 or max(cfg.ks, default=0) > p.num_steps:
-        raise ValueError(f"seeds must be >= 1 and K within 0-{p.num_steps}")
+    _check_sweep(cfg.seeds, cfg.ks, cfg.merges, p.num_steps)
     adapter, samples = load_pipeline_inputs(p)
     if getattr(adapter, "x0_hat", None) is not None and set(cfg.merges) - {"mean"}:
         raise ValueError(f"{adapter.name} is not a flow-matching model: only the 'mean' merge applies")
@@ -302,23 +315,8 @@ def run_pipeline_ensemble(cfg: PipelineEnsembleConfig, out, progress: bool = Tru
         independent = run(n_max)
         for i in range(n_max):
             variants[f"seed{i}"] = (independent[i], {"method": "single seed", "seed": cfg.first_seed + i})
-        for n_seeds in cfg.seeds:
-            if n_seeds == 1:
-                continue
-            for k in cfg.ks:
-                for rule in cfg.merges:
-                    final = run(n_seeds, [SeedMerge(n_seeds, k, rule)])[0]
-                    info = {"method": f"ensemble ({rule})", "n_seeds": n_seeds, "k": k}
-                    variants[f"ensemble_{rule}_N{n_seeds}_K{k}"] = (final, info)
-                scale = n_seeds**-0.5
-                final = run(1, [ShrunkNoise(scale, k)], scale=scale)[0]
-                info = {"method": "control: noise x 1/sqrt(N)", "n_seeds": n_seeds, "k": k}
-                variants[f"control_shrunk_N{n_seeds}_K{k}"] = (final, info)
-        for t in cfg.temperatures:
-            variants[f"control_temperature_{t:g}"] = (
-                run(1, scale=t)[0],
-                {"method": "control: temperature", "scale": t},
-            )
+        for name, info, n_seeds, hooks, scale in _variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures):
+            variants[name] = (run(n_seeds, hooks, scale)[0], info)
         reference = independent[0]
         spread = float(reference.float().std())
         folder = out / "videos" / item.name
@@ -342,14 +340,6 @@ def run_pipeline_ensemble(cfg: PipelineEnsembleConfig, out, progress: bool = Tru
 
 def write_pipeline_ensemble_report(rows: list[dict], cfg: PipelineEnsembleConfig, out) -> dict:
     """ensemble.json (config + rows) and ensemble.csv beside the videos and final latents."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ensemble.json").write_text(json.dumps({"config": json.loads(cfg.to_json()), "rows": rows}, indent=2))
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "ensemble.csv", index=False)
+    out, table = _write_rows(rows, cfg, out)
     text = table[["sample", "variant", "similarity_to_seed0", "latent_std_ratio"]].to_string(index=False)
     return {"json": out / "ensemble.json", "csv": out / "ensemble.csv", "text": text}
