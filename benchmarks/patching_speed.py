@@ -10,14 +10,12 @@ Usage: python benchmarks/patching_speed.py [--pairs 1] [--threads 2]
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+from _record import save_record  # benchmarks/ is the script's folder
 
 from interp.causal.experiments import _pairs, _scores, _sites, patch_sweep
 from interp.causal.patching import Patch, record_run, run_patched
@@ -76,8 +74,6 @@ def main() -> None:
     print(f"{'naive: each from step 0, one by one':<36} {naive_seconds:>8.2f}")
     print(f"speed-up {ratio:.1f}x; largest difference: final latents {latent_diff:.2e}, scores {score_diff:.2e}")
     record = {
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",
         "pairs": args.pairs,
         "steps": len(steps),
         "layers": len(sites),
@@ -86,8 +82,7 @@ def main() -> None:
         "max_abs_latent_diff": latent_diff,
         "max_abs_score_diff": score_diff,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    save_record(record, args.out, args.threads)
     print(f"wrote {args.out}")
 
 

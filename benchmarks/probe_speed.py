@@ -10,16 +10,14 @@ Usage: python benchmarks/probe_speed.py [--videos 64] [--target on_path] [--thre
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+from _record import save_record  # benchmarks/ is the script's folder
 
 from interp.trace_job import TraceConfig, run_trace
 from probes.run import ProbeConfig, run_probes
@@ -62,8 +60,6 @@ def main() -> None:
         f"<= 1 point apart: {'met' if worst <= 0.01 else 'NOT met'} (max {100 * worst:.2f} points)"
     )
     record = {
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",
         "videos": args.videos,
         "target": args.target,
         "slabs": n_slabs,
@@ -74,8 +70,7 @@ def main() -> None:
         "floor_speed_met": ratio >= 10,
         "floor_agreement_met": worst <= 0.01,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    save_record(record, args.out, args.threads)
     print(f"wrote {args.out}")
 
 

@@ -12,14 +12,13 @@ Prints a table and writes benchmarks/results/ray_trace.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _record import save_record  # benchmarks/ is the script's folder
 
 
 def main() -> None:
@@ -65,8 +64,6 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
         "videos": args.n,
         "single_process": {"seconds": single_s, "videos_per_s": args.n / single_s, "threads": args.threads},
         "ray": {
@@ -94,8 +91,7 @@ def main() -> None:
         f"probe fit ({len(table)} slabs): through the manifest {manifest_s:.1f} s, one file {one_file_s:.1f} s "
         f"-> {manifest_s / one_file_s:.2f}x"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    save_record(result, args.out, args.threads)
     print(f"wrote {args.out}")
 
 

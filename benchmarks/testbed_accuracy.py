@@ -8,13 +8,11 @@ Usage: python benchmarks/testbed_accuracy.py [--n 500] [--threads 2]
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
+from _record import save_record  # benchmarks/ is the script's folder
 
 from interp.evaluation import evaluate_mazes
 from interp.models.testbed import TestbedAdapter
@@ -48,15 +46,12 @@ def main() -> None:
     ok = rows[0]["accuracy"] >= BAR
     print(f"bar: in-distribution >= {BAR:.0%}: {'met' if ok else 'NOT met'}")
     record = {
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
         "sampler": {"num_steps": adapter.defaults.num_steps, "shift": adapter.defaults.shift},
         "rows": rows,
         "bar": BAR,
         "bar_met": ok,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    save_record(record, args.out, torch.get_num_threads())
     print(f"wrote {args.out}")
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import shutil
 import statistics
@@ -21,12 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+from _record import save_record  # benchmarks/ is the script's folder
 
 from activations.writer import site_chunks
 from interp.evaluation import evaluate_mazes
@@ -159,8 +158,6 @@ def main() -> None:
         f"RSS 40 steps / 10 steps = {rss_growth:.2f}"
     )
     record = {
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",
         "videos": args.videos,
         "steps": args.steps,
         "blocks": n_sites,
@@ -177,8 +174,7 @@ def main() -> None:
         "rss_40_over_10": rss_growth,
         "floor_ratio_met": floor_ok,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    save_record(record, args.out, args.threads)
     print(f"wrote {args.out}")
 
 
