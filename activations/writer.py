@@ -79,6 +79,11 @@ class SlabWriter:
                 self.ds.id.write_direct_chunk((v0, pos, t0, 0), np.ascontiguousarray(block))
 
 
+def part_path(parts: Path, videos: Sequence[int]) -> Path:
+    """The finished part file of a contiguous run of videos."""
+    return parts / f"part_{videos[0]:07d}_{len(videos):04d}.h5"
+
+
 def _read_part(part: Path) -> tuple[list[int], list[str]]:
     """(video indices, metadata JSON strings) of a finished part."""
     with h5py.File(part, "r") as f:
@@ -89,8 +94,8 @@ class StoreWriter:
     """Create a store, or reopen one made with the same layout and resume it.
 
     ``index=False`` is a shard writer, for one of several processes filling the same store (Ray
-    workers): it writes parts only, never rebuilds the main file and never removes other
-    processes' half-written parts; the process that owns the store rebuilds the index afterwards
+    workers): it writes parts only, never reads the others, never rebuilds the main file and never
+    removes other processes' half-written parts; the process that owns the store rebuilds the index afterwards
     (any ``StoreWriter`` opened with ``index=True`` does, from the parts on disk).
     """
 
@@ -121,10 +126,12 @@ class StoreWriter:
         self.parts.mkdir(parents=True, exist_ok=True)
         for stale in self.parts.glob("*.tmp") if index else ():  # half-written parts of an interrupted run
             stale.unlink()
-        # Read once; kept in memory so that rebuilding the index never reopens earlier parts.
+        # Read once; kept in memory so that rebuilding the index never reopens earlier parts. A shard
+        # writer reads none: its process was given pending videos only, and it checks its own part
+        # (``part_path``); reading every part per task would grow with the store.
         self._part_files: dict[Path, list[int]] = {}
         self._meta: dict[int, str] = {}
-        for part in sorted(self.parts.glob("part_*.h5")):
+        for part in sorted(self.parts.glob("part_*.h5")) if index else ():
             videos, metas = _read_part(part)
             self._part_files[part] = videos
             self._meta.update(zip(videos, metas))
@@ -271,9 +278,8 @@ class PartWriter:
         self.videos = videos
         lay = store.layout
         self._step_pos = {s: i for i, s in enumerate(lay.steps)}
-        name = f"part_{videos[0]:07d}_{len(videos):04d}.h5"
-        self._final_path = store.parts / name
-        self._tmp_path = store.parts / (name + ".tmp")
+        self._final_path = part_path(store.parts, videos)
+        self._tmp_path = self._final_path.with_name(self._final_path.name + ".tmp")
         self._file: h5py.File | None = None
         self._slabs: dict[str, SlabWriter] = {}  # site -> writer; looking a dataset up by name costs ~0.5 ms
         b, n_s = len(videos), len(lay.steps)

@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from activations.writer import StoreWriter
+from activations.writer import StoreWriter, part_path
 
 # One job per process: the model stays loaded between tasks of the same trace.
 _JOB_CACHE: dict[tuple[str, str], object] = {}
@@ -74,7 +74,7 @@ def trace_shard(kind: str, cfg_json: str, out: str, videos: list[int], threads: 
     loaded = (kind, cfg_json) not in _JOB_CACHE
     job = _make_job(kind, cfg_json)
     with StoreWriter(out, job.layout, index=False) as writer:
-        if set(videos) <= writer.completed:  # a retry after the part was published
+        if part_path(writer.parts, videos).exists():  # a retry after the part was published
             return {"videos": [], "seconds": 0.0, "worker": _worker_name(), "loaded_model": loaded}
         if fail_once is not None and not os.path.exists(fail_once):
             Path(fail_once).write_text(str(videos))
@@ -194,10 +194,7 @@ def run_trace_ray(
             ray.shutdown()
     with StoreWriter(out, layout):  # the manifest: the main file rebuilt from every finished part
         pass
-    if kind == "testbed":
-        out.with_name(out.name + ".config.json").write_text(cfg_json)
-    else:
-        out.with_name(out.name + ".config.json").write_text(json.dumps(json.loads(cfg_json), indent=2))
+    out.with_name(out.name + ".config.json").write_text(json.dumps(json.loads(cfg_json), indent=2, sort_keys=True))
     if first_error is not None:
         raise RuntimeError(
             f"{len(summary.failed_batches)} batch(es) failed after {max_retries} retries "
