@@ -587,11 +587,17 @@ def _demo_causal(adapter, out: Path, n_causal: int, n_noise: int, headline: list
     patch_cfg = ex.PatchConfig(n=n_causal, steps="0-18:2", span="onward")
     grid = ex.run_patch(patch_cfg, adapter, progress=False)
     plots.save_grid(grid, out / "patch_onward", "activation patching onward (clean into corrupted): 1 = clean answer")
-    clean_from = [int(s) for s in grid.step.values if float(grid.sel(step=s).mean()) > 0.5]
+    steps = [int(s) for s in grid.step.values]
+    clean_from = [s for s in steps if float(grid.sel(step=s).mean()) > 0.5]
+    if not clean_from:
+        where = "at no step"
+    elif clean_from == steps[: len(clean_from)]:
+        where = f"for s <= {clean_from[-1]}"
+    else:  # not a prefix of the steps: say exactly which
+        where = f"for s in {clean_from}"
     headline.append(
-        "patching every block output from step s onward gives the clean answer "
-        + (f"for s <= {max(clean_from)}" if clean_from else "at no step")
-        + f" (mean score over layers > 0.5; {n_causal} maze pairs)"
+        f"patching every block output from step s onward gives the clean answer {where} "
+        f"(mean score over layers > 0.5; {n_causal} maze pairs)"
     )
     swap = ex.run_swap(ex.SwapConfig(n=n_causal * 2, steps="0-15:5"), adapter, progress=False)
     plots.save_grid(swap, out / "swap", f"latent swap (one step, one layer): {swap.name}")
@@ -607,7 +613,7 @@ def _demo_causal(adapter, out: Path, n_causal: int, n_noise: int, headline: list
     ]
     headline.append(
         f"noise at step: solved {perturb['baseline']['accuracy']:.0%} without noise, "
-        + (f"below half of that from step {broken[0]}" if broken else "never below half")
+        + (f"first below half of that at step {broken[0]}" if broken else "never below half")
         + (f"; noise at an earlier frame keeps the answer right in {np.mean(answer_kept):.0%}" if answer_kept else "")
     )
     flow = ex.run_flow(ex.FlowConfig(n=n_causal * 2, strength=0.5), adapter, progress=False)
