@@ -237,7 +237,14 @@ def probe(
     test_fraction: float = typer.Option(0.25, help="Share of videos held out for testing."),
     folds: int = typer.Option(3, help="Cross-validation folds (by video) for the regularisation."),
     seed: int = typer.Option(0, help="Seed of the video split and the control task."),
-    group: int = typer.Option(16, help="Fast path: (step, layer) slabs fitted together (memory grows with it)."),
+    group: int = typer.Option(
+        4, help="Fast path: (step, layer) slabs fitted together (memory grows with it; raise it on a GPU)."
+    ),
+    tol: float = typer.Option(1e-4, help="Logistic fits stop when the largest gradient entry is below this."),
+    max_iter: int = typer.Option(1000, help="At most this many iterations per C."),
+    patience: int = typer.Option(
+        10, help="Fast path: also stop once no predicted class changed for this many iterations (0: never)."
+    ),
     device: str = typer.Option("cpu", help="torch device of the fast path: cpu, cuda, ..."),
     name: str = typer.Option("probes", help="Name of the table inside the store (results/probes/NAME)."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
@@ -267,6 +274,9 @@ def probe(
         folds=folds,
         seed=seed,
         group=group,
+        tol=tol,
+        max_iter=max_iter,
+        patience=patience,
         device=device,
         name=name,
     )

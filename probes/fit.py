@@ -76,7 +76,7 @@ def fit_fast(
     folds: np.ndarray,
     cs: tuple[float, ...] = DEFAULT_CS,
     alphas: tuple[float, ...] = DEFAULT_ALPHAS,
-    max_iter: int = 300,
+    max_iter: int = 1000,
     tol: float = 1e-4,
     patience: int = 10,
 ) -> FitResult:
@@ -275,7 +275,9 @@ def _descend(
         theta = np.where(uphill, 1.0, theta_next)
         w_prev, w_a = w_a, w_new
         largest = torch.linalg.vector_norm(grad, ord=float("inf"), dim=(2, 3)).cpu().numpy()  # (m, P)
-        done = (stable >= patience) | (largest < gradient_limit).all(1)
+        done = (largest < gradient_limit).all(1)
+        if patience > 0:
+            done |= stable >= patience
         if done.any():
             done_t = torch.as_tensor(done, device=w.device)
             out[active[done_t]] = w_a[done_t]
@@ -390,6 +392,7 @@ def fit_sklearn(
     cs: tuple[float, ...] = DEFAULT_CS,
     alphas: tuple[float, ...] = DEFAULT_ALPHAS,
     max_iter: int = 1000,
+    tol: float = 1e-4,
 ) -> tuple[float, float]:
     """The reference: StandardScaler, then LogisticRegressionCV or RidgeCV over the same video folds.
     Returns (test score, chosen C or alpha)."""
@@ -411,6 +414,7 @@ def fit_sklearn(
         l1_ratios=(0.0,),
         scoring="neg_log_loss",
         solver="lbfgs",
+        tol=tol,
         max_iter=max_iter,
         use_legacy_attributes=False,
     ).fit(xtr, head.y_train)

@@ -50,7 +50,10 @@ class ProbeConfig:
     seed: int = 0
     cs: list[float] = field(default_factory=lambda: list(DEFAULT_CS))
     alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
-    group: int = 16  # slabs fitted together by the fast path
+    tol: float = 1e-4  # logistic fits stop when the largest gradient entry is below this (scikit-learn's)
+    max_iter: int = 1000  # and after at most this many iterations per C (scikit-learn's lbfgs default here)
+    patience: int = 10  # fast path: or once no predicted class changed for this many iterations (0: never)
+    group: int = 4  # slabs fitted together by the fast path (on a GPU, more pay)
     device: str = "cpu"
     name: str = "probes"  # table name inside the store: /results/probes/<name>
 
@@ -108,6 +111,11 @@ def _check_config(cfg: ProbeConfig, store: ActivationStore) -> tuple[list[str], 
         raise ValueError("nothing to probe: give at least one target or label file")
     if not cfg.cs or not cfg.alphas or min(cfg.cs) <= 0 or min(cfg.alphas) <= 0:
         raise ValueError("cs and alphas must be non-empty lists of positive numbers")
+    if not cfg.tol > 0 or cfg.max_iter < 1 or cfg.patience < 0:
+        raise ValueError(
+            f"tol must be positive, max_iter at least 1 and patience at least 0; got {cfg.tol}, {cfg.max_iter}, "
+            f"{cfg.patience}"
+        )
     # "all" means every stored layer / step; explicit indices must have been stored.
     layers = store.layers
     if cfg.layers.strip().lower() != "all":
@@ -188,7 +196,14 @@ class Prober:
             rows = [_rows(s, t.labels.per_video) for s in slabs]
             if self.cfg.method == "sklearn":
                 for i, x in enumerate(rows):
-                    args = (t.labels.kind, t.folds, tuple(self.cfg.cs), tuple(self.cfg.alphas))
+                    args = (
+                        t.labels.kind,
+                        t.folds,
+                        tuple(self.cfg.cs),
+                        tuple(self.cfg.alphas),
+                        self.cfg.max_iter,
+                        self.cfg.tol,
+                    )
                     value, reg = fit_sklearn(x[t.rows_train], x[t.rows_test], t.head, *args)
                     control, _ = fit_sklearn(x[t.rows_train], x[t.rows_test], t.control, *args)
                     out[i][t.labels.name] = (value, control, reg)
@@ -203,6 +218,9 @@ class Prober:
                 t.folds,
                 tuple(self.cfg.cs),
                 tuple(self.cfg.alphas),
+                max_iter=self.cfg.max_iter,
+                tol=self.cfg.tol,
+                patience=self.cfg.patience,
             )
             for i in range(len(slabs)):
                 out[i][t.labels.name] = (

@@ -243,3 +243,60 @@ def test_pooled_stores_refuse_token_classes_but_pool_regression_labels(tmp_path)
             maze_labels(store, "on_path")
         dist = maze_labels(store, "dist_to_goal")
         assert dist.values.shape == (2, 4 * 2 * 2)
+
+
+def test_curvature_bound_inverse_matches_a_direct_inverse():
+    from probes.fit import _CurvatureBound
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 200, 6)) * [1.0, 3.0, 0.1, 1.0, 2.0, 0.5] + 0.4
+    x = np.concatenate([x, np.ones((2, 3, 200, 1))], -1)  # the intercept column is last
+    grams = torch.from_numpy(np.einsum("sfnd,sfne->sfde", x, x))
+    bound = _CurvatureBound(grams, torch.float64)
+    inv_c = torch.tensor([[1e3, 1.0, 0.1], [10.0, 1e-2, 1.0]], dtype=torch.float64)  # 1/C per problem
+    for curvature in (0.25, 0.5):
+        penalty = torch.diag_embed(torch.cat([inv_c[..., None].expand(2, 3, 6), torch.zeros(2, 3, 1)], -1))
+        direct = torch.linalg.inv(curvature * grams + penalty)
+        assert torch.allclose(bound.inverse(curvature, inv_c), direct, rtol=1e-9, atol=1e-12)
+
+
+def test_fast_path_scores_do_not_depend_on_the_group():
+    """Each slab stops on its own and leaves the batch: fitted together or alone, the same scores."""
+    rng = np.random.default_rng(4)
+    s, n, d = 3, 600, 10
+    x = rng.standard_normal((s, n, d)).astype(np.float32)
+    x[1] *= 0.2  # slabs of different difficulty stop at different iterations
+    x[2, :, 0] += 3 * (rng.random(n) > 0.5)
+    labels = (x[2, :, 0] > 1.5).astype(float)
+    folds = (np.arange(450) // 30) % 3
+    xt = torch.from_numpy(x)
+    heads = [
+        Head(labels[:450], labels[450:]),
+        Head((x[0, :450, 1] > 0).astype(float), (x[0, 450:, 1] > 0).astype(float)),
+    ]
+    together = fit_fast(xt[:, :450], xt[:, 450:], heads, "class", folds)
+    alone = [fit_fast(xt[i : i + 1, :450], xt[i : i + 1, 450:], heads, "class", folds) for i in range(s)]
+    assert np.abs(together.scores - np.concatenate([a.scores for a in alone])).max() <= 1 / 150
+    assert (together.regularisation == np.concatenate([a.regularisation for a in alone])).all()
+
+
+def test_fast_path_fits_binary_and_multiclass_heads_together():
+    rng = np.random.default_rng(5)
+    n, d = 900, 8
+    x = rng.standard_normal((1, n, d)).astype(np.float32)
+    bands = np.digitize(x[0, :, 0] + 0.3 * x[0, :, 1], [-1.0, 0.0, 1.0]).astype(float)
+    sign = (x[0, :, 2] - 0.5 * x[0, :, 3] > 0).astype(float)
+    folds = (np.arange(600) // 50) % 3
+    heads = [Head(sign[:600], sign[600:]), Head(bands[:600], bands[600:]), Head(sign[:600], sign[600:])]
+    xt = torch.from_numpy(x)
+    fast = fit_fast(xt[:, :600], xt[:, 600:], heads, "class", folds)
+    for h, head in enumerate(heads):
+        ref, c = fit_sklearn(x[0, :600], x[0, 600:], head, "class", folds)
+        assert abs(fast.scores[0, h] - ref) <= 0.01 and fast.regularisation[0, h] == pytest.approx(c), h
+
+
+def test_probe_config_refuses_bad_stopping_rules(synthetic):
+    store, label_file, _ = synthetic
+    for bad in ({"tol": 0.0}, {"max_iter": 0}, {"patience": -1}):
+        with pytest.raises(ValueError, match="tol must be positive"):
+            run_probes(store, ProbeConfig(targets=[], labels={"p": str(label_file)}, **bad), progress=False)
