@@ -211,7 +211,7 @@ def _descend(
     curvature bound for logistic / softmax columns. Boehning's bound step with Nesterov momentum
     and gradient restarts. Each slab stops on its own, when the largest gradient entry of its mean
     loss is below ``tol`` (scikit-learn's lbfgs criterion) or when fewer than 1 in 100,000 of its
-    predicted classes have changed for ``patience`` iterations (what the scores depend on);
+    predicted classes have changed for ``patience`` iterations (0: never; what the scores depend on);
     converged slabs leave the batch, so a slow slab does not hold the others back.
     Returns the weights and the number of iterations of the batch.
     """
