@@ -61,13 +61,28 @@ HookLike = StepHook | Callable[[StepState], torch.Tensor | None]
 class AdapterDenoiser(StepHook):
     """Base of denoisers that wrap an adapter and act per step (tracing, patching, recording).
 
-    Give an instance to ``sample`` both as the model and as a hook: as a hook it learns the current
-    step; as the model it delegates the scheduler's timesteps and x0_hat to the adapter.
+    ``run`` gives the instance to ``sample`` both as the model and as a hook: as a hook it learns
+    the current step; as the model it delegates the scheduler's timesteps and x0_hat to the adapter.
     """
 
     def __init__(self, adapter):
         self.adapter = adapter
         self.step = -1
+
+    def run(
+        self, latents: torch.Tensor, conditioning, num_steps: int, shift: float | None = None, start_step: int = 0
+    ) -> SampleResult:
+        """Sample without gradients from ``latents`` (x at ``start_step``) with the adapter's scheduler."""
+        with torch.no_grad():
+            return sample(
+                self,
+                latents,
+                conditioning,
+                num_steps,
+                hooks=[self],
+                scheduler=self.adapter.make_scheduler(shift),
+                start_step=start_step,
+            )
 
     def before_model(self, state: StepState) -> torch.Tensor | None:
         self.step = state.step

@@ -23,7 +23,6 @@ from interp.sampling import (
     SampleResult,
     StepState,
     prepare_timesteps,
-    sample,
     scheduler_sigmas,
 )
 
@@ -227,7 +226,4 @@ def trace_batch(
     denoiser = TracingDenoiser(adapter, capture, layout.steps, sink, layout.cfg_branch)
     if layout.condition_shape is not None:
         part.write_condition(adapter.condition_latent(conditioning))
-    with torch.no_grad():
-        return sample(
-            denoiser, noise, conditioning, layout.num_steps, hooks=[denoiser], scheduler=adapter.make_scheduler(shift)
-        )
+    return denoiser.run(noise, conditioning, layout.num_steps, shift)

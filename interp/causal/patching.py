@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from interp.models.base import VideoDiTAdapter, first_tensor
-from interp.sampling import AdapterDenoiser, StepState, sample
+from interp.sampling import AdapterDenoiser, StepState
 
 
 @dataclass(frozen=True)
@@ -147,16 +147,7 @@ def record_run(
     """Sample once, keeping x_s of every step and the chosen sites' outputs at ``steps`` (default all).
     ``start_step`` > 0: ``noise`` is the latent x_s of a trajectory resumed at that step."""
     recorder = _Recorder(adapter, sites, None if steps is None else set(steps))
-    with torch.no_grad():
-        result = sample(
-            recorder,
-            noise,
-            conditioning,
-            num_steps,
-            hooks=[recorder],
-            scheduler=adapter.make_scheduler(shift),
-            start_step=start_step,
-        )
+    result = recorder.run(noise, conditioning, num_steps, shift, start_step)
     return RunCache(recorder.latents, recorder.acts, recorder.branches, recorder.x0, result.latents, noise.shape[0])
 
 
@@ -256,17 +247,7 @@ def run_patched(
     latents = torch.cat([base.latents[start_step][e : e + 1] for e in base_elements])
     conditioning = stack_conditioning([repeat_conditioning(base_conditioning, e, 1) for e in base_elements])
     patcher = _Patcher(adapter, source, row_patches, source_elements)
-    with torch.no_grad():
-        result = sample(
-            patcher,
-            latents,
-            conditioning,
-            num_steps,
-            hooks=[patcher],
-            scheduler=adapter.make_scheduler(shift),
-            start_step=start_step,
-        )
-    return result.latents
+    return patcher.run(latents, conditioning, num_steps, shift, start_step).latents
 
 
 def projection_score(final: torch.Tensor, clean: torch.Tensor, corrupted: torch.Tensor) -> np.ndarray:
