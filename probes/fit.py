@@ -219,7 +219,6 @@ def _descend(
     p_count, k = w.shape[1], w.shape[2]
     if k == 0 or s == 0:
         return w, 0
-    rows_per_problem = row_mask.sum(-1)[None, :, :, None]  # (1, P, 1, 1)
     spans = cols.softmax_spans
 
     def gradient(v: torch.Tensor, x_a: torch.Tensor, pen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,7 +251,7 @@ def _descend(
     # where each torch call would cost more than the arithmetic.
     w_prev, theta = w_a.clone(), np.ones((s, p_count))
     last_predicted, stable = None, np.zeros(s, dtype=np.int64)
-    gradient_limit = (tol * rows_per_problem.reshape(p_count)).cpu().numpy()
+    gradient_limit = (tol * row_mask.sum(-1).reshape(p_count)).cpu().numpy()  # tol on each mean loss
     iterations = 0
     for iterations in range(1, max_iter + 1):
         theta_next = (1 + np.sqrt(1 + 4 * theta**2)) / 2
@@ -294,9 +293,7 @@ def _descend(
 
 
 def _logistic(xtr, xte, heads, fold, n_folds, masks, gram, penalty, cs, max_iter, tol, patience) -> FitResult:
-    # As scikit-learn's LogisticRegressionCV: the fold problems along the C path (C increasing,
-    # each C warm-started from the last), C by mean held-out log-loss, then one refit on every
-    # training row at each head's C, warm-started from the mean of the folds' weights there.
+    # The C path, C choice and refit as scikit-learn's LogisticRegressionCV (module docstring).
     # Eigendecompositions in float64, iterations in float32: twice the matrix-product speed, and the
     # accuracies agree with float64 runs (the iterates only need to get the signs of logits right).
     dev, dt = xtr.device, torch.float32
