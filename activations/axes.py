@@ -44,3 +44,13 @@ def parse_site(name: str) -> tuple[str | None, int, str | None]:
             f"not an activation site name: {name!r} (expected e.g. 'blocks.12', 'blocks.12.attn1', 'high.blocks.12')"
         )
     return match.group("expert"), int(match.group("index")), match.group("sub")
+
+
+def block_output_sites(sites: list[str]) -> dict[int, list[str]]:
+    """Block-output sites (no sub-module) by layer, every expert's, in the given order."""
+    by_layer: dict[int, list[str]] = {}
+    for site in sites:
+        _, index, sub = parse_site(site)
+        if sub is None:
+            by_layer.setdefault(index, []).append(site)
+    return dict(sorted(by_layer.items()))

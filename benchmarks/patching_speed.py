@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from _record import save_record  # benchmarks/ is the script's folder
 
-from interp.causal.experiments import _pairs, _scores, _sites, patch_sweep
-from interp.causal.patching import Patch, record_run, run_patched
+from interp.execution.loop import initial_noise
+from interp.execution.patching import Patch, record_run, run_patched
+from interp.experiments.sweep import block_sites, patch_sweep
 from interp.models.testbed import TestbedAdapter
-from interp.sampling import initial_noise
+from interp.tasks.maze_scoring import MazePairMetric, rewired_pairs
 
 
 def main() -> None:
@@ -32,13 +33,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     adapter = TestbedAdapter.load()
     num_steps, frames = adapter.defaults.num_steps, 4
-    sites = _sites(adapter, list(range(adapter.num_blocks())), None)
+    sites = block_sites(adapter, list(range(adapter.num_blocks())), None)
     steps = list(range(num_steps))
-
-    class Cfg:
-        size, first_seed = 4, 0
-
-    clean_mazes, corrupted_mazes = _pairs(Cfg, args.pairs)
+    clean_mazes, corrupted_mazes = rewired_pairs(4, 0, args.pairs)
 
     def cached(mazes):
         cond = adapter.conditioning(mazes, frames)
@@ -62,8 +59,9 @@ def main() -> None:
                 )[0]
     naive_seconds = time.perf_counter() - tic
     latent_diff = float((batched - naive).abs().max())
-    score_b = _scores("maze", batched, clean.final, corrupted.final, clean_mazes, corrupted_mazes)
-    score_n = _scores("maze", naive, clean.final, corrupted.final, clean_mazes, corrupted_mazes)
+    metric = MazePairMetric(clean_mazes, corrupted_mazes)
+    score_b = metric(batched, clean.final, corrupted.final)
+    score_n = metric(naive, clean.final, corrupted.final)
     score_diff = float(np.nanmax(np.abs(score_b - score_n))) if np.isfinite(score_b).any() else 0.0
     ratio = naive_seconds / batched_seconds
     n_runs = args.pairs * len(steps) * len(sites)

@@ -26,7 +26,8 @@ import pandas as pd
 import torch
 from _record import save_record  # benchmarks/ is the script's folder
 
-from interp.trace_job import TraceConfig, run_trace
+from interp.experiments.trace import TraceConfig, run_trace
+from interp.tasks.maze_labels import MAZE
 from probes.run import ProbeConfig, run_probes
 
 COLUMNS = ("value", "control", "x_t")
@@ -38,7 +39,12 @@ def converged_reference(store: Path, target: str, slabs: list[tuple[int, int]]) 
     if not slabs:
         return pd.DataFrame()
     parts = [
-        run_probes(store, ProbeConfig(targets=[target], layers=str(la), steps=str(st), **CONVERGED), progress=False)
+        run_probes(
+            store,
+            ProbeConfig(targets=[target], layers=str(la), steps=str(st), **CONVERGED),
+            progress=False,
+            providers=[MAZE],
+        )
         for la, st in slabs
     ]
     return pd.concat(parts, ignore_index=True)
@@ -59,7 +65,9 @@ def main() -> None:
     seconds, tables = {}, {}
     for method in ("fast", "sklearn"):
         tic = time.perf_counter()
-        tables[method] = run_probes(store, ProbeConfig(targets=[args.target], method=method), progress=False)
+        tables[method] = run_probes(
+            store, ProbeConfig(targets=[args.target], method=method), progress=False, providers=[MAZE]
+        )
         seconds[method] = time.perf_counter() - tic
     fast, ref = tables["fast"], tables["sklearn"]
     diffs = {c: np.abs(fast[c].to_numpy() - ref[c].to_numpy()) for c in COLUMNS}

@@ -33,8 +33,9 @@ def main() -> None:
     import ray
 
     from activations.consolidate import consolidate_store
-    from interp.distributed import run_trace_ray
-    from interp.trace_job import TraceConfig, run_trace
+    from interp.experiments.distributed import run_trace_ray
+    from interp.experiments.trace import TraceConfig, run_trace
+    from interp.tasks.maze_labels import MAZE
     from probes.run import ProbeConfig, run_probes
 
     cfg = TraceConfig(n=args.n, batch_size=args.batch_size)
@@ -57,7 +58,7 @@ def main() -> None:
         timings = {}
         for name in ("ray.h5", "one_file.h5", "ray.h5", "one_file.h5"):  # interleaved, best of two
             tic = time.perf_counter()
-            table = run_probes(work / name, probe_cfg, progress=False)
+            table = run_probes(work / name, probe_cfg, progress=False, providers=[MAZE])
             timings.setdefault(name, []).append(time.perf_counter() - tic)
         manifest_s, one_file_s = min(timings["ray.h5"]), min(timings["one_file.h5"])
     finally:

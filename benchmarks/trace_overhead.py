@@ -29,8 +29,8 @@ from _record import save_record  # benchmarks/ is the script's folder
 
 from activations.writer import site_chunks
 from interp.evaluation import evaluate_mazes
+from interp.experiments.trace import TraceConfig, run_trace
 from interp.models.testbed import TestbedAdapter
-from interp.trace_job import TraceConfig, run_trace
 
 
 def untraced(adapter: TestbedAdapter, n: int, batch: int, num_steps: int) -> float:

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from interp.execution.loop import initial_noise, sample
 from interp.models.testbed import TestbedAdapter
-from interp.sampling import initial_noise, sample
 from interp.tasks import maze as maze_task
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interp.execution.loop import StepState, initial_noise, sample
 from interp.models.testbed import TestbedAdapter
 from interp.report.filmstrip import save_filmstrip, save_gif
-from interp.sampling import StepState, initial_noise, sample
 from interp.tasks import maze as maze_task
 
 

@@ -1,9 +1,9 @@
 """What a probe is trained to read out: labels per token (or per video) on a store's token grid.
 
-Three sources:
-- the maze task's ground truth, recomputed from each video's metadata (``MAZE_TARGETS``);
-- the verifier's verdict per video (``solved``, ``final_exact``, ``frames_valid``);
-- a label array a user supplies (``.npy``), on the store's token grid or one value per video.
+Two sources:
+- a task's label provider (``LabelProvider``: the targets a task knows, e.g. the maze testbed's
+  ground truth and verdicts, ``interp.tasks.maze_labels``);
+- a label array a user supplies (``.npy`` or in memory), on the store's token grid or one value per video.
 
 Labels come back as a float array of shape (n_videos, n_tokens) or (n_videos,), NaN where a label
 is missing (unfinished videos, or values a user left out), with the kind of probe that fits them.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -20,25 +21,6 @@ from activations import ActivationStore
 
 CLASS = "class"
 REGRESSION = "regression"
-
-# Token targets of the maze testbed: name -> (key of ``maze.token_truth``, kind, how to make it).
-MAZE_TARGETS: dict[str, tuple[str, str]] = {
-    "wall": ("n_walls", CLASS),  # number of closed sides of the cell (0-4)
-    "wall_n": ("open_n", CLASS),
-    "wall_e": ("open_e", CLASS),
-    "wall_s": ("open_s", CLASS),
-    "wall_w": ("open_w", CLASS),
-    "n_walls": ("n_walls", CLASS),
-    "start": ("start", CLASS),
-    "goal": ("goal", CLASS),
-    "on_path": ("on_path", CLASS),
-    "dead_end": ("dead_end", CLASS),
-    "dist_to_goal": ("dist_to_goal", REGRESSION),
-    "trail": ("trail", CLASS),
-    "agent": ("agent", CLASS),
-}
-_NEGATED = {"wall_n", "wall_e", "wall_s", "wall_w"}  # walls are closed sides: not open
-VIDEO_TARGETS = ("solved", "final_exact", "frames_valid")  # the verifier's verdict, one per video
 
 
 @dataclass
@@ -53,7 +35,7 @@ class Labels:
         return self.values.ndim == 1
 
 
-def _pool_labels(store: ActivationStore, grid_labels: np.ndarray, kind: str, name: str) -> np.ndarray:
+def pool_labels(store: ActivationStore, grid_labels: np.ndarray, kind: str, name: str) -> np.ndarray:
     """(n_videos, T, H, W) labels on the full token grid -> (n_videos, n_tokens) on the stored tokens."""
     pooling = store.pooling
     flat = grid_labels.reshape(grid_labels.shape[0], -1)
@@ -72,30 +54,14 @@ def _pool_labels(store: ActivationStore, grid_labels: np.ndarray, kind: str, nam
     return pooled[..., 0].numpy()
 
 
-def maze_labels(store: ActivationStore, target: str) -> Labels:
-    """Ground truth of the maze testbed for every complete video (NaN rows for the others)."""
-    from interp.tasks import maze as maze_task
+class LabelProvider(Protocol):
+    """A task's ground truth for probes: the targets it knows and their labels on a store.
+    Providers live beside their task (the maze's: ``interp.tasks.maze_labels``); probes never
+    import a task."""
 
-    if target in VIDEO_TARGETS:
-        values = np.full(store.n_videos, np.nan)
-        for v in store.completed_videos:
-            values[v] = float(store.meta(v)["verdict"][target])
-        return Labels(target, CLASS, values, "verifier")
-    if target not in MAZE_TARGETS:
-        known = ", ".join([*MAZE_TARGETS, *VIDEO_TARGETS])
-        raise ValueError(f"unknown target {target!r}; maze targets: {known} (or supply labels with --labels)")
-    key, kind = MAZE_TARGETS[target]
-    grid = tuple(store.layout.token_grid)
-    values = np.full((store.n_videos, *grid), np.nan)
-    for v in store.completed_videos:
-        meta = store.meta(v)
-        if meta.get("task") != "maze":
-            raise ValueError(f"video {v} of {store.path} is not a maze video; supply labels with --labels")
-        truth = maze_task.token_truth(maze_task.generate_maze(meta["size"], meta["maze_seed"]), meta["frames"])[key]
-        if truth.shape != grid:
-            raise ValueError(f"maze ground truth has shape {truth.shape} but the store's token grid is {grid}")
-        values[v] = (~truth if target in _NEGATED else truth).astype(np.float64)
-    return Labels(target, kind, _pool_labels(store, values, kind, target), "maze ground truth")
+    targets: tuple[str, ...]
+
+    def labels(self, store: ActivationStore, target: str) -> Labels: ...
 
 
 def load_label_file(store: ActivationStore, name: str, path: str | Path, kind: str | None = None) -> Labels:

@@ -54,5 +54,11 @@ def plot_target(table, target: str, path: str | Path) -> Path:
     return path
 
 
-def plot_all(table, out_dir: str | Path) -> dict[str, Path]:
-    return {t: plot_target(table, t, Path(out_dir) / f"probe_{t}.png") for t in table["target"].unique()}
+def figure_name(target: str, name: str = "probes") -> str:
+    """``probe_<target>.png`` for the default run name, ``<name>.probe_<target>.png`` for others, so
+    named runs in one folder never overwrite each other's figures."""
+    return f"probe_{target}.png" if name == "probes" else f"{name}.probe_{target}.png"
+
+
+def plot_all(table, out_dir: str | Path, name: str = "probes") -> dict[str, Path]:
+    return {t: plot_target(table, t, Path(out_dir) / figure_name(t, name)) for t in table["target"].unique()}

@@ -17,7 +17,7 @@ depends on ``group``, not on how many steps and layers the store holds.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 from activations import ActivationStore, parse_index_spec
 from activations.axes import parse_site
 from probes.features import condition_tokens, token_types, x_t_tokens
-from probes.fit import DEFAULT_ALPHAS, DEFAULT_CS, Head, fit_fast, fit_sklearn
-from probes.labels import CLASS, Labels, load_label_file, maze_labels
+from probes.fit import DEFAULT_ALPHAS, DEFAULT_CS, Head, fit_fast
+from probes.labels import CLASS, LabelProvider, Labels, load_label_file
+from probes.reference import fit_sklearn
 
 METHODS = ("fast", "sklearn")
 COLUMNS = (
@@ -236,23 +237,42 @@ def _groups(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
-def load_targets(store: ActivationStore, cfg: ProbeConfig) -> list[Labels]:
-    """Every target's labels, checked against the store before any probe is fitted."""
-    labels = [maze_labels(store, t) for t in cfg.targets]
+def load_targets(
+    store: ActivationStore, cfg: ProbeConfig, providers: Sequence[LabelProvider] = (), arrays: dict | None = None
+) -> list[Labels]:
+    """Every target's labels, checked against the store before any probe is fitted: named targets
+    from the first provider that knows them, label files, and labels given in memory."""
+    labels = []
+    for target in cfg.targets:
+        provider = next((p for p in providers if target in p.targets), None)
+        if provider is None:
+            known = ", ".join(t for p in providers for t in p.targets) or "none without a task's label provider"
+            raise ValueError(f"unknown target {target!r}; known targets: {known} (or supply labels with --labels)")
+        labels.append(provider.labels(store, target))
     labels += [load_label_file(store, name, path) for name, path in cfg.labels.items()]
+    labels += list((arrays or {}).values())
     names = [lab.name for lab in labels]
     if len(set(names)) != len(names):
         raise ValueError(f"target names must be unique, got {names}")
     return labels
 
 
-def run_probes(store_path: str | Path, cfg: ProbeConfig, progress: bool = True):
-    """Fit and score every probe; returns the results as a pandas DataFrame (columns ``COLUMNS``)."""
+def run_probes(
+    store_path: str | Path,
+    cfg: ProbeConfig,
+    progress: bool = True,
+    providers: Sequence[LabelProvider] = (),
+    labels: dict[str, Labels] | None = None,
+):
+    """Fit and score every probe; returns the results as a pandas DataFrame (columns ``COLUMNS``).
+
+    ``providers``: where named targets come from (a task's label provider); ``labels``: labels made
+    in memory (``probes.labels.labels_from_array``), by name."""
     import pandas as pd
 
     with ActivationStore(store_path) as store:
         sites, steps = _check_config(cfg, store)
-        all_labels = load_targets(store, cfg)
+        all_labels = load_targets(store, cfg, providers, labels)
         labelled = [v for v in store.completed_videos if all(np.isfinite(lab.values[v]).any() for lab in all_labels)]
         split = split_videos(labelled, cfg.test_fraction, cfg.folds, cfg.seed)
         videos = split.train + split.test

@@ -12,9 +12,10 @@ from tiny_pipelines import (
 )
 
 from activations import ActivationStore, Pooling, StoreWriter
+from interp.execution.capture import build_layout, trace_batch
+from interp.execution.loop import StepHook, sample
+from interp.execution.runner import CallRunner
 from interp.models.wan import WanAdapter, WanConditioning
-from interp.sampling import StepHook, sample
-from interp.tracing import SiteCapture, build_layout, trace_batch
 
 LATENT = (4, 3, 4, 4)
 
@@ -104,7 +105,7 @@ def _trace(adapter, conditioning, noise, sites, tmp_path, num_steps=4, shift=3.0
     )
     with StoreWriter(tmp_path / "w.h5", layout) as writer:
         part = writer.begin_part(list(range(noise.shape[0])))
-        result = trace_batch(adapter, SiteCapture(adapter, sites), part, layout, noise, conditioning, shift)
+        result = trace_batch(adapter, part, layout, noise, conditioning, shift)
         part.finish(result.latents, [{} for _ in range(noise.shape[0])])
     return ActivationStore(tmp_path / "w.h5"), result
 
@@ -158,9 +159,9 @@ def test_wan21_image_to_video_store_equals_hooks(tmp_path):
 def test_wan_site_errors_are_clear():
     adapter = WanAdapter(_wan(0), _wan(1), 0.5)
     with pytest.raises(ValueError, match="block 5 is out of range"):
-        SiteCapture(adapter, ["high.blocks.5"])
+        CallRunner(adapter).check_sites(["high.blocks.5"])
     with pytest.raises(ValueError, match="experts are"):
-        SiteCapture(adapter, ["blocks.0"])
+        CallRunner(adapter).check_sites(["blocks.0"])
     with pytest.raises(ValueError, match="both transformer_2 and boundary_ratio"):
         WanAdapter(_wan(0), _wan(1), None)
 
@@ -321,7 +322,7 @@ def test_adapter_store_equals_hooks_on_the_conditional_branch(tmp_path, family):
     )
     with StoreWriter(tmp_path / "w.h5", layout) as writer:
         part = writer.begin_part([0, 1])
-        result = trace_batch(adapter, SiteCapture(adapter, sites), part, layout, noise.clone(), cond, 1.0)
+        result = trace_batch(adapter, part, layout, noise.clone(), cond, 1.0)
         part.finish(result.latents, [{}, {}])
     with ActivationStore(tmp_path / "w.h5") as store:
         assert store.layout.adapter == family

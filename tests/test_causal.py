@@ -6,20 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from interp.causal.experiments import (
-    FlowConfig,
-    PatchConfig,
-    PerturbConfig,
-    SwapConfig,
-    linear_cka,
-    load_config,
-    run_flow,
-    run_patch,
-    run_perturb,
-)
-from interp.causal.patching import Patch, record_run, run_patched
+from interp.analysis.similarity import linear_cka
+from interp.execution.loop import initial_noise
+from interp.execution.patching import Patch, record_run, run_patched
+from interp.experiments.base import load_config
+from interp.experiments.flow import FlowConfig, run_flow
+from interp.experiments.patch import PatchConfig, run_patch
+from interp.experiments.perturb import PerturbConfig, run_perturb
+from interp.experiments.swap import SwapConfig
 from interp.models import testbed
-from interp.sampling import initial_noise
 from interp.tasks import maze as M
 
 TINY = {"num_layers": 4, "ffn_dim": 64, "num_attention_heads": 2, "attention_head_dim": 16}
@@ -86,7 +81,7 @@ def planted_model(tmp_path):
 
 def test_a_planted_causal_path_is_found_at_its_block_and_nowhere_else(planted_model):
     cfg = PatchConfig(model=planted_model, n=2, steps="0,2", sub="attn1", metric="latent", span="onward")
-    scores = run_patch(cfg, progress=False)
+    scores = run_patch(cfg, progress=False).grid
     assert scores.dims == ("step", "layer") and list(scores.layer.values) == [0, 1, 2, 3]
     elsewhere = np.abs(scores.sel(layer=[0, 1, 3]).values).max()
     assert elsewhere < 1e-5  # patching a zero output with a zero output: float noise only
@@ -132,12 +127,12 @@ def test_bad_requests_are_refused_before_any_compute(tmp_path, run_cli, tiny_ada
 
 def test_noise_at_step_and_at_frame_on_the_shipped_model():
     result = run_perturb(PerturbConfig(n=8, steps="0,19", frames_to_noise="3"), progress=False)
-    assert result["baseline"]["n"] == 8 and result["baseline"]["accuracy"] >= 0.75
+    assert result.baseline["n"] == 8 and result.baseline["accuracy"] >= 0.75
     # Fresh noise at step 0 is just another initial draw; at the last step nothing can repair it.
-    assert result["at_step"][0]["accuracy"] >= 0.75
-    assert result["at_step"][19]["accuracy"] < result["at_step"][0]["accuracy"]
-    lo, hi = result["at_frame"][3]["ci95"]
-    assert 0 <= lo <= result["at_frame"][3]["accuracy"] <= hi <= 1
+    assert result.at_step[0]["accuracy"] >= 0.75
+    assert result.at_step[19]["accuracy"] < result.at_step[0]["accuracy"]
+    lo, hi = result.at_frame[3]["ci95"]
+    assert 0 <= lo <= result.at_frame[3]["accuracy"] <= hi <= 1
 
 
 def test_linear_cka_and_information_flow(tiny_adapter, planted_model):
@@ -147,10 +142,10 @@ def test_linear_cka_and_information_flow(tiny_adapter, planted_model):
     assert linear_cka(x, 3 * x @ q + 1) == pytest.approx(1.0)  # invariant to rotation, scale, shift
     assert linear_cka(x, torch.randn(200, 16, generator=torch.Generator().manual_seed(2))) < 0.3
     flow = run_flow(FlowConfig(model=planted_model, n=2, inject_steps="1,2", strength=0.5), progress=False)
-    values = flow.values  # (inject, step, layer)
+    values = flow.cka.values  # (inject, step, layer)
     assert np.isnan(values[0, 0]).all() and np.isnan(values[1, :2]).all()
     assert np.isfinite(values[0, 1:]).all() and ((values[0, 1:] >= 0) & (values[0, 1:] <= 1 + 1e-9)).all()
-    assert len(json.loads(flow.attrs["sensitivity"])) == 2
+    assert len(flow.sensitivity) == 2
 
 
 def test_patch_and_flow_run_on_a_local_pipeline_from_their_configs(tmp_path, run_cli):

@@ -74,7 +74,7 @@ def test_a_clean_trajectory_has_no_behaviours_and_summaries_count_videos():
 
 
 def test_chain_cli_on_a_traced_store(tmp_path, run_cli):
-    from interp.trace_job import TraceConfig, run_trace
+    from interp.experiments.trace import TraceConfig, run_trace
 
     store = run_trace(TraceConfig(n=3, num_steps=5), tmp_path / "t.h5", progress=False)
     code, stdout, err = run_cli("chain", store, "--out", tmp_path / "chain")

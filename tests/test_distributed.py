@@ -9,8 +9,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is the optional extra '.[ray]' (installed with '.[dev]')")
 
 from activations.reader import ActivationStore  # noqa: E402
-from interp.distributed import run_trace_ray  # noqa: E402
-from interp.trace_job import TraceConfig, run_trace  # noqa: E402
+from interp.experiments.distributed import run_trace_ray  # noqa: E402
+from interp.experiments.trace import TraceConfig, run_trace  # noqa: E402
 
 CFG = TraceConfig(n=6, batch_size=2, steps="0-19:3", layers="0-7:2", first_seed=40)
 
@@ -91,13 +91,14 @@ def test_a_killed_worker_without_retries_then_a_rerun_completes_the_store(local_
 
 
 def test_probes_give_the_same_table_on_the_sharded_and_the_single_store(local_ray, single_store, tmp_path):
+    from interp.tasks.maze_labels import MAZE
     from probes.run import ProbeConfig, run_probes
 
     sharded = tmp_path / "t.h5"
     run_trace_ray(CFG, sharded, workers=2, progress=False)
     cfg = ProbeConfig(targets=["on_path"], steps="0-19:6", layers="0-7:4")
-    a = run_probes(single_store, cfg, progress=False)
-    b = run_probes(sharded, cfg, progress=False)
+    a = run_probes(single_store, cfg, progress=False, providers=[MAZE])
+    b = run_probes(sharded, cfg, progress=False, providers=[MAZE])
     pd.testing.assert_frame_equal(a, b)
     # Consolidated into one file (no parts folder beside it): the same bytes, the same table.
     from activations.consolidate import consolidate_store
@@ -105,4 +106,4 @@ def test_probes_give_the_same_table_on_the_sharded_and_the_single_store(local_ra
     one = consolidate_store(sharded, tmp_path / "elsewhere" / "one.h5")
     assert not (one.parent / "one.h5.parts").exists()
     _assert_same_store(sharded, one)
-    pd.testing.assert_frame_equal(a, run_probes(one, cfg, progress=False))
+    pd.testing.assert_frame_equal(a, run_probes(one, cfg, progress=False, providers=[MAZE]))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from interp.ensemble import SeedMerge, ShrunkNoise, _sample_groups
-from interp.sampling import StepState, initial_noise, sample
+from interp.execution.loop import StepState, initial_noise, sample
+from interp.experiments.ensemble import SeedMerge, ShrunkNoise, _sample_groups
 from interp.tasks import maze as M
 
 

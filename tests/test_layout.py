@@ -1,23 +1,79 @@
-"""Package layout and experiment configs: the arrows of DESIGN.md, configs as data."""
+"""The rules of the house, each checked statically: import arrows, site names, module sizes; and
+configs as data."""
 
+import ast
 import json
-import subprocess
-import sys
+import re
 from pathlib import Path
 
-from interp.pipeline_job import PipelineTraceConfig
-from interp.trace_job import TraceConfig
+from interp.experiments.trace import PipelineTraceConfig, TraceConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("interp", "activations", "probes")
 
 
-def test_activations_and_probes_never_import_interp():
+def _modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level package names imported anywhere in a module (lazily inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+            if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value.split(".")[0])
+    return found
+
+
+def test_import_arrows_point_one_way():
+    """activations imports neither interp nor probes; probes imports activations only."""
+    broken = []
+    for package, forbidden in (("activations", {"interp", "probes"}), ("probes", {"interp"})):
+        for path in _modules(package):
+            bad = _imports(path) & forbidden
+            if bad:
+                broken.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert not broken, broken
+
+
+def test_a_store_and_its_probes_read_without_the_model_stack():
+    import subprocess
+    import sys
+
     code = (
-        "import sys, activations, activations.reader, activations.writer, probes; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('interp', 'torch', 'diffusers', 'nnsight')))"
+        "import sys, activations, activations.reader, activations.writer, probes, probes.run; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('interp', 'diffusers', 'nnsight')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout.replace("'", '"')) == []  # a store reads without the model stack
+    assert json.loads(out.stdout.replace("'", '"')) == []
+
+
+_SITE_LITERAL = re.compile(r"""["'](?:\{[^}]*\}\.)?blocks\.""")
+
+
+def test_site_names_are_built_only_in_axes():
+    """No module but activations/axes.py spells a site name (``"blocks.`` or ``f"{expert}.blocks.``)."""
+    offenders = []
+    for package in PACKAGES:
+        for path in _modules(package):
+            if path.relative_to(ROOT).as_posix() == "activations/axes.py":
+                continue
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                code = line.split("#", 1)[0]
+                if _SITE_LITERAL.search(code) and "blocks_attr" not in code:
+                    offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not offenders, offenders
+
+
+def test_no_module_is_too_long():
+    sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines()) for pkg in PACKAGES for p in _modules(pkg)}
+    assert sizes["interp/cli.py"] < 350
+    assert not {p: n for p, n in sizes.items() if n > 400}
 
 
 def test_trace_configs_round_trip_through_json():

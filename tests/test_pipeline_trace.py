@@ -106,13 +106,13 @@ def test_adapter_decode_matches_the_pipeline_output(tmp_path, family):
     import torch
     from diffusers import DiffusionPipeline
 
-    from interp.pipeline_job import PipelineTraceConfig, load_pipeline_adapter
-    from interp.sampling import sample
+    from interp.execution.loop import sample
+    from interp.models.base import PipelineSpec
+    from interp.models.registry import load_pipeline_adapter
 
     folder = BUILDERS[family](tmp_path / family)
     frames = 5 if family == "wan" else 9
-    cfg = PipelineTraceConfig(model=str(folder), data="", height=32, width=32, num_frames=frames, torch_dtype="float32")
-    adapter = load_pipeline_adapter(cfg)
+    adapter = load_pipeline_adapter(folder, PipelineSpec(height=32, width=32, num_frames=frames), "float32")
     shape = adapter.pipeline_latent_shape(32, 32, frames)
     noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -8,8 +8,9 @@ import torch
 
 from activations import StoreLayout, StoreWriter
 from activations.results import read_table
-from probes.fit import Head, fit_fast, fit_sklearn
+from probes.fit import Head, fit_fast
 from probes.labels import labels_from_array
+from probes.reference import fit_sklearn
 from probes.run import ProbeConfig, read_results, run_probes, save_results, split_videos
 
 GRID = (2, 4, 4)
@@ -197,7 +198,7 @@ def test_results_are_saved_as_csv_and_inside_the_store(synthetic, tmp_path):
 @pytest.fixture(scope="module")
 def testbed_store(tmp_path_factory):
     """The shipped testbed traced on 16 held-out mazes, 4 of 20 steps, 3 layers."""
-    from interp.trace_job import TraceConfig, run_trace
+    from interp.experiments.trace import TraceConfig, run_trace
 
     folder = tmp_path_factory.mktemp("testbed")
     cfg = TraceConfig(n=16, steps="0,10,19", layers="0,4,7")
@@ -234,8 +235,8 @@ def test_probe_cli_refuses_bad_requests_before_fitting(testbed_store, tmp_path, 
 
 def test_pooled_stores_refuse_token_classes_but_pool_regression_labels(tmp_path):
     from activations import ActivationStore
-    from interp.trace_job import TraceConfig, run_trace
-    from probes.labels import maze_labels
+    from interp.experiments.trace import TraceConfig, run_trace
+    from interp.tasks.maze_labels import maze_labels
 
     path = run_trace(TraceConfig(n=2, steps="0", layers="0", pooling="spatial:2"), tmp_path / "p.h5", progress=False)
     with ActivationStore(path) as store:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from interp.sampling import StepHook, initial_noise, make_scheduler, sample
+from interp.execution.loop import StepHook, initial_noise, make_scheduler, sample
 from interp.tasks import maze as M
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from activations import ActivationStore, Pooling, StoreError, parse_index_spec
+from interp.execution.loop import StepHook, initial_noise, sample
+from interp.experiments.trace import TraceConfig, plan_trace, run_trace
 from interp.models import testbed
-from interp.sampling import StepHook, initial_noise, sample
 from interp.tasks import maze as M
-from interp.trace_job import TraceConfig, plan_trace, run_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"num_layers": 3, "ffn_dim": 64, "num_attention_heads": 2, "attention_head_dim": 16}
@@ -182,7 +182,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path, tiny):
 KILL_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
-from interp.trace_job import TraceConfig, run_trace
+from interp.experiments.trace import TraceConfig, run_trace
 run_trace(TraceConfig.from_json(open(sys.argv[1]).read()), sys.argv[2], progress=False)
 """
 

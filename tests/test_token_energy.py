@@ -4,8 +4,8 @@ import torch
 
 from activations import ActivationStore
 from interp.analysis.token_energy import energy_by_layer, pca_rgb, token_energy
+from interp.experiments.trace import TraceConfig, run_trace
 from interp.models import testbed
-from interp.trace_job import TraceConfig, run_trace
 
 
 @pytest.fixture

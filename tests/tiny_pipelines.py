@@ -94,11 +94,13 @@ def tiny_hunyuan_transformer():
     ).eval()
 
 
-def build_tiny_wan(folder: Path, image_to_video: bool = False, two_experts: bool = False) -> Path:
-    """A tiny Wan 2.1 pipeline, or Wan 2.2 (high- and low-noise experts) with ``two_experts``."""
+def build_tiny_wan(folder: Path, image_to_video: bool = False, two_experts: bool = False, unipc: bool = False) -> Path:
+    """A tiny Wan 2.1 pipeline, or Wan 2.2 (high- and low-noise experts) with ``two_experts``;
+    ``unipc``: the multistep scheduler released Wan pipelines ship (flow sigmas, shift 3)."""
     from diffusers import (
         AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler,
         WanImageToVideoPipeline,
         WanPipeline,
     )
@@ -120,6 +122,8 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, two_experts: bool
     ).eval()
     transformer = tiny_wan_transformer(in_channels=12 if image_to_video else 4)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    if unipc:
+        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     if image_to_video:
         pipe = WanImageToVideoPipeline(
             tokenizer=tokenizer,
@@ -130,7 +134,14 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, two_experts: bool
             image_processor=None,
             image_encoder=None,
         )
-    else:
+    if image_to_video and two_experts:
+        torch.manual_seed(1)
+        pipe = WanImageToVideoPipeline(
+            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer,
+            transformer_2=tiny_wan_transformer(in_channels=12), boundary_ratio=0.875, image_processor=None,
+            image_encoder=None,
+        )  # fmt: skip
+    elif not image_to_video:
         experts = {}
         if two_experts:
             torch.manual_seed(1)

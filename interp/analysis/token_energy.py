@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.decomposition import PCA
 
+from activations.axes import block_output_sites
 from activations.reader import ActivationStore
 
 
@@ -30,9 +31,21 @@ def token_energy(store: ActivationStore, site: str, videos=None, steps=None) -> 
     return _to_grid(store, np.linalg.norm(acts, axis=-1))
 
 
+def layer_sites(store: ActivationStore, video: int, step: int) -> dict[int, str]:
+    """Per layer, the block-output site that holds data at (video, step): a two-expert model (Wan 2.2)
+    runs one expert per step, the other's slab is NaN."""
+    chosen = {}
+    for layer, sites in block_output_sites(store.sites).items():
+        for site in sites:
+            if len(sites) == 1 or np.isfinite(store.activations(site, videos=[video], steps=[step])).any():
+                chosen[layer] = site
+                break
+    return chosen
+
+
 def energy_by_layer(store: ActivationStore, video: int, step: int, sites: Sequence[str] | None = None) -> np.ndarray:
     """(layer, frame) mean token energy per frame: the study's layers x frames heatmap."""
-    sites = list(sites) if sites is not None else [f"blocks.{k}" for k in store.layers]
+    sites = list(sites) if sites is not None else list(layer_sites(store, video, step).values())
     rows = []
     for site in sites:
         energy = token_energy(store, site, videos=[video], steps=[step])[0, 0]

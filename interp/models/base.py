@@ -74,13 +74,69 @@ def first_tensor(output) -> torch.Tensor:
     return output[0]
 
 
+@dataclass
+class PipelineSpec:
+    """What an adapter needs to know of a run beyond the pipeline itself (LTX plans its timesteps
+    from the video size); ``guidance_scale`` None keeps the family's default."""
+
+    height: int = 480
+    width: int = 832
+    num_frames: int = 81
+    guidance_scale: float | None = None
+
+
+PREDICTIONS = ("flow", "v", "eps")  # what the transformer predicts: flow velocity, v (DDIM-family), noise
+
+
 class VideoDiTAdapter:
-    """Base class; subclasses set ``name`` and ``blocks_attr`` and implement the three methods."""
+    """The whole protocol a model family fills in; a subclass is one small file (``interp/models/``),
+    registered there for the pipeline classes it serves (``interp.models.registry.register``).
+
+    Required: ``forward_calls``, ``token_grid`` and (for pipeline families) ``from_pipeline``,
+    ``pipeline_latent_shape``, ``pipeline_conditioning``, ``decode``. The rest has defaults: one
+    call and its output as the velocity (``combine``), flow matching (``prediction``, ``x0_hat``),
+    ``scheduler.set_timesteps`` (``set_timesteps``), flow-matching Euler (``make_scheduler``).
+    """
 
     name = "base"
     blocks_attr = "blocks"
+    prediction = "flow"
     # Canonical sub-module names (sites ``blocks.K.attn1`` ...) -> this family's attribute names.
     sub_modules: dict[str, str] = {"attn1": "attn1", "attn2": "attn2", "ffn": "ffn"}
+
+    @classmethod
+    def from_pipeline(cls, pipe, spec: PipelineSpec | None = None) -> VideoDiTAdapter:
+        """The adapter of a loaded diffusers pipeline of this family."""
+        raise NotImplementedError(f"{cls.__name__} does not wrap diffusers pipelines")
+
+    def _needs_pipeline(self, what: str):
+        raise NotImplementedError(f"{type(self).__name__} has no {what}: it is not built from a diffusers pipeline")
+
+    def pipeline_latent_shape(self, height: int, width: int, num_frames: int) -> tuple[int, ...]:
+        """Shape of one video's latent for a video of this size."""
+        self._needs_pipeline("pipeline_latent_shape")
+
+    def pipeline_conditioning(
+        self, prompts, images, noise, negative_prompt, height, width, num_frames, max_sequence_length
+    ):
+        """Text (and image) conditioning of a batch through the pipeline's encoders."""
+        self._needs_pipeline("pipeline_conditioning")
+
+    def decode(self, latents: torch.Tensor):
+        """Latents to RGB videos (B, T, H, W, 3) uint8."""
+        self._needs_pipeline("decode")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def set_timesteps(self, scheduler, num_steps: int, device=None) -> None:
+        """Prepare ``scheduler`` for ``num_steps`` steps as this family's pipeline does."""
+        scheduler.set_timesteps(num_steps, device=device)
+
+    def x0_hat(self, latents: torch.Tensor, output: torch.Tensor, timestep, sigma: float, scheduler) -> torch.Tensor:
+        """The clean-sample estimate of a step; flow matching: x_s = (1 - s) x0 + s noise, v = noise - x0."""
+        return latents - sigma * output
 
     def forward_calls(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning) -> list[ForwardCall]:
         raise NotImplementedError
@@ -111,9 +167,9 @@ class VideoDiTAdapter:
 
     def make_scheduler(self, shift: float | None = None):
         """The scheduler this model samples with (default: flow-matching Euler)."""
-        from interp.sampling import make_scheduler
+        from diffusers import FlowMatchEulerDiscreteScheduler
 
-        return make_scheduler(1.0 if shift is None else shift)
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0 if shift is None else shift)
 
     # -- sites ----------------------------------------------------------------------------------
     def num_blocks(self, expert: str | None = None) -> int:

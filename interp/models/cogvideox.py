@@ -15,6 +15,7 @@ import torch
 
 from interp.models.base import (
     ForwardCall,
+    PipelineSpec,
     VideoDiTAdapter,
     batched_guidance_branches,
     check_video_size,
@@ -22,6 +23,7 @@ from interp.models.base import (
     input_dtype,
     video_to_uint8,
 )
+from interp.models.registry import register
 
 
 @dataclass
@@ -36,8 +38,10 @@ class CogVideoXConditioning:
         return self.prompt_embeds.shape[0]
 
 
+@register("CogVideoXPipeline")
 class CogVideoXAdapter(VideoDiTAdapter):
     name = "cogvideox"
+    prediction = "v"  # DDIM-family v-prediction: x0_hat from the scheduler's alphas
     blocks_attr = "transformer_blocks"
     sub_modules = {"attn1": "attn1", "ffn": "ff"}
 
@@ -52,8 +56,9 @@ class CogVideoXAdapter(VideoDiTAdapter):
         self.pipeline = pipeline
 
     @classmethod
-    def from_pipeline(cls, pipe, guidance_scale: float = 6.0) -> CogVideoXAdapter:
-        return cls(pipe.transformer, pipe.scheduler, guidance_scale, pipe.vae, pipe)
+    def from_pipeline(cls, pipe, spec: PipelineSpec | None = None) -> CogVideoXAdapter:
+        scale = 6.0 if spec is None or spec.guidance_scale is None else spec.guidance_scale
+        return cls(pipe.transformer, pipe.scheduler, scale, pipe.vae, pipe)
 
     def make_scheduler(self, shift: float | None = None):
         return self.scheduler_class.from_config(self.scheduler_config)

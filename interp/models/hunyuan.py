@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from interp.models.base import ForwardCall, VideoDiTAdapter, check_video_size, input_dtype, video_to_uint8
+from interp.models.base import (
+    ForwardCall,
+    PipelineSpec,
+    VideoDiTAdapter,
+    check_video_size,
+    input_dtype,
+    video_to_uint8,
+)
+from interp.models.registry import register
 
 
 @dataclass
@@ -31,6 +39,7 @@ class HunyuanConditioning:
         return self.prompt_embeds.shape[0]
 
 
+@register("HunyuanVideoPipeline")
 class HunyuanVideoAdapter(VideoDiTAdapter):
     name = "hunyuanvideo"
     blocks_attr = "transformer_blocks"
@@ -54,8 +63,9 @@ class HunyuanVideoAdapter(VideoDiTAdapter):
         self.pipeline = pipeline
 
     @classmethod
-    def from_pipeline(cls, pipe, guidance_scale: float = 6.0, true_cfg_scale: float = 1.0) -> HunyuanVideoAdapter:
-        return cls(pipe.transformer, pipe.scheduler, guidance_scale, true_cfg_scale, pipe.vae, pipe)
+    def from_pipeline(cls, pipe, spec: PipelineSpec | None = None) -> HunyuanVideoAdapter:
+        scale = 6.0 if spec is None or spec.guidance_scale is None else spec.guidance_scale
+        return cls(pipe.transformer, pipe.scheduler, scale, 1.0, pipe.vae, pipe)
 
     def make_scheduler(self, shift: float | None = None):
         return self.scheduler_class.from_config(self.scheduler_config)

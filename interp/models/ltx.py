@@ -15,12 +15,14 @@ import torch
 
 from interp.models.base import (
     ForwardCall,
+    PipelineSpec,
     VideoDiTAdapter,
     batched_guidance_branches,
     check_video_size,
     combine_batched_guidance,
     video_to_uint8,
 )
+from interp.models.registry import register
 
 
 @dataclass
@@ -35,6 +37,7 @@ class LTXConditioning:
         return self.prompt_embeds.shape[0]
 
 
+@register("LTXPipeline")
 class LTXAdapter(VideoDiTAdapter):
     name = "ltx"
     blocks_attr = "transformer_blocks"
@@ -62,7 +65,10 @@ class LTXAdapter(VideoDiTAdapter):
         self.pipeline = pipeline
 
     @classmethod
-    def from_pipeline(cls, pipe, height: int, width: int, num_frames: int, guidance_scale: float = 3.0) -> LTXAdapter:
+    def from_pipeline(cls, pipe, spec: PipelineSpec | None = None) -> LTXAdapter:
+        spec = spec or PipelineSpec()
+        height, width, num_frames = spec.height, spec.width, spec.num_frames
+        guidance_scale = 3.0 if spec.guidance_scale is None else spec.guidance_scale
         t_scale, s_scale = pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio
         grid = (check_video_size(num_frames, height, width, t_scale, s_scale), height // s_scale, width // s_scale)
         return cls(

@@ -20,6 +20,8 @@ from interp.models.base import ForwardCall, VideoDiTAdapter
 from interp.tasks import maze as maze_task
 
 WEIGHTS_DIR = Path(__file__).parent / "testbed_weights"
+# Shipped testbeds by the name every command takes (``--model testbed``).
+NAMED = {"testbed": WEIGHTS_DIR, "testbed-mixed": Path(__file__).parent / "testbed_mixed_weights"}
 TEXT_DIM = 16
 LATENT_CHANNELS = len(maze_task.LATENT_CHANNELS)
 
@@ -80,6 +82,18 @@ def load_sampling_defaults(path: str | Path | None = None) -> SamplingDefaults:
     return SamplingDefaults(**{k: fields[k] for k in SamplingDefaults.__dataclass_fields__ if k in fields})
 
 
+def load_named(model: str) -> TestbedAdapter:
+    """A shipped testbed by name (``NAMED``) or a folder of testbed weights."""
+    if model in NAMED:
+        return TestbedAdapter.load(NAMED[model])
+    if not Path(model).is_dir():
+        raise ValueError(
+            f"model {model!r}: not a shipped testbed ({', '.join(NAMED)}), a folder of testbed weights "
+            "or a diffusers pipeline folder"
+        )
+    return TestbedAdapter.load(model)
+
+
 class TestbedAdapter(VideoDiTAdapter):
     """Model adapter for the testbed: what the sampler, tracer and interventions need to know."""
 
@@ -94,10 +108,6 @@ class TestbedAdapter(VideoDiTAdapter):
     @classmethod
     def load(cls, path: str | Path | None = None) -> TestbedAdapter:
         return cls(load_transformer(path), load_sampling_defaults(path))
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:

@@ -10,12 +10,19 @@ sites ``blocks.K``. Image-to-video concatenates the mask and the encoded first f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from interp.models.base import ForwardCall, VideoDiTAdapter, check_video_size, input_dtype, video_to_uint8
+from interp.models.base import (
+    ForwardCall,
+    PipelineSpec,
+    VideoDiTAdapter,
+    check_video_size,
+    input_dtype,
+    video_to_uint8,
+)
+from interp.models.registry import register
 
 
 @dataclass
@@ -30,6 +37,7 @@ class WanConditioning:
         return self.prompt_embeds.shape[0]
 
 
+@register("WanPipeline", "WanImageToVideoPipeline")
 class WanAdapter(VideoDiTAdapter):
     name = "wan"
     blocks_attr = "blocks"
@@ -58,22 +66,13 @@ class WanAdapter(VideoDiTAdapter):
         self.name = "wan2.2" if transformer_2 is not None else "wan2.1"
 
     @classmethod
-    def from_pipeline(cls, pipe, guidance_scale: float = 5.0, guidance_scale_2: float | None = None) -> WanAdapter:
+    def from_pipeline(cls, pipe, spec: PipelineSpec | None = None) -> WanAdapter:
+        scale = 5.0 if spec is None or spec.guidance_scale is None else spec.guidance_scale
         boundary = getattr(pipe.config, "boundary_ratio", None)
         transformer_2 = getattr(pipe, "transformer_2", None) if boundary is not None else None
         if getattr(pipe.config, "expand_timesteps", False):
             raise ValueError("Wan 2.2 TI2V (expand_timesteps) is not supported by this adapter yet")
-        return cls(
-            pipe.transformer, transformer_2, boundary, guidance_scale, guidance_scale_2, pipe.vae, pipe, pipe.scheduler
-        )
-
-    @classmethod
-    def from_folder(cls, path: str | Path, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> WanAdapter:
-        """A local diffusers Wan pipeline folder (nothing is fetched from a hub)."""
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained(Path(path), torch_dtype=dtype, local_files_only=True).to(device)
-        return cls.from_pipeline(pipe)
+        return cls(pipe.transformer, transformer_2, boundary, scale, None, pipe.vae, pipe, pipe.scheduler)
 
     def make_scheduler(self, shift: float | None = None):
         """A fresh copy of the pipeline's scheduler; without one, flow-matching Euler with ``shift``."""

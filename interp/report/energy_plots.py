@@ -54,12 +54,12 @@ def plot_token_maps(
 def write_energy_figures(store, video: int, step: int, out_dir: str | Path) -> list[Path]:
     """Token energy (layers x frames heatmap, per-token maps) and PCA colour maps of one video at one
     step of a store, plus the heatmap's numbers as .npy; returns the paths written."""
-    from interp.analysis.token_energy import energy_by_layer, pca_rgb, token_energy
+    from interp.analysis.token_energy import energy_by_layer, layer_sites, pca_rgb, token_energy
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    layers = store.layers
-    sites = [f"blocks.{k}" for k in layers]
+    chosen = layer_sites(store, video, step)
+    layers, sites = list(chosen), list(chosen.values())
     tag = f"video {video}, step {step} (sigma {store.sigma(step):.2f})"
     matrix = energy_by_layer(store, video, step, sites)
     maps = np.stack([token_energy(store, s, [video], [step])[0, 0] for s in sites])

@@ -31,10 +31,12 @@ def save_filmstrip(
     x0_videos: np.ndarray,
     sigmas: Sequence[float],
     path: str | Path,
-    steps: Sequence[int] | None = None,
+    steps: Sequence | None = None,
     title: str | None = None,
+    frames: Sequence[int] | None = None,
 ) -> Path:
-    """Decoded x0_hat of every step, (S, T, H, W, 3), as one PNG grid like the study's Figure 1."""
+    """Decoded x0_hat of every step, (S, T, H, W, 3), as one PNG grid like the study's Figure 1
+    (``frames``: the video frames the columns show, when they are a subset)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n_steps, n_frames = x0_videos.shape[:2]
@@ -47,9 +49,10 @@ def save_filmstrip(
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(f"frame {j}", fontsize=8)
+                ax.set_title(f"frame {j if frames is None else frames[j]}", fontsize=8)
             if j == 0:
-                ax.set_ylabel(f"step {steps[i]}\nσ={sigmas[i]:.2f}", fontsize=7, rotation=0, ha="right", va="center")
+                label = f"step {steps[i]}" if not isinstance(steps[i], str) else steps[i]
+                ax.set_ylabel(f"{label}\nσ={sigmas[i]:.2f}", fontsize=7, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title, fontsize=9)
     # Keep half an inch at the top for the title, clear of the column headings.

@@ -1,16 +1,11 @@
-"""One self-contained HTML page for a run folder: every figure embedded, every file linked.
+"""One self-contained HTML page for a run folder, built from its run manifests alone.
 
-``write_report(run_dir)`` looks for what the toolkit's commands write (it does not rerun anything):
-
-- ``accuracy.json`` (``interp evaluate`` / the demo), ``study.json`` (the demo's headline numbers);
-- x0_hat filmstrips: folders with ``verdict.json`` + ``filmstrip.png`` (``interp generate``);
-- probes: ``probes.csv`` with its ``probe_*.png`` heatmaps and ``probes.config.json``;
-- causal experiments: folders whose ``config.json`` names ``patch``, ``swap``, ``perturb`` or ``flow``;
-- token energy: folders with ``energy_maps.png``; Chain-of-Steps: ``chain.json``; ensemble: ``ensemble.json``;
-- activation stores (``*.h5`` with ``*.h5.config.json``) and every other config.
-
-Figures are embedded as data URIs (the page works when moved or mailed); links to the files are
-relative to the page, which is written into the run folder. Sections with nothing found are left out.
+Every command writes a manifest (``run.json`` or ``NAME.run.json``: kind, config, the files it wrote
+with their roles, headline lines, summary tables); ``write_report(run_dir)`` reads them (it reruns
+nothing and guesses nothing from file names) and renders each in its section: headline, notes,
+tables, figures embedded as data URIs (the page works when moved or mailed), every other listed
+file linked. Files of the folder no manifest lists are linked under "Other files", so nothing a run
+wrote is hidden. Links are relative to the page, which is written into the run folder.
 """
 
 from __future__ import annotations
@@ -24,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-EXPERIMENTS = ("patch", "swap", "perturb", "flow")
+from interp.experiments.base import Manifest, is_manifest
+
 _SKIP_DIRS = {".parts"}
 
 _CSS = """
@@ -119,293 +115,42 @@ def _walk(root: Path, max_depth: int = 4) -> list[Path]:
     return found
 
 
-def _ci(ci) -> str:
-    return f"{ci[0]:.1%}-{ci[1]:.1%}"
+# Report sections in page order (id, title); a manifest names its section, unknown ones come last.
+SECTIONS = [
+    ("headline", "Headline numbers"), ("filmstrips", "x0_hat filmstrips"),
+    ("probes", "Linear probes per (step, layer)"),
+    ("patching", "Activation patching and latent swapping"), ("noise", "Noise at step vs noise at frame"),
+    ("flow", "Information flow (CKA)"), ("energy", "Token energy"), ("chain", "Chain of Steps"),
+    ("ensemble", "Seed ensemble"), ("stores", "Activation stores"),
+]  # fmt: skip
 
 
-def _headline(page: _Page, files: list[Path]) -> None:
-    items = []
-    for path in files:
-        if path.name == "study.json":
-            study = json.loads(path.read_text())
-            items += [f"<li>{html.escape(line)}</li>" for line in study.get("headline", [])]
-            page.link(path)
-    for path in files:
-        if path.name == "accuracy.json" and not items:
-            acc = json.loads(path.read_text())
-            items.append(
-                f"<li>held-out {acc['size']}x{acc['size']} mazes: {acc['accuracy']:.1%} exact "
-                f"(95% CI {_ci(acc['ci95'])}, n={acc['n']})</li>"
-            )
-    accuracy = [p for p in files if p.name == "accuracy.json"]
-    if items or accuracy:
-        body = f'<ul class="headline">{"".join(items)}</ul>' + page.files(
-            accuracy + [p for p in files if p.name == "study.json"]
-        )
-        page.add("headline", "Headline numbers", body)
+def _manifest_body(page: _Page, path: Path, manifest: Manifest) -> str:
+    """One manifest: its headline, notes, tables, figures (embedded) and every other file (linked)."""
+    folder = path.parent
+    parts = [f"<h3>{html.escape(manifest.title)} <small>({page.link(path, page.rel(folder) or '.')})</small></h3>"]
+    if manifest.headline:
+        items = "".join(f"<li>{html.escape(x)}</li>" for x in manifest.headline)
+        parts.append(f'<ul class="headline">{items}</ul>')
+    parts += [f"<p>{html.escape(note)}</p>" for note in manifest.notes]
+    for table in manifest.tables:
+        parts.append(f"<p><b>{html.escape(table.title)}</b></p>" + _table(table.rows, table.columns, table.formats))
+    others = []
+    for entry in manifest.files:
+        file = folder / entry.path
+        if not file.is_file():
+            parts.append(f'<p class="files">missing: {html.escape(entry.path)}</p>')
+        elif entry.role == "figure" and file.suffix.lower() in (".png", ".gif", ".jpg", ".jpeg", ".svg"):
+            parts.append(page.image(file, entry.caption))
+        else:
+            others.append(file)
+    parts.append(page.files(others))
+    return "".join(parts)
 
 
-def _filmstrips(page: _Page, files: list[Path]) -> None:
-    figures = []
-    for verdict_path in [p for p in files if p.name == "verdict.json"]:
-        folder = verdict_path.parent
-        strip = folder / "filmstrip.png"
-        if not strip.is_file():
-            continue
-        record = json.loads(verdict_path.read_text())
-        verdict = record.get("verdict", record)
-        solved = "solved" if verdict.get("solved") else "NOT solved"
-        figures.append(
-            f'<div class="strip">{page.image(strip, f"{folder.name}: {solved}")}'
-            f"{page.files([verdict_path, folder / 'video.gif'])}</div>"
-        )
-    if figures:
-        intro = (
-            "<p>Rows: denoising steps (the clean-sample estimate x0_hat of each step, decoded); columns: frames. "
-            "The last row is the sampled video.</p>"
-        )
-        page.add("filmstrips", "x0_hat filmstrips", intro + f'<div class="grid">{"".join(figures)}</div>')
-
-
-def _probes(page: _Page, files: list[Path]) -> None:
-    import pandas as pd
-
-    body = []
-    for csv in [p for p in files if p.name.endswith(".csv") and (p.parent / "probes.config.json").is_file()]:
-        table = pd.read_csv(csv)
-        if "selectivity" not in table:
-            continue
-        rows = []
-        for target, group in table.groupby("target", sort=False):
-            best = group.loc[group["selectivity"].idxmax()]
-            rows.append({"target": target, **best.drop("target").to_dict()})
-        cols = [
-            "target",
-            "metric",
-            "step",
-            "layer",
-            "value",
-            "control",
-            "selectivity",
-            "x_t",
-            "condition",
-            "majority_rate",
-        ]
-        body.append(
-            f"<h3>{html.escape(page.rel(csv.parent))}</h3><p>Best selectivity (score minus control task) per target. "
-            "Controls: the Hewitt-Liang control task, the same probe on the noisy input x_t alone and on the "
-            "conditioning latent alone, and the majority-class rate; splits are by video.</p>"
-            + _table(rows, cols, {c: ".3f" for c in cols[4:]})
-        )
-        for png in sorted(csv.parent.glob("probe_*.png")):
-            body.append(
-                page.image(png, f"probe heatmaps, {png.stem.removeprefix('probe_')}: layers x steps with controls")
-            )
-        body.append(page.files([csv, csv.parent / "probes.config.json"]))
-    if body:
-        page.add("probes", "Linear probes per (step, layer)", "".join(body))
-
-
-def _experiment_dirs(files: list[Path]) -> dict[str, list[tuple[Path, dict]]]:
-    found: dict[str, list[tuple[Path, dict]]] = {k: [] for k in EXPERIMENTS}
-    for cfg_path in [p for p in files if p.name == "config.json"]:
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError:
-            continue
-        kind = cfg.get("experiment") if isinstance(cfg, dict) else None
-        if kind in found and (cfg_path.parent / "result.json").is_file():
-            found[kind].append((cfg_path.parent, json.loads((cfg_path.parent / "result.json").read_text())))
-    return found
-
-
-def _grid_summary(result: dict) -> str:
-    values = np.array([[np.nan if v is None else v for v in row] for row in result["values"]], dtype=float)
-    if not np.isfinite(values).any():
-        return "<p>No finite scores (the model answered clean and corrupted inputs alike).</p>"
-    i, j = np.unravel_index(np.nanargmax(values), values.shape)
-    dims, coords = result["dims"], result["coords"]
-    where = ", ".join(f"{d} {coords[d][k]}" for d, k in zip(dims, (i, j)))
-    return (
-        f"<p>{html.escape(result.get('name', 'score'))}: highest {values[i, j]:.2f} at {where}; "
-        f"mean {np.nanmean(values):.2f} over {np.isfinite(values).sum()} cells.</p>"
-    )
-
-
-_THREE_DIGITS = {"solved": ".3f", "answer_right": ".3f", "similarity": ".3f"}
-
-
-def _causal(page: _Page, files: list[Path]) -> None:
-    found = _experiment_dirs(files)
-    grids = []
-    for kind in ("patch", "swap"):
-        for folder, result in found[kind]:
-            cfg = result["config"]
-            what = (
-                f"activation patching, {cfg.get('direction')} direction, span {cfg.get('span')}, "
-                f"region {cfg.get('region')}"
-                if kind == "patch"
-                else f"latent swap with {cfg.get('other')} inputs at steps {cfg.get('steps')}"
-            )
-            grids.append(
-                f"<h3>{html.escape(page.rel(folder))}</h3>{_grid_summary(result)}"
-                + page.image(folder / "heatmap.png", what)
-                + page.files([folder / "config.json", folder / "result.json"])
-            )
-    if grids:
-        intro = (
-            "<p>Score 1: the run behaves like the clean (source) input; 0: like the corrupted (base) one. "
-            "Each cell patches one (step, layer); with span 'onward' every later step is patched too.</p>"
-        )
-        page.add("patching", "Activation patching and latent swapping", intro + "".join(grids))
-    noise = []
-    for folder, result in found["perturb"]:
-        rows = []
-        for key, label in (("at_step", "noise at step"), ("at_frame", "noise at frame")):
-            for x, r in sorted(result[key].items(), key=lambda kv: int(kv[0])):
-                row = {"where": label, "index": int(x)}
-                if "accuracy" in r:
-                    row.update(solved=r["accuracy"], ci95=_ci(r["ci95"]), answer_right=r.get("final_exact", ""))
-                else:
-                    row.update(similarity=r.get("similarity", ""))
-                rows.append(row)
-        base = result["baseline"]
-        base_text = (
-            f"no noise: {base['accuracy']:.1%} solved (95% CI {_ci(base['ci95'])}, n={base['n']})"
-            if "accuracy" in base
-            else "pipeline model: cosine similarity of the final latent to the unperturbed run"
-        )
-        cols = (
-            ["where", "index", "solved", "ci95", "answer_right"]
-            if "accuracy" in base
-            else ["where", "index", "similarity"]
-        )
-        noise.append(
-            f"<h3>{html.escape(page.rel(folder))}</h3><p>{html.escape(base_text)}</p>"
-            + page.image(
-                folder / "noise_step_vs_frame.png", "noise at step (chain of steps) vs noise at frame (chain of frames)"
-            )
-            + f"<details><summary>table</summary>{_table(rows, cols, _THREE_DIGITS)}</details>"
-            + page.files([folder / "config.json", folder / "result.json"])
-        )
-    if noise:
-        page.add("noise", "Noise at step vs noise at frame", "".join(noise))
-    flows = []
-    for folder, result in found["flow"]:
-        sens = result.get("sensitivity") or []
-        steps = result["coords"]["inject_step"]
-        text = ""
-        if sens:
-            k = int(np.nanargmax(np.array(sens, dtype=float)))
-            text = (
-                f"<p>Most sensitive injection step: {steps[k]} (mean 1 - CKA of later block outputs {sens[k]:.3f}).</p>"
-            )
-        flows.append(
-            f"<h3>{html.escape(page.rel(folder))}</h3>{text}"
-            + page.image(folder / "flow.png", "information flow: linear CKA to the clean run after noise at step s")
-            + page.files([folder / "config.json", folder / "result.json"])
-        )
-    if flows:
-        page.add("flow", "Information flow (CKA)", "".join(flows))
-
-
-def _energy(page: _Page, files: list[Path]) -> None:
-    body = []
-    for maps in [p for p in files if p.name == "energy_maps.png"]:
-        folder = maps.parent
-        figs = [page.image(folder / n, f"{folder.name}: {n.removesuffix('.png').replace('_', ' ')}") for n in
-                ("energy_maps.png", "pca_maps.png", "energy_layers_frames.png") if (folder / n).is_file()]  # fmt: skip
-        body.append(f"<h3>{html.escape(page.rel(folder))}</h3>" + "".join(figs) + page.files(folder.glob("*.npy")))
-    if body:
-        page.add("energy", "Token energy", "<p>Per-token residual norm and PCA maps, one video.</p>" + "".join(body))
-
-
-_CHAIN_CAPTION = "verifier on x0_hat per step, lit side branches, perception vs commit"
-
-
-def _chain(page: _Page, files: list[Path]) -> None:
-    body = []
-    for path in [p for p in files if p.name == "chain.json"]:
-        record = json.loads(path.read_text())
-        s = record["summary"]
-        solved = s["solved_per_step"]
-        rows = [{"statistic": "videos", "value": s["n"]},
-                {"statistic": "x0_hat solved at step 0", "value": f"{solved[0]:.1%}"},
-                {"statistic": f"x0_hat solved at step {len(solved) // 2}", "value": f"{solved[len(solved) // 2]:.1%}"},
-                {"statistic": "final video solved", "value": f"{s['final_solved']:.1%}"},
-                {"statistic": "commit step (median, min-max)",
-                 "value": f"{s['commit_step']['median']:.0f} ({s['commit_step']['min']}-{s['commit_step']['max']})"},
-                {"statistic": "perception step (median)",
-                 "value": f"{s['perception_step']['median']:.0f}"}]  # fmt: skip
-        rows += [{"statistic": f"share: {k}", "value": f"{v:.1%}"} for k, v in s["behaviour_share"].items()]
-        figure = path.parent / "chain.png"
-        body.append(
-            f"<h3>{html.escape(page.rel(path.parent))}</h3>"
-            + _table(rows, ["statistic", "value"])
-            + (page.image(figure, _CHAIN_CAPTION) if figure.is_file() else "")
-            + "<details><summary>thresholds</summary>" + _pre_json(record["config"]) + "</details>"
-            + page.files([path])
-        )  # fmt: skip
-    if body:
-        page.add("chain", "Chain of Steps", "".join(body))
-
-
-def _ensemble(page: _Page, files: list[Path]) -> None:
-    body = []
-    for path in [p for p in files if p.name == "ensemble.json"]:
-        record = json.loads(path.read_text())
-        if record["rows"] and "accuracy" not in record["rows"][0]:  # a pipeline model: no verifier
-            cols = ["sample", "variant", "method", "n_seeds", "k", "scale", "similarity_to_seed0", "latent_std_ratio"]
-            body.append(
-                f"<h3>{html.escape(page.rel(path.parent))}</h3><p>No verifier for this model: each variant's "
-                "video is in <code>videos/</code> for your own scorer; a latent spread ratio below 1 means "
-                "a smoother (lower-temperature) output than one seed's.</p>"
-                + _table(
-                    record["rows"], cols, {"similarity_to_seed0": ".3f", "latent_std_ratio": ".3f", "scale": ".2f"}
-                )
-                + page.files([path, path.parent / "ensemble.csv", path.parent / "finals.safetensors"])
-            )
-            continue
-        rows = [{**r, "ci95": _ci(r["ci95"])} for r in record["rows"]]
-        cols = ["size", "method", "n_seeds", "k", "scale", "accuracy", "ci95", "n"]
-        figure = path.parent / "ensemble.png"
-        body.append(
-            f"<h3>{html.escape(page.rel(path.parent))}</h3><p>The controls (one seed with its noise shrunk as the "
-            "mean of N seeds shrinks it; low temperature) say how much of an ensemble's gain is a temperature "
-            "effect: a gain is more than that only where it clears the controls' intervals.</p>"
-            + _table(rows, cols, {"accuracy": ".3f", "scale": ".2f"})
-            + (page.image(figure, "accuracy with 95% intervals") if figure.is_file() else "")
-            + page.files([path, path.parent / "ensemble.csv", path.parent / "ensemble.txt"])
-        )
-    if body:
-        page.add("ensemble", "Seed ensemble", "".join(body))
-
-
-def _stores(page: _Page, files: list[Path]) -> None:
-    from activations.reader import ActivationStore
-
-    body = []
-    for path in [p for p in files if p.suffix == ".h5" and Path(str(p) + ".config.json").is_file()]:
-        try:
-            with ActivationStore(path) as store:
-                info = {"videos": store.n_videos, "steps": len(store.steps), "sites": len(store.sites)}
-        except (OSError, ValueError) as err:
-            info = {"error": str(err)}
-        text = ", ".join(f"{k}: {v}" for k, v in info.items())
-        body.append(f"<p>{page.link(path)}: {html.escape(text)}</p>")
-    if body:
-        page.add("stores", "Activation stores", "".join(body))
-
-
-def _configs(page: _Page, files: list[Path]) -> None:
-    body = []
-    for path in files:
-        if path.name.endswith("config.json") or path.name == "study.json":
-            try:
-                cfg = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                continue
-            body.append(f"<details><summary>{page.link(path)}</summary>{_pre_json(cfg)}</details>")
+def _configs(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
+    body = [f"<details><summary>{html.escape(page.rel(p))}: {html.escape(m.kind)}</summary>{_pre_json(m.config)}"
+            "</details>" for p, m in manifests]  # fmt: skip
     if body:
         page.add("config", "The run's configuration", "".join(body))
 
@@ -421,11 +166,21 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, title: str 
     except ValueError as err:
         raise ValueError(f"the report must be written inside {root} so its links resolve, got {out}") from err
     files = [p for p in _walk(root) if p.resolve() != out.resolve()]
+    manifests = [(p, Manifest.read(p)) for p in files if is_manifest(p)]
     page = _Page(root)
-    for section in (_headline, _filmstrips, _probes, _causal, _energy, _chain, _ensemble, _stores, _configs):
-        section(page, files)
+    order = {sid: i for i, (sid, _) in enumerate(SECTIONS)}
+    titles = dict(SECTIONS)
+    by_section: dict[str, list[str]] = {}
+    for path, manifest in sorted(manifests, key=lambda pm: (order.get(pm[1].section, len(order)), pm[0].as_posix())):
+        page.linked.add(path.resolve())
+        by_section.setdefault(manifest.section, []).append(_manifest_body(page, path, manifest))
+    for sid, bodies in by_section.items():
+        grid = sid == "filmstrips"
+        body = "".join(f'<div class="strip">{b}</div>' for b in bodies) if grid else "".join(bodies)
+        page.add(sid, titles.get(sid, sid), f'<div class="grid">{body}</div>' if grid else body)
+    _configs(page, manifests)
     if not page.sections:
-        raise ValueError(f"nothing to report in {root}: no results of the toolkit's commands found")
+        raise ValueError(f"nothing to report in {root}: no run manifests (run.json) of the toolkit's commands found")
     rest = [p for p in files if p.resolve() not in page.linked and p.suffix != ".tmp"]
     if rest:
         page.add("files", "Other files", page.files(rest))

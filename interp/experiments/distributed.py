@@ -37,22 +37,19 @@ def _make_job(kind: str, cfg_json: str):
     key = (kind, cfg_json)
     if key not in _JOB_CACHE:
         _JOB_CACHE.clear()  # another trace's model would only hold memory
+        from interp.experiments.trace import PipelineTraceConfig, TraceConfig, make_job
+
         if kind == "testbed":
-            from interp.trace_job import TestbedTraceJob, TraceConfig
-
-            _JOB_CACHE[key] = TestbedTraceJob(TraceConfig.from_json(cfg_json))
+            _JOB_CACHE[key] = make_job(TraceConfig.from_json(cfg_json))
         elif kind == "pipeline":
-            from interp.pipeline_job import PipelineTraceConfig, PipelineTraceJob
-
-            _JOB_CACHE[key] = PipelineTraceJob(PipelineTraceConfig(**json.loads(cfg_json)))
+            _JOB_CACHE[key] = make_job(PipelineTraceConfig(**json.loads(cfg_json)))
         else:
             raise ValueError(f"unknown trace kind {kind!r}")
     return _JOB_CACHE[key]
 
 
 def _config_of(cfg) -> tuple[str, str]:
-    from interp.pipeline_job import PipelineTraceConfig
-    from interp.trace_job import TraceConfig
+    from interp.experiments.trace import PipelineTraceConfig, TraceConfig
 
     if isinstance(cfg, TraceConfig):
         return "testbed", cfg.to_json()
@@ -139,7 +136,7 @@ def run_trace_ray(
         raise ValueError("tracing on Ray needs the optional extra: pip install '.[ray]'") from err
     from tqdm.auto import tqdm
 
-    from interp.trace_job import batches
+    from interp.experiments.trace import batches, write_trace_files
 
     if workers < 1 or threads_per_worker < 1 or max_retries < 0:
         raise ValueError("workers and threads_per_worker must be >= 1, max_retries >= 0")
@@ -194,7 +191,7 @@ def run_trace_ray(
             ray.shutdown()
     with StoreWriter(out, layout):  # the manifest: the main file rebuilt from every finished part
         pass
-    out.with_name(out.name + ".config.json").write_text(json.dumps(json.loads(cfg_json), indent=2, sort_keys=True))
+    write_trace_files(cfg, out)
     if first_error is not None:
         raise RuntimeError(
             f"{len(summary.failed_batches)} batch(es) failed after {max_retries} retries "

@@ -17,14 +17,18 @@ times 1/sqrt(N)), and plain low-temperature sampling (initial noise times a scal
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from interp.evaluation import verify_latents, wilson_interval
-from interp.sampling import StepHook, initial_noise, sample
+from interp.execution.loop import StepHook, initial_noise, sample
+from interp.execution.patching import repeat_conditioning
+from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
+from interp.sources import PipelineInputs, load_testbed
 from interp.tasks import maze as maze_task
 
 MERGES = ("mean", "rescaled", "x0")
@@ -80,7 +84,12 @@ class ShrunkNoise(StepHook):
 
 
 @dataclass
-class EnsembleConfig:
+class EnsembleConfig(ExperimentConfig):
+    """On the testbed: accuracy over held-out mazes of each size. With ``pipeline`` (PipelineInputs
+    fields), on a user's model: with no verifier, every variant's video is written for the user's own
+    scorer, with statistics that need none (similarity to seed 0's output; the final latent's spread
+    against a single seed's: a merged latent that is too smooth shows a ratio below 1)."""
+
     experiment = "ensemble"
     model: str = "testbed"
     sizes: list[int] = field(default_factory=lambda: [4, 5])  # in and out of distribution
@@ -92,9 +101,22 @@ class EnsembleConfig:
     merges: list[str] = field(default_factory=lambda: ["mean", "rescaled", "x0"])
     temperatures: list[float] = field(default_factory=lambda: [0.8, 0.6])
     num_steps: int | None = None
+    pipeline: dict | None = None
 
-    def to_json(self) -> str:
-        return json.dumps({"experiment": self.experiment, **asdict(self)}, indent=2, sort_keys=True)
+    cli_help = {
+        "model": "A shipped testbed (testbed, testbed-mixed), a folder of testbed weights, or a pipeline folder.",
+        "sizes": "Maze sizes (4: in distribution); repeatable.",
+        "frames": "Frames per video.",
+        "n": "Held-out mazes per size.",
+        "first_seed": "First maze seed (pipeline models: first noise seed).",
+        "seeds": "Ensemble sizes N; repeatable.",
+        "ks": "Merge after each of the first K steps; repeatable.",
+        "merges": "Merge rules; repeatable.",
+        "temperatures": "Control: initial-noise scales; repeatable.",
+        "num_steps": "Denoising steps; default: the model's (50 for pipeline models).",
+    }
+    cli_flags = {"n": ("-n", "--n"), "sizes": ("--size",), "ks": ("--k",), "merges": ("--merge",),
+                 "temperatures": ("--temperature",)}  # fmt: skip
 
 
 def _sample_groups(adapter, noises, cond, n_seeds: int, num_steps: int, hooks=(), scale: float = 1.0):
@@ -141,24 +163,25 @@ def _variants(seeds: list[int], ks: list[int], merges: list[str], temperatures: 
 
 def _write_rows(rows: list[dict], cfg, out):
     """ensemble.json (config + rows) and ensemble.csv in ``out``; the table."""
-    from pathlib import Path
-
     import pandas as pd
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ensemble.json").write_text(json.dumps({"config": json.loads(cfg.to_json()), "rows": rows}, indent=2))
+    (out / "ensemble.json").write_text(json.dumps({"config": cfg.to_dict(), "rows": rows}, indent=2))
     table = pd.DataFrame(rows)
     table.to_csv(out / "ensemble.csv", index=False)
     return out, table
 
 
-def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True) -> list[dict]:
+def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True, out=None) -> list[dict]:
     """Accuracy rows: single seed, best-of-N oracle, ensembles (N, K, rule), shrunk-noise and
-    temperature controls, per maze size. The seeds of one maze: maze seed + 1,000,003 * i."""
-    from interp.trace_job import load_adapter
-
-    adapter = adapter or load_adapter(cfg.model)
+    temperature controls, per maze size. The seeds of one maze: maze seed + 1,000,003 * i.
+    With ``cfg.pipeline``: ``run_pipeline_ensemble`` (videos and latents go to ``out``)."""
+    if cfg.pipeline is not None:
+        if out is None:
+            raise ValueError("the pipeline ensemble writes its videos: give an output folder")
+        return run_pipeline_ensemble(cfg, out, progress)
+    adapter = adapter or load_testbed(cfg.model)
     num_steps = cfg.num_steps or adapter.defaults.num_steps
     _check_sweep(cfg.seeds, cfg.ks, cfg.merges, num_steps)
     rows: list[dict] = []
@@ -189,8 +212,10 @@ def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True) -> li
     return rows
 
 
-def write_ensemble_report(rows: list[dict], cfg: EnsembleConfig, out) -> dict:
-    """ensemble.json (config + rows), ensemble.csv, and a printable table."""
+def save_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
+    """ensemble.json (config + rows), ensemble.csv, a printable table and a figure, with the manifest."""
+    if cfg.pipeline is not None:
+        return _save_pipeline_ensemble(rows, cfg, out)
     out, _ = _write_rows(rows, cfg, out)
     lines = [f"{'size':>4} {'method':<30} {'N':>3} {'K':>3} {'scale':>6} {'accuracy':>9}  95% CI"]
     for r in rows:
@@ -203,7 +228,22 @@ def write_ensemble_report(rows: list[dict], cfg: EnsembleConfig, out) -> dict:
     text = "\n".join(lines)
     (out / "ensemble.txt").write_text(text + "\n")
     _plot_rows(rows, out / "ensemble.png")
-    return {"json": out / "ensemble.json", "csv": out / "ensemble.csv", "figure": out / "ensemble.png", "text": text}
+    manifest = Manifest("ensemble", "seed ensemble", "ensemble", cfg.to_dict())
+    manifest.add(out / "ensemble.png", "figure", "accuracy with 95% intervals")
+    manifest.add(out / "ensemble.json", "data", "config and rows")
+    manifest.add(out / "ensemble.csv", "table", "rows as CSV")
+    manifest.add(out / "ensemble.txt", "table", "rows as text")
+    manifest.notes.append(
+        "The controls (one seed with its noise shrunk as the mean of N seeds shrinks it; low temperature) say "
+        "how much of an ensemble's gain is a temperature effect: a gain is more than that only where it clears "
+        "the controls' intervals."
+    )
+    table_rows = [{**r, "ci95": f"{r['ci95'][0]:.1%}-{r['ci95'][1]:.1%}"} for r in rows]
+    columns = ["size", "method", "n_seeds", "k", "scale", "accuracy", "ci95", "n"]
+    manifest.tables.append(Table("accuracy per method", columns, table_rows, {"accuracy": ".3f", "scale": ".2f"}))
+    manifest.headline = lines
+    manifest.write(out)
+    return manifest
 
 
 def _label(r: dict) -> str:
@@ -246,49 +286,28 @@ def _plot_rows(rows: list[dict], path) -> None:
 
 
 # -- a user's model: no verifier, so the outputs and their statistics -------------------------------
-@dataclass
-class PipelineEnsembleConfig:
-    """The ensemble on a local diffusers pipeline over VBVR-style samples (``PipelineInputs`` fields in
-    ``pipeline``). With no verifier, every variant's video is written for the user's own scorer, with
-    statistics that need none: similarity to seed 0's output and the final latent's spread against a
-    single seed's (a merged latent that is too smooth shows a ratio below 1)."""
-
-    experiment = "ensemble"
-    pipeline: dict = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=lambda: [3])  # ensemble sizes N
-    ks: list[int] = field(default_factory=lambda: [1])
-    merges: list[str] = field(default_factory=lambda: ["mean", "rescaled", "x0"])
-    temperatures: list[float] = field(default_factory=lambda: [0.577])
-    first_seed: int = 0  # seeds of every sample: first_seed + i
-
-    def to_json(self) -> str:
-        return json.dumps({"experiment": self.experiment, **asdict(self)}, indent=2, sort_keys=True)
-
-
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.flatten().double(), b.flatten().double()
     return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-12))
 
 
-def run_pipeline_ensemble(cfg: PipelineEnsembleConfig, out, progress: bool = True) -> list[dict]:
+def run_pipeline_ensemble(cfg: EnsembleConfig, out, progress: bool = True) -> list[dict]:
     """Per sample: N independent seeds, each ensemble (N, K, rule), the shrunk-noise and temperature
-    controls; final latents in ``finals.safetensors`` and decoded GIFs under ``videos/``."""
-    from pathlib import Path
-
-    from PIL import Image
+    controls; final latents in ``finals.safetensors`` and decoded GIFs under ``videos/``. Seeds of
+    every sample: first_seed + i."""
     from safetensors.torch import save_file
 
-    from interp.causal.experiments import PipelineInputs, load_pipeline_inputs
-    from interp.causal.patching import repeat_conditioning
     from interp.report.filmstrip import save_gif
 
+    if not isinstance(cfg.pipeline, dict):
+        raise ValueError(f"pipeline must be an object of PipelineInputs fields, got {type(cfg.pipeline).__name__}")
     p = PipelineInputs(**cfg.pipeline)
     _check_sweep(cfg.seeds, cfg.ks, cfg.merges, p.num_steps)
-    adapter, samples = load_pipeline_inputs(p)
-    if getattr(adapter, "x0_hat", None) is not None and set(cfg.merges) - {"mean"}:
+    adapter, samples = p.load()
+    if adapter.prediction != "flow" and set(cfg.merges) - {"mean"}:
         raise ValueError(f"{adapter.name} is not a flow-matching model: only the 'mean' merge applies")
-    shape = adapter.pipeline_latent_shape(p.height, p.width, p.num_frames)
-    device = adapter.transformer.device
+    shape = p.latent_shape(adapter)
+    device = adapter.device
     n_max = max(cfg.seeds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -296,12 +315,7 @@ def run_pipeline_ensemble(cfg: PipelineEnsembleConfig, out, progress: bool = Tru
     finals: dict[str, torch.Tensor] = {}
     for item in tqdm(samples, disable=not progress, desc="ensembles per sample"):
         noise = initial_noise([cfg.first_seed + i for i in range(n_max)], shape, device, torch.float32)
-        image = Image.open(item.first_frame).convert("RGB") if item.first_frame else None
-        with torch.no_grad():
-            one = adapter.pipeline_conditioning(
-                [item.prompt], [image], noise[:1], p.negative_prompt, p.height, p.width, p.num_frames,
-                p.max_sequence_length,
-            )  # fmt: skip
+        one = p.conditioning(adapter, [item], noise[:1])
 
         def run(n_seeds: int, hooks=(), scale: float = 1.0, noise=noise, one=one) -> torch.Tensor:
             with torch.no_grad():
@@ -331,15 +345,52 @@ def run_pipeline_ensemble(cfg: PipelineEnsembleConfig, out, progress: bool = Tru
                 }
             )
             finals[f"{item.name}/{name}"] = final.detach().float().cpu().contiguous()
-            if getattr(adapter, "vae", None) is not None:
+            if adapter.vae is not None:
                 with torch.no_grad():
                     save_gif(adapter.decode(final[None].to(device))[0], folder / f"{name}.gif", scale=1)
     save_file(finals, str(out / "finals.safetensors"))
     return rows
 
 
-def write_pipeline_ensemble_report(rows: list[dict], cfg: PipelineEnsembleConfig, out) -> dict:
+def _save_pipeline_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
     """ensemble.json (config + rows) and ensemble.csv beside the videos and final latents."""
     out, table = _write_rows(rows, cfg, out)
     text = table[["sample", "variant", "similarity_to_seed0", "latent_std_ratio"]].to_string(index=False)
-    return {"json": out / "ensemble.json", "csv": out / "ensemble.csv", "text": text}
+    manifest = Manifest("ensemble", "seed ensemble (no verifier)", "ensemble", cfg.to_dict())
+    manifest.add(out / "ensemble.json", "data", "config and rows")
+    manifest.add(out / "ensemble.csv", "table", "rows as CSV")
+    manifest.add(out / "finals.safetensors", "data", "final latent of every variant")
+    for gif in sorted((out / "videos").rglob("*.gif")):
+        manifest.add(gif, "video", gif.relative_to(out).as_posix())
+    manifest.notes.append(
+        "No verifier for this model: each variant's video is in videos/ for your own scorer; a latent spread "
+        "ratio below 1 means a smoother (lower-temperature) output than one seed's."
+    )
+    columns = ["sample", "variant", "method", "n_seeds", "k", "scale", "similarity_to_seed0", "latent_std_ratio"]
+    formats = {"similarity_to_seed0": ".3f", "latent_std_ratio": ".3f", "scale": ".2f"}
+    manifest.tables.append(Table("variants", columns, rows, formats))
+    manifest.headline = text.splitlines()
+    manifest.write(out)
+    return manifest
+
+
+def demo(ctx) -> None:
+    """The study: the seed ensemble on held-out 5x5 mazes (N = 1, 3; K = 1) with its controls."""
+    n = ctx.options["n_ensemble"]
+    if not n:
+        return
+    ctx.stage(f"seed ensemble on {n} held-out 5x5 mazes (N = 1, 3; K = 1) with its controls")
+    cfg = EnsembleConfig(sizes=[5], n=n, seeds=[1, 3], ks=[1], temperatures=[0.577])
+    rows = run_ensemble(cfg, ctx.adapter, progress=False)
+    save_ensemble(rows, cfg, ctx.out / "ensemble")
+    acc = {(r["method"], r.get("n_seeds")): r["accuracy"] for r in rows}
+    ctx.headline.append(
+        f"seed ensemble, 5x5: one seed {acc[('single seed', 1)]:.0%}, mean of 3 {acc[('ensemble (mean)', 3)]:.0%}, "
+        f"rescaled {acc[('ensemble (rescaled)', 3)]:.0%}, best of 3 {acc[('best of N (oracle)', 3)]:.0%}; "
+        f"control one seed x 1/sqrt(3) {acc[('control: noise x 1/sqrt(N)', 3)]:.0%}"
+    )
+
+
+EXPERIMENT = register(
+    Experiment("ensemble", EnsembleConfig, run_ensemble, save_ensemble, run_writes=True, demo=demo, demo_order=70)
+)

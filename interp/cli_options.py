@@ -1,0 +1,156 @@
+"""The CLI commands of registered experiments, made from their config dataclasses.
+
+Every field becomes an option (``--field-name``; flags and help from the config's ``cli_help`` /
+``cli_flags``), plus ``--config`` (rerun a saved config), ``--out`` and ``--threads``; a config with a
+``pipeline`` field also takes ``--model DIR --data DIR [--samples A,B] --height --width --num-frames
+--device --torch-dtype`` and runs on that pipeline. A new experiment gets its command by registering.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import typer
+
+from interp.experiments.base import Experiment, experiments, load_config
+from interp.sources import default_dtype
+
+PIPELINE_OPTIONS = {
+    "data": (Path | None, None, "Pipeline models: folder of samples (prompt.txt, first_frame.png)."),
+    "samples": (list[str], [], "Pipeline models: sample folder names, in order (repeatable or A,B)."),
+    "height": (int, 480, "Pipeline models: video height."),
+    "width": (int, 832, "Pipeline models: video width."),
+    "num_frames": (int, 81, "Pipeline models: frames."),
+    "device": (str, "cpu", "Pipeline models: torch device."),
+    "torch_dtype": (str | None, None, "Pipeline models: compute dtype (default float32 on CPU, bfloat16 on CUDA)."),
+}
+
+
+class UsageError(ValueError):
+    """Bad arguments: reported as one line, exit status 2."""
+
+
+def check_maze(task: str, size: int, frames: int, steps: int | None) -> None:
+    if task != "maze":
+        raise UsageError(f"unknown task {task!r}; known tasks: maze")
+    if size < 2:
+        raise UsageError(f"--size must be at least 2 cells per side, got {size}")
+    if frames < 2:
+        raise UsageError(f"--frames must be at least 2 (the puzzle and the solution), got {frames}")
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {steps}")
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    if threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def testbed(model: str):
+    from interp.models.testbed import NAMED
+    from interp.sources import load_testbed
+
+    if model not in NAMED and not Path(model).is_dir():
+        raise UsageError(f"--model {model}: no such folder (shipped testbeds: {', '.join(NAMED)})")
+    return load_testbed(model)
+
+
+def echo_manifest(manifest, out: Path) -> None:
+    for line in manifest.headline:
+        typer.echo(line)
+    for entry in manifest.files:
+        typer.echo(f"  {entry.role}: {Path(out) / entry.path}")
+
+
+def _option(name: str, annotation, default, help_text: str, flags=None) -> inspect.Parameter:
+    flags = tuple(flags or ("--" + name.replace("_", "-"),))
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(default, *flags, help=help_text),
+        annotation=annotation,
+    )
+
+
+def _pipeline_spec(values: dict, model: str, num_steps: int | None) -> dict:
+    if values["data"] is None:
+        raise UsageError("a pipeline model needs --data DIR (sample folders with prompt.txt, first_frame.png)")
+    samples = [s for item in values["samples"] for s in item.split(",") if s]
+    dtype = default_dtype(values["device"], values["torch_dtype"])
+    return {
+        "model": model, "data": str(values["data"]), "samples": samples or None, "height": values["height"],
+        "width": values["width"], "num_frames": values["num_frames"], "num_steps": num_steps or 50,
+        "device": values["device"], "torch_dtype": dtype,
+    }  # fmt: skip
+
+
+def make_command(experiment: Experiment):
+    """A typer command function for a registered experiment."""
+    cls = experiment.config
+    hints = typing.get_type_hints(cls)
+    helps = getattr(cls, "cli_help", {})
+    flags = getattr(cls, "cli_flags", {})
+    names = [f.name for f in fields(cls) if f.name != "pipeline"]
+    has_pipeline = any(f.name == "pipeline" for f in fields(cls))
+    params = []
+    for f in fields(cls):
+        if f.name == "pipeline":
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        params.append(_option(f.name, hints[f.name], default, helps.get(f.name, ""), flags.get(f.name)))
+    if has_pipeline:
+        params += [_option(k, t, d, h) for k, (t, d, h) in PIPELINE_OPTIONS.items()]
+    params += [
+        _option("config", Path | None, None, "Rerun from a saved config.json or run.json (other options ignored)."),
+        _option("out", Path, Path(f"runs/{experiment.kind}"), "Output folder."),
+        _option("threads", int, 2, "CPU threads for torch."),
+    ]
+
+    def command(**values) -> None:
+        import torch
+
+        from interp.models.registry import is_pipeline_folder
+
+        if values["config"] is not None:
+            cfg = load_config(values["config"])
+            if not isinstance(cfg, cls):
+                raise UsageError(f"{values['config']} is a {cfg.experiment!r} config, not {experiment.kind!r}")
+        else:
+            chosen = {k: values[k] for k in names}
+            if has_pipeline and is_pipeline_folder(chosen.get("model", "")):
+                chosen["pipeline"] = _pipeline_spec(values, str(chosen["model"]), chosen.get("num_steps"))
+            elif has_pipeline and values["data"] is not None:
+                raise UsageError("--data is for pipeline models; the testbed generates its own mazes")
+            cfg = cls(**chosen)
+        if values["threads"] < 1:
+            raise UsageError(f"--threads must be at least 1, got {values['threads']}")
+        torch.set_num_threads(values["threads"])
+        tic, out = time.time(), values["out"]
+        result = experiment.run(cfg, out=out) if experiment.run_writes else experiment.run(cfg)
+        manifest = experiment.save(result, cfg, out)
+        for line in experiment.summary(manifest):
+            typer.echo(line)
+        for entry in manifest.files:
+            typer.echo(f"  {Path(out) / entry.path}")
+        typer.echo(f"[{time.time() - tic:.0f}s]")
+
+    command.__signature__ = inspect.Signature(params)
+    module = inspect.getmodule(experiment.run)
+    command.__doc__ = ((module.__doc__ if module else None) or experiment.kind).split("\n\n")[0]
+    command.__name__ = experiment.kind
+    return command
+
+
+def add_experiment_commands(app: typer.Typer) -> None:
+    """A command for every registered experiment with ``cli=True`` that the app does not have yet."""
+    have = {c.name for c in app.registered_commands}
+    for kind, experiment in experiments().items():
+        if experiment.cli and kind not in have:
+            app.command(kind)(make_command(experiment))

@@ -1,0 +1,146 @@
+"""Capture named activation sites per (denoising step, layer) while sampling, into a store.
+
+``SiteTracer`` is a step hook whose site actions save the chosen sites' outputs (the stored
+guidance branch's rows only) on the chosen steps; ``StoreSink`` pools them and queues them, with
+x0_hat and x_t, into a part of a store. The backend (nnsight by default, or plain hooks) is the
+call runner's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from activations.axes import parse_site
+from activations.pooling import Pooling
+from activations.schema import StoreLayout
+from activations.writer import PartWriter
+from interp.execution.loop import SampleResult, StepHook, StepState, sample, scheduler_sigmas
+from interp.execution.runner import SiteAction
+from interp.models.base import ForwardCall, VideoDiTAdapter
+
+
+class SiteTracer(StepHook):
+    """On ``steps``, saves ``sites`` (rows of guidance ``branch``) and hands them to ``on_step``
+    with the step's state after the scheduler step."""
+
+    def __init__(
+        self,
+        sites: Sequence[str],
+        steps: Sequence[int],
+        on_step: Callable[[StepState, dict[str, torch.Tensor]], None],
+        branch: str = "cond",
+    ):
+        self.by_expert: dict[str | None, list[str]] = {}
+        for site in sites:
+            self.by_expert.setdefault(parse_site(site)[0], []).append(site)
+        self.steps = set(steps)
+        self.on_step = on_step
+        self.branch = branch
+        self._captured: dict[str, torch.Tensor] = {}
+
+    def before_model(self, state: StepState) -> None:
+        self._captured = {}
+
+    def site_actions(self, state: StepState, index: int, call: ForwardCall) -> dict[str, SiteAction]:
+        rows = call.branches.get(self.branch)
+        if state.step not in self.steps or rows is None:
+            return {}
+
+        def saver(site: str):
+            def save(value: torch.Tensor) -> None:
+                self._captured[site] = value.detach()[rows]
+
+            return save
+
+        return {site: SiteAction(save=saver(site)) for site in self.by_expert.get(call.expert, [])}
+
+    def after_step(self, state: StepState) -> None:
+        if state.step in self.steps:
+            self.on_step(state, self._captured)
+
+
+class StoreSink:
+    """Pools a step's activations and queues them, with x0_hat and x_t, into a part of a store."""
+
+    def __init__(self, part: PartWriter, pooling: Pooling, grids: dict[str, tuple[int, int, int]]):
+        self.part = part
+        self.pooling = pooling
+        self.grids = grids
+
+    def __call__(self, state: StepState, activations: dict[str, torch.Tensor]) -> None:
+        for site, tokens in activations.items():
+            self.part.write_site(site, state.step, self.pooling.apply(tokens, self.grids[site]))
+        self.part.write_x0_hat(state.step, state.x0_hat)
+        self.part.write_x_t(state.step, state.latents)
+
+
+def site_grids(adapter: VideoDiTAdapter, sites: Sequence[str], latent_shape) -> dict[str, tuple[int, int, int]]:
+    return {site: adapter.token_grid(latent_shape, parse_site(site)[0]) for site in sites}
+
+
+def build_layout(
+    adapter: VideoDiTAdapter,
+    *,
+    model: str,
+    latent_shape: tuple[int, ...],
+    num_steps: int,
+    shift: float | None,
+    steps: list[int],
+    sites: list[str],
+    pooling: Pooling,
+    video_keys: list[str],
+    dtype: str = "float16",
+    branch: str = "cond",
+    extra: dict | None = None,
+) -> StoreLayout:
+    """The store layout of a tracing run; the scheduler gives every step's timestep and sigma."""
+    grids = set(site_grids(adapter, sites, latent_shape).values())
+    if len(grids) != 1:
+        raise ValueError(f"sites of one store must share a token grid, got {sorted(grids)}")
+    grid = grids.pop()
+    pooling.token_index(grid)  # validates random:K against the grid
+    scheduler = adapter.make_scheduler(shift)
+    adapter.set_timesteps(scheduler, num_steps)
+    sigmas = scheduler_sigmas(scheduler, scheduler.timesteps)
+    configs = {str(k): dict(m.config) for k, m in adapter.transformers().items()}
+    return StoreLayout(
+        model=model,
+        adapter=adapter.name,
+        num_steps=num_steps,
+        steps=steps,
+        timesteps=[float(t) for t in scheduler.timesteps],
+        sigmas=[float(s) for s in sigmas],
+        sites=sites,
+        hidden={s: adapter.hidden_size(parse_site(s)[0]) for s in sites},
+        token_grid=grid,
+        pooling=pooling.to_json(),
+        n_tokens=pooling.num_tokens(grid),
+        latent_shape=tuple(latent_shape),
+        condition_shape=adapter.condition_shape(tuple(latent_shape)),
+        n_videos=len(video_keys),
+        video_keys=video_keys,
+        dtype=dtype,
+        cfg_branch=branch,
+        model_config=configs,
+        extra={"shift": shift, **(extra or {})},
+    )
+
+
+def trace_batch(
+    adapter: VideoDiTAdapter,
+    part: PartWriter,
+    layout: StoreLayout,
+    noise: torch.Tensor,
+    conditioning,
+    shift: float | None,
+    backend: str = "nnsight",
+) -> SampleResult:
+    """Sample one batch, streaming the chosen steps' activations and x0_hat into ``part``."""
+    sink = StoreSink(part, Pooling.from_json(layout.pooling), site_grids(adapter, layout.sites, layout.latent_shape))
+    tracer = SiteTracer(layout.sites, layout.steps, sink, layout.cfg_branch)
+    if layout.condition_shape is not None:
+        part.write_condition(adapter.condition_latent(conditioning))
+    scheduler = adapter.make_scheduler(shift)
+    return sample(adapter, noise, conditioning, layout.num_steps, hooks=[tracer], scheduler=scheduler, backend=backend)

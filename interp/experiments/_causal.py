@@ -1,0 +1,152 @@
+"""Pieces every causal experiment shares: its config fields, its inputs (testbed mazes or a
+pipeline's samples, recorded once), and how its files and manifest are written."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from interp.execution.patching import RunCache, record_run
+from interp.execution.runner import BACKENDS
+from interp.experiments.base import ExperimentConfig, Manifest
+from interp.sources import PipelineInputs, load_testbed, maze_inputs
+from interp.tasks import maze as maze_task
+
+
+@dataclass
+class CausalConfig(ExperimentConfig):
+    model: str = "testbed"
+    size: int = 4
+    frames: int = 4
+    num_steps: int | None = None
+
+    cli_help = {
+        "model": "A shipped testbed (testbed, testbed-mixed), a folder of testbed weights, or a pipeline folder.",
+        "size": "Maze cells per side.",
+        "frames": "Frames per video.",
+        "num_steps": "Denoising steps; default: the model's (50 for pipeline models).",
+        "n": "Mazes (pairs for patching).",
+        "first_seed": "First maze seed (held-out mazes: below 500000).",
+        "backend": "How sites are read and replaced: hooks or nnsight.",
+    }
+    cli_flags = {"n": ("-n", "--n")}
+
+    def check_common(self, adapter) -> int:
+        """Testbed checks; the number of denoising steps."""
+        maze_task.encode(maze_task.generate_maze(self.size, 0), self.frames)  # validates size and frames
+        num_steps = self.num_steps or adapter.defaults.num_steps
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+        if getattr(self, "n", 1) < 1:
+            raise ValueError("n must be at least 1")
+        if getattr(self, "backend", "hooks") not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        return num_steps
+
+    def testbed(self, adapter=None):
+        return adapter or load_testbed(self.model)
+
+
+def maze_runs(adapter, mazes, frames: int, num_steps: int, sites, backend: str = "hooks") -> tuple[RunCache, object]:
+    """A recorded run of testbed mazes (noise seeded by each maze) and its conditioning."""
+    noise, cond = maze_inputs(adapter, mazes, frames)
+    return record_run(adapter, noise, cond, num_steps, sites, backend=backend), cond
+
+
+@dataclass
+class PipelineRuns:
+    adapter: object
+    run: RunCache
+    conditioning: object
+    names: list[str]
+    num_steps: int
+    inputs: PipelineInputs
+
+
+def pipeline_runs(spec: dict, sites_for, backend: str = "hooks") -> PipelineRuns:
+    """Load a pipeline adapter and record one run per chosen sample (same noise seed).
+
+    ``sites_for(adapter, inputs)`` checks the experiment against the model before any compute and
+    returns the sites to record.
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"pipeline must be an object of PipelineInputs fields, got {type(spec).__name__}")
+    inputs = PipelineInputs(**spec)
+    adapter, samples = inputs.load()
+    sites = sites_for(adapter, inputs)
+    noise = inputs.noise(adapter, [inputs.seed] * len(samples))
+    cond = inputs.conditioning(adapter, samples, noise)
+    run = record_run(adapter, noise, cond, inputs.num_steps, sites, backend=backend)
+    return PipelineRuns(adapter, run, cond, [x.name for x in samples], inputs.num_steps, inputs)
+
+
+def finite_or_none(values: np.ndarray) -> list:
+    return np.where(np.isfinite(values), values, None).tolist()
+
+
+def write_record(out: str | Path, cfg: ExperimentConfig, record: dict, kind: str, title: str, section: str) -> Manifest:
+    """config.json and result.json in ``out``; the manifest to which the figure is added."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(cfg.to_json())
+    (out / "result.json").write_text(json.dumps({"config": cfg.to_dict(), **record}, indent=2))
+    manifest = Manifest(kind=kind, title=title, section=section, config=cfg.to_dict())
+    manifest.add(out / "config.json", "config", "the experiment's config: rerun with --config")
+    manifest.add(out / "result.json", "data", "every number of the result")
+    return manifest
+
+
+@dataclass
+class GridResult:
+    """A (step, layer) grid of scores: the mean over pairs, and every pair's."""
+
+    config: ExperimentConfig
+    grid: object  # xarray DataArray (step, layer)
+    per_pair: np.ndarray  # (pairs, steps, layers)
+    meaning: str
+    extra: dict | None = None  # further per-cell numbers, e.g. the swap's mean normalised score
+
+    def record(self) -> dict:
+        grid = self.grid
+        return {
+            "dims": list(grid.dims),
+            "coords": {d: [int(v) for v in grid.coords[d].values] for d in grid.dims},
+            "name": grid.name,
+            "values": finite_or_none(grid.values),
+            "attrs": {"per_pair": finite_or_none(self.per_pair), "meaning": self.meaning, **(self.extra or {})},
+        }
+
+    def best(self) -> tuple[float, int, int] | None:
+        values = np.asarray(self.grid.values, dtype=float)
+        if not np.isfinite(values).any():
+            return None
+        i, j = np.unravel_index(np.nanargmax(values), values.shape)
+        return float(values[i, j]), int(self.grid.step.values[i]), int(self.grid.layer.values[j])
+
+
+def grid(values: np.ndarray, steps: list[int], layers: list[int], name: str):
+    import xarray as xr
+
+    return xr.DataArray(values, dims=("step", "layer"), coords={"step": steps, "layer": layers}, name=name)
+
+
+def save_grid(result: GridResult, out: str | Path, kind: str, title: str, figure_title: str) -> Manifest:
+    """result.json, config.json and heatmap.png of a grid result, with its manifest."""
+    from interp.report.causal_figures import grid_heatmap
+
+    manifest = write_record(out, result.config, result.record(), kind, title, "patching")
+    heatmap = grid_heatmap(result.grid, Path(out) / "heatmap.png", figure_title)
+    manifest.add(heatmap, "figure", figure_title)
+    best = result.best()
+    manifest.headline.append(
+        "no finite scores (the model answered both inputs alike)"
+        if best is None
+        else f"{result.grid.name}: highest {best[0]:.2f} at step {best[1]}, layer {best[2]}; "
+        f"mean {np.nanmean(result.grid.values):.2f} over {np.isfinite(result.grid.values).sum()} cells"
+    )
+    manifest.notes.append(result.meaning)
+    manifest.write(out)
+    return manifest

@@ -1,0 +1,184 @@
+"""Experiments as data, and what every run leaves behind.
+
+- ``ExperimentConfig``: a dataclass with a JSON round trip; unknown fields and a config of another
+  experiment are refused with the allowed names.
+- ``Experiment`` + ``register`` / ``get`` / ``experiments``: the registry the CLI, the demo and
+  the report find experiments through (``kind`` -> config class, ``run``, ``save``).
+- ``Manifest`` (``run.json``, or ``NAME.run.json`` beside a file): kind, config, the files a run
+  wrote with their roles and captions, headline lines and summary tables. ``interp report``
+  builds its page from manifests alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+MANIFEST = "run.json"
+MANIFEST_SUFFIX = ".run.json"
+
+
+@dataclass
+class ExperimentConfig:
+    experiment: ClassVar[str] = "experiment"
+
+    def to_dict(self) -> dict:
+        return {"experiment": self.experiment, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        if not isinstance(data, dict):
+            raise ValueError(f"a {cls.experiment} config must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        kind = data.pop("experiment", cls.experiment)
+        if kind != cls.experiment:
+            raise ValueError(f"this is a {kind!r} config, not {cls.experiment!r}")
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ValueError(
+                f"{cls.experiment} config: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class FileEntry:
+    path: str  # relative to the manifest's folder
+    role: str  # figure, table, data, config, store, video, ...
+    caption: str = ""
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[dict]
+    formats: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    kind: str
+    title: str
+    section: str  # the report section it belongs to
+    config: dict
+    files: list[FileEntry] = field(default_factory=list)
+    headline: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # sentences the report prints above the figures
+
+    def add(self, path: Path | str, role: str, caption: str = "") -> Path:
+        self.files.append(FileEntry(str(path), role, caption))
+        return Path(path)
+
+    def write(self, folder: str | Path, name: str | None = None) -> Path:
+        """``folder/run.json`` (or ``folder/NAME.run.json``); file paths are made relative to ``folder``."""
+        folder = Path(folder).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        for entry in self.files:
+            p = Path(entry.path)
+            if p.is_absolute() or not (folder / p).exists():
+                p = p.resolve().relative_to(folder)  # a file outside the run folder is an error
+            entry.path = p.as_posix()
+        path = folder / (MANIFEST if name is None else name + MANIFEST_SUFFIX)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, default=_json_default))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> Manifest:
+        data = json.loads(Path(path).read_text())
+        data["files"] = [FileEntry(**f) for f in data.get("files", [])]
+        data["tables"] = [Table(**t) for t in data.get("tables", [])]
+        return cls(**data)
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def is_manifest(path: Path) -> bool:
+    return path.name == MANIFEST or path.name.endswith(MANIFEST_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A registered experiment: the CLI makes a command of it (options from the config's fields),
+    the demo runs its ``demo`` step in ``demo_order``, and the report shows its manifests."""
+
+    kind: str
+    config: type[ExperimentConfig]
+    run: Callable[..., Any]  # (config, progress=..., [out=...]) -> result
+    save: Callable[..., Manifest]  # (result, config, out) -> manifest (written)
+    summary: Callable[[Manifest], list[str]] = lambda m: m.headline  # lines the CLI prints
+    run_writes: bool = False  # run(config, out=...) writes files while it runs (videos)
+    cli: bool = True  # the CLI makes its command from the config's fields (False: a hand-written command)
+    demo: Callable[..., None] | None = None  # (StudyContext) -> None: its part of the whole study
+    demo_order: int = 100
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+
+def register(experiment: Experiment) -> Experiment:
+    _REGISTRY[experiment.kind] = experiment
+    return experiment
+
+
+def get(kind: str) -> Experiment:
+    _discover()
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown experiment {kind!r} (known: {', '.join(_REGISTRY)})")
+    return _REGISTRY[kind]
+
+
+def experiments() -> dict[str, Experiment]:
+    _discover()
+    return dict(_REGISTRY)
+
+
+def _discover() -> None:
+    import importlib
+    import pkgutil
+
+    import interp.experiments as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_") and info.name not in ("base", "sweep", "distributed"):
+            importlib.import_module(f"interp.experiments.{info.name}")
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Any registered experiment's config from a JSON file (a result's ``config.json`` or a ``run.json``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no config file at {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from err
+    if isinstance(data, dict) and "experiment" not in data and isinstance(data.get("config"), dict):
+        data = data["config"]  # a run manifest, or a result file holding its config (ensemble.json)
+    kind = data.get("experiment") if isinstance(data, dict) else None
+    known = experiments()
+    if kind not in known:
+        raise ValueError(f"{path}: not an experiment config (experiment must be one of {list(known)})")
+    return known[kind].config.from_dict(data)

@@ -1,0 +1,65 @@
+"""Token energy (layers x frames heatmap, per-token maps) and PCA colour maps of one video at one step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from activations.reader import ActivationStore
+from interp.experiments.base import Experiment, ExperimentConfig, Manifest, register
+
+CAPTIONS = {
+    "energy_layers_frames.png": "mean token energy, layers x frames",
+    "energy_maps.png": "per-token L2 norm, layers x frames",
+    "pca_maps.png": "first three principal components of the tokens as colours",
+}
+
+
+@dataclass
+class EnergyConfig(ExperimentConfig):
+    experiment = "energy"
+    store: str = ""
+    video: int = 0
+    step: int = 0
+
+
+def check(cfg: EnergyConfig, store: ActivationStore) -> None:
+    if cfg.step not in store.steps:
+        raise ValueError(f"step {cfg.step} is not stored; stored steps: {store.steps}")
+    if cfg.video not in store.completed_videos:
+        raise ValueError(f"video {cfg.video} is not a complete video of the store (0-{store.n_videos - 1})")
+
+
+def run_energy(cfg: EnergyConfig, out, progress: bool = True) -> list[Path]:
+    """The figures and the heatmap's numbers (.npy) in ``out``."""
+    from interp.report.energy_plots import write_energy_figures
+
+    if not Path(cfg.store).is_file():
+        raise ValueError(f"no activation store at {cfg.store}")
+    with ActivationStore(cfg.store) as store:
+        check(cfg, store)
+        return write_energy_figures(store, cfg.video, cfg.step, out)
+
+
+def save_energy(paths: list[Path], cfg: EnergyConfig, out) -> Manifest:
+    manifest = Manifest("energy", f"token energy, video {cfg.video}, step {cfg.step}", "energy", cfg.to_dict())
+    for path in paths:
+        manifest.add(path, "figure" if path.suffix == ".png" else "data", CAPTIONS.get(path.name, path.name))
+    manifest.notes.append("Per-token residual norm and PCA maps, one video.")
+    manifest.write(out)
+    return manifest
+
+
+def demo(ctx) -> None:
+    """The study: energy maps of video 0 at the first, middle and last stored step."""
+    with ActivationStore(ctx.store) as store:
+        steps = store.steps
+    for step in (steps[0], steps[len(steps) // 2], steps[-1]):
+        cfg = EnergyConfig(store=str(ctx.store), video=0, step=step)
+        out = ctx.out / f"energy_step{step:02d}"
+        save_energy(run_energy(cfg, out), cfg, out)
+
+
+EXPERIMENT = register(
+    Experiment("energy", EnergyConfig, run_energy, save_energy, run_writes=True, demo=demo, demo_order=31, cli=False)
+)

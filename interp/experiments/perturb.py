@@ -1,0 +1,191 @@
+"""Noise at step vs noise at frame: chain of steps against chain of frames.
+
+At step s, x_s of every frame is replaced by fresh N(0, I) (the study's definition) and sampling
+continues from there; the scheduler continues with the history the unperturbed run had at s (a
+multistep solver keeps its previous model outputs: only the latent is replaced). At frame f, that
+frame of x_t is replaced by fresh noise before every step of a full run (the solver's history is
+whatever these perturbed steps produce). Testbed: accuracy with Wilson intervals (and whether the
+answer, the last frame, is right); a pipeline model: cosine similarity of the final latent to the
+unperturbed run's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from activations.selection import parse_index_spec
+from interp.evaluation import verify_latents, wilson_interval
+from interp.execution.loop import StepHook, sample
+from interp.experiments._causal import CausalConfig, maze_runs, pipeline_runs, write_record
+from interp.experiments.base import Experiment, Table, register
+from interp.tasks import maze as maze_task
+
+
+@dataclass
+class PerturbConfig(CausalConfig):
+    experiment = "perturb"
+    n: int = 64
+    first_seed: int = 0
+    steps: str = "all"
+    frames_to_noise: str = "all"
+    noise_seed: int = 12345
+    pipeline: dict | None = None  # a real model: PipelineInputs fields; scored by similarity, not accuracy
+
+    cli_help = {
+        **CausalConfig.cli_help,
+        "steps": "Steps at which x_s is replaced by fresh noise.",
+        "frames_to_noise": "Frames replaced by noise at every step.",
+        "noise_seed": "Seed of the injected noise.",
+    }
+
+
+@dataclass
+class PerturbResult:
+    config: PerturbConfig
+    baseline: dict
+    at_step: dict[int, dict] = field(default_factory=dict)
+    at_frame: dict[int, dict] = field(default_factory=dict)
+
+
+def fresh_noise(shape, seed: int, key: int) -> torch.Tensor:
+    return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + key))
+
+
+class FrameNoise(StepHook):
+    def __init__(self, frame: int, seed: int):
+        self.frame, self.seed = frame, seed
+
+    def before_model(self, state):
+        latents = state.latents.clone()
+        noise = fresh_noise(latents[:, :, self.frame].shape, self.seed, 1000 + state.step)
+        latents[:, :, self.frame] = noise.to(latents)
+        return latents
+
+
+def run_perturb(cfg: PerturbConfig, adapter=None, progress: bool = True) -> PerturbResult:
+    if cfg.pipeline is not None:
+        return _run_pipeline(cfg, progress)
+    adapter = cfg.testbed(adapter)
+    num_steps = cfg.check_common(adapter)
+    steps = parse_index_spec(cfg.steps, num_steps, "step")
+    frames = parse_index_spec(cfg.frames_to_noise, cfg.frames, "frame")
+    mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + i) for i in range(cfg.n)]
+    run, cond = maze_runs(adapter, mazes, cfg.frames, num_steps, [])
+
+    def score(latents: torch.Tensor) -> dict:
+        verdicts = verify_latents(adapter, latents, mazes)
+        solved = np.array([v.solved for v in verdicts])
+        final_exact = np.array([v.final_exact for v in verdicts])
+        lo, hi = wilson_interval(int(solved.sum()), len(solved))
+        flo, fhi = wilson_interval(int(final_exact.sum()), len(final_exact))
+        return {
+            "accuracy": float(solved.mean()), "ci95": [lo, hi], "final_exact": float(final_exact.mean()),
+            "final_exact_ci95": [flo, fhi], "n": len(solved),
+        }  # fmt: skip
+
+    return _noise_at_steps_and_frames(cfg, adapter, run, cond, num_steps, steps, frames, score, progress)
+
+
+def _run_pipeline(cfg: PerturbConfig, progress: bool) -> PerturbResult:
+    chosen: dict = {}
+
+    def sites_for(adapter, inputs):  # checks before the run is recorded
+        shape = inputs.latent_shape(adapter)
+        if len(shape) != 4:
+            raise ValueError(f"noise at frame needs a (C, T, H, W) latent, this model's is {tuple(shape)}")
+        chosen["steps"] = parse_index_spec(cfg.steps, inputs.num_steps, "step")
+        chosen["frames"] = parse_index_spec(cfg.frames_to_noise, shape[1], "latent frame")
+        return []
+
+    runs = pipeline_runs(cfg.pipeline, sites_for)
+    reference = runs.run.final.flatten(1).double()
+
+    def score(final: torch.Tensor) -> dict:
+        sims = torch.nn.functional.cosine_similarity(final.flatten(1).double(), reference, dim=1).tolist()
+        return {"similarity": float(np.mean(sims)), "per_sample": dict(zip(runs.names, sims)), "n": len(sims)}
+
+    return _noise_at_steps_and_frames(
+        cfg, runs.adapter, runs.run, runs.conditioning, runs.num_steps, chosen["steps"], chosen["frames"], score,
+        progress,
+    )  # fmt: skip
+
+
+def _noise_at_steps_and_frames(cfg, adapter, run, cond, num_steps, steps, frames, score, progress) -> PerturbResult:
+    result = PerturbResult(cfg, score(run.final))
+    for s in tqdm(steps, disable=not progress, desc="noise at step", leave=False):
+        fresh = fresh_noise(run.latents[s].shape, cfg.noise_seed, s).to(run.latents[s])
+        out = sample(adapter, fresh, cond, num_steps, start_step=s, resume_scheduler=run.schedulers.get(s))
+        result.at_step[s] = score(out.latents)
+    for f in tqdm(frames, disable=not progress, desc="noise at frame", leave=False):
+        out = sample(adapter, run.latents[0], cond, num_steps, hooks=[FrameNoise(f, cfg.noise_seed)])
+        result.at_frame[f] = score(out.latents)
+    return result
+
+
+def save_perturb(result: PerturbResult, cfg: PerturbConfig, out):
+    from pathlib import Path
+
+    from interp.report.causal_figures import noise_curves
+
+    record = {"baseline": result.baseline, "at_step": result.at_step, "at_frame": result.at_frame}
+    manifest = write_record(out, cfg, record, "perturb", "noise at step vs noise at frame", "noise")
+    figure = noise_curves(result.baseline, result.at_step, result.at_frame, Path(out) / "noise_step_vs_frame.png")
+    manifest.add(figure, "figure", "noise at step (chain of steps) vs noise at frame (chain of frames)")
+    base = result.baseline
+    rows = []
+    for label, part in (("noise at step", result.at_step), ("noise at frame", result.at_frame)):
+        for x, r in sorted(part.items()):
+            row = {"where": label, "index": int(x)}
+            if "accuracy" in r:
+                row.update(solved=r["accuracy"], ci95=f"{r['ci95'][0]:.1%}-{r['ci95'][1]:.1%}",
+                           answer_right=r["final_exact"])  # fmt: skip
+            else:
+                row.update(similarity=r["similarity"])
+            rows.append(row)
+    if "accuracy" in base:
+        columns = ["where", "index", "solved", "ci95", "answer_right"]
+        worst_step = min(result.at_step.items(), key=lambda kv: kv[1]["accuracy"]) if result.at_step else None
+        worst_frame = min(result.at_frame.items(), key=lambda kv: kv[1]["accuracy"]) if result.at_frame else None
+        line = f"no noise: {base['accuracy']:.2f} solved"
+        if worst_step:
+            line += f"; noise at step {worst_step[0]}: {worst_step[1]['accuracy']:.2f}"
+        if worst_frame:
+            line += (f"; noise at frame {worst_frame[0]}: {worst_frame[1]['accuracy']:.2f} "
+                     f"(answer right {worst_frame[1]['final_exact']:.2f})")  # fmt: skip
+        manifest.headline.append(line)
+        manifest.notes.append(
+            f"no noise: {base['accuracy']:.1%} solved "
+            f"(95% CI {base['ci95'][0]:.1%}-{base['ci95'][1]:.1%}, n={base['n']})"
+        )
+    else:
+        columns = ["where", "index", "similarity"]
+        for key, part in (("at step", result.at_step), ("at frame", result.at_frame)):
+            sims = ", ".join(f"{k}: {v['similarity']:.3f}" for k, v in part.items())
+            manifest.headline.append(f"similarity to the unperturbed output, noise {key}: {sims}")
+        manifest.notes.append("pipeline model: cosine similarity of the final latent to the unperturbed run")
+    formats = {"solved": ".3f", "answer_right": ".3f", "similarity": ".3f"}
+    manifest.tables.append(Table("accuracy per perturbation", columns, rows, formats))
+    manifest.write(out)
+    return manifest
+
+
+def demo(ctx) -> None:
+    """The study: noise at every other step against noise at each frame."""
+    result = run_perturb(PerturbConfig(n=ctx.options["n_noise"], steps="0-18:2"), ctx.adapter, progress=False)
+    save_perturb(result, result.config, ctx.out / "causal" / "noise")
+    accuracy = result.baseline["accuracy"]
+    broken = [s for s, r in sorted(result.at_step.items()) if r["accuracy"] < 0.5 * accuracy]
+    last = max(result.at_frame)
+    answer_kept = [r["final_exact"] for f, r in result.at_frame.items() if f < last]
+    ctx.headline.append(
+        f"noise at step: solved {accuracy:.0%} without noise, "
+        + (f"first below half of that at step {broken[0]}" if broken else "never below half")
+        + (f"; noise at an earlier frame keeps the answer right in {np.mean(answer_kept):.0%}" if answer_kept else "")
+    )
+
+
+EXPERIMENT = register(Experiment("perturb", PerturbConfig, run_perturb, save_perturb, demo=demo, demo_order=62))

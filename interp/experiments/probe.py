@@ -1,0 +1,83 @@
+"""Linear probes per (step, layer) of a store, with the task's labels (the maze's for testbed
+stores), as a run with a manifest: ``NAME.csv``, ``NAME.config.json``, heatmaps, ``NAME.run.json``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from activations.reader import ActivationStore
+from interp.experiments.base import Experiment, Manifest, Table, register
+from probes.labels import LabelProvider
+from probes.plots import plot_all
+from probes.run import ProbeConfig, run_probes, save_results
+
+COLUMNS = ["target", "metric", "step", "layer", "value", "control", "selectivity", "x_t", "condition", "majority_rate"]
+
+
+def task_providers(store_path: str | Path) -> list[LabelProvider]:
+    """The label providers of the tasks a store's videos come from (the maze's for testbed stores)."""
+    from interp.tasks.maze_labels import MAZE
+
+    with ActivationStore(store_path) as store:
+        tasks = {store.meta(v).get("task") for v in store.completed_videos}
+    return [MAZE] if "maze" in tasks else []
+
+
+def probe_store(store_path: str | Path, cfg: ProbeConfig, progress: bool = True):
+    """The probe table of a store, every named target read from its task's label provider."""
+    if not Path(store_path).is_file():
+        raise ValueError(f"no activation store at {store_path}")
+    return run_probes(store_path, cfg, progress, providers=task_providers(store_path))
+
+
+def best_rows(table) -> list[dict]:
+    rows = []
+    for target, group in table.groupby("target", sort=False):
+        best = group.loc[group["selectivity"].idxmax()]
+        rows.append({"target": target, **best.drop("target").to_dict()})
+    return rows
+
+
+def save_probes(table, cfg: ProbeConfig, store_path: str | Path, out) -> Manifest:
+    """Table and config (``NAME.csv``, ``NAME.config.json``, also inside the store), heatmaps, manifest."""
+    out = Path(out)
+    paths = save_results(table, store_path, cfg, out)
+    figures = plot_all(table, out, cfg.name)
+    manifest = Manifest("probe", f"linear probes: {cfg.name}", "probes", {"experiment": "probe", **asdict(cfg)})
+    manifest.add(paths["table"], "table", "every probe's score with its controls")
+    manifest.add(paths["config"], "config", "the probing config")
+    for target, path in figures.items():
+        manifest.add(path, "figure", f"probe heatmaps, {target}: layers x steps with controls")
+    manifest.notes.append(
+        "Best selectivity (score minus control task) per target. Controls: the Hewitt-Liang control task, the same "
+        "probe on the noisy input x_t alone and on the conditioning latent alone, and the majority-class rate; "
+        "splits are by video."
+    )
+    rows = best_rows(table)
+    manifest.tables.append(Table("best selectivity per target", COLUMNS, rows, {c: ".3f" for c in COLUMNS[4:]}))
+    for r in rows:
+        manifest.headline.append(
+            f"{r['target']}: best selectivity {r['selectivity']:.3f} at step {r['step']}, layer {r['layer']} "
+            f"({r['metric']} {r['value']:.3f}, control {r['control']:.3f}, x_t {r['x_t']:.3f})"
+        )
+    manifest.headline.append(f"table also in {store_path} at results/probes/{cfg.name}")
+    manifest.write(out, cfg.name)
+    return manifest
+
+
+def demo(ctx) -> None:
+    targets = ctx.options["probe_target"]
+    ctx.stage(f"linear probes per (step, layer) with controls ({', '.join(targets)})")
+    cfg = ProbeConfig(targets=list(targets), steps=ctx.options["probe_steps"])
+    table = probe_store(ctx.store, cfg, progress=False)
+    save_probes(table, cfg, ctx.store, ctx.out / "probes")
+    for r in best_rows(table):
+        ctx.headline.append(
+            f"probe {r['target']}: best selectivity {r['selectivity']:.2f} at step {r['step']}, layer "
+            f"{r['layer']} ({r['metric']} {r['value']:.2f}; control task {r['control']:.2f}, "
+            f"x_t alone {r['x_t']:.2f}, conditioning alone {r['condition']:.2f})"
+        )
+
+
+EXPERIMENT = register(Experiment("probe", ProbeConfig, probe_store, save_probes, demo=demo, demo_order=40, cli=False))

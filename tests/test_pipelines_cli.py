@@ -1,0 +1,77 @@
+"""A tiny two-expert Wan 2.2 image-to-video pipeline (UniPC, as released) through every command
+from the CLI, with the same flags everywhere, into one run folder and one report."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from activations import ActivationStore
+from interp.experiments.base import Manifest, is_manifest
+
+
+@pytest.fixture(scope="module")
+def wan22(tmp_path_factory):
+    from tiny_pipelines import build_tiny_wan, write_samples
+
+    root = tmp_path_factory.mktemp("wan22")
+    model = build_tiny_wan(root / "wan", image_to_video=True, two_experts=True, unipc=True)
+    return model, write_samples(root / "data", n=2)
+
+
+def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):
+    model, data = wan22
+    run = tmp_path / "run"
+    video = ["--height", 32, "--width", 32, "--num-frames", 5, "--num-steps", 4]
+    pipe = ["--model", model, "--data", data, *video]
+    pair = [*pipe, "--samples", "sample_000,sample_001"]
+    code, _, err = run_cli("trace", *pipe, "--seed", 0, "--seed", 1, "--out", run / "s.h5")
+    assert code == 0, err
+    with ActivationStore(run / "s.h5") as store:
+        assert store.n_videos == 4 and store.completed_videos == [0, 1, 2, 3]
+        assert store.layout.extra["pipeline_trace_config"]["torch_dtype"] == "float32"  # the CPU default, recorded
+        assert {s.split(".")[0] for s in store.sites} == {"high", "low"}
+    np.save(tmp_path / "prompt.npy", np.array([0, 0, 1, 1]))
+    commands = [
+        ["energy", run / "s.h5", "--step", 3, "--out", run / "energy"],  # step 3 runs the low-noise expert
+        ["probe", run / "s.h5", "--labels", f"sample={tmp_path / 'prompt.npy'}", "--steps", "0,3", "--folds", 2,
+         "--out", run / "probes"],
+        ["generate", *pipe, "--samples", "sample_000", "--steps", "0,3", "--out", run / "generate"],
+        ["filmstrip", run / "s.h5", "--model", model, "--videos", "0-1", "--steps", "0,2", "--out", run / "filmstrip"],
+        ["patch", *pair, "--metric", "latent", "--steps", "0,2", "--out", run / "patch"],
+        ["swap", *pair, "--steps", "0,3", "--out", run / "swap"],
+        ["perturb", *pipe, "--samples", "sample_000", "--steps", "1", "--frames-to-noise", "1", "--out", run / "noise"],
+        ["flow", *pipe, "--samples", "sample_000", "--inject-steps", "1", "--strength", 0.5, "--out", run / "flow"],
+        ["ensemble", *pipe, "--samples", "sample_001", "--seeds", 2, "--k", 1, "--merge", "mean", "--temperature", 0.6,
+         "--out", run / "ensemble"],
+    ]  # fmt: skip
+    for args in commands:
+        code, _, err = run_cli(*args)
+        assert code == 0, (args[0], err)
+    for kind in ("patch", "swap"):  # both experts' layers patched, each at the steps it runs
+        values = np.array(json.loads((run / kind / "result.json").read_text())["values"], dtype=float)
+        assert values.shape == (2, 2) and np.isfinite(values).all()
+        assert np.abs(values[:, -1]).max() > 0  # patching the last block moves the output
+    cka = np.array(json.loads((run / "flow" / "result.json").read_text())["cka"], dtype=float)
+    assert cka.shape == (1, 4, 2) and np.isfinite(cka[0, 1:]).all()  # steps 1 (high) to 3 (low)
+    for folder in ("generate/sample_000-seed0", "filmstrip/video000", "filmstrip/video001"):
+        assert (run / folder / "filmstrip.png").stat().st_size > 0 and (run / folder / "video.gif").is_file()
+    assert (run / "generate/sample_000-seed0/step_03.gif").is_file()
+    code, _, err = run_cli("report", run)
+    assert code == 0, err
+    page = (run / "report.html").read_text()
+    links = set(re.findall(r'href="([^"#][^"]*)"', page)) | set(re.findall(r'data-file="([^"]*)"', page))
+    for path in (p for p in run.rglob("*") if is_manifest(p)):
+        for entry in Manifest.read(path).files:
+            assert (path.parent / entry.path).relative_to(run).as_posix() in links, entry.path
+
+
+def test_a_pipeline_config_without_its_inputs_is_refused_in_one_line(run_cli, wan22, tmp_path):
+    model, data = wan22
+    code, _, err = run_cli("patch", "--model", model, "--out", tmp_path / "x")
+    assert code == 2 and "needs --data DIR" in err
+    code, _, err = run_cli("patch", "--data", data, "--out", tmp_path / "x")
+    assert code == 2 and "--data is for pipeline models" in err
+    code, _, err = run_cli("trace", "--model", model, "--data", data, "--torch-dtype", "int8", "--out", tmp_path / "y")
+    assert code == 2 and "torch_dtype must be" in err
