@@ -93,7 +93,12 @@ class StoreLayout:
         return cls(**json.loads(text))
 
     def differences(self, other: StoreLayout) -> list[str]:
+        """Fields that differ; in ``extra`` only keys both layouts have (a key one side lacks is a
+        description a newer toolkit records, e.g. ``latent_frame_axis``, not a different setting)."""
         mine, theirs = asdict(self), asdict(other)
+        shared = set(mine["extra"]) & set(theirs["extra"])
+        mine["extra"] = {k: v for k, v in mine["extra"].items() if k in shared}
+        theirs["extra"] = {k: v for k, v in theirs["extra"].items() if k in shared}
         return [k for k in mine if json.dumps(mine[k], sort_keys=True) != json.dumps(theirs[k], sort_keys=True)]
 
 

@@ -235,13 +235,18 @@ def chain(
     superposition_share: float = typer.Option(0.8, help="Superposition: share of the solution lit..."),
     superposition_extra: int = typer.Option(2, help="...while at least this many off-path cells are lit."),
     formed_share: float = typer.Option(0.5, help="An answer is formed when this share of the path length is lit."),
+    threshold: float = typer.Option(0.1, help="Any model: a frame commits once x0_hat stays this close to the end."),
+    scorer: str | None = typer.Option(None, help="module:function of decoded frames (T, H, W, 3) -> a number."),
+    model: str | None = typer.Option(None, help="With --scorer: the store's model, to decode x0_hat."),
 ) -> None:
-    """Chain-of-Steps analysis of x0_hat: commit step, exploration, self-correction, perception vs action."""
+    """Chain of Steps of x0_hat: convergence, commit steps and seed spread (any model; a scorer of
+    your own); on maze stores also commit, exploration, self-correction, perception vs action."""
     from interp.experiments.chain import ChainRunConfig, run_chain, save_chain
 
     if not store.is_file():
         raise UsageError(f"no activation store at {store}")
-    cfg = ChainRunConfig(str(store), min_branches, superposition_share, superposition_extra, formed_share)
+    cfg = ChainRunConfig(str(store), min_branches, superposition_share, superposition_extra, formed_share, threshold,
+                         scorer, model)  # fmt: skip
     echo_manifest(save_chain(run_chain(cfg), cfg, out), out)
 
 
@@ -270,7 +275,7 @@ def train_testbed_cmd(
         raise UsageError(f"--export-weights must be ema, raw or best, got {export_weights_choice!r}")
     set_threads(threads)
     cfg = TrainConfig(seed=seed, steps=steps, batch_size=batch_size)
-    traintestbed(cfg, checkpoint, device=device, log=tqdm.write, progress=True)
+    train_testbed(cfg, checkpoint, device=device, log=tqdm.write, progress=True)
     if export is not None:
         defaults = SamplingDefaults(num_steps=cfg.sample_steps, frames=cfg.frames, size=cfg.size)
         export_weights(checkpoint, export, defaults, which=export_weights_choice)

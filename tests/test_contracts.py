@@ -136,6 +136,7 @@ def test_every_command_writes_a_manifest_and_the_report_shows_every_listed_file(
         ["probe", run / "t.h5", "--target", "wall", "--layers", "1", "--steps", "2", "--name", "walls",
          "--out", run / "probes"],
         ["chain", run / "t.h5", "--out", run / "chain"],
+        ["filmstrip", run / "t.h5", "--model", tiny_testbed, "--videos", "0-1", "--out", run / "film"],
         ["patch", *m, "-n", 1, "--steps", "1", "--metric", "latent", "--out", run / "patch"],
         ["swap", *m, "-n", 1, "--out", run / "swap"],
         ["perturb", *m, "-n", 2, "--steps", "1", "--frames-to-noise", "1", "--out", run / "perturb"],
@@ -148,8 +149,8 @@ def test_every_command_writes_a_manifest_and_the_report_shows_every_listed_file(
         assert code == 0, (args, err)
     manifests = [p for p in run.rglob("*") if is_manifest(p)]
     kinds = {Manifest.read(p).kind for p in manifests}
-    assert kinds == {"generate", "evaluate", "trace", "energy", "probe", "chain", "patch", "swap", "perturb", "flow",
-                     "ensemble"}  # fmt: skip
+    assert kinds == {"generate", "evaluate", "trace", "energy", "probe", "chain", "filmstrip", "patch", "swap",
+                     "perturb", "flow", "ensemble"}  # fmt: skip
     assert {p.name for p in (run / "probes").iterdir()} >= {
         "probes.csv", "walls.csv", "probe_on_path.png", "walls.probe_wall.png", "probes.run.json", "walls.run.json",
     }  # fmt: skip

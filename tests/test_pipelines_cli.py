@@ -44,7 +44,9 @@ def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):
         ["perturb", *pipe, "--samples", "sample_000", "--steps", "1", "--frames-to-noise", "1", "--out", run / "noise"],
         ["flow", *pipe, "--samples", "sample_000", "--inject-steps", "1", "--strength", 0.5, "--out", run / "flow"],
         ["ensemble", *pipe, "--samples", "sample_001", "--seeds", 2, "--k", 1, "--merge", "mean", "--temperature", 0.6,
+         "--scorer", "scorers:mean_red",
          "--out", run / "ensemble"],
+        ["chain", run / "s.h5", "--scorer", "scorers:mean_red", "--model", model, "--out", run / "chain"],
     ]  # fmt: skip
     for args in commands:
         code, _, err = run_cli(*args)
@@ -58,6 +60,11 @@ def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):
     for folder in ("generate/sample_000-seed0", "filmstrip/video000", "filmstrip/video001"):
         assert (run / folder / "filmstrip.png").stat().st_size > 0 and (run / folder / "video.gif").is_file()
     assert (run / "generate/sample_000-seed0/step_03.gif").is_file()
+    chain = json.loads((run / "chain" / "convergence.json").read_text())["summary"]
+    assert chain["n"] == 4 and chain["samples_with_seeds"] == 2 and len(chain["seed_spread_per_step"]) == 4
+    assert chain["distance_per_step"][-1] < chain["distance_per_step"][0]  # x0_hat converges to the final sample
+    assert len(chain["score_per_step"]) == 5 and all(0 <= v <= 1 for v in chain["score_per_step"])
+    assert not (run / "chain" / "chain.json").exists()  # no maze verifier for this model
     code, _, err = run_cli("report", run)
     assert code == 0, err
     page = (run / "report.html").read_text()

@@ -52,3 +52,12 @@ def test_export_best_picks_by_validation_accuracy(tmp_path):
     model = load_file(tmp_path / "ck" / "model.safetensors")
     for k, v in testbed.TestbedAdapter.load(raw).transformer.state_dict().items():
         assert torch.equal(v, model[k])
+
+
+def test_the_readme_train_command_runs_from_a_fresh_folder(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ folder yet: the command creates what it needs
+    args = ["train", "testbed", "--seed", "0", "--device", "cpu", "--checkpoint", "checkpoints/testbed"]
+    code, _, err = run_cli(*args, "--steps", 2, "--batch-size", 4, "--export", "runs/w", "--export-weights", "raw")
+    assert code == 0, err
+    assert (tmp_path / "checkpoints" / "testbed" / "state.json").is_file()
+    assert (tmp_path / "runs" / "w" / "diffusion_pytorch_model.safetensors").is_file()

@@ -1,5 +1,9 @@
-"""Chain-of-Steps statistics of a store's x0_hat: commit step, exploration, self-correction,
-perception vs action (maze stores traced with every step)."""
+"""Chain-of-Steps statistics of a store's x0_hat.
+
+Any store: the verifier-free measures (``interp.analysis.convergence``: distance of x0_hat to the
+final sample per step and frame, commit step per frame, spread across seeds, and with ``scorer`` a
+score per step of the decoded x0_hat). Maze stores traced with every step, beside them: the
+verifier's reading (commit step, exploration, self-correction, perception vs action)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 
 from activations.reader import ActivationStore
 from interp.analysis.chain_of_steps import Chain, ChainConfig, analyse_store, write_chain_report
+from interp.analysis.convergence import analyse_convergence, load_scorer
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
 
 
@@ -19,23 +24,92 @@ class ChainRunConfig(ExperimentConfig):
     superposition_share: float = 0.8
     superposition_extra: int = 2
     formed_share: float = 0.5
+    threshold: float = 0.1  # a frame has committed once x0_hat stays this close to the final (relative L2)
+    scorer: str | None = None  # module:function of decoded frames -> number (needs ``model`` to decode)
+    model: str | None = None  # what decodes x0_hat for the scorer: a testbed name or a pipeline folder
 
     def thresholds(self) -> ChainConfig:
         return ChainConfig(self.min_branches, self.superposition_share, self.superposition_extra, self.formed_share)
 
 
-def run_chain(cfg: ChainRunConfig, progress: bool = True) -> list[Chain]:
+@dataclass
+class ChainResult:
+    maze: list[Chain] | None  # the verifier's reading (maze stores only)
+    convergence: dict
+
+
+def _is_maze_store(store) -> bool:
+    return all(store.meta(v).get("task") == "maze" for v in store.completed_videos)
+
+
+def run_chain(cfg: ChainRunConfig, progress: bool = True) -> ChainResult:
     if not Path(cfg.store).is_file():
         raise ValueError(f"no activation store at {cfg.store}")
+    scorer = decode = None
+    if cfg.scorer is not None:
+        if cfg.model is None:
+            raise ValueError("a scorer reads decoded frames: give --model (the store's model) to decode x0_hat")
+        import torch
+
+        from interp.models.registry import load_model
+
+        scorer, adapter = load_scorer(cfg.scorer), load_model(cfg.model)
+        dtype = next(adapter.transformer.parameters()).dtype
+
+        def decode(latents):
+            with torch.no_grad():
+                return adapter.decode(torch.as_tensor(latents, dtype=dtype, device=adapter.device))
+
     with ActivationStore(cfg.store) as store:
-        return analyse_store(store, cfg.thresholds())
+        maze = analyse_store(store, cfg.thresholds()) if _is_maze_store(store) else None
+        return ChainResult(maze, analyse_convergence(store, cfg.threshold, scorer, decode))
 
 
-def save_chain(chains: list[Chain], cfg: ChainRunConfig, out) -> Manifest:
+def save_chain(result: ChainResult, cfg: ChainRunConfig, out) -> Manifest:
+    manifest = Manifest("chain", "chain of steps", "chain", cfg.to_dict())
+    _save_convergence(result.convergence, cfg, out, manifest)
+    if result.maze is not None:
+        _save_maze(result.maze, cfg, out, manifest)
+    manifest.write(out)
+    return manifest
+
+
+def _save_convergence(record: dict, cfg: ChainRunConfig, out, manifest: Manifest) -> None:
+    import json
+
+    from interp.report.chain_figures import convergence_figure
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "convergence.json").write_text(json.dumps({"config": cfg.to_dict(), **record}, indent=2))
+    s = record["summary"]
+    figure = convergence_figure(s, out / "convergence.png")
+    manifest.add(figure, "figure", "verifier-free: x0_hat's distance to the final sample, commit step per frame, "
+                 "spread across seeds")  # fmt: skip
+    manifest.add(out / "convergence.json", "data", "per video and step: distances, commit steps, scores")
+    commits = ", ".join("never" if c is None else f"{c:.0f}" for c in s["commit_step_per_frame_median"])
+    spread = s["seed_spread_per_step"]
+    mid = len(s["steps"]) // 2
+    line = (
+        f"{s['n']} videos: x0_hat is {s['distance_per_step'][0]:.2f} (relative L2) from the final sample at step "
+        f"{s['steps'][0]}, {s['distance_per_step'][mid]:.2f} at step {s['steps'][mid]}; median commit step per "
+        f"frame (< {s['threshold']}): {commits}"
+    )
+    if spread:
+        line += f"; spread across seeds {spread[0]:.2f} at the first stored step, {spread[-1]:.2f} at the last"
+    manifest.headline.append(line)
+    if "score_per_step" in s:
+        manifest.headline.append(
+            f"score ({cfg.scorer}) per stored step: "
+            + ", ".join(f"{v:.3f}" for v in s["score_per_step"][:-1])
+            + f"; final sample {s['score_per_step'][-1]:.3f}"
+        )
+
+
+def _save_maze(chains: list[Chain], cfg: ChainRunConfig, out, manifest: Manifest) -> None:
     report = write_chain_report(chains, cfg.thresholds(), out)
     s = report["summary"]
     solved = s["solved_per_step"]
-    manifest = Manifest("chain", "chain of steps", "chain", cfg.to_dict())
     manifest.add(report["figure"], "figure", "verifier on x0_hat per step, lit side branches, perception vs commit")
     manifest.add(report["json"], "data", "config, summary and every video's trajectory")
     rows = [
@@ -54,9 +128,7 @@ def save_chain(chains: list[Chain], cfg: ChainRunConfig, out) -> Manifest:
         f"{s['n']} videos: answer commits at step {s['commit_step']['median']:.0f} (median), "
         f"perception at {s['perception_step']['median']:.0f}; shares: {shares}"
     )
-    manifest.notes.append(f"thresholds: {asdict(cfg.thresholds())}")
-    manifest.write(out)
-    return manifest
+    manifest.notes.append(f"maze thresholds: {asdict(cfg.thresholds())}")
 
 
 def demo(ctx) -> None:

@@ -28,6 +28,7 @@ from interp.evaluation import verify_latents, wilson_interval
 from interp.execution.loop import StepHook, initial_noise, sample
 from interp.execution.patching import repeat_conditioning
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
+from interp.report.ensemble_figures import plot_rows
 from interp.sources import PipelineInputs, load_testbed
 from interp.tasks import maze as maze_task
 
@@ -102,6 +103,7 @@ class EnsembleConfig(ExperimentConfig):
     temperatures: list[float] = field(default_factory=lambda: [0.8, 0.6])
     num_steps: int | None = None
     pipeline: dict | None = None
+    scorer: str | None = None  # pipeline models: module:function of the decoded video -> a score per variant
 
     cli_help = {
         "model": "A shipped testbed (testbed, testbed-mixed), a folder of testbed weights, or a pipeline folder.",
@@ -114,6 +116,7 @@ class EnsembleConfig(ExperimentConfig):
         "merges": "Merge rules; repeatable.",
         "temperatures": "Control: initial-noise scales; repeatable.",
         "num_steps": "Denoising steps; default: the model's (50 for pipeline models).",
+        "scorer": "Pipeline models: module:function of decoded frames (T, H, W, 3) -> a score for every variant.",
     }
     cli_flags = {"n": ("-n", "--n"), "sizes": ("--size",), "ks": ("--k",), "merges": ("--merge",),
                  "temperatures": ("--temperature",)}  # fmt: skip
@@ -227,7 +230,7 @@ def save_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
         )
     text = "\n".join(lines)
     (out / "ensemble.txt").write_text(text + "\n")
-    _plot_rows(rows, out / "ensemble.png")
+    plot_rows(rows, out / "ensemble.png")
     manifest = Manifest("ensemble", "seed ensemble", "ensemble", cfg.to_dict())
     manifest.add(out / "ensemble.png", "figure", "accuracy with 95% intervals")
     manifest.add(out / "ensemble.json", "data", "config and rows")
@@ -244,45 +247,6 @@ def save_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
     manifest.headline = lines
     manifest.write(out)
     return manifest
-
-
-def _label(r: dict) -> str:
-    parts = [r["method"]]
-    if r.get("n_seeds", 1) > 1:
-        parts.append(f"N={r['n_seeds']}")
-    if "k" in r:
-        parts.append(f"K={r['k']}")
-    if "scale" in r:
-        parts.append(f"x{r['scale']:.2f}")
-    return ", ".join(parts)
-
-
-def _plot_rows(rows: list[dict], path) -> None:
-    """Accuracy with 95% intervals, one panel per maze size; the single seed as a reference line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = sorted({r["size"] for r in rows})
-    height = max(2.5, 0.32 * max(sum(r["size"] == s for r in rows) for s in sizes) + 1)
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), height), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
-        sel = [r for r in rows if r["size"] == size]
-        ys = np.arange(len(sel))[::-1]
-        acc = np.array([r["accuracy"] for r in sel])
-        err = np.abs(np.array([r["ci95"] for r in sel]).T - acc)
-        colours = ["C3" if r["method"].startswith("control") else "C0" for r in sel]
-        ax.errorbar(acc, ys, xerr=err, fmt="none", ecolor="grey")
-        ax.scatter(acc, ys, c=colours, zorder=3)
-        single = next((r["accuracy"] for r in sel if r["method"] == "single seed"), None)
-        if single is not None:
-            ax.axvline(single, color="grey", ls="--", lw=1)
-        ax.set_yticks(ys, [_label(r) for r in sel], fontsize=8)
-        ax.set(xlim=(-0.02, 1.02), xlabel="share solved (95% CI)", title=f"{size}x{size} mazes (red: controls)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # -- a user's model: no verifier, so the outputs and their statistics -------------------------------
@@ -304,6 +268,11 @@ def run_pipeline_ensemble(cfg: EnsembleConfig, out, progress: bool = True) -> li
     p = PipelineInputs(**cfg.pipeline)
     _check_sweep(cfg.seeds, cfg.ks, cfg.merges, p.num_steps)
     adapter, samples = p.load()
+    scorer = None
+    if cfg.scorer is not None:
+        from interp.analysis.convergence import load_scorer
+
+        scorer = load_scorer(cfg.scorer)
     if adapter.prediction != "flow" and set(cfg.merges) - {"mean"}:
         raise ValueError(f"{adapter.name} is not a flow-matching model: only the 'mean' merge applies")
     shape = p.latent_shape(adapter)
@@ -347,7 +316,10 @@ def run_pipeline_ensemble(cfg: EnsembleConfig, out, progress: bool = True) -> li
             finals[f"{item.name}/{name}"] = final.detach().float().cpu().contiguous()
             if adapter.vae is not None:
                 with torch.no_grad():
-                    save_gif(adapter.decode(final[None].to(device))[0], folder / f"{name}.gif", scale=1)
+                    video = adapter.decode(final[None].to(device))[0]
+                save_gif(video, folder / f"{name}.gif", scale=1)
+                if scorer is not None:
+                    rows[-1]["score"] = float(scorer(video))
     save_file(finals, str(out / "finals.safetensors"))
     return rows
 
@@ -367,7 +339,12 @@ def _save_pipeline_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manif
         "ratio below 1 means a smoother (lower-temperature) output than one seed's."
     )
     columns = ["sample", "variant", "method", "n_seeds", "k", "scale", "similarity_to_seed0", "latent_std_ratio"]
-    formats = {"similarity_to_seed0": ".3f", "latent_std_ratio": ".3f", "scale": ".2f"}
+    formats = {"similarity_to_seed0": ".3f", "latent_std_ratio": ".3f", "scale": ".2f", "score": ".3f"}
+    if cfg.scorer is not None:
+        columns.append("score")
+        by_method = table.groupby("variant", sort=False)["score"].mean()
+        manifest.headline.append(f"mean score ({cfg.scorer}) per variant: "
+                                 + ", ".join(f"{k} {v:.3f}" for k, v in by_method.items()))  # fmt: skip
     manifest.tables.append(Table("variants", columns, rows, formats))
     manifest.headline = text.splitlines()
     manifest.write(out)

@@ -108,9 +108,10 @@ def patch_sweep(
 
     ``sites[k]`` is a site or a tuple of one layer's sites in every expert: at each patched step the
     one that ran there (``active_site``). A pair is (base element, source element); default:
-    element e of both runs, for every element of the base. For each step one batch: every pair x every site, resumed from the base's cached
-    x_s. ``tokens[i]`` is pair i's token region (None: all). ``onward``: patch that step and every
-    later one (default: that step only, then sampling continues unpatched).
+    element e of both runs, for every element of the base. For each step one batch: every pair x
+    every site, resumed from the base's cached x_s. ``tokens[i]`` is pair i's token region (None:
+    all). ``onward``: patch that step and every later one (default: that step only, then sampling
+    continues unpatched).
     """
     pairs = pairs if pairs is not None else [(e, e) for e in range(base.batch)]
     groups = [(s,) if isinstance(s, str) else tuple(s) for s in sites]

@@ -101,6 +101,7 @@ class VideoDiTAdapter:
     name = "base"
     blocks_attr = "blocks"
     prediction = "flow"
+    latent_frame_axis = 1  # axis of the frames in one video's latent: (C, T, H, W)
     # Canonical sub-module names (sites ``blocks.K.attn1`` ...) -> this family's attribute names.
     sub_modules: dict[str, str] = {"attn1": "attn1", "attn2": "attn2", "ffn": "ffn"}
 
@@ -160,6 +161,11 @@ class VideoDiTAdapter:
     def condition_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...] | None:
         """Shape of one video's conditioning latent kept in a store (None: the adapter keeps none)."""
         return None
+
+    def clean_latent_frames(self, latent_shape: tuple[int, ...]) -> list[int]:
+        """Latent frames the model holds clean rather than denoising (Wan 2.2 TI2V's first frame); the
+        store records them so probes and analyses can exclude those tokens. Default: none."""
+        return []
 
     def condition_latent(self, conditioning) -> torch.Tensor | None:
         """The batch's conditioning as a latent of ``condition_shape`` (probes' input-only control)."""

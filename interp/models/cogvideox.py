@@ -4,6 +4,11 @@ Mirrors diffusers' ``CogVideoXPipeline`` step: both guidance halves in one batch
 [unconditional, conditional]), a DDIM-family scheduler with v-prediction, so x0_hat is
 sqrt(a) x_t - sqrt(1 - a) v with a = alpha_bar_t (not the flow-matching formula). Latents are laid
 out (batch, frames, channels, h, w). Sites ``blocks.K`` are ``transformer_blocks[K]``'s video tokens.
+
+``CogVideoXImageToVideoPipeline`` (``CogVideoXI2VAdapter``) concatenates the first frame's latent
+(then zeros) to the noisy latent on the channel axis; CogVideoX 1.5 also passes ``ofs`` = 2. CogVideoX
+1.5's temporal patches need a latent frame count divisible by ``patch_size_t``: like the pipelines,
+the latents carry padding frames at the front, which ``decode`` drops.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from interp.models.registry import register
 class CogVideoXConditioning:
     prompt_embeds: torch.Tensor
     negative_prompt_embeds: torch.Tensor | None = None
-    image_latents: torch.Tensor | None = None  # I2V: concatenated on the channel axis (dim 2)
+    image_latents: torch.Tensor | None = None  # I2V: (B, T, C, h, w) concatenated on the channel axis (dim 2)
     image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None  # from the pipeline when the model uses RoPE
 
     @property
@@ -42,10 +47,19 @@ class CogVideoXConditioning:
 class CogVideoXAdapter(VideoDiTAdapter):
     name = "cogvideox"
     prediction = "v"  # DDIM-family v-prediction: x0_hat from the scheduler's alphas
+    latent_frame_axis = 0  # latents are (T, C, H, W)
     blocks_attr = "transformer_blocks"
     sub_modules = {"attn1": "attn1", "ffn": "ff"}
 
-    def __init__(self, transformer: torch.nn.Module, scheduler, guidance_scale: float = 6.0, vae=None, pipeline=None):
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        scheduler,
+        guidance_scale: float = 6.0,
+        vae=None,
+        pipeline=None,
+        num_frames: int | None = None,
+    ):
         if hasattr(scheduler, "step") and "old_pred_original_sample" in scheduler.step.__code__.co_varnames:
             raise ValueError("CogVideoXDPMScheduler is a two-step solver; use CogVideoXDDIMScheduler with this adapter")
         self.transformer = transformer
@@ -54,11 +68,13 @@ class CogVideoXAdapter(VideoDiTAdapter):
         self.guidance_scale = guidance_scale
         self.vae = vae
         self.pipeline = pipeline
+        self.num_frames = num_frames  # the video's frame count, to drop CogVideoX 1.5's padding frames on decode
 
     @classmethod
     def from_pipeline(cls, pipe, spec: PipelineSpec | None = None) -> CogVideoXAdapter:
-        scale = 6.0 if spec is None or spec.guidance_scale is None else spec.guidance_scale
-        return cls(pipe.transformer, pipe.scheduler, scale, pipe.vae, pipe)
+        spec = spec or PipelineSpec()
+        scale = 6.0 if spec.guidance_scale is None else spec.guidance_scale
+        return cls(pipe.transformer, pipe.scheduler, scale, pipe.vae, pipe, spec.num_frames)
 
     def make_scheduler(self, shift: float | None = None):
         return self.scheduler_class.from_config(self.scheduler_config)
@@ -82,9 +98,14 @@ class CogVideoXAdapter(VideoDiTAdapter):
             "encoder_hidden_states": prompt,
             "timestep": timestep.expand(hidden.shape[0]),
             "image_rotary_emb": cond.image_rotary_emb,
+            **self.extra_inputs(latents, cond),
             "return_dict": False,
         }
         return [ForwardCall(self.transformer, (), kwargs, None, batched_guidance_branches(batch, guided))]
+
+    def extra_inputs(self, latents: torch.Tensor, cond: CogVideoXConditioning) -> dict:
+        """Further transformer inputs (the image-to-video adapter's ``ofs``)."""
+        return {}
 
     def combine(self, calls: list[ForwardCall], outputs: list[torch.Tensor]) -> torch.Tensor:
         return combine_batched_guidance(calls[0], outputs[0], self.guidance_scale)
@@ -96,14 +117,21 @@ class CogVideoXAdapter(VideoDiTAdapter):
         return (latents - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()
 
     # -- through the pipeline ---------------------------------------------------------------------
+    latent_channels_divisor = 1  # image-to-video: the transformer takes noisy and image latents
+
+    def padding_frames(self, latent_frames: int) -> int:
+        """Frames CogVideoX 1.5's pipelines add to make the latent divide into temporal patches."""
+        p_t = self.transformer.config.patch_size_t
+        return p_t - latent_frames % p_t if p_t and latent_frames % p_t else 0
+
     def pipeline_latent_shape(self, height: int, width: int, num_frames: int) -> tuple[int, ...]:
+        """(frames, C, h, w), the frames with CogVideoX 1.5's padding frames."""
         pipe = self.pipeline
         t_scale, s_scale = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
         p = self.transformer.config.patch_size
         frames = check_video_size(num_frames, height, width, t_scale, s_scale * p)
-        if self.transformer.config.patch_size_t and frames % self.transformer.config.patch_size_t:
-            raise ValueError(f"{frames} latent frames do not divide into temporal patches")
-        return (frames, self.transformer.config.in_channels, height // s_scale, width // s_scale)
+        channels = self.transformer.config.in_channels // self.latent_channels_divisor
+        return (frames + self.padding_frames(frames), channels, height // s_scale, width // s_scale)
 
     def pipeline_conditioning(
         self, prompts, images, noise, negative_prompt, height, width, num_frames, max_sequence_length
@@ -127,6 +155,57 @@ class CogVideoXAdapter(VideoDiTAdapter):
         """(B, frames, C, h, w) latents to RGB videos (B, T, H, W, 3) uint8 with the pipeline's VAE."""
         if self.vae is None:
             raise ValueError("decoding needs the pipeline's VAE")
+        frames = latents.shape[1]
+        if self.transformer.config.patch_size_t:
+            if self.num_frames is None:
+                raise ValueError("decoding CogVideoX 1.5 latents needs num_frames (CogVideoXAdapter.from_pipeline)")
+            frames = (self.num_frames - 1) // self.vae.config.temporal_compression_ratio + 1
+            if latents.shape[1] != frames + self.padding_frames(frames):
+                raise ValueError(f"latents have {latents.shape[1]} frames, not those of {self.num_frames} frames")
+        latents = latents[:, latents.shape[1] - frames :]  # the pipelines' padding frames come first
         z = latents.permute(0, 2, 1, 3, 4) / self.vae.config.scaling_factor
         video = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
         return video_to_uint8(video)
+
+
+@register("CogVideoXImageToVideoPipeline")
+class CogVideoXI2VAdapter(CogVideoXAdapter):
+    """``CogVideoXImageToVideoPipeline``: the first frame's VAE latent (scaled, then zero frames) on the
+    channel axis beside the noisy latent, and ``ofs`` = 2 for models with an ofs embedding (1.5).
+
+    The pipeline samples that latent from the VAE posterior with the call's ``generator``; here it is
+    sampled with ``torch.Generator().manual_seed(image_latent_seed)``, so a pipeline call with
+    ``generator=torch.Generator().manual_seed(image_latent_seed)`` and ``latents=`` the same noise
+    samples the same video.
+    """
+
+    name = "cogvideox-i2v"
+    latent_channels_divisor = 2
+    image_latent_seed = 0
+
+    def extra_inputs(self, latents: torch.Tensor, cond: CogVideoXConditioning) -> dict:
+        return {"ofs": latents.new_full((1,), 2.0)} if self.transformer.config.ofs_embed_dim else {}
+
+    def condition_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        return tuple(latent_shape)  # the image latent has the latent's layout
+
+    def condition_latent(self, conditioning: CogVideoXConditioning) -> torch.Tensor | None:
+        return conditioning.image_latents
+
+    def pipeline_conditioning(
+        self, prompts, images, noise, negative_prompt, height, width, num_frames, max_sequence_length
+    ) -> CogVideoXConditioning:
+        if any(image is None for image in images):
+            raise ValueError("image-to-video needs a first_frame.png in every sample")
+        cond = super().pipeline_conditioning(
+            prompts, images, noise, negative_prompt, height, width, num_frames, max_sequence_length
+        )
+        pipe, dtype = self.pipeline, cond.prompt_embeds.dtype
+        t_scale = pipe.vae_scale_factor_temporal
+        padded = num_frames + self.padding_frames((num_frames - 1) // t_scale + 1) * t_scale
+        image = pipe.video_processor.preprocess(images, height=height, width=width).to(noise.device, dtype=dtype)
+        generator = torch.Generator().manual_seed(self.image_latent_seed)
+        _, cond.image_latents = pipe.prepare_latents(
+            image, noise.shape[0], noise.shape[2], padded, height, width, dtype, noise.device, generator, noise.clone()
+        )
+        return cond

@@ -4,6 +4,9 @@ Mirrors diffusers' ``LTXPipeline`` step: latents are packed token sequences (bat
 channels), both guidance halves go in one call (rows [unconditional, conditional]), and the
 flow-matching schedule uses sigmas linspace(1, 1/n, n) shifted by ``mu`` from the sequence length.
 The latent grid (frames, h, w) is fixed per adapter since packed latents do not carry it.
+
+``LTXImageToVideoPipeline`` (``LTXI2VAdapter``) holds the first latent frame's tokens clean: they are
+the image latent, at timestep 0 (``t * (1 - conditioning_mask)`` per token), and never stepped.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from interp.models.base import (
     video_to_uint8,
 )
 from interp.models.registry import register
+from interp.models.wan import CleanTokensCall, hold_clean_output, hold_clean_x0, holding_clean
 
 
 @dataclass
@@ -31,6 +35,7 @@ class LTXConditioning:
     prompt_attention_mask: torch.Tensor
     negative_prompt_embeds: torch.Tensor | None = None
     negative_prompt_attention_mask: torch.Tensor | None = None
+    image_latents: torch.Tensor | None = None  # I2V: (B, tokens of the first latent frame, C), packed
 
     @property
     def batch_size(self) -> int:
@@ -115,7 +120,7 @@ class LTXAdapter(VideoDiTAdapter):
         kwargs = {
             "hidden_states": hidden.to(prompt.dtype),
             "encoder_hidden_states": prompt,
-            "timestep": timestep.expand(hidden.shape[0]),
+            "timestep": self.model_timestep(hidden, timestep),
             "encoder_attention_mask": mask,
             "num_frames": f,
             "height": h,
@@ -124,6 +129,9 @@ class LTXAdapter(VideoDiTAdapter):
             "return_dict": False,
         }
         return [ForwardCall(self.transformer, (), kwargs, None, batched_guidance_branches(batch, guided))]
+
+    def model_timestep(self, hidden: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return timestep.expand(hidden.shape[0])
 
     def combine(self, calls: list[ForwardCall], outputs: list[torch.Tensor]) -> torch.Tensor:
         return combine_batched_guidance(calls[0], outputs[0], self.guidance_scale)
@@ -158,3 +166,79 @@ class LTXAdapter(VideoDiTAdapter):
         timestep = torch.zeros(z.shape[0], device=z.device) if vae.config.timestep_conditioning else None
         video = vae.decode(z.to(vae.dtype), timestep, return_dict=False)[0]
         return video_to_uint8(video)
+
+
+@register("LTXImageToVideoPipeline")
+class LTXI2VAdapter(LTXAdapter):
+    """``LTXImageToVideoPipeline``: the first latent frame's tokens are the image latent, at timestep
+    0, and the scheduler steps only the other frames. The model input here has the image latent on
+    those tokens whatever the latents hold there, and ``HoldCleanTokens`` sets them to it after each
+    step, so the sampled latents equal the pipeline's given ``latents=`` noise whose first frame is
+    the image latent (the pipeline takes passed latents as they are; it mixes the image in only when
+    it draws the noise itself). The image latent is sampled from the VAE posterior as the pipeline
+    does, with ``torch.Generator().manual_seed(image_latent_seed)``."""
+
+    name = "ltx-i2v"
+    image_latent_seed = 0
+
+    @property
+    def clean_tokens(self) -> int:
+        cfg = self.transformer.config
+        if cfg.patch_size_t != 1:
+            raise ValueError("LTX image-to-video holds the first frame's tokens clean: it needs patch_size_t 1")
+        _, h, w = self.latent_grid
+        return (h // cfg.patch_size) * (w // cfg.patch_size)
+
+    @property
+    def clean_index(self) -> tuple:
+        return (slice(None), slice(0, self.clean_tokens))  # packed (B, tokens, C): frame 0 comes first
+
+    def make_scheduler(self, shift: float | None = None):
+        return holding_clean(super().make_scheduler(shift), self.clean_index)
+
+    def clean_latent_frames(self, latent_shape: tuple[int, ...]) -> list[int]:
+        return [0]
+
+    def condition_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        return (self.clean_tokens, self.transformer.config.in_channels)
+
+    def condition_latent(self, conditioning: LTXConditioning) -> torch.Tensor | None:
+        return conditioning.image_latents
+
+    def model_timestep(self, hidden: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(hidden.shape[:2], dtype=torch.float32, device=hidden.device)
+        mask[:, : self.clean_tokens] = 1.0  # the pipeline's packed conditioning_mask
+        return timestep.expand(hidden.shape[0]).unsqueeze(-1) * (1 - mask)
+
+    def forward_calls(self, latents: torch.Tensor, timestep: torch.Tensor, cond: LTXConditioning):
+        if cond.image_latents is None:
+            raise ValueError("LTX image-to-video needs the first-frame latent (pipeline_conditioning)")
+        n = self.clean_tokens
+        latents = torch.cat([cond.image_latents.to(latents), latents[:, n:]], 1)
+        return [CleanTokensCall(c.transformer, c.args, c.kwargs, c.expert, c.branches, cond.image_latents)
+                for c in super().forward_calls(latents, timestep, cond)]  # fmt: skip
+
+    def combine(self, calls: list[ForwardCall], outputs: list[torch.Tensor]) -> torch.Tensor:
+        return hold_clean_output(calls, super().combine(calls, outputs), self.clean_index)
+
+    def x0_hat(self, latents, output, timestep, sigma, scheduler) -> torch.Tensor:
+        return hold_clean_x0(super().x0_hat(latents, output, timestep, sigma, scheduler), output, self.clean_index)
+
+    def pipeline_conditioning(
+        self, prompts, images, noise, negative_prompt, height, width, num_frames, max_sequence_length
+    ) -> LTXConditioning:
+        if any(image is None for image in images):
+            raise ValueError("image-to-video needs a first_frame.png in every sample")
+        cond = super().pipeline_conditioning(
+            prompts, images, noise, negative_prompt, height, width, num_frames, max_sequence_length
+        )
+        pipe = self.pipeline
+        image = pipe.video_processor.preprocess(images, height=height, width=width)
+        image = image.to(noise.device, dtype=cond.prompt_embeds.dtype)
+        generator = torch.Generator().manual_seed(self.image_latent_seed)
+        channels = self.transformer.config.in_channels
+        mixed, _ = pipe.prepare_latents(
+            image, noise.shape[0], channels, height, width, num_frames, torch.float32, noise.device, generator
+        )  # the first frame's tokens are the image latent: init * 1 + noise * 0
+        cond.image_latents = mixed[:, : self.clean_tokens].contiguous()
+        return cond

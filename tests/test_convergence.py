@@ -1,0 +1,49 @@
+"""The verifier-free chain of steps: distances, commit steps and seed spread, checked on arrays whose
+answers are known, and on a testbed store beside the verifier's reading."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from interp.analysis.convergence import commit_steps, load_scorer, seed_spread, trajectory_distances
+
+
+def test_distances_and_commit_steps_on_a_known_trajectory():
+    final = np.ones((2, 3, 2, 2))  # (C, T, H, W): three frames
+    x0 = np.stack([final * 0, final * 0.5, final, final])  # frames converge together at step 2
+    x0[1, :, 2] = 1.0  # frame 2 is already right at step 1
+    total, per_frame = trajectory_distances(x0, final, frame_axis=1)
+    assert total[0] == pytest.approx(1.0) and total[-1] == 0
+    assert per_frame.shape == (4, 3) and per_frame[1, 2] == 0 and per_frame[1, 0] == pytest.approx(0.5)
+    assert commit_steps(per_frame, [0, 5, 10, 15], 0.1) == [10, 10, 5]
+    assert commit_steps(per_frame[:, :1] + 1, [0, 5, 10, 15], 0.1) == [None]
+    a, b = np.zeros((3, 4)), np.stack([np.ones(4), np.ones(4) * 0.5, np.zeros(4)])
+    np.testing.assert_allclose(seed_spread([a, b], [np.ones(4), np.ones(4)]), [1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="module:function"):
+        load_scorer("no_colon")
+    with pytest.raises(ValueError, match="cannot import"):
+        load_scorer("scorers:nothing_here")
+
+
+def test_chain_on_a_testbed_store_reports_both_readings(tmp_path, run_cli):
+    from interp.models import testbed
+
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny"
+    cfg = {"num_layers": 2, "ffn_dim": 64, "num_attention_heads": 2, "attention_head_dim": 16}
+    testbed.build_transformer(cfg).eval().save_pretrained(folder, safe_serialization=True)
+    (folder / "sampling.json").write_text(json.dumps({"num_steps": 4}))
+    code, _, err = run_cli("trace", "--model", folder, "-n", 3, "--layers", "0", "--out", tmp_path / "t.h5")
+    assert code == 0, err
+    code, out, err = run_cli("chain", tmp_path / "t.h5", "--scorer", "scorers:mean_red", "--model", folder,
+                             "--out", tmp_path / "chain")  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((tmp_path / "chain" / "convergence.json").read_text())["summary"]
+    assert summary["n"] == 3 and summary["seed_spread_per_step"] is None  # one seed per maze
+    assert summary["distance_per_step"][-1] < 1e-2  # Euler's last step lands on x0_hat (stored in float16)
+    assert len(summary["score_per_step"]) == 5
+    assert (tmp_path / "chain" / "chain.json").is_file() and "answer commits at step" in out
+    code, _, err = run_cli("chain", tmp_path / "t.h5", "--scorer", "scorers:mean_red", "--out", tmp_path / "c2")
+    assert code == 2 and "give --model" in err
