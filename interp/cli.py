@@ -57,6 +57,8 @@ def generate(
     from interp.experiments.generate import GenerateConfig, run_generate, save_generated
     from interp.tasks.splits import is_training_seed
 
+    if len(seed) > 1 or data is not None or samples:
+        raise UsageError("several --seed, --data and --samples are for pipeline models; the testbed draws one maze")
     if steps is not None and not steps.isdigit():
         raise UsageError(f"--steps for the testbed is a number of denoising steps, got {steps!r}")
     count = num_steps if num_steps is not None else (int(steps) if steps is not None else None)
@@ -115,6 +117,7 @@ def trace(
     width: int = typer.Option(832, help="Pipeline models: video width."),
     num_frames: int = typer.Option(81, help="Pipeline models: frames."),
     seed: list[int] = typer.Option([0], help="Pipeline models: noise seeds per sample (repeatable)."),
+    samples: list[str] = typer.Option([], help="Pipeline models: sample folder names (repeatable or A,B)."),
     guidance_scale: float | None = typer.Option(None, help="Pipeline models: guidance scale (default: the family's)."),
     max_sequence_length: int = typer.Option(226, help="Pipeline models: prompt tokens."),
     device: str = typer.Option("cpu", help="Pipeline models: torch device."),
@@ -153,7 +156,7 @@ def trace(
             model=model, data=str(data), height=height, width=width, num_frames=num_frames, seeds=list(seed),
             steps=steps, layers=layers, subs=list(sub), pooling=pooling, dtype=dtype, num_steps=num_steps or 50,
             guidance_scale=guidance_scale, device=device, backend=backend, max_sequence_length=max_sequence_length,
-            torch_dtype=torch_dtype,
+            torch_dtype=torch_dtype, samples=[x for item in samples for x in item.split(",") if x] or None,
         )  # fmt: skip
     else:
         if data is not None:
@@ -238,6 +241,8 @@ def chain(
     threshold: float = typer.Option(0.1, help="Any model: a frame commits once x0_hat stays this close to the end."),
     scorer: str | None = typer.Option(None, help="module:function of decoded frames (T, H, W, 3) -> a number."),
     model: str | None = typer.Option(None, help="With --scorer: the store's model, to decode x0_hat."),
+    device: str = typer.Option("cpu", help="With --scorer: torch device of the decoder."),
+    torch_dtype: str | None = typer.Option(None, help="With --scorer: float32 (default on CPU), bfloat16."),
 ) -> None:
     """Chain of Steps of x0_hat: convergence, commit steps and seed spread (any model; a scorer of
     your own); on maze stores also commit, exploration, self-correction, perception vs action."""
@@ -246,7 +251,7 @@ def chain(
     if not store.is_file():
         raise UsageError(f"no activation store at {store}")
     cfg = ChainRunConfig(str(store), min_branches, superposition_share, superposition_extra, formed_share, threshold,
-                         scorer, model)  # fmt: skip
+                         scorer, model, device, torch_dtype)  # fmt: skip
     echo_manifest(save_chain(run_chain(cfg), cfg, out), out)
 
 
@@ -264,8 +269,11 @@ def train_testbed_cmd(
     ),
 ) -> None:
     """Train the maze testbed with flow matching; rerun the same command to resume."""
+    from dataclasses import asdict
+
     from tqdm.auto import tqdm
 
+    from interp.experiments.base import Manifest
     from interp.models.testbed import SamplingDefaults
     from interp.training import TrainConfig, export_weights, train_testbed
 
@@ -276,10 +284,15 @@ def train_testbed_cmd(
     set_threads(threads)
     cfg = TrainConfig(seed=seed, steps=steps, batch_size=batch_size)
     train_testbed(cfg, checkpoint, device=device, log=tqdm.write, progress=True)
+    manifest = Manifest("train", f"training {checkpoint.name}", "training", {"experiment": "train", **asdict(cfg)})
+    manifest.add(checkpoint / "state.json", "data", "the checkpoint's step and config (resumable)")
+    manifest.add(checkpoint.with_name(checkpoint.name + ".log.jsonl"), "data", "loss and validation log")
     if export is not None:
         defaults = SamplingDefaults(num_steps=cfg.sample_steps, frames=cfg.frames, size=cfg.size)
         export_weights(checkpoint, export, defaults, which=export_weights_choice)
+        manifest.add(export / "training.json", "data", f"exported weights: {export}")
         typer.echo(f"exported weights to {export}")
+    manifest.write(checkpoint.parent, checkpoint.name)
 
 
 @app.command()

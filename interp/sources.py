@@ -16,7 +16,7 @@ import torch
 from interp.execution.loop import initial_noise
 from interp.execution.patching import stack_conditioning
 from interp.models.base import PipelineSpec, VideoDiTAdapter
-from interp.models.registry import load_model, load_pipeline_adapter
+from interp.models.registry import load_pipeline_adapter
 from interp.tasks import maze as maze_task
 
 
@@ -138,12 +138,12 @@ class MazeSource:
 
 def load_testbed(model: str | Path):
     """A testbed adapter by name or weights folder (pipeline folders are refused here)."""
-    from interp.models.testbed import TestbedAdapter
+    from interp.models.registry import is_pipeline_folder
+    from interp.models.testbed import load_named
 
-    adapter = load_model(model)
-    if not isinstance(adapter, TestbedAdapter):
-        raise ValueError(f"model {model}: this needs a testbed (a maze model), not a {adapter.name} pipeline")
-    return adapter
+    if is_pipeline_folder(model):  # refused before loading: a 14B pipeline takes minutes
+        raise ValueError(f"model {model}: this needs a testbed (a maze model), not a pipeline folder")
+    return load_named(str(model))
 
 
 def maze_inputs(adapter, mazes: list[maze_task.Maze], frames: int) -> tuple[torch.Tensor, torch.Tensor]:

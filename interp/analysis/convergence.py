@@ -32,11 +32,16 @@ def load_scorer(spec: str) -> Callable[[np.ndarray], float]:
     return fn
 
 
-def _frames_first(latent: np.ndarray, frame_axis: int) -> np.ndarray:
+def _frames_first(latent: np.ndarray, frame_axis: int | None) -> np.ndarray:
+    """(frames, rest); a packed latent (no frame axis) is one frame."""
+    if frame_axis is None:
+        return latent.reshape(1, -1)
     return np.moveaxis(latent, frame_axis, 0).reshape(latent.shape[frame_axis], -1)
 
 
-def trajectory_distances(x0: np.ndarray, final: np.ndarray, frame_axis: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def trajectory_distances(
+    x0: np.ndarray, final: np.ndarray, frame_axis: int | None = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """(steps,) and (steps, frames) relative distances of x0_hat (steps, *latent) to the final latent."""
     x0, final = x0.astype(np.float64), final.astype(np.float64)
     total = np.linalg.norm((x0 - final).reshape(len(x0), -1), axis=1) / max(np.linalg.norm(final), 1e-12)
@@ -82,7 +87,7 @@ def analyse_convergence(store, threshold: float = 0.1, scorer=None, decode=None)
     if not 0 < threshold:
         raise ValueError(f"threshold must be positive, got {threshold}")
     steps = list(store.steps)
-    frame_axis = int(store.layout.extra.get("latent_frame_axis", 1))
+    frame_axis = store.layout.extra.get("latent_frame_axis", 1)  # None: packed latents (LTX)
     videos, totals, frames_d = [], [], []
     for v in store.completed_videos:
         x0 = np.asarray(store.x0_hat(videos=[v])[0], np.float64)

@@ -83,6 +83,29 @@ def pipeline_runs(spec: dict, sites_for, backend: str = "hooks") -> PipelineRuns
     return PipelineRuns(adapter, run, cond, [x.name for x in samples], inputs.num_steps, inputs)
 
 
+@dataclass
+class PairRuns:
+    """What a pairwise sweep (patch, swap) needs, from any source: a base run to patch, a source run
+    to patch from, the element pairs (None: element e of both), the two reference finals of each
+    pair, the grid's steps and layers (each layer's sites in every expert), token regions per pair,
+    and the metric (1 = the source's behaviour, 0 = the base's)."""
+
+    adapter: object
+    base: RunCache
+    base_cond: object
+    source: RunCache
+    pairs: list[tuple[int, int]] | None
+    clean_final: object
+    corr_final: object
+    num_steps: int
+    steps: list[int]
+    layers: list[int]
+    groups: list[tuple[str, ...]]
+    tokens: list
+    metric: object
+    name: str = "patching score"
+
+
 def finite_or_none(values: np.ndarray) -> list:
     return np.where(np.isfinite(values), values, None).tolist()
 

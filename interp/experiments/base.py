@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -89,7 +90,7 @@ class Manifest:
         for entry in self.files:
             p = Path(entry.path)
             if p.is_absolute() or not (folder / p).exists():
-                p = p.resolve().relative_to(folder)  # a file outside the run folder is an error
+                p = Path(os.path.relpath(p.resolve(), folder))  # a file outside the folder: "../..."
             entry.path = p.as_posix()
         path = folder / (MANIFEST if name is None else name + MANIFEST_SUFFIX)
         tmp = path.with_name(path.name + ".tmp")
@@ -133,6 +134,7 @@ class Experiment:
     cli: bool = True  # the CLI makes its command from the config's fields (False: a hand-written command)
     demo: Callable[..., None] | None = None  # (StudyContext) -> None: its part of the whole study
     demo_order: int = 100
+    alternatives: tuple[type, ...] = ()  # further config classes of this kind (a pipeline variant)
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -181,4 +183,19 @@ def load_config(path: str | Path) -> ExperimentConfig:
     known = experiments()
     if kind not in known:
         raise ValueError(f"{path}: not an experiment config (experiment must be one of {list(known)})")
-    return known[kind].config.from_dict(data)
+    classes = (known[kind].config, *known[kind].alternatives)
+    keys = set(data) - {"experiment"}
+    cls = next((c for c in classes if keys <= {f.name for f in fields(c)}), classes[0])
+    return config_from_dict(cls, data)
+
+
+def config_from_dict(cls: type, data: dict):
+    """A config dataclass from a dict, unknown fields refused (any dataclass, e.g. ``probes.run.ProbeConfig``)."""
+    if hasattr(cls, "from_dict"):
+        return cls.from_dict(data)
+    data = {k: v for k, v in data.items() if k != "experiment"}
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    return cls(**data)

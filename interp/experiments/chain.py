@@ -27,6 +27,13 @@ class ChainRunConfig(ExperimentConfig):
     threshold: float = 0.1  # a frame has committed once x0_hat stays this close to the final (relative L2)
     scorer: str | None = None  # module:function of decoded frames -> number (needs ``model`` to decode)
     model: str | None = None  # what decodes x0_hat for the scorer: a testbed name or a pipeline folder
+    device: str = "cpu"
+    torch_dtype: str | None = None
+
+    def __post_init__(self):
+        from interp.sources import default_dtype
+
+        self.torch_dtype = default_dtype(self.device, self.torch_dtype)
 
     def thresholds(self) -> ChainConfig:
         return ChainConfig(self.min_branches, self.superposition_share, self.superposition_extra, self.formed_share)
@@ -53,7 +60,7 @@ def run_chain(cfg: ChainRunConfig, progress: bool = True) -> ChainResult:
 
         from interp.models.registry import load_model
 
-        scorer, adapter = load_scorer(cfg.scorer), load_model(cfg.model)
+        scorer, adapter = load_scorer(cfg.scorer), load_model(cfg.model, torch_dtype=cfg.torch_dtype, device=cfg.device)
         dtype = next(adapter.transformer.parameters()).dtype
 
         def decode(latents):

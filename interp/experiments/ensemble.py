@@ -148,7 +148,7 @@ def _check_sweep(seeds: list[int], ks: list[int], merges: list[str], num_steps: 
         raise ValueError(f"seeds must be >= 1 and K within 0-{num_steps}")
 
 
-def _variants(seeds: list[int], ks: list[int], merges: list[str], temperatures: list[float]):
+def _variants(seeds: list[int], ks: list[int], merges: list[str], temperatures: list[float], flow: bool = True):
     """The runs a sweep makes beside the independent seeds, in report order:
     (name, row fields, seeds sampled, hooks, initial-noise scale)."""
     for n in (n for n in seeds if n > 1):
@@ -156,7 +156,7 @@ def _variants(seeds: list[int], ks: list[int], merges: list[str], temperatures: 
             for rule in merges:
                 info = {"method": f"ensemble ({rule})", "n_seeds": n, "k": k}
                 yield f"ensemble_{rule}_N{n}_K{k}", info, n, [SeedMerge(n, k, rule)], 1.0
-    for n in (n for n in seeds if n > 1):
+    for n in (n for n in seeds if n > 1 and flow):  # the shrunk-noise control reads flow matching's x_s
         for k in ks:
             info = {"method": "control: noise x 1/sqrt(N)", "n_seeds": n, "k": k}
             yield f"control_shrunk_N{n}_K{k}", info, 1, [ShrunkNoise(n**-0.5, k)], n**-0.5
@@ -298,7 +298,8 @@ def run_pipeline_ensemble(cfg: EnsembleConfig, out, progress: bool = True) -> li
         independent = run(n_max)
         for i in range(n_max):
             variants[f"seed{i}"] = (independent[i], {"method": "single seed", "seed": cfg.first_seed + i})
-        for name, info, n_seeds, hooks, scale in _variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures):
+        flow = adapter.prediction == "flow"
+        for name, info, n_seeds, hooks, scale in _variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures, flow):
             variants[name] = (run(n_seeds, hooks, scale)[0], info)
         reference = independent[0]
         spread = float(reference.float().std())

@@ -67,6 +67,13 @@ def demo(ctx) -> None:
         ctx.echo(f"  seed {result.maze.seed}: {'solved' if result.verdict.solved else 'NOT solved'} -> {folder}")
 
 
+def _pipeline_config():
+    from interp.experiments.step_videos import PipelineGenerateConfig
+
+    return PipelineGenerateConfig
+
+
 EXPERIMENT = register(
-    Experiment("generate", GenerateConfig, run_generate, save_generated, demo=demo, demo_order=10, cli=False)
+    Experiment("generate", GenerateConfig, run_generate, save_generated, demo=demo, demo_order=10, cli=False,
+                                 alternatives=(_pipeline_config(),))
 )

@@ -14,7 +14,7 @@ import numpy as np
 
 from activations.selection import parse_index_spec
 from interp.experiments import sweep
-from interp.experiments._causal import CausalConfig, GridResult, grid, maze_runs, pipeline_runs, save_grid
+from interp.experiments._causal import CausalConfig, GridResult, PairRuns, grid, maze_runs, pipeline_runs, save_grid
 from interp.experiments.base import Experiment, register
 from interp.tasks import maze_scoring
 
@@ -61,38 +61,43 @@ class PatchConfig(CausalConfig):
 
 
 def run_patch(cfg: PatchConfig, adapter=None, progress: bool = True) -> GridResult:
-    """Activation patching; the mean normalised score per (step, layer) and every pair's."""
+    """Activation patching; the mean normalised score per (step, layer) and every pair's. The source
+    (testbed mazes or a pipeline's two samples) only decides the runs, the regions and the metric."""
     cfg.check()
-    if cfg.pipeline is not None:
-        return _run_pipeline(cfg, progress)
+    r = _pipeline_pairs(cfg) if cfg.pipeline is not None else _maze_pairs(cfg, adapter)
+    finals = sweep.patch_sweep(
+        r.adapter, r.base, r.base_cond, r.source, r.steps, r.groups, r.tokens, r.num_steps, progress,
+        cfg.span == "onward", r.pairs, backend=cfg.backend,
+    )  # fmt: skip
+    scores = r.metric(finals, r.clean_final, r.corr_final)
+    return GridResult(cfg, grid(np.nanmean(scores, 0), r.steps, r.layers, "patching score"), scores, MEANING)
+
+
+def _maze_pairs(cfg: PatchConfig, adapter) -> PairRuns:
+    """Clean testbed mazes and their rewired corruptions, one recorded run each."""
     adapter = cfg.testbed(adapter)
     num_steps = cfg.check_common(adapter)
     steps = parse_index_spec(cfg.steps, num_steps, "step")
     layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
-    sites = sweep.block_sites(adapter, layers, cfg.sub)
+    groups = sweep.layer_sites(adapter, layers, cfg.sub)
     clean, corrupted = maze_scoring.rewired_pairs(cfg.size, cfg.first_seed, cfg.n)
     grid_shape = adapter.token_grid(adapter.latent_shape(cfg.size, cfg.frames))
     if cfg.region == "diff":
         tokens = [sweep.mask_tokens(maze_scoring.diff_region(a, b, grid_shape)) for a, b in zip(clean, corrupted)]
     else:
         tokens = [sweep.mask_tokens(sweep.region_mask(cfg.region, grid_shape))] * cfg.n
+    sites = [site for group in groups for site in group]
     clean_run, clean_cond = maze_runs(adapter, clean, cfg.frames, num_steps, sites, cfg.backend)
     corr_run, corr_cond = maze_runs(adapter, corrupted, cfg.frames, num_steps, sites, cfg.backend)
-    if cfg.direction == "denoising":
-        base, base_cond, source = corr_run, corr_cond, clean_run
-    else:
-        base, base_cond, source = clean_run, clean_cond, corr_run
-    finals = sweep.patch_sweep(
-        adapter, base, base_cond, source, steps, sites, tokens, num_steps, progress, cfg.span == "onward",
-        backend=cfg.backend,
-    )  # fmt: skip
+    base, base_cond, source = (corr_run, corr_cond, clean_run) if cfg.direction == "denoising" else \
+        (clean_run, clean_cond, corr_run)  # fmt: skip
     metric = maze_scoring.MazePairMetric(clean, corrupted) if cfg.metric == "maze" else sweep.latent_projection
-    scores = metric(finals, clean_run.final, corr_run.final)
-    return GridResult(cfg, grid(np.nanmean(scores, 0), steps, layers, "patching score"), scores, MEANING)
+    return PairRuns(adapter, base, base_cond, source, None, clean_run.final, corr_run.final, num_steps, steps, layers,
+                    groups, tokens, metric)  # fmt: skip
 
 
-def _run_pipeline(cfg: PatchConfig, progress: bool) -> GridResult:
-    """Patching on a real model: samples [clean, corrupted] of a VBVR-style folder, latent metric."""
+def _pipeline_pairs(cfg: PatchConfig) -> PairRuns:
+    """A pipeline's samples [clean, corrupted] as two elements of one recorded run; latent metric."""
     if cfg.metric != "latent":
         raise ValueError("a pipeline model has no maze verifier: use metric 'latent'")
     if cfg.region == "diff":
@@ -111,14 +116,11 @@ def _run_pipeline(cfg: PatchConfig, progress: bool) -> GridResult:
         return [site for group in chosen["groups"] for site in group]
 
     runs = pipeline_runs(cfg.pipeline, sites_for, cfg.backend)
-    # Both samples are elements of one recorded run: patch the source element into the base one.
-    clean_e, corr_e = (0, 1) if cfg.direction == "denoising" else (1, 0)
-    finals = sweep.patch_sweep(
-        runs.adapter, runs.run, runs.conditioning, runs.run, chosen["steps"], chosen["groups"], [chosen["tokens"]],
-        runs.num_steps, progress, cfg.span == "onward", [(corr_e, clean_e)], backend=cfg.backend,
-    )  # fmt: skip
-    scores = sweep.latent_projection(finals, runs.run.final[0:1], runs.run.final[1:2])
-    return GridResult(cfg, grid(scores[0], chosen["steps"], chosen["layers"], "patching score"), scores, MEANING)
+    clean_e, corr_e = (0, 1) if cfg.direction == "denoising" else (1, 0)  # patch the source element into the base
+    run = runs.run
+    return PairRuns(runs.adapter, run, runs.conditioning, run, [(corr_e, clean_e)], run.final[0:1], run.final[1:2],
+                    runs.num_steps, chosen["steps"], chosen["layers"], chosen["groups"], [chosen["tokens"]],
+                    sweep.latent_projection)  # fmt: skip
 
 
 def save_patch(result: GridResult, cfg: PatchConfig, out):

@@ -56,13 +56,15 @@ def fresh_noise(shape, seed: int, key: int) -> torch.Tensor:
 
 
 class FrameNoise(StepHook):
-    def __init__(self, frame: int, seed: int):
-        self.frame, self.seed = frame, seed
+    """Latent frame ``frame`` (on ``frame_axis`` of one video's latent) replaced by fresh noise before every step."""
+
+    def __init__(self, frame: int, seed: int, frame_axis: int = 1):
+        self.frame, self.seed, self.axis = frame, seed, 1 + frame_axis  # batched: the batch axis comes first
 
     def before_model(self, state):
         latents = state.latents.clone()
-        noise = fresh_noise(latents[:, :, self.frame].shape, self.seed, 1000 + state.step)
-        latents[:, :, self.frame] = noise.to(latents)
+        view = latents.select(self.axis, self.frame)
+        view.copy_(fresh_noise(view.shape, self.seed, 1000 + state.step).to(latents))
         return latents
 
 
@@ -95,10 +97,10 @@ def _run_pipeline(cfg: PerturbConfig, progress: bool) -> PerturbResult:
 
     def sites_for(adapter, inputs):  # checks before the run is recorded
         shape = inputs.latent_shape(adapter)
-        if len(shape) != 4:
-            raise ValueError(f"noise at frame needs a (C, T, H, W) latent, this model's is {tuple(shape)}")
+        if adapter.latent_frame_axis is None:
+            raise ValueError(f"noise at frame needs a frame axis; {adapter.name}'s latent is packed {tuple(shape)}")
         chosen["steps"] = parse_index_spec(cfg.steps, inputs.num_steps, "step")
-        chosen["frames"] = parse_index_spec(cfg.frames_to_noise, shape[1], "latent frame")
+        chosen["frames"] = parse_index_spec(cfg.frames_to_noise, shape[adapter.latent_frame_axis], "latent frame")
         return []
 
     runs = pipeline_runs(cfg.pipeline, sites_for)
@@ -121,7 +123,8 @@ def _noise_at_steps_and_frames(cfg, adapter, run, cond, num_steps, steps, frames
         out = sample(adapter, fresh, cond, num_steps, start_step=s, resume_scheduler=run.schedulers.get(s))
         result.at_step[s] = score(out.latents)
     for f in tqdm(frames, disable=not progress, desc="noise at frame", leave=False):
-        out = sample(adapter, run.latents[0], cond, num_steps, hooks=[FrameNoise(f, cfg.noise_seed)])
+        hook = FrameNoise(f, cfg.noise_seed, adapter.latent_frame_axis)
+        out = sample(adapter, run.latents[0], cond, num_steps, hooks=[hook])
         result.at_frame[f] = score(out.latents)
     return result
 

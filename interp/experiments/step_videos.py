@@ -21,7 +21,7 @@ from activations.selection import parse_index_spec
 from interp.execution.loop import StepHook, sample
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, register
 from interp.report.step_videos import write_step_videos
-from interp.sources import PipelineInputs
+from interp.sources import PipelineInputs, default_dtype
 
 
 class X0AtSteps(StepHook):
@@ -53,6 +53,9 @@ class PipelineGenerateConfig(ExperimentConfig):
     device: str = "cpu"
     torch_dtype: str | None = None
     max_frames: int = 8  # columns of the filmstrip (evenly spaced frames); every frame is in the GIFs
+
+    def __post_init__(self):
+        self.torch_dtype = default_dtype(self.device, self.torch_dtype)
 
     def inputs(self) -> PipelineInputs:
         return PipelineInputs(self.model, self.data, self.samples, self.height, self.width, self.num_frames,
@@ -92,6 +95,9 @@ class FilmstripConfig(ExperimentConfig):
     device: str = "cpu"
     torch_dtype: str | None = None
 
+    def __post_init__(self):
+        self.torch_dtype = default_dtype(self.device, self.torch_dtype)
+
 
 def run_filmstrip(cfg: FilmstripConfig, out, progress: bool = True) -> list[dict]:
     from interp.models.registry import load_model
@@ -106,7 +112,7 @@ def run_filmstrip(cfg: FilmstripConfig, out, progress: bool = True) -> list[dict
         steps = [s for s in parse_index_spec(cfg.steps, store.layout.num_steps, "step") if s in store.steps]
         if not steps:
             raise ValueError(f"none of the steps {cfg.steps!r} is stored; stored steps: {store.steps}")
-        adapter = load_model(cfg.model, torch_dtype=cfg.torch_dtype or "float32", device=cfg.device)
+        adapter = load_model(cfg.model, torch_dtype=cfg.torch_dtype, device=cfg.device)
         made = []
         for v in videos:
             x0 = store.x0_hat(videos=[v], steps=steps)[0]  # (steps, *latent)

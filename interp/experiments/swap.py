@@ -14,6 +14,7 @@ from interp.experiments import sweep
 from interp.experiments._causal import (
     CausalConfig,
     GridResult,
+    PairRuns,
     finite_or_none,
     grid,
     maze_runs,
@@ -57,34 +58,47 @@ def _others(cfg: SwapConfig, base_mazes):
 
 
 def run_swap(cfg: SwapConfig, adapter=None, progress: bool = True) -> GridResult:
-    """Latent swapping; per (step, layer) the share of mazes whose answer became the other maze's
-    solution (``extra['mean_score']``: the mean normalised score as well)."""
-    if cfg.pipeline is not None:
-        return _run_pipeline(cfg, progress)
+    """Latent swapping. Testbed: per (step, layer) the share of mazes whose answer became the other
+    maze's solution (``extra['mean_score']``: the mean normalised score as well); a pipeline model:
+    where the output lies between the base run's (0) and the other run's (1) final latents."""
+    r, extra = _pipeline_pairs(cfg) if cfg.pipeline is not None else _maze_pairs(cfg, adapter)
+    finals = sweep.patch_sweep(
+        r.adapter, r.base, r.base_cond, r.source, r.steps, r.groups, r.tokens, r.num_steps, progress, False, r.pairs,
+        backend=cfg.backend,
+    )  # fmt: skip
+    scores = r.metric(finals, r.clean_final, r.corr_final)
+    more = {name: fn(finals) for name, fn in extra.items()}
+    return GridResult(cfg, grid(scores.mean(0), r.steps, r.layers, r.name), scores, r.name, more)
+
+
+def _maze_pairs(cfg: SwapConfig, adapter) -> tuple[PairRuns, dict]:
     adapter = cfg.testbed(adapter)
     num_steps = cfg.check_common(adapter)
     steps = parse_index_spec(cfg.steps, num_steps, "step")
     layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
-    sites = sweep.block_sites(adapter, layers, None)
+    groups = sweep.layer_sites(adapter, layers, None)
+    sites = [site for group in groups for site in group]
     base_mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + i) for i in range(cfg.n)]
     others = _others(cfg, base_mazes)
     base_run, base_cond = maze_runs(adapter, base_mazes, cfg.frames, num_steps, sites, cfg.backend)
     other_run, _ = maze_runs(adapter, others, cfg.frames, num_steps, sites, cfg.backend)
-    finals = sweep.patch_sweep(
-        adapter, base_run, base_cond, other_run, steps, sites, [None] * cfg.n, num_steps, progress, backend=cfg.backend
-    )
-    flipped = maze_scoring.answer_matches(finals, others)
-    scores = maze_scoring.MazePairMetric(others, base_mazes)(finals, other_run.final, base_run.final)
-    name = "share flipped to the other maze's answer"
-    meaning = "share of mazes whose answer became the other maze's solution"
-    with warnings.catch_warnings():  # pairs the model answers alike are NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean_score = finite_or_none(np.nanmean(scores, 0))
-    return GridResult(cfg, grid(flipped.mean(0), steps, layers, name), flipped, meaning, {"mean_score": mean_score})
+
+    def flipped(finals, other_final, base_final):
+        return maze_scoring.answer_matches(finals, others)
+
+    def mean_score(finals):
+        scores = maze_scoring.MazePairMetric(others, base_mazes)(finals, other_run.final, base_run.final)
+        with warnings.catch_warnings():  # pairs the model answers alike are NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return finite_or_none(np.nanmean(scores, 0))
+
+    runs = PairRuns(adapter, base_run, base_cond, other_run, None, other_run.final, base_run.final, num_steps, steps,
+                    layers, groups, [None] * cfg.n, flipped, "share flipped to the other maze's answer")  # fmt: skip
+    return runs, {"mean_score": mean_score}
 
 
-def _run_pipeline(cfg: SwapConfig, progress: bool) -> GridResult:
-    samples = (cfg.pipeline or {}).get("samples") or [] if isinstance(cfg.pipeline, dict) else []
+def _pipeline_pairs(cfg: SwapConfig) -> tuple[PairRuns, dict]:
+    samples = (cfg.pipeline.get("samples") or []) if isinstance(cfg.pipeline, dict) else []
     if len(samples) != 2:
         raise ValueError("pipeline swapping needs samples: [base, other] (two sample folder names)")
     chosen: dict = {}
@@ -97,14 +111,12 @@ def _run_pipeline(cfg: SwapConfig, progress: bool) -> GridResult:
         return [site for group in chosen["groups"] for site in group]
 
     runs = pipeline_runs(cfg.pipeline, sites_for, cfg.backend)
-    # Element 0 is the base sample, element 1 the other: patch the other's sites into the base.
-    finals = sweep.patch_sweep(
-        runs.adapter, runs.run, runs.conditioning, runs.run, chosen["steps"], chosen["groups"], [None],
-        runs.num_steps, progress, False, [(0, 1)], backend=cfg.backend,
-    )  # fmt: skip
-    scores = sweep.latent_projection(finals, runs.run.final[1:2], runs.run.final[0:1])
+    run = runs.run  # element 0 is the base sample, element 1 the other: the other's sites go into the base
     name = "projection of the output toward the other run's (1) from the base run's (0)"
-    return GridResult(cfg, grid(scores[0], chosen["steps"], chosen["layers"], name), scores, name)
+    pairs = PairRuns(runs.adapter, run, runs.conditioning, run, [(0, 1)], run.final[1:2], run.final[0:1],
+                     runs.num_steps, chosen["steps"], chosen["layers"], chosen["groups"], [None],
+                     sweep.latent_projection, name)  # fmt: skip
+    return pairs, {}
 
 
 def save_swap(result: GridResult, cfg: SwapConfig, out):

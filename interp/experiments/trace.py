@@ -22,7 +22,7 @@ from interp.execution.capture import build_layout, trace_batch
 from interp.execution.runner import BACKENDS
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, register
 from interp.models.base import SUB_MODULES
-from interp.sources import PipelineInputs, default_dtype, load_testbed, maze_inputs, read_samples
+from interp.sources import PipelineInputs, default_dtype, load_testbed, maze_inputs
 from interp.tasks import maze as maze_task
 
 TASKS = ("maze",)
@@ -57,6 +57,7 @@ class PipelineTraceConfig(ExperimentConfig):
     experiment = "trace"
     model: str = ""
     data: str = ""
+    samples: list[str] | None = None  # sample folder names; None: every sample
     height: int = 480
     width: int = 832
     num_frames: int = 81
@@ -80,7 +81,8 @@ class PipelineTraceConfig(ExperimentConfig):
 
     def inputs(self) -> PipelineInputs:
         return PipelineInputs(
-            model=self.model, data=self.data, height=self.height, width=self.width, num_frames=self.num_frames,
+            model=self.model, data=self.data, samples=self.samples, height=self.height, width=self.width,
+            num_frames=self.num_frames,
             num_steps=self.num_steps, device=self.device, torch_dtype=self.torch_dtype,
             guidance_scale=self.guidance_scale, negative_prompt=self.negative_prompt,
             max_sequence_length=self.max_sequence_length,
@@ -180,11 +182,10 @@ class PipelineTraceJob:
     def __init__(self, cfg: PipelineTraceConfig):
         self.cfg = cfg
         self.inputs = cfg.inputs()
-        self.samples = read_samples(cfg.data)
         if not cfg.seeds:
             raise ValueError("need at least one seed")
         _check_capture(cfg)
-        self.adapter, _ = self.inputs.load()
+        self.adapter, self.samples = self.inputs.load()
         adapter = self.adapter
         self.latent_shape = self.inputs.latent_shape(adapter)
         steps = parse_index_spec(cfg.steps, cfg.num_steps, "step")
@@ -264,5 +265,6 @@ def _save(path, cfg, out):  # the store is written as it runs; the manifest with
 
 
 EXPERIMENT = register(
-    Experiment("trace", TraceConfig, run_trace, _save, run_writes=True, demo=demo, demo_order=30, cli=False)
+    Experiment("trace", TraceConfig, run_trace, _save, run_writes=True, demo=demo, demo_order=30, cli=False,
+                                 alternatives=(PipelineTraceConfig,))
 )

@@ -101,7 +101,7 @@ class VideoDiTAdapter:
     name = "base"
     blocks_attr = "blocks"
     prediction = "flow"
-    latent_frame_axis = 1  # axis of the frames in one video's latent: (C, T, H, W)
+    latent_frame_axis: int | None = 1  # axis of the frames in one video's latent (C, T, H, W); None: packed
     # Canonical sub-module names (sites ``blocks.K.attn1`` ...) -> this family's attribute names.
     sub_modules: dict[str, str] = {"attn1": "attn1", "attn2": "attn2", "ffn": "ffn"}
 

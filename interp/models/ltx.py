@@ -45,6 +45,7 @@ class LTXConditioning:
 @register("LTXPipeline")
 class LTXAdapter(VideoDiTAdapter):
     name = "ltx"
+    latent_frame_axis = None  # packed (tokens, C) latents: no frame axis
     blocks_attr = "transformer_blocks"
     sub_modules = {"attn1": "attn1", "attn2": "attn2", "ffn": "ff"}
 

@@ -138,7 +138,9 @@ def _manifest_body(page: _Page, path: Path, manifest: Manifest) -> str:
     others = []
     for entry in manifest.files:
         file = folder / entry.path
-        if not file.is_file():
+        if not file.resolve().is_relative_to(page.root.resolve()):  # e.g. exported weights elsewhere
+            parts.append(f'<p class="files">outside this folder: {html.escape(str(file.resolve()))}</p>')
+        elif not file.is_file():
             parts.append(f'<p class="files">missing: {html.escape(entry.path)}</p>')
         elif entry.role == "figure" and file.suffix.lower() in (".png", ".gif", ".jpg", ".jpeg", ".svg"):
             parts.append(page.image(file, entry.caption))
