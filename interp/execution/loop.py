@@ -149,7 +149,8 @@ def sample(
         raise ValueError(f"batch of noise ({noise.shape[0]}) and conditioning ({_batch_size(conditioning)}) differ")
     adapter = model if isinstance(model, VideoDiTAdapter) else None
     if resume_scheduler is not None:
-        at = resume_scheduler.step_index
+        # Index-keeping schedulers (Euler, UniPC) must stand at ``start_step``; DDIM keeps none.
+        at = getattr(resume_scheduler, "step_index", None)
         at = getattr(resume_scheduler, "begin_index", None) if at is None else at
         if at not in (None, start_step):
             raise ValueError(f"the resume scheduler stands at step {at}, not {start_step}")

@@ -9,7 +9,9 @@ N seeds of one input run side by side; after each of the first K steps their lat
 - ``x0``: only the clean estimates are merged; each seed keeps its own noise.
 
 With ``mean`` or ``rescaled`` the N trajectories are one after the first merge (the sampler is
-deterministic); the ensemble's answer is seed 0's row. Controls: one seed whose noise is shrunk as
+deterministic); the ensemble's answer is seed 0's row. A multistep scheduler's history (previous model outputs)
+is left as it is: rows keep their own past outputs, so after a merge the merged rows' histories
+still differ for up to the solver's order steps (on Euler, the testbed's, there is none). Controls: one seed whose noise is shrunk as
 the mean of N seeds shrinks it (initial noise and the noise part after each of the first K steps
 times 1/sqrt(N)), and plain low-temperature sampling (initial noise times a scale).
 """
