@@ -47,3 +47,27 @@ def test_chain_on_a_testbed_store_reports_both_readings(tmp_path, run_cli):
     assert (tmp_path / "chain" / "chain.json").is_file() and "answer commits at step" in out
     code, _, err = run_cli("chain", tmp_path / "t.h5", "--scorer", "scorers:mean_red", "--out", tmp_path / "c2")
     assert code == 2 and "give --model" in err
+
+
+def test_claims_are_decided_from_the_numbers_with_their_controls():
+    from interp.analysis.claims import behaviour_share, ensemble_gain, steps_not_frames
+
+    def acc(p, n=100):
+        from interp.evaluation import wilson_interval
+
+        lo, hi = wilson_interval(round(p * n), n)
+        return {"accuracy": p, "ci95": [lo, hi], "final_exact": p, "final_exact_ci95": [lo, hi], "n": n}
+
+    base = acc(0.98)
+    assert steps_not_frames(base, {0: acc(0.97), 10: acc(0.1)}, {0: acc(0.95), 3: acc(0.0)})["verdict"] == "shows"
+    assert steps_not_frames(base, {10: acc(0.1)}, {0: acc(0.1), 3: acc(0.0)})["verdict"] == "does not show"
+    assert steps_not_frames(base, {10: acc(0.9)}, {0: acc(0.9), 3: acc(0.0)})["verdict"] == "cannot tell"
+    assert behaviour_share("m", "multi_path", {"multi_path": 0.5}, 64)["verdict"] == "shows"
+    assert behaviour_share("m", "multi_path", {"multi_path": 0.0}, 200)["verdict"] == "does not show"
+    assert behaviour_share("m", "multi_path", {"multi_path": 0.0}, 8)["verdict"] == "cannot tell"
+    rows = [{"size": 5, "method": "ensemble (mean)", "n_seeds": 3, **acc(0.66, 32)},
+            {"size": 5, "method": "control: noise x 1/sqrt(N)", **acc(0.72, 32)}]  # fmt: skip
+    assert ensemble_gain(rows)[0]["verdict"] == "does not show"  # the control beats the ensemble
+    rows[0].update(acc(0.99, 400))
+    rows[1].update(acc(0.5, 400))
+    assert ensemble_gain(rows)[0]["verdict"] == "shows"

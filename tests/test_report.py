@@ -69,7 +69,8 @@ def test_report_links_every_artefact(demo_run):
     for f in out.rglob("*"):  # nothing the run wrote is left out (store parts are the store's own)
         if f.is_file() and ".parts" not in f.as_posix() and f.name != "report.html":
             assert f.relative_to(out).as_posix() in links, f"{f} not linked"
-    for section in ("probes", "patching", "noise", "flow", "energy", "filmstrips", "chain", "ensemble", "config"):
+    sections = ("claims", "probes", "patching", "noise", "flow", "energy", "filmstrips", "chain", "ensemble", "config")
+    for section in sections:
         assert f'<section id="{section}">' in page, section
     for link in links:
         assert (out / link).is_file(), link

@@ -78,6 +78,7 @@ class Manifest:
     headline: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # sentences the report prints above the figures
+    claims: list[dict] = field(default_factory=list)  # the study's claims this run decides (analysis.claims)
 
     def add(self, path: Path | str, role: str, caption: str = "") -> Path:
         self.files.append(FileEntry(str(path), role, caption))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from activations.reader import ActivationStore
 from interp.analysis.chain_of_steps import Chain, ChainConfig, analyse_store, write_chain_report
+from interp.analysis.claims import behaviour_share
 from interp.analysis.convergence import analyse_convergence, load_scorer
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
 
@@ -136,6 +137,12 @@ def _save_maze(chains: list[Chain], cfg: ChainRunConfig, out, manifest: Manifest
         f"perception at {s['perception_step']['median']:.0f}; shares: {shares}"
     )
     manifest.notes.append(f"maze thresholds: {asdict(cfg.thresholds())}")
+    shares = s["behaviour_share"]
+    for name, label in (("multi-path exploration (two or more lit branches at some step)", "multi_path"),
+                        ("self-correction (a formed wrong answer repaired later)", "self_correction"),
+                        ("perception before action (walls, start, goal right before the path commits)",
+                         "perception_before_action")):  # fmt: skip
+        manifest.claims.append(behaviour_share(name, label, shares, s["n"]))
 
 
 def demo(ctx) -> None:

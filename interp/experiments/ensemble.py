@@ -9,11 +9,12 @@ N seeds of one input run side by side; after each of the first K steps their lat
 - ``x0``: only the clean estimates are merged; each seed keeps its own noise.
 
 With ``mean`` or ``rescaled`` the N trajectories are one after the first merge (the sampler is
-deterministic); the ensemble's answer is seed 0's row. A multistep scheduler's history (previous model outputs)
-is left as it is: rows keep their own past outputs, so after a merge the merged rows' histories
-still differ for up to the solver's order steps (on Euler, the testbed's, there is none). Controls: one seed whose noise is shrunk as
-the mean of N seeds shrinks it (initial noise and the noise part after each of the first K steps
-times 1/sqrt(N)), and plain low-temperature sampling (initial noise times a scale).
+deterministic); the ensemble's answer is seed 0's row. A multistep scheduler's history (previous
+model outputs) is left as it is: rows keep their own past outputs, so after a merge the merged
+rows' histories still differ for up to the solver's order steps (Euler, the testbed's, has none).
+Controls: one seed whose noise is shrunk as the mean of N seeds shrinks it (initial noise and the
+noise part after each of the first K steps times 1/sqrt(N)), and plain low-temperature sampling
+(initial noise times a scale).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from interp.analysis.claims import ensemble_gain
 from interp.evaluation import verify_latents, wilson_interval
 from interp.execution.loop import StepHook, initial_noise, sample
 from interp.execution.patching import repeat_conditioning
@@ -247,6 +249,7 @@ def save_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
     columns = ["size", "method", "n_seeds", "k", "scale", "accuracy", "ci95", "n"]
     manifest.tables.append(Table("accuracy per method", columns, table_rows, {"accuracy": ".3f", "scale": ".2f"}))
     manifest.headline = lines
+    manifest.claims.extend(ensemble_gain(rows))
     manifest.write(out)
     return manifest
 

@@ -170,6 +170,9 @@ def save_perturb(result: PerturbResult, cfg: PerturbConfig, out):
             sims = ", ".join(f"{k}: {v['similarity']:.3f}" for k, v in part.items())
             manifest.headline.append(f"similarity to the unperturbed output, noise {key}: {sims}")
         manifest.notes.append("pipeline model: cosine similarity of the final latent to the unperturbed run")
+    from interp.analysis.claims import steps_not_frames
+
+    manifest.claims.append(steps_not_frames(result.baseline, result.at_step, result.at_frame))
     formats = {"solved": ".3f", "answer_right": ".3f", "similarity": ".3f"}
     manifest.tables.append(Table("accuracy per perturbation", columns, rows, formats))
     manifest.write(out)

@@ -150,6 +150,16 @@ def _manifest_body(page: _Page, path: Path, manifest: Manifest) -> str:
     return "".join(parts)
 
 
+def _claims(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
+    """The study's claims first: each with its measurement, control and verdict, from the runs."""
+    rows = [{**c, "run": page.rel(p.parent) or "."} for p, m in manifests for c in m.claims]
+    if rows:
+        cols = ["claim", "verdict", "measurement", "control", "why", "run"]
+        body = ("<p>Each verdict is computed from this folder's results against its control; the thresholds "
+                "are in <i>why</i>.</p>" + _table(rows, cols))  # fmt: skip
+        page.sections.insert(0, ("claims", "The study's claims", body))
+
+
 def _configs(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
     body = [f"<details><summary>{html.escape(page.rel(p))}: {html.escape(m.kind)}</summary>{_pre_json(m.config)}"
             "</details>" for p, m in manifests]  # fmt: skip
@@ -181,6 +191,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, title: str 
         body = "".join(f'<div class="strip">{b}</div>' for b in bodies) if grid else "".join(bodies)
         page.add(sid, titles.get(sid, sid), f'<div class="grid">{body}</div>' if grid else body)
     _configs(page, manifests)
+    _claims(page, manifests)
     if not page.sections:
         raise ValueError(f"nothing to report in {root}: no run manifests (run.json) of the toolkit's commands found")
     rest = [p for p in files if p.resolve() not in page.linked and p.suffix != ".tmp"]

@@ -1,0 +1,82 @@
+"""The study's claims, each decided from a run's own numbers with its control: a verdict in words
+(shows / does not show / cannot tell) and why. Thresholds are stated in the ``why`` of every claim;
+nothing here is typed in per run."""
+
+from __future__ import annotations
+
+from interp.evaluation import wilson_interval
+
+SHOWS, NOT_SHOWN, CANNOT_TELL = "shows", "does not show", "cannot tell"
+
+
+def claim(name: str, measurement: str, control: str, verdict: str, why: str) -> dict:
+    return {"claim": name, "measurement": measurement, "control": control, "verdict": verdict, "why": why}
+
+
+def _pct(ci) -> str:
+    return f"{ci[0]:.0%}-{ci[1]:.0%}"
+
+
+def steps_not_frames(baseline: dict, at_step: dict, at_frame: dict) -> dict:
+    """Chain of steps vs chain of frames, from noise at step vs noise at frame (verifier runs)."""
+    name = "reasoning runs along denoising steps, not along frames"
+    if "accuracy" not in baseline:
+        return claim(name, "cosine similarity only", "none", CANNOT_TELL, "no verifier for this model: use --scorer")
+    half = baseline["accuracy"] / 2
+    broken = [s for s, r in sorted(at_step.items()) if r["ci95"][1] < half]
+    last = max(at_frame) if at_frame else None
+    earlier = {f: r for f, r in at_frame.items() if f != last}
+    if not broken or not earlier:
+        why = "no noised step falls clearly below half the baseline, or no earlier frame was noised"
+        return claim(name, "noise at step / at frame", f"no noise: {baseline['accuracy']:.0%}", CANNOT_TELL, why)
+    worst = min(earlier.items(), key=lambda kv: kv[1]["final_exact"])
+    kept = worst[1]["final_exact_ci95"][0] >= half
+    measurement = (f"noise at step {broken[0]}: solved {at_step[broken[0]]['accuracy']:.0%} "
+                   f"({_pct(at_step[broken[0]]['ci95'])}); noise at frame {worst[0]}: answer right "
+                   f"{worst[1]['final_exact']:.0%} ({_pct(worst[1]['final_exact_ci95'])})")  # fmt: skip
+    control = f"no noise: solved {baseline['accuracy']:.0%} ({_pct(baseline['ci95'])})"
+    why = ("step noise breaks the answer (interval below half the baseline) while noise in any earlier frame "
+           "keeps it (interval at or above half)" if kept else
+           "noise in an earlier frame breaks the answer too (interval below half the baseline)")  # fmt: skip
+    if not kept and worst[1]["final_exact_ci95"][1] >= half:
+        return claim(name, measurement, control, CANNOT_TELL, "the frame-noise interval straddles half the baseline")
+    return claim(name, measurement, control, SHOWS if kept else NOT_SHOWN, why)
+
+
+def behaviour_share(name: str, label: str, shares: dict, n: int, floor: float = 0.05) -> dict:
+    """A chain-of-steps behaviour (multi-path, self-correction, ...) from the share of videos showing it."""
+    k = round(shares[label] * n)
+    lo, hi = wilson_interval(k, n)
+    measurement = f"{k}/{n} videos ({shares[label]:.0%}, 95% CI {lo:.0%}-{hi:.0%})"
+    control = f"a floor of {floor:.0%} of videos (what a detector's false alarms could give)"
+    if lo > floor:
+        return claim(name, measurement, control, SHOWS, f"the interval lies above {floor:.0%}")
+    if hi < floor:
+        return claim(name, measurement, control, NOT_SHOWN, f"the interval lies below {floor:.0%}")
+    return claim(name, measurement, control, CANNOT_TELL, f"the interval contains {floor:.0%}: more videos needed")
+
+
+def ensemble_gain(rows: list[dict]) -> list[dict]:
+    """Per maze size: the best ensemble against the best noise-shrinking control."""
+    out = []
+    for size in sorted({r["size"] for r in rows}):
+        sel = [r for r in rows if r["size"] == size]
+        ens = [r for r in sel if r["method"].startswith("ensemble")]
+        ctl = [r for r in sel if r["method"].startswith("control")]
+        if not ens or not ctl:
+            continue
+        e, c = max(ens, key=lambda r: r["accuracy"]), max(ctl, key=lambda r: r["accuracy"])
+        name = f"the seed ensemble gains more than a temperature effect ({size}x{size})"
+        measurement = f"{e['method']} N={e.get('n_seeds')}: {e['accuracy']:.0%} ({_pct(e['ci95'])})"
+        control = f"{c['method']}: {c['accuracy']:.0%} ({_pct(c['ci95'])})"
+        if e["ci95"][0] > c["ci95"][1]:
+            verdict, why = SHOWS, "the ensemble's interval lies above the best control's"
+        elif e["accuracy"] <= c["accuracy"]:
+            verdict, why = NOT_SHOWN, "the best control is at least as accurate as the best ensemble"
+        else:
+            verdict, why = (
+                CANNOT_TELL,
+                "the intervals overlap (independent intervals; per-maze outcomes would allow a paired test)",
+            )
+        out.append(claim(name, measurement, control, verdict, why))
+    return out
