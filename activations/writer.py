@@ -22,6 +22,8 @@ from activations.pooling import Pooling
 from activations.schema import FORMAT, RESULTS, SCHEMA_VERSION, StoreError, StoreLayout, check_header, parts_dir
 
 _STOP = object()
+# Host memory the writer's queue may hold before the sampler waits (StoreWriter(max_queue_bytes=...)).
+DEFAULT_QUEUE_BYTES = 2 << 30
 
 
 def _to_numpy(array, dtype: str) -> np.ndarray:
@@ -99,10 +101,19 @@ class StoreWriter:
     (any ``StoreWriter`` opened with ``index=True`` does, from the parts on disk).
     """
 
-    def __init__(self, path: str | Path, layout: StoreLayout, queue_size: int = 16, index: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        layout: StoreLayout,
+        queue_size: int = 16,
+        index: bool = True,
+        max_queue_bytes: int = DEFAULT_QUEUE_BYTES,
+    ):
         self.path = Path(path)
         self.layout = layout
         self.index = index
+        if max_queue_bytes < 1:
+            raise ValueError(f"max_queue_bytes must be positive, got {max_queue_bytes}")
         layout.to_json()  # fails here, before anything touches the disk, if the layout cannot be stored
         self.parts = parts_dir(self.path)
         if self.path.exists():
@@ -137,6 +148,13 @@ class StoreWriter:
             self._meta.update(zip(videos, metas))
         self._lock = threading.Lock()  # the writer thread adds finished parts while the sampler reads them
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        # Back-pressure in bytes: a producer waits while the queued arrays would exceed the bound (one
+        # item larger than the bound still passes alone), so a disk slower than the model stalls the
+        # sampler instead of growing host memory.
+        self.max_queue_bytes = max_queue_bytes
+        self._queued_bytes = 0
+        self.peak_queued_bytes = 0
+        self._room = threading.Condition()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="activation-store-writer", daemon=True)
         self._thread.start()
@@ -180,9 +198,15 @@ class StoreWriter:
         self.close()
 
     # -- the writer thread --------------------------------------------------------------------
-    def submit(self, fn: Callable[[], None]) -> None:
+    def submit(self, fn: Callable[[], None], nbytes: int = 0) -> None:
+        """Queue ``fn`` for the writer thread; ``nbytes``: the host memory it holds until written."""
         self._raise_if_failed()
-        self._queue.put(fn)
+        with self._room:
+            while self._queued_bytes and self._queued_bytes + nbytes > self.max_queue_bytes and self._error is None:
+                self._room.wait(timeout=1.0)
+            self._queued_bytes += nbytes
+            self.peak_queued_bytes = max(self.peak_queued_bytes, self._queued_bytes)
+        self._queue.put((fn, nbytes))
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -193,11 +217,15 @@ class StoreWriter:
             item = self._queue.get()
             if item is _STOP:
                 return
+            fn, nbytes = item
             if self._error is None:
                 try:
-                    item()
+                    fn()
                 except BaseException as err:  # reported to the producer at its next call
                     self._error = err
+            with self._room:
+                self._queued_bytes -= nbytes
+                self._room.notify_all()
 
     def _finish_part(self, tmp: Path, final: Path, videos: list[int], metas: list[str]) -> None:
         os.replace(tmp, final)
@@ -317,18 +345,18 @@ class PartWriter:
             raise ValueError(f"{site} at step {step}: expected shape {expected}, got {tuple(tokens.shape)}")
         pos = self._position(step)
         data = _to_numpy(tokens, lay.dtype)
-        self.store.submit(lambda: self._slabs[site].write(pos, data))
+        self.store.submit(lambda: self._slabs[site].write(pos, data), data.nbytes)
 
     def write_x0_hat(self, step: int, latents) -> None:
         pos = self._position(step)
         data = _to_numpy(latents, self.store.layout.dtype)
-        self.store.submit(lambda: self._x0_hat.__setitem__(np.s_[:, pos], data))
+        self.store.submit(lambda: self._x0_hat.__setitem__(np.s_[:, pos], data), data.nbytes)
 
     def write_x_t(self, step: int, latents) -> None:
         """The noisy latent that entered the model at ``step`` (what a probe sees without the network)."""
         pos = self._position(step)
         data = _to_numpy(latents, self.store.layout.dtype)
-        self.store.submit(lambda: self._x_t.__setitem__(np.s_[:, pos], data))
+        self.store.submit(lambda: self._x_t.__setitem__(np.s_[:, pos], data), data.nbytes)
 
     def write_condition(self, condition) -> None:
         """The batch's conditioning latent, (batch, *layout.condition_shape)."""
