@@ -43,3 +43,13 @@ def run_cli(monkeypatch, capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def wan22(tmp_path_factory):
+    """A tiny two-expert Wan 2.2 image-to-video pipeline with UniPC (as released), and two samples."""
+    from tiny_pipelines import build_tiny_wan, write_samples
+
+    root = tmp_path_factory.mktemp("wan22")
+    model = build_tiny_wan(root / "wan", image_to_video=True, two_experts=True, unipc=True)
+    return model, write_samples(root / "data", n=2)

@@ -5,19 +5,9 @@ import json
 import re
 
 import numpy as np
-import pytest
 
 from activations import ActivationStore
 from interp.experiments.base import Manifest, is_manifest
-
-
-@pytest.fixture(scope="module")
-def wan22(tmp_path_factory):
-    from tiny_pipelines import build_tiny_wan, write_samples
-
-    root = tmp_path_factory.mktemp("wan22")
-    model = build_tiny_wan(root / "wan", image_to_video=True, two_experts=True, unipc=True)
-    return model, write_samples(root / "data", n=2)
 
 
 def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):

@@ -5,8 +5,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -18,17 +16,8 @@ def _commands() -> tuple[str, list[str]]:
     return m_line.split("=", 1)[1].strip('"'), [line for line in block.splitlines() if line.startswith("interp ")]
 
 
-@pytest.fixture(scope="module")
-def tiny_wan22(tmp_path_factory):
-    from tiny_pipelines import build_tiny_wan, write_samples
-
-    root = tmp_path_factory.mktemp("readme")
-    model = build_tiny_wan(root / "wan", image_to_video=True, two_experts=True, unipc=True)
-    return model, write_samples(root / "data", n=2)
-
-
-def test_the_readme_real_model_commands_run(tmp_path, run_cli, tiny_wan22):
-    model, data = tiny_wan22
+def test_the_readme_real_model_commands_run(tmp_path, run_cli, wan22):
+    model, data = wan22
     m_value, commands = _commands()
     assert len(commands) >= 9
     swaps = [
