@@ -8,13 +8,20 @@ probes, reports, training, the demo) are written out because they take a store o
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import typer
 
-from interp.cli_options import UsageError, add_experiment_commands, check_maze, echo_manifest, set_threads, testbed
+from interp.cli_options import (
+    UsageError,
+    add_experiment_commands,
+    check_maze,
+    echo_manifest,
+    run_app,
+    set_threads,
+    testbed,
+)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 train_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a model.")
@@ -333,12 +340,7 @@ add_experiment_commands(app)
 
 
 def main() -> None:
-    add_experiment_commands(app)  # experiments registered after import (a user's own)
-    try:
-        app()
-    except (UsageError, FileNotFoundError, ValueError) as err:
-        typer.echo(f"interp: error: {err}", err=True)
-        sys.exit(2)
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -154,3 +154,25 @@ def add_experiment_commands(app: typer.Typer) -> None:
     for kind, experiment in experiments().items():
         if experiment.cli and kind not in have:
             app.command(kind)(make_command(experiment))
+
+
+def run_app(app: typer.Typer) -> None:
+    """Run the CLI: a bad input is one ``interp: error:`` line (exit 2); anything else validation
+    missed is one line with a hint (exit 1); ``--debug`` shows the traceback instead."""
+    import sys
+
+    add_experiment_commands(app)  # experiments registered after import (a user's own)
+    debug = "--debug" in sys.argv
+    sys.argv = [x for x in sys.argv if x != "--debug"]
+    try:
+        app()
+    except (UsageError, FileNotFoundError, ValueError) as err:
+        if debug:
+            raise
+        typer.echo(f"interp: error: {err}", err=True)
+        sys.exit(2)
+    except Exception as err:  # what validation missed: one line, the traceback on request
+        if debug:
+            raise
+        typer.echo(f"interp: error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)

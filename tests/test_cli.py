@@ -23,3 +23,12 @@ def test_impossible_arguments_give_one_clear_line(run_cli, args, message):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interp: error:") and message in lines[0]
     assert "Traceback" not in err
+
+
+def test_what_validation_missed_is_one_line_with_a_hint_and_debug_shows_the_traceback(run_cli, tmp_path):
+    (tmp_path / "run.json").write_text('{"kind": "x"}')  # a damaged manifest: fields missing
+    code, _, err = run_cli("report", tmp_path)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "rerun with --debug" in lines[0] and "Traceback" not in err
+    with pytest.raises(TypeError):
+        run_cli("report", tmp_path, "--debug")
