@@ -301,3 +301,22 @@ def test_probe_config_refuses_bad_stopping_rules(synthetic):
     for bad in ({"tol": 0.0}, {"max_iter": 0}, {"patience": -1}):
         with pytest.raises(ValueError, match="tol must be positive"):
             run_probes(store, ProbeConfig(targets=[], labels={"p": str(label_file)}, **bad), progress=False)
+
+
+def test_pixel_masks_reach_the_token_grid_with_the_latent_frame_convention():
+    from probes.masks import pixel_masks_to_tokens
+
+    masks = np.zeros((1, 9, 32, 32), bool)  # 9 video frames -> 3 latent frames (r = 4), 16 px tokens
+    masks[0, 0, :16, :16] = True  # frame 0 alone is token frame 0
+    masks[0, 5:9, 16:, 16:] = True  # video frames 5-8 are token frame 2
+    tokens = pixel_masks_to_tokens(masks, (3, 2, 2))
+    assert tokens.shape == (1, 3, 2, 2)
+    assert tokens[0, 0, 0, 0] == 1 and tokens[0, 1].sum() == 0 and tokens[0, 2, 1, 1] == 1
+    masks[0, 2, :8, :8] = True  # a quarter of one token in one of token frame 1's four video frames
+    assert pixel_masks_to_tokens(masks, (3, 2, 2))[0, 1, 0, 0] == pytest.approx(0.25 / 4)
+    assert pixel_masks_to_tokens(masks, (3, 2, 2), threshold=0.5)[0, 1, 0, 0] == 0
+    maze = np.zeros((1, 4, 9, 9), bool)
+    maze[0, :, 3, 5] = True  # the renderer's pixel of cell (1, 2)
+    assert np.argwhere(pixel_masks_to_tokens(maze, (4, 4, 4))[0, 0]).tolist() == [[1, 2]]
+    with pytest.raises(ValueError, match="do not map"):
+        pixel_masks_to_tokens(np.zeros((1, 8, 32, 32)), (3, 2, 2))
