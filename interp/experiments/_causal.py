@@ -131,6 +131,7 @@ class GridResult:
     per_pair: np.ndarray  # (pairs, steps, layers)
     meaning: str
     extra: dict | None = None  # further per-cell numbers, e.g. the swap's mean normalised score
+    videos: dict | None = None  # decoded (T, H, W, 3) videos of the first pair: the runs and one intervention
 
     def record(self) -> dict:
         grid = self.grid
@@ -171,5 +172,38 @@ def save_grid(result: GridResult, out: str | Path, kind: str, title: str, figure
         f"mean {np.nanmean(result.grid.values):.2f} over {np.isfinite(result.grid.values).sum()} cells"
     )
     manifest.notes.append(result.meaning)
+    save_videos(result.videos, Path(out), manifest, "what the intervention did, first pair")
     manifest.write(out)
     return manifest
+
+
+def first_pair_videos(r: PairRuns, finals, scores: np.ndarray, names: tuple[str, str, str]) -> dict | None:
+    """The first pair's two runs and its patched run at the cell that moved it most."""
+    first = np.nan_to_num(scores[0], nan=-np.inf)
+    i, j = np.unravel_index(int(np.argmax(first)), first.shape)
+    patched = f"{names[2]} step {r.steps[i]} layer {r.layers[j]}"
+    return example_videos(r.adapter, {names[0]: r.clean_final[0], names[1]: r.corr_final[0], patched: finals[0, i, j]})
+
+
+def example_videos(adapter, runs: dict) -> dict | None:
+    """Decoded videos of a few final latents (name -> latent); None when the model cannot decode."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return {name: adapter.decode(latent[None])[0] for name, latent in runs.items()}
+    except (NotImplementedError, ValueError):  # a pipeline without its VAE
+        return None
+
+
+def save_videos(videos: dict | None, out: Path, manifest: Manifest, caption: str) -> None:
+    """One GIF per video and a side-by-side figure (rows runs, columns frames) in ``out/videos``."""
+    if not videos:
+        return
+    from interp.report.filmstrip import save_gif, save_side_by_side
+
+    folder = out / "videos"
+    for name, video in videos.items():
+        path = save_gif(video, folder / f"{name.replace(' ', '_')}.gif", scale=max(1, 128 // video.shape[2]))
+        manifest.add(path, "video", name)
+    manifest.add(save_side_by_side(videos, folder / "side_by_side.png"), "figure", caption)

@@ -14,7 +14,16 @@ import numpy as np
 
 from activations.selection import parse_index_spec
 from interp.experiments import sweep
-from interp.experiments._causal import CausalConfig, GridResult, PairRuns, grid, maze_runs, pipeline_runs, save_grid
+from interp.experiments._causal import (
+    CausalConfig,
+    GridResult,
+    PairRuns,
+    first_pair_videos,
+    grid,
+    maze_runs,
+    pipeline_runs,
+    save_grid,
+)
 from interp.experiments.base import Experiment, register
 from interp.tasks import maze_scoring
 
@@ -70,7 +79,9 @@ def run_patch(cfg: PatchConfig, adapter=None, progress: bool = True) -> GridResu
         cfg.span == "onward", r.pairs, backend=cfg.backend,
     )  # fmt: skip
     scores = r.metric(finals, r.clean_final, r.corr_final)
-    return GridResult(cfg, grid(np.nanmean(scores, 0), r.steps, r.layers, "patching score"), scores, MEANING)
+    videos = first_pair_videos(r, finals, scores, ("clean", "corrupted", "patched"))
+    return GridResult(cfg, grid(np.nanmean(scores, 0), r.steps, r.layers, "patching score"), scores, MEANING,
+                      videos=videos)  # fmt: skip
 
 
 def _maze_pairs(cfg: PatchConfig, adapter) -> PairRuns:

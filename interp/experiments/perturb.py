@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from activations.selection import parse_index_spec
 from interp.evaluation import verify_latents, wilson_interval
 from interp.execution.loop import StepHook, sample
-from interp.experiments._causal import CausalConfig, maze_runs, pipeline_runs, write_record
+from interp.experiments._causal import CausalConfig, example_videos, maze_runs, pipeline_runs, save_videos, write_record
 from interp.experiments.base import Experiment, Table, register
 from interp.tasks import maze as maze_task
 
@@ -49,6 +49,7 @@ class PerturbResult:
     baseline: dict
     at_step: dict[int, dict] = field(default_factory=dict)
     at_frame: dict[int, dict] = field(default_factory=dict)
+    videos: dict | None = None  # decoded first video: unperturbed, noised at the middle step, at the first frame
 
 
 def fresh_noise(shape, seed: int, key: int) -> torch.Tensor:
@@ -118,14 +119,20 @@ def _run_pipeline(cfg: PerturbConfig, progress: bool) -> PerturbResult:
 
 def _noise_at_steps_and_frames(cfg, adapter, run, cond, num_steps, steps, frames, score, progress) -> PerturbResult:
     result = PerturbResult(cfg, score(run.final))
+    shown = {"no noise": run.final[0]}
     for s in tqdm(steps, disable=not progress, desc="noise at step", leave=False):
         fresh = fresh_noise(run.latents[s].shape, cfg.noise_seed, s).to(run.latents[s])
         out = sample(adapter, fresh, cond, num_steps, start_step=s, resume_scheduler=run.schedulers.get(s))
         result.at_step[s] = score(out.latents)
+        if s == steps[len(steps) // 2]:
+            shown[f"noise at step {s}"] = out.latents[0]
     for f in tqdm(frames, disable=not progress, desc="noise at frame", leave=False):
         hook = FrameNoise(f, cfg.noise_seed, adapter.latent_frame_axis)
         out = sample(adapter, run.latents[0], cond, num_steps, hooks=[hook])
         result.at_frame[f] = score(out.latents)
+        if f == frames[0]:
+            shown[f"noise at frame {f}"] = out.latents[0]
+    result.videos = example_videos(adapter, shown)
     return result
 
 
@@ -175,6 +182,7 @@ def save_perturb(result: PerturbResult, cfg: PerturbConfig, out):
     manifest.claims.append(steps_not_frames(result.baseline, result.at_step, result.at_frame))
     formats = {"solved": ".3f", "answer_right": ".3f", "similarity": ".3f"}
     manifest.tables.append(Table("accuracy per perturbation", columns, rows, formats))
+    save_videos(result.videos, Path(out), manifest, "the first video: unperturbed and perturbed (final samples)")
     manifest.write(out)
     return manifest
 

@@ -16,6 +16,7 @@ from interp.experiments._causal import (
     GridResult,
     PairRuns,
     finite_or_none,
+    first_pair_videos,
     grid,
     maze_runs,
     pipeline_runs,
@@ -68,7 +69,8 @@ def run_swap(cfg: SwapConfig, adapter=None, progress: bool = True) -> GridResult
     )  # fmt: skip
     scores = r.metric(finals, r.clean_final, r.corr_final)
     more = {name: fn(finals) for name, fn in extra.items()}
-    return GridResult(cfg, grid(scores.mean(0), r.steps, r.layers, r.name), scores, r.name, more)
+    videos = first_pair_videos(r, finals, scores, ("other", "base", "swapped"))
+    return GridResult(cfg, grid(scores.mean(0), r.steps, r.layers, r.name), scores, r.name, more, videos)
 
 
 def _maze_pairs(cfg: SwapConfig, adapter) -> tuple[PairRuns, dict]:

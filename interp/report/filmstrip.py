@@ -60,3 +60,29 @@ def save_filmstrip(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_side_by_side(videos: dict[str, np.ndarray], path: str | Path, max_frames: int = 8) -> Path:
+    """Videos (name -> (T, H, W, 3) uint8) as rows of one PNG, frames as columns (evenly spaced ones
+    when there are more than ``max_frames``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(videos)
+    n_frames = min(len(v) for v in videos.values())
+    cols = sorted({int(round(i)) for i in np.linspace(0, n_frames - 1, min(n_frames, max_frames))})
+    fig, axes = plt.subplots(len(names), len(cols), figsize=(1.3 * len(cols) + 1.8, 1.3 * len(names) + 0.3),
+                             squeeze=False)  # fmt: skip
+    for i, name in enumerate(names):
+        for j, f in enumerate(cols):
+            ax = axes[i, j]
+            ax.imshow(videos[name][f], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"frame {f}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
