@@ -4,6 +4,9 @@ A store is a main file of virtual datasets over ``.parts/`` (so that writing is 
 shards can come from many workers). To mail one file, or to read without the parts folder, copy it
 into a single file with the same names and attributes; it opens with ``ActivationStore`` and plain
 h5py exactly like the original. Copies one video at a time, so memory stays at one video's slab.
+The store is opened with ``ActivationStore``: its parts are checked first (a damaged store is refused,
+not copied as NaN) and found also when it was renamed with its parts folder. ``/parts`` is copied as
+a record of where the data came from; readers ignore it in a file whose datasets are not virtual.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import h5py
 
-from activations.schema import check_header
+from activations.reader import ActivationStore
 
 
 def consolidate_store(path: str | Path, out: str | Path) -> Path:
@@ -22,8 +25,8 @@ def consolidate_store(path: str | Path, out: str | Path) -> Path:
         raise ValueError("consolidate into a new path, not over the store itself")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    with h5py.File(path, "r") as src:
-        check_header(src.attrs, path)
+    with ActivationStore(path) as store:
+        src = store._file
         with h5py.File(tmp, "w", libver="latest") as dst:
             dst.attrs.update(src.attrs)
 
@@ -37,8 +40,9 @@ def consolidate_store(path: str | Path, out: str | Path) -> Path:
                 chunks = (1, *obj.shape[1:]) if len(obj.shape) > 1 else None
                 ds = dst.create_dataset(name, shape=obj.shape, dtype=obj.dtype, chunks=chunks)
                 ds.attrs.update(obj.attrs)
+                data = store.dataset(name)
                 for v in range(obj.shape[0]):
-                    ds[v] = obj[v]
+                    ds[v] = data[v]
 
             src.visititems(copy)
     tmp.replace(out)

@@ -1,4 +1,8 @@
-"""Open a store and read selections of it lazily: by site, video, step and frame."""
+"""Open a store and read selections of it lazily: by site, video, step and frame.
+
+Opening checks the store cheaply (``activations.integrity``): a missing or damaged part would read as
+NaN through the virtual datasets, so it is refused with one ``StoreError`` instead.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,17 @@ import h5py
 import numpy as np
 
 from activations.axes import HIDDEN, STEP, VIDEO, parse_site
+from activations.index import resolve_sources
+from activations.integrity import (
+    Problem,
+    coverage_problems,
+    index_problems,
+    listed_parts,
+    one_line,
+    part_problem,
+)
 from activations.pooling import Pooling
-from activations.schema import StoreError, StoreLayout, check_header
+from activations.schema import StoreError, StoreLayout, check_header, data_shapes, parts_dir, vds_file_name
 
 
 def _as_list(selection, allowed: Sequence[int], what: str) -> list[int]:
@@ -29,20 +42,54 @@ class ActivationStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a directory, not a store file")
         if not self.path.is_file():
             raise FileNotFoundError(f"no activation store at {self.path}")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
-            raise StoreError(f"{self.path} is not a readable HDF5 file ({err})") from err
+            raise StoreError(f"{self.path} is not a readable HDF5 file ({one_line(err)})") from err
+        self._data: h5py.File = self._file  # where the per-video datasets are read from
         try:
             self.layout: StoreLayout = check_header(self._file.attrs, self.path)
-        except StoreError:
-            self._file.close()
+            self._check()
+        except BaseException:
+            self.close()
             raise
         self.pooling = Pooling.from_json(self.layout.pooling)
-        self.complete = self._file["videos/complete"][()].astype(bool)
         self.token_positions = self._file["token_positions"][()]
+
+    def _check(self) -> None:
+        """Refuse a damaged store: the index's datasets, then every listed part (cheap: no checksums)."""
+        f, layout = self._file, self.layout
+        problems = index_problems(f, layout)
+        records = listed_parts(f) if not problems else None
+        parts = parts_dir(self.path)
+        if records is not None:
+            self.complete = f["videos/complete"][()].astype(bool)
+            for r in records:
+                reason = part_problem(parts / r.name, layout, r)
+                if reason is not None:
+                    problems.append(Problem(r.name, r.videos, reason))
+            problems += coverage_problems(self.complete, records)
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise StoreError(
+                f"{self.path} is damaged: {problems[0].line()}{more}; run `interp verify {self.path} --repair`, "
+                "then rerun the trace to recompute what it drops"
+            )
+        self.complete = f["videos/complete"][()].astype(bool)
+        if records and self._source_names() != {vds_file_name(parts.name, r.name) for r in records}:
+            # Renamed together with its parts folder: the index's source names point at the old name.
+            self._data = resolve_sources(self.path, layout, records, parts)
+
+    def _source_names(self) -> set[str]:
+        return {m.file_name for m in self._file["x0_hat"].virtual_sources()}
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """A per-video dataset (``x0_hat``, ``sites/<site>``, ...) with its parts resolved, or any other."""
+        return self._data[name] if name in data_shapes(self.layout) else self._file[name]
 
     # -- what is in it ------------------------------------------------------------------------
     @property
@@ -110,7 +157,7 @@ class ActivationStore:
         if site not in self.layout.hidden:
             raise KeyError(f"site {site!r} is not in the store (sites: {self.sites})")
         videos, positions = self._select(videos, steps)
-        data = self._read(self._file[f"sites/{site}"], videos, positions)
+        data = self._read(self._data[f"sites/{site}"], videos, positions)
         if frames is not None:
             data = data[:, :, self.frame_tokens([frames] if np.isscalar(frames) else frames)]
         if as_torch:
@@ -122,12 +169,12 @@ class ActivationStore:
     def x0_hat(self, videos=None, steps=None) -> np.ndarray:
         """(video, step, C, T, H, W) clean-sample estimates in latent space."""
         videos, positions = self._select(videos, steps)
-        return self._read(self._file["x0_hat"], videos, positions)
+        return self._read(self._data["x0_hat"], videos, positions)
 
     def x_t(self, videos=None, steps=None) -> np.ndarray:
         """(video, step, C, T, H, W) noisy latents that entered the model at each stored step."""
         videos, positions = self._select(videos, steps)
-        return self._read(self._file["x_t"], videos, positions)
+        return self._read(self._data["x_t"], videos, positions)
 
     @property
     def has_condition(self) -> bool:
@@ -138,18 +185,18 @@ class ActivationStore:
         if not self.has_condition:
             raise KeyError(f"{self.path} keeps no conditioning latent (its adapter has none)")
         videos, _ = self._select(videos, None)
-        return np.stack([self._file["condition"][v] for v in videos])
+        return np.stack([self._data["condition"][v] for v in videos])
 
     def final(self, videos=None) -> np.ndarray:
         videos, _ = self._select(videos, None)
-        return np.stack([self._file["final"][v] for v in videos])
+        return np.stack([self._data["final"][v] for v in videos])
 
     def to_xarray(self, site: str, videos=None, steps=None):
         """A labelled ``xarray.DataArray`` (video, step, token, hidden) with frame/h/w per token."""
         import xarray as xr
 
         videos_l, positions = self._select(videos, steps)
-        data = self._read(self._file[f"sites/{site}"], videos_l, positions)
+        data = self._read(self._data[f"sites/{site}"], videos_l, positions)
         pos = self.token_positions
         return xr.DataArray(
             data,
@@ -167,6 +214,8 @@ class ActivationStore:
         )
 
     def close(self) -> None:
+        if self._data is not self._file:
+            self._data.close()
         self._file.close()
 
     def __enter__(self) -> ActivationStore:

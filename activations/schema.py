@@ -23,11 +23,27 @@ Main file:
     /results/<tool>/<name>  tables written by analyses (probes, ...); kept when the index is rebuilt
     /token_positions     (token, 3)                      (frame, h, w) of each stored token
     /token_index         (token,)                        flat grid index (random-subset pooling)
-    /videos/complete     (video,) bool                   True only for finished videos
+    /videos/complete     (video,) bool                   True only for videos of a part that was finished and,
+                                                         when the index was built, opened with the layout's datasets
     /videos/meta         (video,) JSON strings           task, seed, prompt, verdict, ...
+    /parts/name          (part,) strings                 the parts the index maps: file name in NAME.h5.parts/
+    /parts/first, /parts/count  (part,) int64            the contiguous videos each holds
+    /parts/bytes         (part,) int64                   the part file's size when written
+    /parts/sha256        (part,) strings                 SHA-256 of the part file when written ("" if not recorded)
 
 Unfinished videos read as NaN in /sites, /x0_hat, /x_t, /final and /condition. ``step`` positions refer to the
 denoising steps listed in ``layout["steps"]``; ``token`` is the pooled token axis.
+
+A part file holds the same per-video datasets for its videos only (first axis: its video count), plus
+``attrs["video_indices"]`` and ``/meta``. Virtual-dataset sources are named relative to the main file's
+folder (``NAME.h5.parts/part_....h5``, with ``%`` written ``%%``, as HDF5 reads ``%`` in source file names
+as a format code), so moving the main file and its parts folder together keeps plain-h5py reads working;
+``ActivationStore`` also reads a store renamed together with its parts folder, and refuses to open one
+whose listed parts are missing or damaged (``interp verify STORE --repair``). ``/parts`` was added within
+version 2: stores without it still read (their parts are listed from the virtual-dataset mappings).
+``NAME.h5.parts/writer.lock`` is the writer's ``flock`` lock (shared for shard writers);
+``NAME.h5.parts/damaged/`` holds parts that ``interp verify --repair`` moved out of the index. A
+consolidated file (``activations.consolidate``) keeps ``/parts`` as a record; its datasets are real.
 """
 
 from __future__ import annotations
@@ -40,6 +56,7 @@ FORMAT = "video-dit-interp.activations"
 SCHEMA_VERSION = 2  # 2: x_t, condition and results added
 DTYPES = ("float16", "float32")
 RESULTS = "results"  # group of the main file where analyses store their tables
+PARTS = "parts"  # group of the main file listing the parts its virtual datasets map
 
 
 class StoreError(ValueError):
@@ -105,6 +122,23 @@ class StoreLayout:
 def parts_dir(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + ".parts")
+
+
+def data_shapes(layout: StoreLayout, n_videos: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Shape of every per-video dataset: in the main file (``n_videos`` None) or in a part of that many."""
+    n_v, n_s = layout.n_videos if n_videos is None else n_videos, len(layout.steps)
+    shapes = {f"sites/{s}": (n_v, n_s, layout.n_tokens, layout.hidden[s]) for s in layout.sites}
+    shapes["x0_hat"] = (n_v, n_s, *layout.latent_shape)
+    shapes["x_t"] = (n_v, n_s, *layout.latent_shape)
+    shapes["final"] = (n_v, *layout.latent_shape)
+    if layout.condition_shape is not None:
+        shapes["condition"] = (n_v, *layout.condition_shape)
+    return shapes
+
+
+def vds_file_name(folder: str, part: str) -> str:
+    """A virtual-dataset source file name: HDF5 parses ``%`` there as a format code and ``%%`` as ``%``."""
+    return f"{folder}/{part}".replace("%", "%%")
 
 
 def check_header(attrs, path: str | Path) -> StoreLayout:

@@ -2,8 +2,9 @@
 
 Each batch of videos goes to its own part file, written under a temporary name and renamed when
 complete; after each rename the main file's virtual datasets are rebuilt into a temporary file and
-renamed over the old one. Both renames are atomic, so whatever kills the process, the main file
-opens and lists exactly the videos whose part was finished (see ``activations.schema``).
+renamed over the old one (``activations.index``). Both renames are atomic, so whatever kills the
+process, the main file opens and lists exactly the videos whose part was finished (see
+``activations.schema``). One writer at a time holds the store (``integrity.WriterLock``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from activations.pooling import Pooling
-from activations.schema import FORMAT, RESULTS, SCHEMA_VERSION, StoreError, StoreLayout, check_header, parts_dir
+from activations.index import known_records, scan_parts, write_index
+from activations.integrity import PartRecord, WriterLock, file_sha256, one_line
+from activations.schema import StoreError, StoreLayout, check_header, parts_dir
 
 _STOP = object()
 # Host memory the writer's queue may hold before the sampler waits (StoreWriter(max_queue_bytes=...)).
@@ -86,12 +88,6 @@ def part_path(parts: Path, videos: Sequence[int]) -> Path:
     return parts / f"part_{videos[0]:07d}_{len(videos):04d}.h5"
 
 
-def _read_part(part: Path) -> tuple[list[int], list[str]]:
-    """(video indices, metadata JSON strings) of a finished part."""
-    with h5py.File(part, "r") as f:
-        return [int(v) for v in f.attrs["video_indices"]], list(f["meta"].asstr()[()])
-
-
 class StoreWriter:
     """Create a store, or reopen one made with the same layout and resume it.
 
@@ -99,6 +95,9 @@ class StoreWriter:
     workers): it writes parts only, never reads the others, never rebuilds the main file and never
     removes other processes' half-written parts; the process that owns the store rebuilds the index afterwards
     (any ``StoreWriter`` opened with ``index=True`` does, from the parts on disk).
+
+    A second writer of the same store while one holds it is refused (shard writers share the lock with
+    each other only). ``checksums``: record each part's SHA-256 in the index (``interp verify --checksums``).
     """
 
     def __init__(
@@ -108,20 +107,24 @@ class StoreWriter:
         queue_size: int = 16,
         index: bool = True,
         max_queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        checksums: bool = True,
     ):
         self.path = Path(path)
         self.layout = layout
         self.index = index
+        self.checksums = checksums
         if max_queue_bytes < 1:
             raise ValueError(f"max_queue_bytes must be positive, got {max_queue_bytes}")
         layout.to_json()  # fails here, before anything touches the disk, if the layout cannot be stored
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a directory, not a store file")
         self.parts = parts_dir(self.path)
         if self.path.exists():
             try:
                 with h5py.File(self.path, "r") as f:
                     existing = check_header(f.attrs, self.path)
             except OSError as err:
-                raise StoreError(f"{self.path} exists and is not a readable HDF5 file ({err})") from err
+                raise StoreError(f"{self.path} exists and is not a readable HDF5 file ({one_line(err)})") from err
             diffs = existing.differences(layout)
             if diffs:
                 raise StoreError(
@@ -135,18 +138,14 @@ class StoreWriter:
                 f"{self.parts} holds parts but {self.path} is missing; remove the folder or restore the file"
             )
         self.parts.mkdir(parents=True, exist_ok=True)
-        for stale in self.parts.glob("*.tmp") if index else ():  # half-written parts of an interrupted run
-            stale.unlink()
-        # Read once; kept in memory so that rebuilding the index never reopens earlier parts. A shard
-        # writer reads none: its process was given pending videos only, and it checks its own part
-        # (``part_path``); reading every part per task would grow with the store.
-        self._part_files: dict[Path, list[int]] = {}
-        self._meta: dict[int, str] = {}
-        for part in sorted(self.parts.glob("part_*.h5")) if index else ():
-            videos, metas = _read_part(part)
-            self._part_files[part] = videos
-            self._meta.update(zip(videos, metas))
+        self._open_parts: set[PartWriter] = set()  # closed and removed if the writer thread fails
         self._lock = threading.Lock()  # the writer thread adds finished parts while the sampler reads them
+        self._store_lock = WriterLock(self.parts, self.path, shared=not index)  # before anything is removed
+        try:
+            self._load_parts()
+        except BaseException:
+            self._store_lock.release()
+            raise
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         # Back-pressure in bytes: a producer waits while the queued arrays would exceed the bound (one
         # item larger than the bound still passes alone), so a disk slower than the model stalls the
@@ -158,8 +157,20 @@ class StoreWriter:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="activation-store-writer", daemon=True)
         self._thread.start()
-        if index:
-            self._write_index()
+
+    def _load_parts(self) -> None:
+        # Read once; kept in memory so that rebuilding the index never reopens earlier parts. A shard
+        # writer reads none: its process was given pending videos only, and it checks its own part
+        # (``part_path``); reading every part per task would grow with the store.
+        self._records: dict[Path, PartRecord] = {}
+        self._meta: dict[int, str] = {}
+        if not self.index:
+            return
+        for stale in self.parts.glob("*.tmp"):  # half-written parts of an interrupted run (we hold the lock)
+            stale.unlink()
+        known = known_records(self.path) if self.path.exists() else {}
+        self._records, self._meta = scan_parts(self.parts, self.layout, known, self.checksums, self.path)
+        self._write_index()
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -185,10 +196,14 @@ class StoreWriter:
         return PartWriter(self, videos)
 
     def close(self) -> None:
-        """Wait until everything queued is on disk; raise the writer thread's error, if any."""
-        if self._thread.is_alive():
-            self._queue.put(_STOP)
-            self._thread.join()
+        """Wait until everything queued is on disk, release the store; raise the writer thread's error."""
+        try:
+            if self._thread.is_alive():
+                self._queue.put(_STOP)
+                self._thread.join()
+            self._abandon_parts()
+        finally:
+            self._store_lock.release()
         self._raise_if_failed()
 
     def __enter__(self) -> StoreWriter:
@@ -209,8 +224,20 @@ class StoreWriter:
         self._queue.put((fn, nbytes))
 
     def _raise_if_failed(self) -> None:
+        if isinstance(self._error, StoreError):
+            raise StoreError(str(self._error)) from self._error
         if self._error is not None:
-            raise StoreError(f"writing {self.path} failed: {self._error}") from self._error
+            raise StoreError(
+                f"writing {self.path} failed: {one_line(self._error)}; finished parts are kept, rerun to resume"
+            ) from self._error
+
+    def _abandon_parts(self) -> None:
+        """Close the parts a failure left open and remove them. Truncating first frees their space, so
+        HDF5's close (which flushes) succeeds on a full disk; an HDF5 file left open after a failed
+        write made h5py's clean-up at exit segfault."""
+        for part in list(self._open_parts):
+            self._open_parts.discard(part)
+            part.abandon()
 
     def _work(self) -> None:
         while True:
@@ -223,79 +250,26 @@ class StoreWriter:
                     fn()
                 except BaseException as err:  # reported to the producer at its next call
                     self._error = err
+                    self._abandon_parts()
             with self._room:
                 self._queued_bytes -= nbytes
                 self._room.notify_all()
 
     def _finish_part(self, tmp: Path, final: Path, videos: list[int], metas: list[str]) -> None:
+        sha = file_sha256(tmp) if self.checksums else ""  # of the closed file: what verify compares
+        record = PartRecord(final.name, videos[0], len(videos), tmp.stat().st_size, sha)
         os.replace(tmp, final)
         with self._lock:
-            self._part_files[final] = videos
+            self._records[final] = record
             self._meta.update(zip(videos, metas))
         if self.index:
             self._write_index()
 
     def _write_index(self) -> None:
-        """Rebuild the main file from the finished parts, atomically."""
-        lay = self.layout
-        n_v, n_s, n_t = lay.n_videos, len(lay.steps), lay.n_tokens
-        pooling = Pooling.from_json(lay.pooling)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        """Rebuild the main file from the finished parts, atomically (``activations.index``)."""
         with self._lock:
-            parts, metas = dict(self._part_files), dict(self._meta)
-        try:
-            self._write_index_file(tmp, n_v, n_s, n_t, pooling, parts, metas)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, self.path)
-
-    def _write_index_file(
-        self, tmp: Path, n_v: int, n_s: int, n_t: int, pooling: Pooling, parts: dict, metas: dict
-    ) -> None:
-        lay = self.layout
-        with h5py.File(tmp, "w", libver="latest") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["layout"] = lay.to_json()
-            for key in ("model", "adapter", "dtype", "cfg_branch", "num_steps", "n_videos"):
-                f.attrs[key] = getattr(lay, key)
-            f.attrs["steps"] = np.asarray(lay.steps, dtype=np.int64)
-            f.attrs["timesteps"] = np.asarray(lay.timesteps, dtype=np.float64)
-            f.attrs["sigmas"] = np.asarray(lay.sigmas, dtype=np.float64)
-            f.attrs["sites"] = json.dumps(lay.sites)
-            f.attrs["token_grid"] = np.asarray(lay.token_grid, dtype=np.int64)
-            f.attrs["pooling"] = lay.pooling
-            shapes = {f"sites/{s}": (n_v, n_s, n_t, lay.hidden[s]) for s in lay.sites}
-            shapes["x0_hat"] = (n_v, n_s, *lay.latent_shape)
-            shapes["x_t"] = (n_v, n_s, *lay.latent_shape)
-            shapes["final"] = (n_v, *lay.latent_shape)
-            if lay.condition_shape is not None:
-                shapes["condition"] = (n_v, *lay.condition_shape)
-            for name, shape in shapes.items():
-                layout = h5py.VirtualLayout(shape=shape, dtype=lay.dtype)
-                for part, videos in parts.items():
-                    rel = f"{self.parts.name}/{part.name}"
-                    layout[videos[0] : videos[-1] + 1] = h5py.VirtualSource(rel, name, shape=(len(videos), *shape[1:]))
-                f.create_virtual_dataset(name, layout, fillvalue=np.nan)
-            complete = np.zeros(n_v, dtype=bool)
-            complete[list(metas)] = True
-            meta = [metas.get(v, "") for v in range(n_v)]
-            f.create_dataset("videos/complete", data=complete)
-            f.create_dataset("videos/meta", data=np.array(meta, dtype=object), dtype=h5py.string_dtype())
-            f.create_dataset("token_positions", data=pooling.token_positions(lay.token_grid))
-            index = pooling.token_index(lay.token_grid)
-            if index is not None:
-                f.create_dataset("token_index", data=index)
-            self._carry_results(f)
-
-    def _carry_results(self, f: h5py.File) -> None:
-        """Analyses' tables live in the main file; a rebuilt index keeps them."""
-        if not self.path.exists():
-            return
-        with h5py.File(self.path, "r") as old:
-            if RESULTS in old:
-                old.copy(old[RESULTS], f, name=RESULTS)
+            records, metas = list(self._records.values()), dict(self._meta)
+        write_index(self.path, self.layout, records, metas, self.parts.name)
 
 
 class PartWriter:
@@ -313,6 +287,7 @@ class PartWriter:
         b, n_s = len(videos), len(lay.steps)
 
         def create() -> None:
+            store._open_parts.add(self)
             f = h5py.File(self._tmp_path, "w")
             f.attrs["video_indices"] = np.asarray(videos, dtype=np.int64)
             for site in lay.sites:
@@ -377,7 +352,22 @@ class PartWriter:
         def close() -> None:
             self._file["final"][...] = data
             self._file.create_dataset("meta", data=meta, dtype=h5py.string_dtype())
+            # A full disk fails here, not inside close: a dataset whose close failed is freed behind
+            # its id, and h5py's later clean-up of that id segfaulted (``abandon`` closes after truncating).
+            self._file.flush()
             self._file.close()
+            self.store._open_parts.discard(self)
             self.store._finish_part(self._tmp_path, self._final_path, self.videos, list(meta))
 
         self.store.submit(close)
+
+    def abandon(self) -> None:
+        """After a failure: free the half-written part's space, close it, remove it."""
+        if self._file is not None:
+            self._slabs.clear()
+            try:
+                os.truncate(self._tmp_path, 0)  # frees its space, so the flush inside close succeeds
+                self._file.close()
+            except Exception:  # the part is discarded either way
+                pass
+        self._tmp_path.unlink(missing_ok=True)

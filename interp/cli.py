@@ -1,7 +1,7 @@
 """The ``interp`` command line: options -> a config -> the experiment registry.
 
 Experiments registered with ``cli=True`` (patch, swap, perturb, flow, ensemble, and any a user
-registers) get their commands from ``interp.cli_options``; the tools below (tracing, stores,
+registers) and ``verify`` get their commands from ``interp.cli_options``; the tools below (tracing, stores,
 probes, reports, training, the demo) are written out because they take a store or a folder.
 """
 
@@ -325,15 +325,16 @@ def demo(
     probe_steps: str = typer.Option("0-19:2", help="Steps probed (every other step keeps the demo short)."),
     n_causal: int = typer.Option(2, help="Maze pairs patched (swap and flow use twice as many mazes)."),
     n_noise: int = typer.Option(32, help="Mazes for noise at step vs noise at frame."),
-    n_ensemble: int = typer.Option(32, help="Held-out 5x5 mazes for the seed ensemble (0 skips it)."),
+    n_ensemble: int = typer.Option(32, help="Held-out mazes for the seed ensemble (0 skips it)."),
+    n_exploration: int | None = typer.Option(None, help="Mazes per size for exploration (multi-size models; 0 skips)."),
+    n_select: int | None = typer.Option(None, help="Mazes for early-step selection (multi-size models; 0 skips)."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
     """The whole study on a testbed: every registered experiment's demo step, then one HTML report."""
     from interp.study import run_study
 
-    options = dict(n_filmstrips=n_filmstrips, n_accuracy=n_accuracy, n_trace=n_trace, probe_target=list(probe_target))
-    options.update(probe_steps=probe_steps, n_causal=n_causal, n_noise=n_noise, n_ensemble=n_ensemble, threads=threads)
-    run_study(out, model, typer.echo, **options)
+    options = {k: v for k, v in locals().items() if k not in ("out", "model", "run_study")}
+    run_study(out, model, typer.echo, **{**options, "probe_target": list(probe_target)})
 
 
 add_experiment_commands(app)

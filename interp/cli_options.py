@@ -149,11 +149,32 @@ def make_command(experiment: Experiment):
 
 
 def add_experiment_commands(app: typer.Typer) -> None:
-    """A command for every registered experiment with ``cli=True`` that the app does not have yet."""
+    """A command for every registered experiment with ``cli=True`` that the app does not have yet, and
+    ``verify`` (kept here: cli.py is at its size limit)."""
     have = {c.name for c in app.registered_commands}
+    if "verify" not in have:
+        app.command("verify")(verify_command)
     for kind, experiment in experiments().items():
         if experiment.cli and kind not in have:
             app.command(kind)(make_command(experiment))
+
+
+REPAIR_HELP = "Drop damaged or missing parts from the index (damaged files go to PARTS/damaged/); rerun to redo them."
+
+
+def verify_command(
+    store: Path = typer.Argument(..., help="An activation store (.h5)."),
+    repair: bool = typer.Option(False, "--repair", help=REPAIR_HELP),
+    checksums: bool = typer.Option(False, "--checksums", help="Also compare each part with its SHA-256 (reads all)."),
+) -> None:
+    """Check every part of a store against its index: one line per damaged or missing part (exit 1)."""
+    from activations.verify import repair_store, verify_store
+
+    report = repair_store(store, checksums) if repair else verify_store(store, checksums)
+    for line in report.lines():
+        typer.echo(line)
+    if not (report.ok or report.repaired):
+        raise typer.Exit(1)
 
 
 def run_app(app: typer.Typer) -> None:

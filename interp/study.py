@@ -15,7 +15,11 @@ from interp.experiments.base import Manifest, experiments
 DEFAULTS = {
     "n_filmstrips": 6, "n_accuracy": 200, "n_trace": 32, "probe_target": ["on_path", "wall", "dist_to_goal"],
     "probe_steps": "0-19:2", "n_causal": 2, "n_noise": 32, "n_ensemble": 32, "threads": 2,
+    "n_exploration": 64, "n_select": 48,
 }  # fmt: skip
+# Steps that need a model trained on several sizes (an organism that must reason across steps);
+# on the one-size testbed they are off unless asked for.
+MULTI_SIZE_ONLY = ("n_exploration", "n_select")
 
 
 @dataclass
@@ -27,8 +31,10 @@ class StudyContext:
     out: Path
     options: dict
     echo: Callable[[str], None] = print
-    size: int = 4
+    size: int = 4  # the largest in-distribution size: causal steps run there
     frames: int = 4
+    sizes: tuple[int, ...] = (4,)  # every size the model was trained on
+    ensemble_size: int = 5  # the seed ensemble's size: beyond the training sizes for a one-size model
     store: Path | None = None
     headline: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
@@ -39,15 +45,27 @@ class StudyContext:
         self.echo(f"{self.stages}. {text} [{time.time() - self.started:.0f}s]")
 
 
-def check_options(options: dict) -> dict:
+def check_options(options: dict, multi_size: bool = True) -> dict:
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown study option {unknown[0]!r} (known: {', '.join(DEFAULTS)})")
-    merged = {**DEFAULTS, **options}
+    defaults = dict(DEFAULTS) if multi_size else {**DEFAULTS, **dict.fromkeys(MULTI_SIZE_ONLY, 0)}
+    merged = {**defaults, **{k: v for k, v in options.items() if v is not None}}
     counts = [merged[k] for k in ("n_filmstrips", "n_accuracy", "n_trace", "n_causal", "n_noise")]
-    if min(counts) < 1 or merged["n_ensemble"] < 0:
-        raise ValueError("the demo's counts must be positive (--n-ensemble may be 0)")
+    if min(counts) < 1 or min(merged[k] for k in ("n_ensemble", *MULTI_SIZE_ONLY)) < 0:
+        raise ValueError("the demo's counts must be positive (--n-ensemble, --n-exploration, --n-select may be 0)")
     return merged
+
+
+def trained_sizes(adapter) -> tuple[int, ...]:
+    """The maze sizes a testbed was trained on (its training.json), else its sampling size."""
+    from interp.training import train_sizes
+
+    folder = getattr(adapter, "folder", None)
+    record = Path(folder) / "training.json" if folder is not None else None
+    if record is not None and record.is_file():
+        return tuple(train_sizes(json.loads(record.read_text())["config"]))
+    return (adapter.defaults.size,)
 
 
 def demo_steps():
@@ -63,11 +81,13 @@ def run_study(out: str | Path, model: str = "testbed", echo: Callable[[str], Non
     from interp.sources import load_testbed
     from interp.tasks.splits import IN_DISTRIBUTION
 
-    options = check_options(options)
+    adapter = load_testbed(model)
+    sizes = trained_sizes(adapter)
+    options = check_options(options, multi_size=len(sizes) > 1)
     torch.set_num_threads(options["threads"])
     out = Path(out)
-    adapter = load_testbed(model)
-    ctx = StudyContext(adapter, model, out, options, echo, IN_DISTRIBUTION["size"], IN_DISTRIBUTION["frames"])
+    ensemble_size = max(sizes) + 1 if len(sizes) == 1 else max(sizes)
+    ctx = StudyContext(adapter, model, out, options, echo, max(sizes), IN_DISTRIBUTION["frames"], sizes, ensemble_size)
     for experiment in demo_steps():
         experiment.demo(ctx)
     ctx.stage("the report")

@@ -42,7 +42,7 @@ def test_planted_self_correction_and_commit_step():
     chain = analyse_trajectory(trajectory, maze)
     assert chain.commit_step == 3 and chain.action_step == 3
     assert chain.solved == [False, False, False, True, True, True]
-    assert chain.labels["self_correction"]
+    assert chain.labels["self_correction"] and chain.correction_step == 3
     assert chain.answer_changes[1] and chain.answer_changes[3] and not chain.answer_changes[4]
     # Walls decode right from step 1 (the wrong answer keeps them), the trail only from step 3.
     assert chain.perception_step == 1 and chain.labels["perception_before_action"]
@@ -56,6 +56,9 @@ def test_planted_two_branch_exploration():
     chain = analyse_trajectory(np.stack([exploring, exploring, truth]), maze)
     assert chain.branches == [2, 2, 0]
     assert chain.labels["multi_path"] and chain.labels["superposition"]
+    assert chain.labels["explore_then_prune"] and chain.correction_step is None
+    kept = analyse_trajectory(np.stack([exploring, exploring, exploring]), maze)
+    assert kept.labels["multi_path"] and not kept.labels["explore_then_prune"]  # never pruned
     assert not chain.labels["self_correction"]  # the whole path was lit all along: superposition, not an error
     strict = analyse_trajectory(np.stack([exploring, truth]), maze, ChainConfig(min_branches=3))
     assert not strict.labels["multi_path"]

@@ -119,3 +119,30 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(demo_run, t
     )  # fmt: skip
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (2400, 1280) and pixels.std() > 10  # a rendered page, not a blank one
+
+
+ORGANISM_ARGS = ["--n-filmstrips", "1", "--n-accuracy", "4", "--n-trace", "4", "--probe-target", "on_path"]
+ORGANISM_ARGS += ["--probe-steps", "0-19:10", "--n-causal", "1", "--n-noise", "2", "--n-ensemble", "2"]
+ORGANISM_ARGS += ["--n-exploration", "2", "--n-select", "2"]
+ORGANISM_ARTEFACTS = ["maze6_seed0/filmstrip.png", "trace.h5", "exploration/exploration.png",
+                      "exploration/exploration.json", "early_select/early_select.png", "early_select/early_select.json",
+                      "ensemble/ensemble.json", "report.html"]  # fmt: skip
+
+
+def test_organism_demo_writes_its_artefacts_and_both_testbeds_show_side_by_side(demo_run):
+    out = demo_run[0].parent / "organism"
+    result = CliRunner().invoke(cli.app, ["demo", "--model", "testbed-mixed", "--out", str(out), *ORGANISM_ARGS])
+    assert result.exit_code == 0, result.output
+    for path in ORGANISM_ARTEFACTS:
+        assert (out / path).is_file(), path
+    assert "held-out 6x6 mazes:" in result.output and "early selection 6x6: one seed" in result.output
+    assert "testbed-mixed 6x6: final" in result.output
+    page = (out / "report.html").read_text()
+    links = set(re.findall(r'href="([^"#][^"]*)"', page))
+    for path in ORGANISM_ARTEFACTS[:-1]:
+        assert path in links, f"{path} not linked"
+    assert "early-step selection beats one seed" in page and "multi-path exploration then convergence" in page
+    both = write_report(out.parent).read_text()  # the folder holding both studies
+    assert '<section id="side-by-side">' in both
+    header = re.search(r'<section id="side-by-side">.*?<tr>(.*?)</tr>', both, re.S).group(1)
+    assert "<th>testbed</th>" in header and "<th>testbed-mixed</th>" in header

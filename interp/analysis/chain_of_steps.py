@@ -12,8 +12,9 @@ trail in the last frame. From that:
   against ``action_step``, the trail's commit step.
 
 Per-video behaviour labels, with the thresholds in ``ChainConfig``:
-multi-path (at some step at least ``min_branches`` lit branches), superposition (at some step the
-answer covers at least ``superposition_share`` of the solution while at least
+multi-path (at some step at least ``min_branches`` lit branches), exploration then pruning (such a
+step, and the final sample lights fewer branches than it did: the extra routes were dropped),
+superposition (at some step the answer covers at least ``superposition_share`` of the solution while at least
 ``superposition_extra`` off-path cells are lit too), self-correction (solved at the end, but at some
 step a formed answer, at least ``formed_share`` of the path length lit, left part of the solution
 dark), perception
@@ -48,6 +49,7 @@ class Chain:
     branches: list[int]
     answer_changes: list[bool]  # answer differs from the previous step's
     commit_step: int
+    correction_step: int | None  # self-correction: the step after the last formed wrong answer
     perception_step: int
     action_step: int
     labels: dict[str, bool]
@@ -117,8 +119,11 @@ def analyse_trajectory(x0_hat: np.ndarray, maze: maze_task.Maze, cfg: ChainConfi
     # Wrong = a formed answer that leaves part of the solution dark (a route committed elsewhere);
     # the solution lit together with extras is superposition, not a wrong answer.
     wrong_formed = [f and sh < 1.0 for f, sh in zip(formed, share)]
+    peak = max(branches[:-1], default=0)
+    wrong_steps = [s for s, w in enumerate(wrong_formed) if w]
     labels = {
         "multi_path": max(branches) >= cfg.min_branches,
+        "explore_then_prune": peak >= cfg.min_branches and branches[-1] < peak,
         "superposition": any(
             s >= cfg.superposition_share and e >= cfg.superposition_extra for s, e in zip(share, extra)
         ),
@@ -133,6 +138,7 @@ def analyse_trajectory(x0_hat: np.ndarray, maze: maze_task.Maze, cfg: ChainConfi
         branches=branches,
         answer_changes=changes,
         commit_step=commit,
+        correction_step=wrong_steps[-1] + 1 if labels["self_correction"] else None,
         perception_step=perception,
         action_step=commit,
         labels=labels,

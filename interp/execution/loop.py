@@ -112,6 +112,7 @@ class SampleResult:
     latents: torch.Tensor  # final x_0, (B, C, T, H, W)
     timesteps: torch.Tensor
     sigmas: torch.Tensor  # num_steps + 1 values, the last is 0
+    scheduler: SchedulerMixin | None = None  # as it stands after the last step run (to resume there)
 
 
 def _batch_size(conditioning) -> int:
@@ -131,6 +132,7 @@ def sample(
     progress: bool = False,
     backend: str = "hooks",
     resume_scheduler: SchedulerMixin | None = None,
+    end_step: int | None = None,
 ) -> SampleResult:
     """Denoise ``noise`` (x at ``start_step``) to a clean latent, calling ``hooks`` at every step.
 
@@ -139,12 +141,16 @@ def sample(
     ``start_step`` > 0 resumes a trajectory from a cached latent x_s; ``resume_scheduler`` is the
     scheduler as it stood before step s in the run being resumed (``StepState.scheduler``), so
     multistep solvers continue with their history instead of restarting it. ``backend``: how site
-    actions run (nnsight or hooks).
+    actions run (nnsight or hooks). ``end_step`` stops before that step: ``latents`` is then x at
+    ``end_step`` and ``scheduler`` resumes it (``start_step=end_step, resume_scheduler=...``).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if not 0 <= start_step < num_steps:
         raise ValueError(f"start_step must be in [0, {num_steps - 1}], got {start_step}")
+    end_step = num_steps if end_step is None else end_step
+    if not start_step < end_step <= num_steps:
+        raise ValueError(f"end_step must be in [{start_step + 1}, {num_steps}], got {end_step}")
     if noise.shape[0] != _batch_size(conditioning):
         raise ValueError(f"batch of noise ({noise.shape[0]}) and conditioning ({_batch_size(conditioning)}) differ")
     adapter = model if isinstance(model, VideoDiTAdapter) else None
@@ -171,7 +177,7 @@ def sample(
     timesteps = scheduler.timesteps
     sigmas = scheduler_sigmas(scheduler, timesteps)
     latents = noise
-    for i in tqdm(range(start_step, num_steps), disable=not progress, desc="denoising", leave=False):
+    for i in tqdm(range(start_step, end_step), disable=not progress, desc="denoising", leave=False):
         t = timesteps[i]
         state = StepState(i, num_steps, t, float(sigmas[i]), float(sigmas[i + 1]), latents, scheduler=scheduler)
         for hook in hook_objs:
@@ -199,4 +205,4 @@ def sample(
             if replaced is not None:
                 state.next_latents = replaced
         latents = state.next_latents
-    return SampleResult(latents, timesteps.cpu(), sigmas)
+    return SampleResult(latents, timesteps.cpu(), sigmas, scheduler)

@@ -138,7 +138,8 @@ def _save_maze(chains: list[Chain], cfg: ChainRunConfig, out, manifest: Manifest
     )
     manifest.notes.append(f"maze thresholds: {asdict(cfg.thresholds())}")
     shares = s["behaviour_share"]
-    for name, label in (("multi-path exploration (two or more lit branches at some step)", "multi_path"),
+    for name, label in (("multi-path exploration then convergence (two or more lit branches that later prune)",
+                         "explore_then_prune"),
                         ("self-correction (a formed wrong answer repaired later)", "self_correction"),
                         ("perception before action (walls, start, goal right before the path commits)",
                          "perception_before_action")):  # fmt: skip

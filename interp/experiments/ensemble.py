@@ -358,17 +358,20 @@ def _save_pipeline_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manif
 
 
 def demo(ctx) -> None:
-    """The study: the seed ensemble on held-out 5x5 mazes (N = 1, 3; K = 1) with its controls."""
-    n = ctx.options["n_ensemble"]
+    """The study: the seed ensemble (N = 1, 3; K = 1) with its controls, at ``ctx.ensemble_size``
+    (5x5 for the one-size testbed: its 4x4 is solved; the largest trained size otherwise)."""
+    n, size = ctx.options["n_ensemble"], ctx.ensemble_size
     if not n:
         return
-    ctx.stage(f"seed ensemble on {n} held-out 5x5 mazes (N = 1, 3; K = 1) with its controls")
-    cfg = EnsembleConfig(sizes=[5], n=n, seeds=[1, 3], ks=[1], temperatures=[0.577])
+    ctx.stage(f"seed ensemble on {n} held-out {size}x{size} mazes (N = 1, 3; K = 1) with its controls")
+    cfg = EnsembleConfig(model=ctx.model, sizes=[size], frames=ctx.frames, n=n, seeds=[1, 3], ks=[1],
+                         temperatures=[0.577])  # fmt: skip
     rows = run_ensemble(cfg, ctx.adapter, progress=False)
     save_ensemble(rows, cfg, ctx.out / "ensemble")
     acc = {(r["method"], r.get("n_seeds")): r["accuracy"] for r in rows}
     ctx.headline.append(
-        f"seed ensemble, 5x5: one seed {acc[('single seed', 1)]:.0%}, mean of 3 {acc[('ensemble (mean)', 3)]:.0%}, "
+        f"seed ensemble, {size}x{size}: one seed {acc[('single seed', 1)]:.0%}, "
+        f"mean of 3 {acc[('ensemble (mean)', 3)]:.0%}, "
         f"rescaled {acc[('ensemble (rescaled)', 3)]:.0%}, best of 3 {acc[('best of N (oracle)', 3)]:.0%}; "
         f"control one seed x 1/sqrt(3) {acc[('control: noise x 1/sqrt(N)', 3)]:.0%}"
     )

@@ -129,7 +129,8 @@ def save_flow(result: FlowResult, cfg: FlowConfig, out):
 
 def demo(ctx) -> None:
     """The study: noise (strength 0.5) injected at every step, CKA of every later block output."""
-    result = run_flow(FlowConfig(n=ctx.options["n_causal"] * 2, strength=0.5), ctx.adapter, progress=False)
+    cfg = FlowConfig(model=ctx.model, n=ctx.options["n_causal"] * 2, size=ctx.size, frames=ctx.frames, strength=0.5)
+    result = run_flow(cfg, ctx.adapter, progress=False)
     save_flow(result, result.config, ctx.out / "causal" / "flow")
     sens = result.sensitivity
     steps = [int(s) for s in result.cka.inject_step.values]

@@ -54,7 +54,7 @@ def save_generated(result: Generated, cfg: GenerateConfig, out) -> Manifest:
 
 
 def demo(ctx) -> None:
-    """The study: x0_hat filmstrips of held-out 4x4 mazes."""
+    """The study: x0_hat filmstrips of held-out mazes of the largest trained size."""
     from interp.tasks.splits import held_out_seeds
 
     n, size, frames = ctx.options["n_filmstrips"], ctx.size, ctx.frames

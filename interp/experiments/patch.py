@@ -148,7 +148,8 @@ def demo(ctx) -> None:
     """The study: every block output patched from step s onward, clean into corrupted."""
     n = ctx.options["n_causal"]
     ctx.stage(f"activation patching and latent swapping ({n} pairs), noise at step vs frame, flow")
-    result = run_patch(PatchConfig(n=n, steps="0-18:2", span="onward"), ctx.adapter, progress=False)
+    cfg = PatchConfig(model=ctx.model, n=n, size=ctx.size, frames=ctx.frames, steps="0-18:2", span="onward")
+    result = run_patch(cfg, ctx.adapter, progress=False)
     title = "activation patching onward (clean into corrupted): 1 = clean answer"
     save_grid(result, ctx.out / "causal" / "patch_onward", "patch", "activation patching onward", title)
     steps = [int(s) for s in result.grid.step.values]

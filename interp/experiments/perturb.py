@@ -189,7 +189,8 @@ def save_perturb(result: PerturbResult, cfg: PerturbConfig, out):
 
 def demo(ctx) -> None:
     """The study: noise at every other step against noise at each frame."""
-    result = run_perturb(PerturbConfig(n=ctx.options["n_noise"], steps="0-18:2"), ctx.adapter, progress=False)
+    cfg = PerturbConfig(model=ctx.model, n=ctx.options["n_noise"], size=ctx.size, frames=ctx.frames, steps="0-18:2")
+    result = run_perturb(cfg, ctx.adapter, progress=False)
     save_perturb(result, result.config, ctx.out / "causal" / "noise")
     accuracy = result.baseline["accuracy"]
     broken = [s for s, r in sorted(result.at_step.items()) if r["accuracy"] < 0.5 * accuracy]

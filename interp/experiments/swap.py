@@ -128,7 +128,8 @@ def save_swap(result: GridResult, cfg: SwapConfig, out):
 
 def demo(ctx) -> None:
     """The study: one layer's tokens swapped at one step (0, 5, 10, 15)."""
-    result = run_swap(SwapConfig(n=ctx.options["n_causal"] * 2, steps="0-15:5"), ctx.adapter, progress=False)
+    cfg = SwapConfig(model=ctx.model, n=ctx.options["n_causal"] * 2, size=ctx.size, frames=ctx.frames, steps="0-15:5")
+    result = run_swap(cfg, ctx.adapter, progress=False)
     name = result.grid.name
     save_grid(result, ctx.out / "causal" / "swap", "swap", "latent swap", f"latent swap (one step, one layer): {name}")
     ctx.headline.append(

@@ -254,10 +254,11 @@ def write_trace_files(cfg, out: Path) -> Manifest:
 
 
 def demo(ctx) -> None:
-    """The study: a store of every block at every step (held-out 4x4 mazes)."""
+    """The study: a store of every block at every step (held-out mazes of the largest trained size)."""
     n = ctx.options["n_trace"]
-    ctx.stage(f"activation store of {n} mazes (every block, every step) and token-energy maps")
-    ctx.store = run_trace(TraceConfig(n=n), ctx.out / "trace.h5", adapter=ctx.adapter, progress=False)
+    ctx.stage(f"activation store of {n} {ctx.size}x{ctx.size} mazes (every block, every step) and token-energy maps")
+    cfg = TraceConfig(model=ctx.model, n=n, size=ctx.size, frames=ctx.frames)
+    ctx.store = run_trace(cfg, ctx.out / "trace.h5", adapter=ctx.adapter, progress=False)
 
 
 def _save(path, cfg, out):  # the store is written as it runs; the manifest with it

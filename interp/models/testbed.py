@@ -101,13 +101,17 @@ class TestbedAdapter(VideoDiTAdapter):
     blocks_attr = "blocks"
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, transformer: WanTransformer3DModel, defaults: SamplingDefaults | None = None):
+    def __init__(
+        self, transformer: WanTransformer3DModel, defaults: SamplingDefaults | None = None, folder: Path | None = None
+    ):
         self.transformer = transformer
         self.defaults = defaults or SamplingDefaults()
+        self.folder = folder  # the weights folder it was loaded from (training.json beside them), if any
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> TestbedAdapter:
-        return cls(load_transformer(path), load_sampling_defaults(path))
+        folder = Path(path) if path is not None else WEIGHTS_DIR
+        return cls(load_transformer(folder), load_sampling_defaults(folder), folder)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -160,6 +160,23 @@ def _claims(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
         page.sections.insert(0, ("claims", "The study's claims", body))
 
 
+def _side_by_side(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
+    """Where the folder holds several studies (one per testbed): their claims' verdicts in columns."""
+    studies = sorted({p.parent for p, m in manifests if m.kind == "study"}, key=lambda f: f.as_posix())
+    if len(studies) < 2:
+        return
+    names = {f: Manifest.read(f / "run.json").config.get("model", page.rel(f)) for f in studies}
+    cells: dict[str, dict[str, str]] = {}
+    for path, manifest in manifests:
+        owner = next((f for f in studies if path.resolve().is_relative_to(f.resolve())), None)
+        for c in manifest.claims if owner is not None else ():
+            cells.setdefault(c["claim"], {})[names[owner]] = f"{c['verdict']}: {c['measurement']}"
+    rows = [{"claim": claim, **{names[f]: by.get(names[f], "not run") for f in studies}} for claim, by in cells.items()]
+    body = "<p>Each study's verdicts, from its own folder; 'not run' where a study did not measure it.</p>"
+    body += _table(rows, ["claim", *names.values()])
+    page.sections.insert(0, ("side-by-side", "The testbeds side by side", body))
+
+
 def _configs(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
     body = [f"<details><summary>{html.escape(page.rel(p))}: {html.escape(m.kind)}</summary>{_pre_json(m.config)}"
             "</details>" for p, m in manifests]  # fmt: skip
@@ -192,6 +209,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, title: str 
         page.add(sid, titles.get(sid, sid), f'<div class="grid">{body}</div>' if grid else body)
     _configs(page, manifests)
     _claims(page, manifests)
+    _side_by_side(page, manifests)
     if not page.sections:
         raise ValueError(f"nothing to report in {root}: no run manifests (run.json) of the toolkit's commands found")
     rest = [p for p in files if p.resolve() not in page.linked and p.suffix != ".tmp"]

@@ -79,3 +79,38 @@ def answer_matches(finals: torch.Tensor, targets: list[maze_task.Maze]) -> np.nd
         target = path_mask(targets[e])
         out[e] = np.array([np.array_equal(x, target) for x in lit]).reshape(s, k)
     return out
+
+
+def verifier_score(latent: np.ndarray, maze: maze_task.Maze) -> float:
+    """The verifier on one decoded latent: 2 if solved, plus the share of the path lit minus extras."""
+    verdict = maze_task.verify(maze_task.render(latent), maze)
+    return 2.0 * verdict.solved + verdict.path_fraction - verdict.extra_fraction
+
+
+def connectivity_score(latent: np.ndarray, maze: maze_task.Maze | None = None) -> float:
+    """Verifier-free: read from the video alone (its own walls, start, goal and lit cells in the last
+    frame; ``maze`` is not used). 1 if the lit cells join start to goal through open sides, plus half
+    the share of lit cells on that route (a thin answer scores higher than a blot); 0 otherwise."""
+    last = latent[:, -1]
+    n = last.shape[-1]
+    lit = (last[maze_task.TRAIL] > 0) | (last[maze_task.AGENT] > 0)
+    starts, goals = np.argwhere(last[maze_task.START] > 0), np.argwhere(last[maze_task.GOAL] > 0)
+    if len(starts) != 1 or len(goals) != 1 or not lit.any():
+        return 0.0
+    start, goal = tuple(starts[0]), tuple(goals[0])
+    opened = last[maze_task.OPEN_N : maze_task.OPEN_W + 1] > 0
+    previous = {start: None}
+    frontier = [start] if lit[start] else []
+    while frontier:  # breadth-first over lit cells through sides open in the video
+        cell = frontier.pop(0)
+        for d, (dr, dc) in enumerate(maze_task.DIRECTIONS):
+            nxt = (cell[0] + dr, cell[1] + dc)
+            if opened[d][cell] and 0 <= nxt[0] < n and 0 <= nxt[1] < n and lit[nxt] and nxt not in previous:
+                previous[nxt] = cell
+                frontier.append(nxt)
+    if goal not in previous:
+        return 0.0
+    route, cell = 0, goal
+    while cell is not None:
+        route, cell = route + 1, previous[cell]
+    return 1.0 + 0.5 * route / int(lit.sum())
