@@ -6,8 +6,9 @@
 Rerunning the same command resumes from the checkpoint (``checkpoints/testbed-mixed``) with the
 config stored in it, so an edited preset never changes a run under way. After every chunk
 (``eval_every`` steps, ending on a validation of the EMA and raw weights on every size) the better
-of the two by mean validation accuracy over sizes is exported to
-``interp/models/testbed_mixed_weights/`` (diffusers folder + sampling.json + training.json with
+of the two by mean validation accuracy over sizes is exported to ``checkpoints/testbed-mixed-export/``
+(``--export``; the shipped ``interp/models/testbed_mixed_weights/`` is replaced only by hand, after
+``benchmarks/organism_accuracy.py`` shows the bars met) (diffusers folder + sampling.json + training.json with
 the per-size validation, step-0 x0_hat included); the folder is replaced atomically.
 The validation log is ``checkpoints/testbed-mixed.log.jsonl``.
 """
@@ -74,7 +75,7 @@ def export_current(cfg: TrainConfig, checkpoint: Path, out: Path, validation_maz
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "testbed-mixed")
-    parser.add_argument("--export", type=Path, default=ROOT / "interp" / "models" / "testbed_mixed_weights")
+    parser.add_argument("--export", type=Path, default=ROOT / "checkpoints" / "testbed-mixed-export")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-chunks", type=int, default=None, help="stop after this many chunks")
