@@ -1,8 +1,7 @@
 """The ``interp`` command line: options -> a config -> the experiment registry.
 
-Experiments registered with ``cli=True`` (patch, swap, perturb, flow, ensemble, and any a user
-registers) and ``verify`` get their commands from ``interp.cli_options``; the tools below (tracing, stores,
-probes, reports, training, the demo) are written out because they take a store or a folder.
+Experiments registered with ``cli=True`` (patch, swap, perturb, flow, ensemble, any a user registers) and
+``verify`` get their commands from ``interp.cli_options``; the tools below take a store or a folder, so are written out.
 """
 
 from __future__ import annotations
@@ -215,6 +214,7 @@ def probe(
     patience: int = typer.Option(10, help="Fast path: also stop once no predicted class changed this long (0: never)."),
     device: str = typer.Option("cpu", help="torch device of the fast path: cpu, cuda, ..."),
     name: str = typer.Option("probes", help="Name of the run: NAME.csv, results/probes/NAME in the store."),
+    max_tokens: int = typer.Option(None, help="Tokens read per video (stratified by label): bounded memory."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
     """Linear probes per (step, layer) with controls: control task, x_t alone, conditioning alone, majority."""
@@ -231,7 +231,8 @@ def probe(
         raise UsageError(f"no activation store at {store}")
     set_threads(threads)
     cfg = ProbeConfig(list(target), label_files, layers, steps, method, test_fraction, folds, seed, tol=tol,
-                      max_iter=max_iter, patience=patience, group=group, device=device, name=name)  # fmt: skip
+                      max_iter=max_iter, patience=patience, group=group, device=device, name=name,
+                      max_tokens=max_tokens)  # fmt: skip
     tic = time.time()
     echo_manifest(save_probes(probe_store(store, cfg), cfg, store, out), out)
     typer.echo(f"[{time.time() - tic:.0f}s]")

@@ -11,7 +11,9 @@ output of training videos and scored on held-out videos. Beside every score:
 - ``majority_rate``: the test accuracy of always answering the commonest training class.
 
 Slabs are read one (step, site) at a time; the fast path fits ``group`` slabs together, so memory
-depends on ``group``, not on how many steps and layers the store holds.
+depends on ``group``, not on how many steps and layers the store holds. With ``max_tokens`` set,
+each video gives at most that many tokens, chosen once per video and read in blocks, and ridge
+heads are fitted from accumulated Gram sums (``probes.streaming``): memory is bounded by the budget.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 
 from activations import ActivationStore, parse_index_spec
 from activations.axes import parse_site
+from probes.budget import check_max_tokens
 from probes.features import condition_tokens, token_types, x_t_tokens
 from probes.fit import DEFAULT_ALPHAS, DEFAULT_CS, Head, fit_fast
 from probes.labels import CLASS, LabelProvider, Labels, load_label_file
@@ -57,6 +60,9 @@ class ProbeConfig:
     group: int = 4  # slabs fitted together by the fast path (on a GPU, more pay)
     device: str = "cpu"
     name: str = "probes"  # table name inside the store: /results/probes/<name>
+    # At most this many tokens per video (and target), chosen once per video, read in blocks
+    # (probes.streaming); None: every token, each slab read whole (the original path, unchanged).
+    max_tokens: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -100,6 +106,7 @@ class _Target:
 
 
 def _check_config(cfg: ProbeConfig, store: ActivationStore) -> tuple[list[str], list[int]]:
+    check_max_tokens(cfg.max_tokens)
     if cfg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
     if not 0 < cfg.test_fraction < 1:
@@ -257,6 +264,36 @@ def load_targets(
     return labels
 
 
+def _probe_whole(
+    store: ActivationStore, cfg: ProbeConfig, all_labels: list[Labels], split: Split, slabs: list, steps: list, progress
+) -> tuple[list[_Target], dict, dict, dict]:
+    """Every token: each (step, site) slab of every video read whole, ``group`` slabs at a time."""
+    videos = split.train + split.test
+    condition = condition_tokens(store, videos) if store.has_condition else None
+    types = token_types(store, videos, condition)
+    targets = [_prepare_target(lab, split, types, cfg.seed + i) for i, lab in enumerate(all_labels)]
+    prober = Prober(cfg, targets)
+    results: dict[tuple[str, int], dict] = {}
+    bar = tqdm(total=len(slabs) + len(steps) + 1, disable=not progress, desc="probing slabs")
+    for group in _groups(slabs, cfg.group if cfg.method == "fast" else 1):
+        data = [store.activations(site, videos=videos, steps=[step])[:, 0].astype(np.float32) for site, step in group]
+        # A slab never computed (all NaN: a multi-expert model runs one expert per step) has no probe.
+        kept = [(key, x) for key, x in zip(group, data) if not np.isnan(x).all()]
+        if kept:
+            for (key, _), scores in zip(kept, prober.scores([x for _, x in kept])):
+                results[key] = scores
+        bar.update(len(group))
+    x_t_scores: dict[int, dict] = {}
+    for group in _groups(steps, cfg.group if cfg.method == "fast" else 1):
+        for step, scores in zip(group, prober.scores([x_t_tokens(store, videos, s) for s in group])):
+            x_t_scores[step] = scores
+        bar.update(len(group))
+    condition_scores = prober.scores([condition])[0] if condition is not None else {}
+    bar.update(1)
+    bar.close()
+    return targets, results, x_t_scores, condition_scores
+
+
 def run_probes(
     store_path: str | Path,
     cfg: ProbeConfig,
@@ -275,32 +312,17 @@ def run_probes(
         all_labels = load_targets(store, cfg, providers, labels)
         labelled = [v for v in store.completed_videos if all(np.isfinite(lab.values[v]).any() for lab in all_labels)]
         split = split_videos(labelled, cfg.test_fraction, cfg.folds, cfg.seed)
-        videos = split.train + split.test
-        condition = condition_tokens(store, videos) if store.has_condition else None
-        types = token_types(store, videos, condition)
-        targets = [_prepare_target(lab, split, types, cfg.seed + i) for i, lab in enumerate(all_labels)]
-        prober = Prober(cfg, targets)
         slabs = [(site, step) for site in sites for step in steps]
-        results: dict[tuple[str, int], dict] = {}
-        bar = tqdm(total=len(slabs) + len(steps) + 1, disable=not progress, desc="probing slabs")
-        for group in _groups(slabs, cfg.group if cfg.method == "fast" else 1):
-            data = [
-                store.activations(site, videos=videos, steps=[step])[:, 0].astype(np.float32) for site, step in group
-            ]
-            # A slab never computed (all NaN: a multi-expert model runs one expert per step) has no probe.
-            kept = [(key, x) for key, x in zip(group, data) if not np.isnan(x).all()]
-            if kept:
-                for (key, _), scores in zip(kept, prober.scores([x for _, x in kept])):
-                    results[key] = scores
-            bar.update(len(group))
-        x_t_scores: dict[int, dict] = {}
-        for group in _groups(steps, cfg.group if cfg.method == "fast" else 1):
-            for step, scores in zip(group, prober.scores([x_t_tokens(store, videos, s) for s in group])):
-                x_t_scores[step] = scores
-            bar.update(len(group))
-        condition_scores = prober.scores([condition])[0] if condition is not None else {}
-        bar.update(1)
-        bar.close()
+        if cfg.max_tokens is not None:  # the token budget: blocks of chosen rows, no slab read whole
+            from probes.streaming import probe_budgeted
+
+            targets, results, x_t_scores, condition_scores = probe_budgeted(
+                store, cfg, all_labels, split, slabs, steps, progress
+            )
+        else:
+            targets, results, x_t_scores, condition_scores = _probe_whole(
+                store, cfg, all_labels, split, slabs, steps, progress
+            )
         rows = []
         for t in targets:
             name, kind = t.labels.name, t.labels.kind

@@ -54,6 +54,12 @@ def save_probes(table, cfg: ProbeConfig, store_path: str | Path, out) -> Manifes
         "probe on the noisy input x_t alone and on the conditioning latent alone, and the majority-class rate; "
         "splits are by video."
     )
+    if cfg.max_tokens is not None:  # the budget changes what the scores are measured on: say so beside them
+        manifest.notes.append(
+            f"Token budget: at most {cfg.max_tokens} tokens per video and target (class targets stratified by label, "
+            f"drawn with seed {cfg.seed}), the same tokens at every step and layer and for every control; "
+            "the fast path fits ridge from accumulated Gram matrices."
+        )
     rows = best_rows(table)
     manifest.tables.append(Table("best selectivity per target", COLUMNS, rows, {c: ".3f" for c in COLUMNS[4:]}))
     for r in rows:
