@@ -47,6 +47,12 @@ class FitResult:
     scores: np.ndarray  # (slabs, heads): accuracy (classes) or R^2 (regression) on the test rows
     regularisation: np.ndarray  # (slabs, heads): chosen C or alpha
     iterations: int = 0
+    predictions: np.ndarray | None = None  # (slabs, heads, test rows): predicted class or value
+    # Head h's weights on standardised features + the intercept, (slabs, heads, columns, d + 1), and the
+    # standardisation (slabs, d): ``probes.arrays`` brings them back to raw feature space.
+    weights: np.ndarray | None = None
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
 
 
 def _r2(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -65,7 +71,7 @@ def _standardise(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Ten
         z = (x - mean) / std
         return torch.cat([z, torch.ones(*z.shape[:-1], 1, dtype=z.dtype, device=z.device)], dim=-1)
 
-    return augment(x_train), augment(x_test)
+    return augment(x_train), augment(x_test), mean[:, 0], std[:, 0]
 
 
 def fit_fast(
@@ -83,7 +89,7 @@ def fit_fast(
     """Fit every head on every slab: ``x_train`` (slabs, rows, features), ``folds`` (rows,) fold id."""
     # Ridge is solved in float64; logistic iterations run in float32 (see ``_logistic``).
     dev, dt = x_train.device, torch.float64 if kind == REGRESSION else torch.float32
-    xtr, xte = _standardise(x_train.to(dt), x_test.to(dt))
+    xtr, xte, mean, std = _standardise(x_train.to(dt), x_test.to(dt))
     s, n, d1 = xtr.shape
     n_folds = int(folds.max()) + 1
     fold = torch.as_tensor(folds, device=dev)
@@ -97,11 +103,14 @@ def fit_fast(
     gram = torch.cat([total - held_out, total], 1)  # (S, F+1, d1, d1)
     penalty = torch.ones(d1, dtype=dt, device=dev)
     penalty[-1] = 0
-    if kind == REGRESSION:
-        return _ridge(xtr, xte, heads, fold, n_folds, masks, gram, penalty, alphas)
-    if kind != CLASS:
+    if kind not in (CLASS, REGRESSION):
         raise ValueError(f"kind must be {CLASS!r} or {REGRESSION!r}, got {kind!r}")
-    return _logistic(xtr, xte, heads, fold, n_folds, masks, gram, penalty, cs, max_iter, tol, patience)
+    if kind == REGRESSION:
+        result = _ridge(xtr, xte, heads, fold, n_folds, masks, gram, penalty, alphas)
+    else:
+        result = _logistic(xtr, xte, heads, fold, n_folds, masks, gram, penalty, cs, max_iter, tol, patience)
+    result.mean, result.std = mean.cpu().numpy(), std.cpu().numpy()
+    return result
 
 
 def _ridge(xtr, xte, heads, fold, n_folds, masks, gram, penalty, alphas) -> FitResult:
@@ -117,8 +126,10 @@ def _ridge(xtr, xte, heads, fold, n_folds, masks, gram, penalty, alphas) -> FitR
     ).mean(0)  # (S, A, H)
     best = cv.argmax(1)  # (S, H): first of the best, as scikit-learn
     w_best = torch.take_along_dim(w[:, -1], best[:, None, None, :], dim=1)[:, 0]  # (S, d1, H)
-    test = _r2(y_te, torch.einsum("snd,sdh->snh", xte, w_best))
-    return FitResult(test.cpu().numpy(), a[best].cpu().numpy())
+    pred = torch.einsum("snd,sdh->snh", xte, w_best)
+    weights = w_best.transpose(1, 2)[:, :, None].cpu().numpy()  # (S, H, 1, d1)
+    pred_np = pred.transpose(1, 2).cpu().numpy()
+    return FitResult(_r2(y_te, pred).cpu().numpy(), a[best].cpu().numpy(), 0, pred_np, weights)
 
 
 @dataclass
@@ -330,7 +341,7 @@ def _logistic(xtr, xte, heads, fold, n_folds, masks, gram, penalty, cs, max_iter
     # proper score, with far fewer near-ties between Cs than accuracy.
     cv_loss = torch.stack(
         [
-            _evaluate(xtr[:, fold == f], w_path[:, f], cols, [h.y_train[fold_np == f] for h in heads])[1]
+            _evaluate(xtr[:, fold == f], w_path[:, f], cols, [h.y_train[fold_np == f] for h in heads], False)[1]
             for f in range(n_folds)
         ]
     ).mean(0)  # (S, L, H)
@@ -347,18 +358,21 @@ def _logistic(xtr, xte, heads, fold, n_folds, masks, gram, penalty, cs, max_iter
         xtr, w0, -y[None].expand(n_h, k, n), all_rows, pen, inv_b, inv_m, cols, max_iter, tol, patience
     )
     iterations += used
-    test_all, _ = _evaluate(xte, w_refit, cols, [h.y_test for h in heads])  # (S, H problems, H heads)
+    test_all, _, pred = _evaluate(xte, w_refit, cols, [h.y_test for h in heads])  # (S, H problems, H heads)
     test = torch.diagonal(test_all, dim1=1, dim2=2)
-    return FitResult(test.cpu().numpy(), c[best].cpu().numpy(), iterations)
+    pred = torch.stack([pred[h][:, h] for h in range(n_h)], 1).cpu().numpy()  # (S, H, m): problem h's head h
+    weights = np.stack([w_refit[:, h].cpu().numpy() for h in range(n_h)], 1)  # each head keeps all K columns
+    return FitResult(test.cpu().numpy(), c[best].cpu().numpy(), iterations, pred, weights)
 
 
 def _evaluate(
-    x: torch.Tensor, weights: torch.Tensor, cols: _Columns, y_rows: list[np.ndarray]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """weights (S, L, K, d1) on rows x (S, m, d1) -> (accuracy, mean log-loss), each (S, L, H)."""
+    x: torch.Tensor, weights: torch.Tensor, cols: _Columns, y_rows: list[np.ndarray], keep: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """weights (S, L, K, d1) on rows x (S, m, d1) -> (accuracy, mean log-loss), each (S, L, H), and
+    each head's predictions (S, L, m) when ``keep``."""
     dt, dev = x.dtype, x.device
     z = torch.einsum("smd,slkd->slmk", x, weights)
-    acc, loss = [], []
+    acc, loss, preds = [], [], []
     for h, (cls, labels) in enumerate(zip(cols.classes, y_rows)):
         zh = z[..., cols.head_columns(h)]
         y_h = torch.as_tensor(labels, dtype=dt, device=dev)
@@ -377,4 +391,5 @@ def _evaluate(
             nll = -torch.log_softmax(zh, -1).gather(-1, index.expand(zh.shape[:-1])[..., None])[..., 0]
         acc.append((pred == y_h).to(dt).mean(-1))
         loss.append(nll.mean(-1))
-    return torch.stack(acc, -1), torch.stack(loss, -1)
+        preds += [pred] if keep else []
+    return torch.stack(acc, -1), torch.stack(loss, -1), preds

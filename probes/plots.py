@@ -1,25 +1,55 @@
-"""Layer x step heatmaps of a probing table, the controls beside the score on the same colour scale."""
+"""Figures of a probing table, one per target: the probe and the control task on the metric's scale,
+selectivity on its own diverging scale, and the per-step quantities (the probe at its best layer with
+a bootstrap interval over test videos, x_t alone, conditioning alone, majority class) as curves over
+steps. A target the inputs already decode is flagged in the title."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-PANELS = (
-    ("value", "probe"),
-    ("control", "control task"),
-    ("selectivity", "selectivity (probe - control)"),
-    ("x_t", "probe on x_t alone"),
-)
+from probes.summary import input_flag
 
 
 def _grid(rows, column: str):
     return rows.pivot_table(index="layer", columns="step", values=column, aggfunc="mean").sort_index(ascending=False)
 
 
-def plot_target(table, target: str, path: str | Path) -> Path:
-    """One figure per target: probe, control task, selectivity and x_t-only probe, layers x steps."""
+def metric_limits(rows) -> tuple[float, float]:
+    """The scale of scores: [0, 1] for accuracy; [min(0, lowest), 1] for R^2 (it can be negative)."""
+    low = float(np.nanmin([rows[c].min() for c in ("value", "control", "x_t", "condition") if rows[c].notna().any()]))
+    return min(0.0, np.floor(low * 10) / 10), 1.0
+
+
+def selectivity_limit(rows) -> float:
+    return max(0.05, float(np.ceil(np.nanmax(np.abs(rows["selectivity"])) * 20) / 20))
+
+
+def _curves(ax, rows, metric: str, limits) -> None:
+    best = rows.loc[rows["selectivity"].idxmax()]
+    at = rows[rows["layer"] == best["layer"]].sort_values("step")
+    steps = at["step"].to_numpy()
+    ax.plot(steps, at["value"], "o-", color="C0", ms=3, label=f"probe, layer {int(best['layer'])} (best selectivity)")
+    if "value_lo" in at and at["value_lo"].notna().any():
+        ax.fill_between(steps, at["value_lo"], at["value_hi"], color="C0", alpha=0.2, label="95% CI over test videos")
+    ax.plot(steps, at["control"], "s--", color="C3", ms=3, label="control task, same layer")
+    per_step = rows.groupby("step")["x_t"].first()
+    ax.plot(per_step.index, per_step.to_numpy(), "^-", color="C2", ms=3, label="probe on x_t alone")
+    if rows["condition"].notna().any():
+        ax.axhline(rows["condition"].iloc[0], color="C4", ls="-.", label="conditioning alone")
+    if metric == "accuracy" and rows["majority_rate"].notna().any():
+        ax.axhline(rows["majority_rate"].iloc[0], color="grey", ls=":", label="majority class")
+    ax.set(xlabel="denoising step", ylabel=f"test {metric}", ylim=(limits[0] - 0.02, limits[1] + 0.02))
+    ax.set_title("per step (inputs are per step, not per layer)", fontsize=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def probe_figure(table, target: str):
+    """One target's figure (a matplotlib Figure): probe and control heatmaps (layers x steps, one
+    scale), selectivity (its own scale), and the per-step curves with the input-only controls."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,23 +60,29 @@ def plot_target(table, target: str, path: str | Path) -> Path:
     if rows.empty:
         raise ValueError(f"no rows for target {target!r} in the table")
     metric = rows["metric"].iloc[0]
-    # One scale for every panel: accuracy and R^2 share [min(0, lowest), 1]
-    low = float(np.nanmin([rows[c].min() for c, _ in PANELS]))
-    vmin = min(0.0, np.floor(low * 10) / 10)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6), sharey=True)
-    for ax, (column, title) in zip(axes, PANELS):
-        grid = _grid(rows, column)
-        sns.heatmap(grid, ax=ax, vmin=vmin, vmax=1.0, cmap="viridis", cbar=ax is axes[-1], square=False)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("denoising step")
-        ax.set_ylabel("layer" if ax is axes[0] else "")
-    extra = []
-    if metric == "accuracy" and np.isfinite(rows["majority_rate"].iloc[0]):
-        extra.append(f"majority class {rows['majority_rate'].iloc[0]:.2f}")
-    if np.isfinite(rows["condition"].iloc[0]):
-        extra.append(f"conditioning frame alone {rows['condition'].iloc[0]:.2f}")
-    fig.suptitle(f"{target}: test {metric} per (step, layer)" + (f" ({'; '.join(extra)})" if extra else ""))
+    limits = metric_limits(rows)
+    sel = selectivity_limit(rows)
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.9), gridspec_kw={"width_ratios": [1, 1, 1, 1.25]})
+    panels = (("value", "probe", "viridis", limits, metric), ("control", "control task", "viridis", limits, metric),
+              ("selectivity", "selectivity (probe - control)", "RdBu_r", (-sel, sel), "selectivity"))  # fmt: skip
+    for ax, (column, title, cmap, (vmin, vmax), bar) in zip(axes, panels):
+        sns.heatmap(_grid(rows, column), ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, cbar_kws={"label": bar})
+        ax.set(title=title, xlabel="denoising step", ylabel="layer")
+        ax.title.set_fontsize(10)
+    _curves(axes[3], rows, metric, limits)
+    flag = input_flag(rows)
+    n_test = int(rows["n_test_videos"].iloc[0])
+    title = f"{target}: test {metric} per (step, layer), {n_test} test videos"
+    fig.suptitle(title + (f"\nWARNING: target {flag}" if flag else ""), color="C3" if flag else "black", fontsize=11)
     fig.tight_layout()
+    return fig
+
+
+def plot_target(table, target: str, path: str | Path) -> Path:
+    """``probe_figure`` written to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = probe_figure(table, target)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -32,14 +32,18 @@ from activations.axes import parse_site
 from probes.budget import check_max_tokens
 from probes.features import condition_tokens, token_types, x_t_tokens
 from probes.fit import DEFAULT_ALPHAS, DEFAULT_CS, Head, fit_fast
-from probes.labels import CLASS, LabelProvider, Labels, load_label_file
+from probes.intervals import probe_intervals
+from probes.labels import CLASS, LabelProvider, Labels, labels_from_array, load_label_file
 from probes.reference import fit_sklearn
 
 METHODS = ("fast", "sklearn")
 COLUMNS = (
     "target", "kind", "site", "layer", "step", "sigma", "metric", "value", "control", "selectivity",
     "majority_rate", "x_t", "condition", "regularisation", "n_train_videos", "n_test_videos", "method",
+    "value_lo", "value_hi", "selectivity_lo", "selectivity_hi",
 )  # fmt: skip
+# value_lo/hi, selectivity_lo/hi: 95% bootstrap intervals over the test videos (probes.intervals; NaN
+# where the fit keeps no test predictions: scikit-learn's loop and the budgeted ridge).
 
 
 @dataclass
@@ -103,6 +107,7 @@ class _Target:
     control: Head
     folds: np.ndarray  # (n_train_rows,) fold of each training row
     majority_rate: float
+    test_video: np.ndarray | None = None  # (n_test_rows,) test video (0..) of each test row: for intervals
 
 
 def _check_config(cfg: ProbeConfig, store: ActivationStore) -> tuple[list[str], list[int]]:
@@ -181,6 +186,7 @@ def _prepare_target(labels: Labels, split: Split, types: np.ndarray, seed: int) 
         Head(control[rows_train], control[rows_test]),
         folds,
         majority,
+        rows_test // n_tok - n_tr,
     )
 
 
@@ -197,21 +203,15 @@ class Prober:
         self.targets = targets
         self.device = torch.device(cfg.device)
 
-    def scores(self, slabs: list[np.ndarray]) -> list[dict[str, tuple[float, float, float]]]:
-        """Per slab, per target name: (score, control score, chosen regularisation)."""
+    def scores(self, slabs: list[np.ndarray]) -> list[dict[str, tuple]]:
+        """Per slab, per target name: (score, control score, chosen regularisation[, intervals])."""
         out: list[dict[str, tuple[float, float, float]]] = [{} for _ in slabs]
         for t in self.targets:
             rows = [_rows(s, t.labels.per_video) for s in slabs]
             if self.cfg.method == "sklearn":
                 for i, x in enumerate(rows):
-                    args = (
-                        t.labels.kind,
-                        t.folds,
-                        tuple(self.cfg.cs),
-                        tuple(self.cfg.alphas),
-                        self.cfg.max_iter,
-                        self.cfg.tol,
-                    )
+                    cfg = self.cfg
+                    args = (t.labels.kind, t.folds, tuple(cfg.cs), tuple(cfg.alphas), cfg.max_iter, cfg.tol)
                     value, reg = fit_sklearn(x[t.rows_train], x[t.rows_test], t.head, *args)
                     control, _ = fit_sklearn(x[t.rows_train], x[t.rows_test], t.control, *args)
                     out[i][t.labels.name] = (value, control, reg)
@@ -231,11 +231,10 @@ class Prober:
                 patience=self.cfg.patience,
             )
             for i in range(len(slabs)):
-                out[i][t.labels.name] = (
-                    float(fit.scores[i, 0]),
-                    float(fit.scores[i, 1]),
-                    float(fit.regularisation[i, 0]),
-                )
+                ci = probe_intervals(*fit.predictions[i], t.head.y_test, t.control.y_test, t.test_video,
+                                     t.labels.kind, self.cfg.seed)  # fmt: skip
+                scores = float(fit.scores[i, 0]), float(fit.scores[i, 1]), float(fit.regularisation[i, 0])
+                out[i][t.labels.name] = (*scores, ci)
         return out
 
 
@@ -249,6 +248,7 @@ def load_targets(
 ) -> list[Labels]:
     """Every target's labels, checked against the store before any probe is fitted: named targets
     from the first provider that knows them, label files, and labels given in memory."""
+    arrays = arrays or {}
     labels = []
     for target in cfg.targets:
         provider = next((p for p in providers if target in p.targets), None)
@@ -257,7 +257,7 @@ def load_targets(
             raise ValueError(f"unknown target {target!r}; known targets: {known} (or supply labels with --labels)")
         labels.append(provider.labels(store, target))
     labels += [load_label_file(store, name, path) for name, path in cfg.labels.items()]
-    labels += list((arrays or {}).values())
+    labels += [a if isinstance(a, Labels) else labels_from_array(store, k, np.asarray(a)) for k, a in arrays.items()]
     names = [lab.name for lab in labels]
     if len(set(names)) != len(names):
         raise ValueError(f"target names must be unique, got {names}")
@@ -299,12 +299,17 @@ def run_probes(
     cfg: ProbeConfig,
     progress: bool = True,
     providers: Sequence[LabelProvider] = (),
-    labels: dict[str, Labels] | None = None,
+    labels: dict[str, Labels | np.ndarray] | None = None,
+    write: bool = True,
 ):
-    """Fit and score every probe; returns the results as a pandas DataFrame (columns ``COLUMNS``).
+    """Fit and score every probe; returns the results as a pandas DataFrame (columns ``COLUMNS``),
+    also written into the store as ``results/probes/<cfg.name>`` unless ``write=False``
+    (``read_results(store, cfg.name)`` reads it back).
 
-    ``providers``: where named targets come from (a task's label provider); ``labels``: labels made
-    in memory (``probes.labels.labels_from_array``), by name."""
+    ``providers``: where named targets come from (a task's label provider); ``labels``: labels in
+    memory by name, as arrays (videos x stored tokens, videos x h x w of the stored grid, or one per
+    video; floats are regression targets, integers classes, negative integers unlabelled) or as
+    ``probes.labels.labels_from_array`` results."""
     import pandas as pd
 
     with ActivationStore(store_path) as store:
@@ -329,7 +334,8 @@ def run_probes(
             for site, step in slabs:
                 if (site, step) not in results:
                     continue
-                value, control, reg = results[(site, step)][name]
+                value, control, reg, *ci = results[(site, step)][name]
+                ci = ci[0] if ci else (float("nan"),) * 4
                 rows.append(
                     {
                         "target": name,
@@ -349,17 +355,25 @@ def run_probes(
                         "n_train_videos": len(split.train),
                         "n_test_videos": len(split.test),
                         "method": cfg.method,
+                        **dict(zip(COLUMNS[-4:], ci)),
                     }
                 )
-        return pd.DataFrame(rows, columns=list(COLUMNS))
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    if write:
+        _write_store(table, store_path, cfg)
+    return table
 
 
-def save_results(table, store_path: str | Path, cfg: ProbeConfig, out_dir: str | Path | None) -> dict[str, Path]:
-    """The table as CSV (and the config as JSON) in ``out_dir``, and inside the store."""
+def _write_store(table, store_path: str | Path, cfg: ProbeConfig) -> None:
     from activations.results import write_table
 
     columns = {c: table[c].to_numpy() for c in table.columns}
     write_table(store_path, "probes", cfg.name, columns, {"config": asdict(cfg), "store": str(store_path)})
+
+
+def save_results(table, store_path: str | Path, cfg: ProbeConfig, out_dir: str | Path | None) -> dict[str, Path]:
+    """The table as CSV (and the config as JSON) in ``out_dir``, and inside the store."""
+    _write_store(table, store_path, cfg)
     paths: dict[str, Path] = {}
     if out_dir is not None:
         out = Path(out_dir)

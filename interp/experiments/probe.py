@@ -11,8 +11,10 @@ from interp.experiments.base import Experiment, Manifest, Table, register
 from probes.labels import LabelProvider
 from probes.plots import plot_all
 from probes.run import ProbeConfig, run_probes, save_results
+from probes.summary import input_flag
 
-COLUMNS = ["target", "metric", "step", "layer", "value", "control", "selectivity", "x_t", "condition", "majority_rate"]
+COLUMNS = ["target", "metric", "step", "layer", "value", "value_lo", "value_hi", "control", "selectivity",
+           "selectivity_lo", "selectivity_hi", "x_t", "condition", "majority_rate", "inputs"]  # fmt: skip
 
 
 def task_providers(store_path: str | Path) -> list[LabelProvider]:
@@ -26,17 +28,39 @@ def task_providers(store_path: str | Path) -> list[LabelProvider]:
 
 def probe_store(store_path: str | Path, cfg: ProbeConfig, progress: bool = True):
     """The probe table of a store, every named target read from its task's label provider."""
+    from interp.validation import check
+
+    check(cfg)  # before any fit: a bad name or fraction must not cost the fits
     if not Path(store_path).is_file():
         raise ValueError(f"no activation store at {store_path}")
-    return run_probes(store_path, cfg, progress, providers=task_providers(store_path))
+    # save_probes writes the table into the store
+    return run_probes(store_path, cfg, progress, providers=task_providers(store_path), write=False)
 
 
 def best_rows(table) -> list[dict]:
+    """Per target, the cell of best selectivity, with ``inputs``: a warning when the model's inputs
+    alone decode the target as well ('' otherwise)."""
     rows = []
     for target, group in table.groupby("target", sort=False):
         best = group.loc[group["selectivity"].idxmax()]
-        rows.append({"target": target, **best.drop("target").to_dict()})
+        rows.append({"target": target, **best.drop("target").to_dict(), "inputs": input_flag(group)})
     return rows
+
+
+def _interval(r: dict, column: str) -> str:
+    low, high = r.get(f"{column}_lo", float("nan")), r.get(f"{column}_hi", float("nan"))
+    return f" [95% CI {low:.2f}-{high:.2f}]" if low == low and high == high else ""
+
+
+def headline(r: dict, digits: int = 2) -> str:
+    """One target's headline: a target the inputs decode says so first, not as a selectivity."""
+    f = f".{digits}f"
+    text = (
+        f"{r['target']}: best selectivity {r['selectivity']:{f}}{_interval(r, 'selectivity')} at step {r['step']}, "
+        f"layer {r['layer']} ({r['metric']} {r['value']:{f}}{_interval(r, 'value')}; control task {r['control']:{f}}, "
+        f"x_t alone {r['x_t']:{f}}, conditioning alone {r['condition']:{f}})"
+    )
+    return f"{r['target']} is {r['inputs']}; " + text if r["inputs"] else text
 
 
 def save_probes(table, cfg: ProbeConfig, store_path: str | Path, out) -> Manifest:
@@ -48,7 +72,13 @@ def save_probes(table, cfg: ProbeConfig, store_path: str | Path, out) -> Manifes
     manifest.add(paths["table"], "table", "every probe's score with its controls")
     manifest.add(paths["config"], "config", "the probing config")
     for target, path in figures.items():
-        manifest.add(path, "figure", f"probe heatmaps, {target}: layers x steps with controls")
+        manifest.add(
+            path,
+            "figure",
+            f"probes, {target}: probe and control task (layers x steps, one scale), "
+            "selectivity (its own scale), and per step the probe at its best layer with a 95% bootstrap "
+            "interval over test videos beside x_t alone, conditioning alone and the majority class",
+        )
     manifest.notes.append(
         "Best selectivity (score minus control task) per target. Controls: the Hewitt-Liang control task, the same "
         "probe on the noisy input x_t alone and on the conditioning latent alone, and the majority-class rate; "
@@ -61,12 +91,8 @@ def save_probes(table, cfg: ProbeConfig, store_path: str | Path, out) -> Manifes
             "the fast path fits ridge from accumulated Gram matrices."
         )
     rows = best_rows(table)
-    manifest.tables.append(Table("best selectivity per target", COLUMNS, rows, {c: ".3f" for c in COLUMNS[4:]}))
-    for r in rows:
-        manifest.headline.append(
-            f"{r['target']}: best selectivity {r['selectivity']:.3f} at step {r['step']}, layer {r['layer']} "
-            f"({r['metric']} {r['value']:.3f}, control {r['control']:.3f}, x_t {r['x_t']:.3f})"
-        )
+    manifest.tables.append(Table("best selectivity per target", COLUMNS, rows, {c: ".3f" for c in COLUMNS[4:-1]}))
+    manifest.headline += [headline(r, 3) for r in rows]
     manifest.headline.append(f"table also in {store_path} at results/probes/{cfg.name}")
     manifest.write(out, cfg.name)
     return manifest
@@ -78,12 +104,7 @@ def demo(ctx) -> None:
     cfg = ProbeConfig(targets=list(targets), steps=ctx.options["probe_steps"])
     table = probe_store(ctx.store, cfg, progress=False)
     save_probes(table, cfg, ctx.store, ctx.out / "probes")
-    for r in best_rows(table):
-        ctx.headline.append(
-            f"probe {r['target']}: best selectivity {r['selectivity']:.2f} at step {r['step']}, layer "
-            f"{r['layer']} ({r['metric']} {r['value']:.2f}; control task {r['control']:.2f}, "
-            f"x_t alone {r['x_t']:.2f}, conditioning alone {r['condition']:.2f})"
-        )
+    ctx.headline += ["probe " + headline(r) for r in best_rows(table)]
 
 
 EXPERIMENT = register(Experiment("probe", ProbeConfig, probe_store, save_probes, demo=demo, demo_order=40, cli=False))

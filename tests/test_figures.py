@@ -1,0 +1,73 @@
+"""Figures say what they show: separate scales for different quantities, per-step controls as
+curves, inputs that decode a target flagged, intervals from per-video resampling."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from probes.intervals import bootstrap_scores, probe_intervals
+from probes.labels import CLASS, REGRESSION
+from probes.plots import probe_figure
+from probes.run import COLUMNS
+
+
+def _table(condition: float, steps=(0, 1, 2), layers=(0, 1)) -> pd.DataFrame:
+    rows = []
+    for step in steps:
+        for layer in layers:
+            value = 0.6 + 0.1 * layer + 0.05 * step
+            rows.append({
+                "target": "t", "kind": CLASS, "site": f"site{layer}", "layer": layer, "step": step, "sigma": 1.0,
+                "metric": "accuracy", "value": value, "control": 0.5, "selectivity": value - 0.5,
+                "majority_rate": 0.55, "x_t": 0.5 + 0.1 * step, "condition": condition, "regularisation": 1.0,
+                "n_train_videos": 6, "n_test_videos": 2, "method": "fast", "value_lo": value - 0.05,
+                "value_hi": value + 0.05, "selectivity_lo": 0.0, "selectivity_hi": 0.4,
+            })  # fmt: skip
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def test_probe_figure_scales_curves_and_input_flag():
+    import matplotlib.pyplot as plt
+
+    fig = probe_figure(_table(condition=0.9), "t")
+    probe, control, selectivity, curves = fig.axes[:4]
+    clim = [ax.collections[0].get_clim() for ax in (probe, control, selectivity)]
+    assert clim[0] == clim[1] == (0.0, 1.0)  # probe and control: one accuracy scale
+    assert clim[2][0] == -clim[2][1] and clim[2] != clim[0]  # selectivity: its own, centred on 0
+    labels = [line.get_label() for line in curves.get_lines()]
+    assert "probe on x_t alone" in labels and "conditioning alone" in labels and "majority class" in labels
+    x_t = next(line for line in curves.get_lines() if line.get_label() == "probe on x_t alone")
+    assert list(x_t.get_xdata()) == [0, 1, 2]  # one value per step: a curve, not a layer x step grid
+    title = fig._suptitle.get_text()
+    assert "WARNING: target decodable from the inputs" in title and "conditioning alone" in title
+    plt.close(fig)
+    fig = probe_figure(_table(condition=0.3), "t")
+    assert "WARNING" not in fig._suptitle.get_text()
+    plt.close(fig)
+
+
+def test_bootstrap_resamples_videos_not_tokens():
+    # Two test videos: one all right, one all wrong. Token counts do not shrink the interval.
+    video = np.repeat([0, 1], 500)
+    y = np.zeros(1000)
+    pred = np.where(video == 0, 0.0, 1.0)
+    boot = bootstrap_scores([pred], [y], video, CLASS, n_boot=400)
+    assert set(np.unique(boot.round(6))) <= {0.0, 0.5, 1.0} and boot.min() == 0.0 and boot.max() == 1.0
+    low, high, sel_low, sel_high = probe_intervals(pred, y, y, y, video, CLASS)
+    assert low == 0.0 and high == 1.0 and sel_low <= -0.5  # the control is always right here
+
+
+def test_bootstrap_r2_matches_the_pooled_score_on_the_full_sample():
+    rng = np.random.default_rng(0)
+    video = np.repeat(np.arange(6), 50)
+    y = rng.standard_normal(300)
+    pred = y + 0.5 * rng.standard_normal(300)
+    boot = bootstrap_scores([pred], [y], video, REGRESSION, n_boot=2000)[:, 0]
+    r2 = 1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    assert np.quantile(boot, 0.025) < r2 < np.quantile(boot, 0.975)
+    assert abs(np.median(boot) - r2) < 0.05
+
+
+@pytest.mark.parametrize("n_videos", [1])
+def test_one_test_video_gives_no_interval(n_videos):
+    assert np.isnan(probe_intervals(np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4, int), CLASS)).all()
