@@ -107,3 +107,81 @@ def test_probes_give_the_same_table_on_the_sharded_and_the_single_store(local_ra
     assert not (one.parent / "one.h5.parts").exists()
     _assert_same_store(sharded, one)
     pd.testing.assert_frame_equal(a, run_probes(one, cfg, progress=False, providers=[MAZE]))
+
+
+# -- causal sweeps and ensembles on Ray: the same units as one process, as Ray tasks ---------------
+SWEEP_STEPS = 6  # tiny runs: the equality, not the science, is under test
+
+
+@pytest.fixture
+def one_thread():
+    """Equal thread counts in the driver, the single-process run and the workers: bit equality."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _on_ray(**options):
+    from interp.experiments.executors import RayExecutor
+
+    return RayExecutor(workers=2, threads_per_worker=1, **options)
+
+
+def _same_grid(a, b) -> None:
+    np.testing.assert_array_equal(a.per_pair, b.per_pair)  # NaN where a pair is answered alike, on both
+    np.testing.assert_array_equal(a.grid.values, b.grid.values)
+    assert a.extra == b.extra
+    assert (a.videos is None) == (b.videos is None)
+    for name in a.videos or {}:
+        np.testing.assert_array_equal(a.videos[name], b.videos[name])
+
+
+def test_patch_and_swap_on_ray_equal_the_single_process_sweep(local_ray, shipped_adapter, one_thread):
+    from interp.experiments.patch import PatchConfig, run_patch
+    from interp.experiments.swap import SwapConfig, run_swap
+
+    patch = PatchConfig(n=2, num_steps=SWEEP_STEPS, steps="0-5:2", layers="0,4", span="onward")
+    ray_executor = _on_ray()
+    _same_grid(run_patch(patch, shipped_adapter, False), run_patch(patch, shipped_adapter, False, ray_executor))
+    assert sum(w["units"] for w in ray_executor.per_worker.values()) == 3  # one task per start step
+    assert all(w["prepared"] <= 1 for w in ray_executor.per_worker.values())  # runs recorded once per worker
+    swap = SwapConfig(n=2, num_steps=SWEEP_STEPS, steps="0,3", layers="0,4")
+    _same_grid(run_swap(swap, shipped_adapter, False), run_swap(swap, shipped_adapter, False, _on_ray()))
+
+
+def test_perturb_flow_and_ensemble_on_ray_equal_the_single_process_run(local_ray, shipped_adapter, one_thread):
+    from interp.experiments.ensemble import EnsembleConfig, run_ensemble
+    from interp.experiments.flow import FlowConfig, run_flow
+    from interp.experiments.perturb import PerturbConfig, run_perturb
+
+    perturb = PerturbConfig(n=2, num_steps=SWEEP_STEPS, steps="0,3", frames_to_noise="1,3")
+    a, b = run_perturb(perturb, shipped_adapter, False), run_perturb(perturb, shipped_adapter, False, _on_ray())
+    assert (a.baseline, a.at_step, a.at_frame) == (b.baseline, b.at_step, b.at_frame)
+    assert sorted(a.at_step) == [0, 3] and sorted(a.at_frame) == [1, 3]
+    for name in a.videos:
+        np.testing.assert_array_equal(a.videos[name], b.videos[name])
+    flow = FlowConfig(n=2, num_steps=SWEEP_STEPS, inject_steps="1,3", layers="0,4", strength=0.5)
+    a, b = run_flow(flow, shipped_adapter, False), run_flow(flow, shipped_adapter, False, _on_ray())
+    np.testing.assert_array_equal(a.cka.values, b.cka.values)
+    np.testing.assert_array_equal(a.x0_hat_cka, b.x0_hat_cka)
+    assert np.isfinite(a.cka.values[:, 3:]).all() and a.sensitivity == b.sensitivity
+    ensemble = EnsembleConfig(sizes=[4, 5], n=3, seeds=[1, 2], ks=[1], merges=["mean"], temperatures=[0.8],
+                              num_steps=SWEEP_STEPS)  # fmt: skip
+    rows = run_ensemble(ensemble, shipped_adapter, False)
+    assert rows == run_ensemble(ensemble, shipped_adapter, False, executor=_on_ray())
+    assert len(rows) == 2 * 5  # per size: single seed, best of 2, the ensemble, shrunk noise, temperature
+
+
+def test_a_killed_sweep_worker_is_retried_and_the_result_still_equals(local_ray, shipped_adapter, one_thread, tmp_path):
+    from interp.experiments.patch import PatchConfig, run_patch
+
+    cfg = PatchConfig(n=2, num_steps=SWEEP_STEPS, steps="0-5:2", layers="0,4", span="onward")
+    single = run_patch(cfg, shipped_adapter, False)
+    retried = run_patch(cfg, shipped_adapter, False, _on_ray(max_retries=2, _fail_once=str(tmp_path / "died")))
+    assert (tmp_path / "died").is_file()  # a worker did die holding a start step
+    _same_grid(single, retried)
+    with pytest.raises(RuntimeError, match="failed after 0 retries"):
+        run_patch(cfg, shipped_adapter, False, _on_ray(max_retries=0, _fail_once=str(tmp_path / "died again")))

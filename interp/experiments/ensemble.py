@@ -32,6 +32,7 @@ from interp.evaluation import verify_latents, wilson_interval
 from interp.execution.loop import StepHook, initial_noise, sample
 from interp.execution.patching import repeat_conditioning
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
+from interp.experiments.executors import LocalExecutor, Sweep, executor_or_local
 from interp.report.ensemble_figures import plot_rows
 from interp.sources import PipelineInputs, load_testbed
 from interp.tasks import maze as maze_task
@@ -180,43 +181,65 @@ def _write_rows(rows: list[dict], cfg, out):
     return out, table
 
 
-def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True, out=None) -> list[dict]:
+@dataclass
+class MazeSeeds:
+    """What every variant is computed from: per maze size its mazes, conditioning and N seeds' noise."""
+
+    cfg: EnsembleConfig
+    adapter: object
+    num_steps: int
+    inputs: list[tuple[list, torch.Tensor, torch.Tensor]]  # per size: (mazes, conditioning, noises (mazes, N, ...))
+    variants: list  # _variants(...) of the config
+
+
+def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True, out=None, executor=None) -> list[dict]:
     """Accuracy rows: single seed, best-of-N oracle, ensembles (N, K, rule), shrunk-noise and
     temperature controls, per maze size. The seeds of one maze: maze seed + 1,000,003 * i.
-    With ``cfg.pipeline``: ``run_pipeline_ensemble`` (videos and latents go to ``out``)."""
+    With ``cfg.pipeline``: ``run_pipeline_ensemble`` (videos and latents go to ``out``). ``executor``:
+    where the runs go (this process, or a ``RayExecutor``): a unit is one size's seeds or one variant."""
     if cfg.pipeline is not None:
         if out is None:
             raise ValueError("the pipeline ensemble writes its videos: give an output folder")
+        if executor is not None and not isinstance(executor, LocalExecutor):
+            raise ValueError("the pipeline ensemble (videos per sample) runs in one process: drop --ray")
         return run_pipeline_ensemble(cfg, out, progress)
-    adapter = adapter or load_testbed(cfg.model)
-    num_steps = cfg.num_steps or adapter.defaults.num_steps
-    _check_sweep(cfg.seeds, cfg.ks, cfg.merges, num_steps)
+    r = _prepare(cfg, adapter)
+    units = [(i, v) for i in range(len(cfg.sizes)) for v in [None, *range(len(r.variants))]]
+    solved = dict(zip(units, executor_or_local(executor).map(SWEEP, cfg, r, units, progress, "ensembles")))
     rows: list[dict] = []
-    n_max = max(cfg.seeds)
-    for size in cfg.sizes:
-        mazes = [maze_task.generate_maze(size, cfg.first_seed + i) for i in range(cfg.n)]
-        shape = adapter.latent_shape(size, cfg.frames)
-        cond = adapter.conditioning(mazes, cfg.frames)
-        noise_seeds = [[m.seed + 1_000_003 * i for i in range(n_max)] for m in mazes]
-        noises = torch.stack([initial_noise(s, shape) for s in noise_seeds])  # (mazes, N, ...)
-
-        def run(n_seeds: int, hooks=(), scale: float = 1.0, noises=noises, cond=cond) -> torch.Tensor:
-            return _sample_groups(adapter, noises, cond, n_seeds, num_steps, hooks, scale)
-
-        independent = run(n_max)
-        solved_each = np.stack([_solved(adapter, independent[:, i], mazes) for i in range(n_max)], 1)
+    for i, size in enumerate(cfg.sizes):
+        solved_each = solved[(i, None)]
         rows.append(_row("single seed", size, solved_each[:, 0], n_seeds=1))
         for n_seeds in cfg.seeds:
             if n_seeds > 1:
                 rows.append(_row("best of N (oracle)", size, solved_each[:, :n_seeds].any(1), n_seeds=n_seeds))
-        variants = list(_variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures))
-        for _, info, n_seeds, hooks, scale in tqdm(
-            variants, disable=not progress, desc=f"ensembles {size}x{size}", leave=False
-        ):
-            final = run(n_seeds, hooks, scale)
+        for v, (_, info, *_) in enumerate(r.variants):
             extra = {key: value for key, value in info.items() if key != "method"}
-            rows.append(_row(info["method"], size, _solved(adapter, final[:, 0], mazes), **extra))
+            rows.append(_row(info["method"], size, solved[(i, v)], **extra))
     return rows
+
+
+def _prepare(cfg: EnsembleConfig, adapter) -> MazeSeeds:
+    adapter = adapter or load_testbed(cfg.model)
+    num_steps = cfg.num_steps or adapter.defaults.num_steps
+    _check_sweep(cfg.seeds, cfg.ks, cfg.merges, num_steps)
+    inputs = []
+    for size in cfg.sizes:
+        mazes = [maze_task.generate_maze(size, cfg.first_seed + i) for i in range(cfg.n)]
+        seeds = [[m.seed + 1_000_003 * i for i in range(max(cfg.seeds))] for m in mazes]
+        noises = torch.stack([initial_noise(s, adapter.latent_shape(size, cfg.frames)) for s in seeds])
+        inputs.append((mazes, adapter.conditioning(mazes, cfg.frames), noises))  # noises: (mazes, N, ...)
+    return MazeSeeds(cfg, adapter, num_steps, inputs, list(_variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures)))
+
+
+def _solved_of(r: MazeSeeds, unit: tuple[int, int | None]) -> np.ndarray:
+    """The unit of work: size unit[0]'s independent seeds (solved per maze, seed) or its variant unit[1]."""
+    mazes, cond, noises = r.inputs[unit[0]]
+    if unit[1] is None:
+        independent = _sample_groups(r.adapter, noises, cond, noises.shape[1], r.num_steps)
+        return np.stack([_solved(r.adapter, independent[:, i], mazes) for i in range(noises.shape[1])], 1)
+    _, _, n_seeds, hooks, scale = r.variants[unit[1]]
+    return _solved(r.adapter, _sample_groups(r.adapter, noises, cond, n_seeds, r.num_steps, hooks, scale)[:, 0], mazes)
 
 
 def save_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
@@ -310,15 +333,9 @@ def run_pipeline_ensemble(cfg: EnsembleConfig, out, progress: bool = True) -> li
         spread = float(reference.float().std())
         folder = out / "videos" / item.name
         for name, (final, info) in variants.items():
-            rows.append(
-                {
-                    "sample": item.name,
-                    "variant": name,
-                    **info,
-                    "similarity_to_seed0": _cosine(final, reference),
-                    "latent_std_ratio": float(final.float().std()) / spread if spread > 0 else float("nan"),
-                }
-            )
+            ratio = float(final.float().std()) / spread if spread > 0 else float("nan")
+            rows.append({"sample": item.name, "variant": name, **info,
+                         "similarity_to_seed0": _cosine(final, reference), "latent_std_ratio": ratio})  # fmt: skip
             finals[f"{item.name}/{name}"] = final.detach().float().cpu().contiguous()
             if adapter.vae is not None:
                 with torch.no_grad():
@@ -377,6 +394,7 @@ def demo(ctx) -> None:
     )
 
 
+SWEEP = Sweep("ensemble", EnsembleConfig, _prepare, _solved_of)
 EXPERIMENT = register(
     Experiment("ensemble", EnsembleConfig, run_ensemble, save_ensemble, run_writes=True, demo=demo, demo_order=70)
 )

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from activations.selection import parse_index_spec
 from interp.analysis.similarity import linear_cka
@@ -15,6 +14,7 @@ from interp.execution.patching import record_run
 from interp.experiments import sweep
 from interp.experiments._causal import CausalConfig, finite_or_none, maze_runs, pipeline_runs, write_record
 from interp.experiments.base import Experiment, register
+from interp.experiments.executors import Sweep, executor_or_local
 from interp.experiments.perturb import fresh_noise
 from interp.tasks import maze as maze_task
 
@@ -48,9 +48,39 @@ class FlowResult:
     sensitivity: list[float]  # per injection step: mean 1 - CKA over later states
 
 
-def run_flow(cfg: FlowConfig, adapter=None, progress: bool = True) -> FlowResult:
+@dataclass
+class CleanRun:
+    """What every injection is compared with: the clean run and the compared layers."""
+
+    cfg: FlowConfig
+    adapter: object
+    clean: object  # RunCache with the compared block outputs
+    cond: object
+    num_steps: int
+    injects: list[int]
+    layers: list[int]
+
+
+def run_flow(cfg: FlowConfig, adapter=None, progress: bool = True, executor=None) -> FlowResult:
+    """CKA of every later block output per injection step. ``executor``: where the perturbed runs go
+    (this process by default, or a ``RayExecutor``); a unit is one injection step."""
     import xarray as xr
 
+    r = _prepare(cfg, adapter)
+    rows = executor_or_local(executor).map(SWEEP, cfg, r, r.injects, progress, "information flow")
+    cka = np.stack([row[0] for row in rows]) if rows else np.full((0, r.num_steps, len(r.layers)), np.nan)
+    x0_cka = np.stack([row[1] for row in rows]) if rows else np.full((0, r.num_steps), np.nan)
+    grid = xr.DataArray(
+        cka, dims=("inject_step", "step", "layer"),
+        coords={"inject_step": r.injects, "step": list(range(r.num_steps)), "layer": r.layers},
+        name="linear CKA to the clean run",
+    )  # fmt: skip
+    sensitivity = [float(np.nanmean(1 - cka[i])) for i in range(len(r.injects))]
+    return FlowResult(cfg, grid, x0_cka, sensitivity)
+
+
+def _prepare(cfg: FlowConfig, adapter) -> CleanRun:
+    """Every check, then the clean run with the compared layers' block outputs."""
     if not 0 < cfg.strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {cfg.strength}")
     if cfg.pipeline is not None:
@@ -62,42 +92,39 @@ def run_flow(cfg: FlowConfig, adapter=None, progress: bool = True) -> FlowResult
             return sweep.block_sites(model, chosen["layers"], None)
 
         runs = pipeline_runs(cfg.pipeline, sites_for, cfg.backend)
-        adapter, clean, cond, num_steps = runs.adapter, runs.run, runs.conditioning, runs.num_steps
-        injects, layers = chosen["injects"], chosen["layers"]
-    else:
-        adapter = cfg.testbed(adapter)
-        num_steps = cfg.check_common(adapter)
-        injects = parse_index_spec(cfg.inject_steps, num_steps, "step")
-        layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
-        mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + i) for i in range(cfg.n)]
-        clean, cond = maze_runs(adapter, mazes, cfg.frames, num_steps, sweep.block_sites(adapter, layers, None),
-                                cfg.backend)  # fmt: skip
-    sites = sweep.block_sites(adapter, layers, None)
-    groups = sweep.layer_sites(adapter, layers, None)  # a layer in every expert: the one that ran
-    cka = np.full((len(injects), num_steps, len(groups)), np.nan)
-    x0_cka = np.full((len(injects), num_steps), np.nan)
-    a = cfg.strength
-    for i, s in enumerate(tqdm(injects, disable=not progress, desc="information flow", leave=False)):
-        fresh = fresh_noise(clean.latents[s].shape, cfg.noise_seed, s).to(clean.latents[s])
-        start = (1 - a * a) ** 0.5 * clean.latents[s] + a * fresh
-        perturbed = record_run(adapter, start, cond, num_steps, sites, start_step=s,
-                               resume_scheduler=clean.schedulers.get(s), backend=cfg.backend)  # fmt: skip
-        for step in range(s, num_steps):
-            for k, group in enumerate(groups):
-                site = sweep.active_site(clean, step, group)
-                if site is None:
-                    continue
-                x = clean.acts[(step, 0, site)].flatten(0, -2)
-                y = perturbed.acts[(step, 0, site)].flatten(0, -2)
-                cka[i, step, k] = linear_cka(x, y)
-            x0_cka[i, step] = linear_cka(clean.x0_hat[step].flatten(1), perturbed.x0_hat[step].flatten(1))
-    grid = xr.DataArray(
-        cka, dims=("inject_step", "step", "layer"),
-        coords={"inject_step": injects, "step": list(range(num_steps)), "layer": layers},
-        name="linear CKA to the clean run",
-    )  # fmt: skip
-    sensitivity = [float(np.nanmean(1 - cka[i])) for i in range(len(injects))]
-    return FlowResult(cfg, grid, x0_cka, sensitivity)
+        return CleanRun(cfg, runs.adapter, runs.run, runs.conditioning, runs.num_steps, chosen["injects"],
+                        chosen["layers"])  # fmt: skip
+    adapter = cfg.testbed(adapter)
+    num_steps = cfg.check_common(adapter)
+    injects = parse_index_spec(cfg.inject_steps, num_steps, "step")
+    layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
+    mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + i) for i in range(cfg.n)]
+    clean, cond = maze_runs(adapter, mazes, cfg.frames, num_steps, sweep.block_sites(adapter, layers, None),
+                            cfg.backend)  # fmt: skip
+    return CleanRun(cfg, adapter, clean, cond, num_steps, injects, layers)
+
+
+def _inject_at(r: CleanRun, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unit of work: noise injected at step ``s``; CKA per (step, layer) and of x0_hat per step
+    (NaN before ``s``)."""
+    adapter, clean, num_steps, a = r.adapter, r.clean, r.num_steps, r.cfg.strength
+    groups = sweep.layer_sites(adapter, r.layers, None)  # a layer in every expert: the one that ran
+    cka = np.full((num_steps, len(groups)), np.nan)
+    x0_cka = np.full(num_steps, np.nan)
+    fresh = fresh_noise(clean.latents[s].shape, r.cfg.noise_seed, s).to(clean.latents[s])
+    start = (1 - a * a) ** 0.5 * clean.latents[s] + a * fresh
+    perturbed = record_run(adapter, start, r.cond, num_steps, sweep.block_sites(adapter, r.layers, None), start_step=s,
+                           resume_scheduler=clean.schedulers.get(s), backend=r.cfg.backend)  # fmt: skip
+    for step in range(s, num_steps):
+        for k, group in enumerate(groups):
+            site = sweep.active_site(clean, step, group)
+            if site is None:
+                continue
+            x = clean.acts[(step, 0, site)].flatten(0, -2)
+            y = perturbed.acts[(step, 0, site)].flatten(0, -2)
+            cka[step, k] = linear_cka(x, y)
+        x0_cka[step] = linear_cka(clean.x0_hat[step].flatten(1), perturbed.x0_hat[step].flatten(1))
+    return cka, x0_cka
 
 
 def save_flow(result: FlowResult, cfg: FlowConfig, out):
@@ -140,4 +167,5 @@ def demo(ctx) -> None:
     )
 
 
+SWEEP = Sweep("flow", FlowConfig, _prepare, _inject_at)
 EXPERIMENT = register(Experiment("flow", FlowConfig, run_flow, save_flow, demo=demo, demo_order=63))

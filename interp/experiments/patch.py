@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from activations.selection import parse_index_spec
 from interp.experiments import sweep
@@ -25,6 +26,7 @@ from interp.experiments._causal import (
     save_grid,
 )
 from interp.experiments.base import Experiment, register
+from interp.experiments.executors import Sweep, executor_or_local
 from interp.tasks import maze_scoring
 
 DIRECTIONS = ("denoising", "noising")
@@ -69,19 +71,31 @@ class PatchConfig(CausalConfig):
             raise ValueError(f"sub must be attn1, attn2 or ffn, got {self.sub!r}")
 
 
-def run_patch(cfg: PatchConfig, adapter=None, progress: bool = True) -> GridResult:
+def run_patch(cfg: PatchConfig, adapter=None, progress: bool = True, executor=None) -> GridResult:
     """Activation patching; the mean normalised score per (step, layer) and every pair's. The source
-    (testbed mazes or a pipeline's two samples) only decides the runs, the regions and the metric."""
-    cfg.check()
-    r = _pipeline_pairs(cfg) if cfg.pipeline is not None else _maze_pairs(cfg, adapter)
-    finals = sweep.patch_sweep(
-        r.adapter, r.base, r.base_cond, r.source, r.steps, r.groups, r.tokens, r.num_steps, progress,
-        cfg.span == "onward", r.pairs, backend=cfg.backend,
-    )  # fmt: skip
+    (testbed mazes or a pipeline's two samples) only decides the runs, the regions and the metric.
+    ``executor``: where the steps run (``executors.LocalExecutor`` by default, or a ``RayExecutor``)."""
+    context = _prepare(cfg, adapter)
+    r = context[1]
+    per_step = executor_or_local(executor).map(SWEEP, cfg, context, r.steps, progress, "patching steps")
+    finals = torch.stack(per_step, 1)
     scores = r.metric(finals, r.clean_final, r.corr_final)
     videos = first_pair_videos(r, finals, scores, ("clean", "corrupted", "patched"))
     return GridResult(cfg, grid(np.nanmean(scores, 0), r.steps, r.layers, "patching score"), scores, MEANING,
                       videos=videos)  # fmt: skip
+
+
+def _prepare(cfg: PatchConfig, adapter) -> tuple[PatchConfig, PairRuns]:
+    """Every check, then the recorded runs: what each step's rows are computed from."""
+    cfg.check()
+    return cfg, (_pipeline_pairs(cfg) if cfg.pipeline is not None else _maze_pairs(cfg, adapter))
+
+
+def _patch_at(context: tuple[PatchConfig, PairRuns], step: int) -> torch.Tensor:
+    """The unit of work: every (pair, layer) row first patched at ``step``, one batch."""
+    cfg, r = context
+    return sweep.patch_step(r.adapter, r.base, r.base_cond, r.source, step, r.groups, r.tokens, r.num_steps,
+                            cfg.span == "onward", r.pairs, cfg.backend)  # fmt: skip
 
 
 def _maze_pairs(cfg: PatchConfig, adapter) -> PairRuns:
@@ -166,4 +180,5 @@ def demo(ctx) -> None:
     )
 
 
+SWEEP = Sweep("patch", PatchConfig, _prepare, _patch_at)
 EXPERIMENT = register(Experiment("patch", PatchConfig, run_patch, save_patch, _summary, demo=demo, demo_order=60))

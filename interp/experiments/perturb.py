@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from activations.selection import parse_index_spec
 from interp.evaluation import verify_latents, wilson_interval
 from interp.execution.loop import StepHook, sample
 from interp.experiments._causal import CausalConfig, example_videos, maze_runs, pipeline_runs, save_videos, write_record
 from interp.experiments.base import Experiment, Table, register
+from interp.experiments.executors import Sweep, executor_or_local
 from interp.tasks import maze as maze_task
 
 
@@ -69,9 +69,44 @@ class FrameNoise(StepHook):
         return latents
 
 
-def run_perturb(cfg: PerturbConfig, adapter=None, progress: bool = True) -> PerturbResult:
+@dataclass
+class NoiseRuns:
+    """What every perturbation is computed from: the unperturbed run and how outputs are scored."""
+
+    cfg: PerturbConfig
+    adapter: object
+    run: object  # RunCache of the unperturbed run
+    cond: object
+    num_steps: int
+    steps: list[int]
+    frames: list[int]
+    score: object  # final latents -> a dict of scores
+
+
+def run_perturb(cfg: PerturbConfig, adapter=None, progress: bool = True, executor=None) -> PerturbResult:
+    """Noise at each step and at each frame, scored. ``executor``: where the perturbed runs go
+    (this process by default, or a ``RayExecutor``); a unit is one step's or one frame's run."""
+    r = _prepare(cfg, adapter)
+    units = [("step", s) for s in r.steps] + [("frame", f) for f in r.frames]
+    finals = executor_or_local(executor).map(SWEEP, cfg, r, units, progress, "noise at step and frame")
+    result = PerturbResult(cfg, r.score(r.run.final))
+    shown = {"no noise": r.run.final[0]}
+    for (where, x), latents in zip(units, finals):
+        if where == "step":
+            result.at_step[x] = r.score(latents)
+            if x == r.steps[len(r.steps) // 2]:
+                shown[f"noise at step {x}"] = latents[0]
+        else:
+            result.at_frame[x] = r.score(latents)
+            if x == r.frames[0]:
+                shown[f"noise at frame {x}"] = latents[0]
+    result.videos = example_videos(r.adapter, shown)
+    return result
+
+
+def _prepare(cfg: PerturbConfig, adapter) -> NoiseRuns:
     if cfg.pipeline is not None:
-        return _run_pipeline(cfg, progress)
+        return _pipeline_runs(cfg)
     adapter = cfg.testbed(adapter)
     num_steps = cfg.check_common(adapter)
     steps = parse_index_spec(cfg.steps, num_steps, "step")
@@ -90,10 +125,10 @@ def run_perturb(cfg: PerturbConfig, adapter=None, progress: bool = True) -> Pert
             "final_exact_ci95": [flo, fhi], "n": len(solved),
         }  # fmt: skip
 
-    return _noise_at_steps_and_frames(cfg, adapter, run, cond, num_steps, steps, frames, score, progress)
+    return NoiseRuns(cfg, adapter, run, cond, num_steps, steps, frames, score)
 
 
-def _run_pipeline(cfg: PerturbConfig, progress: bool) -> PerturbResult:
+def _pipeline_runs(cfg: PerturbConfig) -> NoiseRuns:
     chosen: dict = {}
 
     def sites_for(adapter, inputs):  # checks before the run is recorded
@@ -111,29 +146,19 @@ def _run_pipeline(cfg: PerturbConfig, progress: bool) -> PerturbResult:
         sims = torch.nn.functional.cosine_similarity(final.flatten(1).double(), reference, dim=1).tolist()
         return {"similarity": float(np.mean(sims)), "per_sample": dict(zip(runs.names, sims)), "n": len(sims)}
 
-    return _noise_at_steps_and_frames(
-        cfg, runs.adapter, runs.run, runs.conditioning, runs.num_steps, chosen["steps"], chosen["frames"], score,
-        progress,
-    )  # fmt: skip
+    return NoiseRuns(cfg, runs.adapter, runs.run, runs.conditioning, runs.num_steps, chosen["steps"],
+                     chosen["frames"], score)  # fmt: skip
 
 
-def _noise_at_steps_and_frames(cfg, adapter, run, cond, num_steps, steps, frames, score, progress) -> PerturbResult:
-    result = PerturbResult(cfg, score(run.final))
-    shown = {"no noise": run.final[0]}
-    for s in tqdm(steps, disable=not progress, desc="noise at step", leave=False):
-        fresh = fresh_noise(run.latents[s].shape, cfg.noise_seed, s).to(run.latents[s])
-        out = sample(adapter, fresh, cond, num_steps, start_step=s, resume_scheduler=run.schedulers.get(s))
-        result.at_step[s] = score(out.latents)
-        if s == steps[len(steps) // 2]:
-            shown[f"noise at step {s}"] = out.latents[0]
-    for f in tqdm(frames, disable=not progress, desc="noise at frame", leave=False):
-        hook = FrameNoise(f, cfg.noise_seed, adapter.latent_frame_axis)
-        out = sample(adapter, run.latents[0], cond, num_steps, hooks=[hook])
-        result.at_frame[f] = score(out.latents)
-        if f == frames[0]:
-            shown[f"noise at frame {f}"] = out.latents[0]
-    result.videos = example_videos(adapter, shown)
-    return result
+def _noised(r: NoiseRuns, unit: tuple[str, int]) -> torch.Tensor:
+    """The unit of work: final latents of one perturbed run, noise at step s (resumed at s) or at frame f."""
+    where, x = unit
+    if where == "step":
+        fresh = fresh_noise(r.run.latents[x].shape, r.cfg.noise_seed, x).to(r.run.latents[x])
+        return sample(r.adapter, fresh, r.cond, r.num_steps, start_step=x,
+                      resume_scheduler=r.run.schedulers.get(x)).latents  # fmt: skip
+    hook = FrameNoise(x, r.cfg.noise_seed, r.adapter.latent_frame_axis)
+    return sample(r.adapter, r.run.latents[0], r.cond, r.num_steps, hooks=[hook]).latents
 
 
 def save_perturb(result: PerturbResult, cfg: PerturbConfig, out):
@@ -203,4 +228,5 @@ def demo(ctx) -> None:
     )
 
 
+SWEEP = Sweep("perturb", PerturbConfig, _prepare, _noised)
 EXPERIMENT = register(Experiment("perturb", PerturbConfig, run_perturb, save_perturb, demo=demo, demo_order=62))

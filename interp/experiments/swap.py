@@ -8,6 +8,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from activations.selection import parse_index_spec
 from interp.experiments import sweep
@@ -23,6 +24,7 @@ from interp.experiments._causal import (
     save_grid,
 )
 from interp.experiments.base import Experiment, register
+from interp.experiments.executors import Sweep, executor_or_local
 from interp.tasks import maze as maze_task
 from interp.tasks import maze_scoring
 
@@ -58,19 +60,30 @@ def _others(cfg: SwapConfig, base_mazes):
     return [maze_task.generate_maze(cfg.size, m.seed + offset) for m in base_mazes]
 
 
-def run_swap(cfg: SwapConfig, adapter=None, progress: bool = True) -> GridResult:
+def run_swap(cfg: SwapConfig, adapter=None, progress: bool = True, executor=None) -> GridResult:
     """Latent swapping. Testbed: per (step, layer) the share of mazes whose answer became the other
     maze's solution (``extra['mean_score']``: the mean normalised score as well); a pipeline model:
-    where the output lies between the base run's (0) and the other run's (1) final latents."""
-    r, extra = _pipeline_pairs(cfg) if cfg.pipeline is not None else _maze_pairs(cfg, adapter)
-    finals = sweep.patch_sweep(
-        r.adapter, r.base, r.base_cond, r.source, r.steps, r.groups, r.tokens, r.num_steps, progress, False, r.pairs,
-        backend=cfg.backend,
-    )  # fmt: skip
+    where the output lies between the base run's (0) and the other run's (1) final latents.
+    ``executor``: where the steps run (this process by default, or a ``RayExecutor``)."""
+    context = _prepare(cfg, adapter)
+    _, r, extra = context
+    finals = torch.stack(executor_or_local(executor).map(SWEEP, cfg, context, r.steps, progress, "swap steps"), 1)
     scores = r.metric(finals, r.clean_final, r.corr_final)
     more = {name: fn(finals) for name, fn in extra.items()}
     videos = first_pair_videos(r, finals, scores, ("other", "base", "swapped"))
     return GridResult(cfg, grid(scores.mean(0), r.steps, r.layers, r.name), scores, r.name, more, videos)
+
+
+def _prepare(cfg: SwapConfig, adapter) -> tuple[SwapConfig, PairRuns, dict]:
+    """Every check, then the recorded base and other runs."""
+    return cfg, *(_pipeline_pairs(cfg) if cfg.pipeline is not None else _maze_pairs(cfg, adapter))
+
+
+def _swap_at(context: tuple[SwapConfig, PairRuns, dict], step: int) -> torch.Tensor:
+    """The unit of work: every (pair, layer) row swapped at ``step``, one batch."""
+    cfg, r, _ = context
+    return sweep.patch_step(r.adapter, r.base, r.base_cond, r.source, step, r.groups, r.tokens, r.num_steps,
+                            False, r.pairs, cfg.backend)  # fmt: skip
 
 
 def _maze_pairs(cfg: SwapConfig, adapter) -> tuple[PairRuns, dict]:
@@ -137,4 +150,5 @@ def demo(ctx) -> None:
     )
 
 
+SWEEP = Sweep("swap", SwapConfig, _prepare, _swap_at)
 EXPERIMENT = register(Experiment("swap", SwapConfig, run_swap, save_swap, demo=demo, demo_order=61))

@@ -1,11 +1,11 @@
 """The sweep engine of patching-style experiments, with injected metric and token-region functions.
 
-``patch_sweep`` runs every (pair, step, site) patch of a recorded base run from a source run, one
-batch per step, each row resumed from the base's cached x_s and scheduler state. A *metric* maps the
-final latents (pairs, steps, sites, *latent) and the two reference finals of each pair to scores
-(1 = the source's behaviour, 0 = the base's); ``latent_projection`` needs no task. A *region* is a
-set of flat token indices (None: all tokens); ``region_tokens`` reads the task-free ones, a task adds
-its own (the maze's ``diff``).
+``patch_step`` runs every (pair, site) patch of a recorded base run from a source run first applied
+at one step, one batch (``patch_sweep``: every step), each row resumed from the base's cached x_s
+and scheduler state. A *metric* maps the final latents (pairs, steps, sites, *latent) and the two
+reference finals of each pair to scores (1 = the source's behaviour, 0 = the base's);
+``latent_projection`` needs no task. A *region* is a set of flat token indices (None: all tokens);
+``region_tokens`` reads the task-free ones, a task adds its own (the maze's ``diff``).
 """
 
 from __future__ import annotations
@@ -104,14 +104,36 @@ def patch_sweep(
     pairs: list[tuple[int, int]] | None = None,
     backend: str = "hooks",
 ) -> torch.Tensor:
-    """Final latents of every (pair, step, site) patch, (pairs, steps, sites, *latent).
+    """Final latents of every (pair, step, site) patch, (pairs, steps, sites, *latent): ``patch_step``
+    for each of ``steps`` (the experiments run the steps through an executor instead)."""
+    out = [
+        patch_step(adapter, base, base_cond, source, step, sites, tokens, num_steps, onward, pairs, backend)
+        for step in tqdm(steps, disable=not progress, desc="patching steps", leave=False)
+    ]
+    return torch.stack(out, 1)
+
+
+def patch_step(
+    adapter,
+    base: RunCache,
+    base_cond,
+    source: RunCache,
+    step: int,
+    sites: list,
+    tokens: list,
+    num_steps: int,
+    onward: bool = False,
+    pairs: list[tuple[int, int]] | None = None,
+    backend: str = "hooks",
+) -> torch.Tensor:
+    """Final latents of every (pair, site) patch first applied at ``step``, (pairs, sites, *latent):
+    one batch, every pair x every site, resumed from the base's cached x_s at that step.
 
     ``sites[k]`` is a site or a tuple of one layer's sites in every expert: at each patched step the
     one that ran there (``active_site``). A pair is (base element, source element); default:
-    element e of both runs, for every element of the base. For each step one batch: every pair x
-    every site, resumed from the base's cached x_s. ``tokens[i]`` is pair i's token region (None:
-    all). ``onward``: patch that step and every later one (default: that step only, then sampling
-    continues unpatched).
+    element e of both runs, for every element of the base. ``tokens[i]`` is pair i's token region
+    (None: all). ``onward``: patch that step and every later one (default: that step only, then
+    sampling continues unpatched).
     """
     pairs = pairs if pairs is not None else [(e, e) for e in range(base.batch)]
     groups = [(s,) if isinstance(s, str) else tuple(s) for s in sites]
@@ -122,12 +144,9 @@ def patch_sweep(
 
     base_elements = [b for b, _ in pairs for _ in groups]
     source_elements = [src for _, src in pairs for _ in groups]
-    out = []
-    for step in tqdm(steps, disable=not progress, desc="patching steps", leave=False):
-        span = range(step, num_steps) if onward else (step,)
-        rows = [[p for t in span for p in patches(t, g, tokens[i])] for i in range(len(pairs)) for g in groups]
-        finals = run_patched(
-            adapter, base, base_cond, source, rows, base_elements, source_elements, num_steps, backend=backend
-        )
-        out.append(finals.reshape(len(pairs), len(groups), *finals.shape[1:]))
-    return torch.stack(out, 1)
+    span = range(step, num_steps) if onward else (step,)
+    rows = [[p for t in span for p in patches(t, g, tokens[i])] for i in range(len(pairs)) for g in groups]
+    finals = run_patched(
+        adapter, base, base_cond, source, rows, base_elements, source_elements, num_steps, backend=backend
+    )
+    return finals.reshape(len(pairs), len(groups), *finals.shape[1:])
