@@ -183,5 +183,19 @@ def test_a_killed_sweep_worker_is_retried_and_the_result_still_equals(local_ray,
     retried = run_patch(cfg, shipped_adapter, False, _on_ray(max_retries=2, _fail_once=str(tmp_path / "died")))
     assert (tmp_path / "died").is_file()  # a worker did die holding a start step
     _same_grid(single, retried)
-    with pytest.raises(RuntimeError, match="failed after 0 retries"):
-        run_patch(cfg, shipped_adapter, False, _on_ray(max_retries=0, _fail_once=str(tmp_path / "died again")))
+
+
+def test_the_patch_command_with_ray_writes_the_single_process_result(local_ray, run_cli, one_thread, tmp_path):
+    import json
+
+    from interp.cli_options import UsageError, ray_executor
+    from interp.experiments.patch import PatchConfig, run_patch
+
+    cfg = PatchConfig(n=2, num_steps=SWEEP_STEPS, steps="0,3", layers="0")
+    args = ["-n", "2", "--num-steps", str(SWEEP_STEPS), "--steps", "0,3", "--layers", "0", "--threads", "1"]
+    code, _, err = run_cli("patch", *args, "--ray", "--workers", "2", "--threads-per-worker", "1", "--out", tmp_path)
+    assert code == 0, err
+    single = json.loads(json.dumps({"config": cfg.to_dict(), **run_patch(cfg, progress=False).record()}))
+    assert json.loads((tmp_path / "result.json").read_text()) == single and len(single["values"]) == 2
+    with pytest.raises(UsageError, match="--workers"):  # before anything runs
+        ray_executor({"ray": True, "ray_address": None, "workers": 0, "threads_per_worker": 1})
