@@ -91,6 +91,26 @@ def _pipeline_spec(values: dict, model: str, num_steps: int | None) -> dict:
     }  # fmt: skip
 
 
+# Execution on Ray, for experiments whose run takes an ``executor`` (the causal sweeps); as ``interp trace``.
+RAY_OPTIONS = {
+    "ray": (bool, False, "Spread the start steps (ensemble: variants) over Ray workers (pip install '.[ray]')."),
+    "ray_address": (str | None, None, "With --ray: a running cluster; default a local instance."),
+    "workers": (int, 2, "With --ray and no address: workers of the local instance."),
+    "threads_per_worker": (int, 1, "With --ray: CPU threads (and Ray CPUs) per worker."),
+}
+
+
+def ray_executor(values: dict):
+    """None (this process) or a ``RayExecutor`` from the --ray options; nothing imports ray here."""
+    if not values["ray"]:
+        return None
+    from interp.experiments.executors import RayExecutor
+
+    if values["workers"] < 1 or values["threads_per_worker"] < 1:
+        raise UsageError("--workers and --threads-per-worker must be at least 1")
+    return RayExecutor(values["ray_address"], values["workers"], values["threads_per_worker"])
+
+
 def make_command(experiment: Experiment):
     """A typer command function for a registered experiment."""
     cls = experiment.config
@@ -112,6 +132,9 @@ def make_command(experiment: Experiment):
         _option("out", Path, Path(f"runs/{experiment.kind}"), "Output folder."),
         _option("threads", int, 2, "CPU threads for torch."),
     ]
+    takes_executor = "executor" in inspect.signature(experiment.run).parameters
+    if takes_executor:
+        params += [_option(k, t, d, h, ("--ray",) if k == "ray" else None) for k, (t, d, h) in RAY_OPTIONS.items()]
 
     def command(**values) -> None:
         import torch
@@ -133,7 +156,10 @@ def make_command(experiment: Experiment):
             raise UsageError(f"--threads must be at least 1, got {values['threads']}")
         torch.set_num_threads(values["threads"])
         tic, out = time.time(), values["out"]
-        result = experiment.run(cfg, out=out) if experiment.run_writes else experiment.run(cfg)
+        run_options = {"out": out} if experiment.run_writes else {}
+        if takes_executor:
+            run_options["executor"] = ray_executor(values)
+        result = experiment.run(cfg, **run_options)
         manifest = experiment.save(result, cfg, out)
         for line in experiment.summary(manifest):
             typer.echo(line)
