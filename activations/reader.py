@@ -191,11 +191,28 @@ class ActivationStore:
         videos, _ = self._select(videos, None)
         return np.stack([self._data["final"][v] for v in videos])
 
-    def to_xarray(self, site: str, videos=None, steps=None):
-        """A labelled ``xarray.DataArray`` (video, step, token, hidden) with frame/h/w per token."""
+    def to_xarray(self, site: str | Sequence[str], videos=None, steps=None):
+        """A labelled ``xarray.DataArray`` (video, step, token, hidden) with frame/h/w per token.
+
+        Several sites (e.g. ``activations.axes.block_output_sites``, or every block output with
+        ``"blocks"``) give one array (layer, video, step, token, hidden) with a ``layer`` axis
+        (coordinates: block index, and ``site``); their widths must agree."""
         import xarray as xr
 
+        if not isinstance(site, str) or site == "blocks":
+            chosen = [s for s in self.sites if parse_site(s)[2] is None] if site == "blocks" else list(site)
+            if not chosen:
+                raise ValueError("no sites to stack")
+            widths = {self.layout.hidden[s] for s in chosen if s in self.layout.hidden}
+            if len(widths) > 1:
+                raise ValueError(f"sites of different widths cannot share a layer axis: {sorted(widths)}")
+            arrays = [self.to_xarray(s, videos, steps) for s in chosen]
+            layer = [parse_site(s)[1] for s in chosen]
+            stacked = xr.concat(arrays, dim="layer", coords="minimal", compat="override")
+            return stacked.assign_coords(layer=layer, site=("layer", chosen)).rename("blocks")
         videos_l, positions = self._select(videos, steps)
+        if f"sites/{site}" not in self._data:
+            raise ValueError(f"site {site!r} is not in the store (stored: {', '.join(self.sites)})")
         data = self._read(self._data[f"sites/{site}"], videos_l, positions)
         pos = self.token_positions
         return xr.DataArray(

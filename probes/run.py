@@ -110,7 +110,7 @@ class _Target:
     test_video: np.ndarray | None = None  # (n_test_rows,) test video (0..) of each test row: for intervals
 
 
-def _check_config(cfg: ProbeConfig, store: ActivationStore) -> tuple[list[str], list[int]]:
+def _check_config(cfg: ProbeConfig, store: ActivationStore, arrays: int = 0) -> tuple[list[str], list[int]]:
     check_max_tokens(cfg.max_tokens)
     if cfg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
@@ -120,7 +120,7 @@ def _check_config(cfg: ProbeConfig, store: ActivationStore) -> tuple[list[str], 
         raise ValueError(f"folds must be at least 2, got {cfg.folds}")
     if cfg.group < 1:
         raise ValueError(f"group must be at least 1, got {cfg.group}")
-    if not cfg.targets and not cfg.labels:
+    if not cfg.targets and not cfg.labels and not arrays:
         raise ValueError("nothing to probe: give at least one target or label file")
     if not cfg.cs or not cfg.alphas or min(cfg.cs) <= 0 or min(cfg.alphas) <= 0:
         raise ValueError("cs and alphas must be non-empty lists of positive numbers")
@@ -313,7 +313,7 @@ def run_probes(
     import pandas as pd
 
     with ActivationStore(store_path) as store:
-        sites, steps = _check_config(cfg, store)
+        sites, steps = _check_config(cfg, store, len(labels or {}))
         all_labels = load_targets(store, cfg, providers, labels)
         labelled = [v for v in store.completed_videos if all(np.isfinite(lab.values[v]).any() for lab in all_labels)]
         split = split_videos(labelled, cfg.test_fraction, cfg.folds, cfg.seed)

@@ -124,13 +124,16 @@ def record_run(
     start_step: int = 0,
     resume_scheduler=None,
     backend: str = "hooks",
+    hooks: Sequence[StepHook] = (),
 ) -> RunCache:
     """Sample once, keeping x_s, scheduler state and x0_hat of every step and the chosen sites'
     outputs at ``steps`` (default all). ``start_step`` > 0: ``noise`` is the latent x_s of a
-    trajectory resumed at that step (with ``resume_scheduler``, its scheduler state there)."""
+    trajectory resumed at that step (with ``resume_scheduler``, its scheduler state there).
+    ``hooks``: further step hooks (interventions) run with the recorder, which records what flows
+    on after their replacements."""
     recorder = RunRecorder(adapter, sites, None if steps is None else set(steps))
     result = sample(
-        adapter, noise, conditioning, num_steps, hooks=[recorder], scheduler=adapter.make_scheduler(shift),
+        adapter, noise, conditioning, num_steps, hooks=[*hooks, recorder], scheduler=adapter.make_scheduler(shift),
         start_step=start_step, resume_scheduler=resume_scheduler, backend=backend,
     )  # fmt: skip
     return RunCache(
