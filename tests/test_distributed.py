@@ -178,11 +178,15 @@ def test_perturb_flow_and_ensemble_on_ray_equal_the_single_process_run(local_ray
 def test_a_killed_sweep_worker_is_retried_and_the_result_still_equals(local_ray, shipped_adapter, one_thread, tmp_path):
     from interp.experiments.patch import PatchConfig, run_patch
 
-    cfg = PatchConfig(n=2, num_steps=SWEEP_STEPS, steps="0-5:2", layers="0,4", span="onward")
+    # Rows of a step in batches of one (to fit a device), scored by the continuous latent metric.
+    cfg = PatchConfig(n=2, num_steps=SWEEP_STEPS, steps="0-5:2", layers="0,4", span="onward", metric="latent",
+                      max_batch=1)  # fmt: skip
     single = run_patch(cfg, shipped_adapter, False)
     retried = run_patch(cfg, shipped_adapter, False, _on_ray(max_retries=2, _fail_once=str(tmp_path / "died")))
     assert (tmp_path / "died").is_file()  # a worker did die holding a start step
     _same_grid(single, retried)
+    one_batch = run_patch(PatchConfig(**{**vars(cfg), "max_batch": None}), shipped_adapter, False)
+    np.testing.assert_allclose(single.per_pair, one_batch.per_pair, rtol=0, atol=1e-6)  # CPU kernels vary by batch
 
 
 def test_the_patch_command_with_ray_writes_the_single_process_result(local_ray, run_cli, one_thread, tmp_path):

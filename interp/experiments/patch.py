@@ -48,10 +48,12 @@ class PatchConfig(CausalConfig):
     span: str = "step"  # step: patch that step only; onward: that step and every later one
     pipeline: dict | None = None  # a real model instead of the testbed: PipelineInputs fields, 2 samples
     backend: str = "hooks"
+    max_batch: int | None = None  # rows (pairs x layers) per model call within a step; None: all of them
 
     cli_help = {
         **CausalConfig.cli_help,
         "steps": "Steps to patch, e.g. all, 0-19:2.",
+        "max_batch": "Rows (pairs x layers) per model call within a step, to fit a device; default all.",
         "layers": "Layers to patch.",
         "sub": "Patch a sub-module (attn1, attn2, ffn), not the block.",
         "region": "Tokens: all, frame:F, diff (cells where solutions differ), .npy mask.",
@@ -61,6 +63,8 @@ class PatchConfig(CausalConfig):
     }
 
     def check(self) -> None:
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
         if self.metric not in METRICS:
@@ -95,7 +99,7 @@ def _patch_at(context: tuple[PatchConfig, PairRuns], step: int) -> torch.Tensor:
     """The unit of work: every (pair, layer) row first patched at ``step``, one batch."""
     cfg, r = context
     return sweep.patch_step(r.adapter, r.base, r.base_cond, r.source, step, r.groups, r.tokens, r.num_steps,
-                            cfg.span == "onward", r.pairs, cfg.backend)  # fmt: skip
+                            cfg.span == "onward", r.pairs, cfg.backend, cfg.max_batch)  # fmt: skip
 
 
 def _maze_pairs(cfg: PatchConfig, adapter) -> PairRuns:

@@ -39,10 +39,12 @@ class SwapConfig(CausalConfig):
     other: str = "rewired"  # rewired (same maze, one wall moved) or an integer seed offset, e.g. "1000"
     pipeline: dict | None = None  # a real model: PipelineInputs fields with samples [base, other]
     backend: str = "hooks"
+    max_batch: int | None = None  # rows (pairs x layers) per model call within a step; None: all of them
 
     cli_help = {
         **CausalConfig.cli_help,
         "steps": "Steps at which to swap (the study: the first step).",
+        "max_batch": "Rows (pairs x layers) per model call within a step, to fit a device; default all.",
         "layers": "Layers to swap.",
         "other": "The other input: rewired (one wall moved) or a seed offset.",
     }
@@ -76,6 +78,8 @@ def run_swap(cfg: SwapConfig, adapter=None, progress: bool = True, executor=None
 
 def _prepare(cfg: SwapConfig, adapter) -> tuple[SwapConfig, PairRuns, dict]:
     """Every check, then the recorded base and other runs."""
+    if cfg.max_batch is not None and cfg.max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, got {cfg.max_batch}")
     return cfg, *(_pipeline_pairs(cfg) if cfg.pipeline is not None else _maze_pairs(cfg, adapter))
 
 
@@ -83,7 +87,7 @@ def _swap_at(context: tuple[SwapConfig, PairRuns, dict], step: int) -> torch.Ten
     """The unit of work: every (pair, layer) row swapped at ``step``, one batch."""
     cfg, r, _ = context
     return sweep.patch_step(r.adapter, r.base, r.base_cond, r.source, step, r.groups, r.tokens, r.num_steps,
-                            False, r.pairs, cfg.backend)  # fmt: skip
+                            False, r.pairs, cfg.backend, cfg.max_batch)  # fmt: skip
 
 
 def _maze_pairs(cfg: SwapConfig, adapter) -> tuple[PairRuns, dict]:

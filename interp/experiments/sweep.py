@@ -125,9 +125,11 @@ def patch_step(
     onward: bool = False,
     pairs: list[tuple[int, int]] | None = None,
     backend: str = "hooks",
+    max_batch: int | None = None,
 ) -> torch.Tensor:
     """Final latents of every (pair, site) patch first applied at ``step``, (pairs, sites, *latent):
-    one batch, every pair x every site, resumed from the base's cached x_s at that step.
+    every pair x every site resumed from the base's cached x_s at that step, in one batch (or in
+    batches of ``max_batch`` rows, to fit a device).
 
     ``sites[k]`` is a site or a tuple of one layer's sites in every expert: at each patched step the
     one that ran there (``active_site``). A pair is (base element, source element); default:
@@ -146,7 +148,10 @@ def patch_step(
     source_elements = [src for _, src in pairs for _ in groups]
     span = range(step, num_steps) if onward else (step,)
     rows = [[p for t in span for p in patches(t, g, tokens[i])] for i in range(len(pairs)) for g in groups]
-    finals = run_patched(
-        adapter, base, base_cond, source, rows, base_elements, source_elements, num_steps, backend=backend
-    )
+    size = max_batch or len(rows)
+    finals = torch.cat([
+        run_patched(adapter, base, base_cond, source, rows[i : i + size], base_elements[i : i + size],
+                    source_elements[i : i + size], num_steps, start_step=step, backend=backend)
+        for i in range(0, len(rows), size)
+    ])  # fmt: skip
     return finals.reshape(len(pairs), len(groups), *finals.shape[1:])
