@@ -67,3 +67,13 @@ def test_wan22_recipe_builds_its_config_without_a_model(tmp_path):
     nb = nbformat.read(NOTEBOOKS / "03_wan22_recipe.ipynb", as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert "model folder found: False" in _outputs(nb)
+
+
+def test_python_api_notebook(tmp_path):
+    out = tmp_path / "api"
+    nb = execute("04_python_api.ipynb", {"OUT": str(out), "N_MAZES": 6, "NUM_STEPS": 5, "THREADS": 2}, tmp_path)
+    text = _outputs(nb)
+    assert "solved: [True, True, True, True, True, True]" in text and "block 4 outputs: (5, 6, 64, 128)" in text
+    assert "zero block 4, every step: solved 0/6" in text and "patched run solves the clean maze:" in text
+    assert (out / "on_path_block4.safetensors").is_file()
+    assert "{'layer': 2, 'video': 6, 'step': 1, 'token': 64, 'hidden': 128}" in text
