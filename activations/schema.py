@@ -35,7 +35,10 @@ Unfinished videos read as NaN in /sites, /x0_hat, /x_t, /final and /condition. `
 denoising steps listed in ``layout["steps"]``; ``token`` is the pooled token axis.
 
 A part file holds the same per-video datasets for its videos only (first axis: its video count), plus
-``attrs["video_indices"]`` and ``/meta``. Virtual-dataset sources are named relative to the main file's
+``attrs["video_indices"]``, ``/meta`` and ``/nonfinite`` (site, step, 3) int64: per site (layout order) and step
+position, how many captured values were NaN, +-Inf, or finite but beyond the store dtype's range (columns
+``attrs["columns"]`` = nan, inf, overflow; counted before the cast; ``activations.nonfinite`` sums them;
+parts written before it existed lack it). Virtual-dataset sources are named relative to the main file's
 folder (``NAME.h5.parts/part_....h5``, with ``%`` written ``%%``, as HDF5 reads ``%`` in source file names
 as a format code), so moving the main file and its parts folder together keeps plain-h5py reads working;
 ``ActivationStore`` also reads a store renamed together with its parts folder, and refuses to open one

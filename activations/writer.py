@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,65 +23,17 @@ import numpy as np
 from activations.index import known_records, scan_parts, write_index
 from activations.integrity import PartRecord, WriterLock, file_sha256, one_line
 from activations.schema import StoreError, StoreLayout, check_header, parts_dir
+from activations.slabs import SlabWriter, site_chunks
+from activations.staging import NONFINITE_COLUMNS, HostStager
 
 _STOP = object()
-# Host memory the writer's queue may hold before the sampler waits (StoreWriter(max_queue_bytes=...)).
+# Host memory the writer's queue may hold before the sampler waits (StoreWriter(max_queue_bytes=...),
+# ``interp trace --queue-mb``): 2 GiB, six Wan 14B block outputs at 480p x 81 frames in fp16.
 DEFAULT_QUEUE_BYTES = 2 << 30
 
 
-def _to_numpy(array, dtype: str) -> np.ndarray:
-    """A detached host copy in the store's dtype (accepts torch tensors and numpy arrays)."""
-    if hasattr(array, "detach"):
-        import torch
-
-        return np.ascontiguousarray(array.detach().to("cpu", getattr(torch, dtype)).numpy())
-    return np.ascontiguousarray(array, dtype=dtype)
-
-
-def site_chunks(batch: int, n_tokens: int, hidden: int, itemsize: int, target: int = 1 << 20) -> tuple[int, ...]:
-    """Chunk shape of a part's (video, step, token, hidden) dataset: one step of several videos, about
-    ``target`` bytes (one step of one video split along tokens when that alone is larger). Measured
-    here: (batch, 1, tokens, hidden) chunks written step by step ran 1.5x faster than per-video chunks."""
-    per_video = n_tokens * hidden * itemsize
-    if per_video >= target:
-        return (1, 1, max(1, min(n_tokens, target // (hidden * itemsize))), hidden)
-    return (max(1, min(batch, target // per_video)), 1, n_tokens, hidden)
-
-
-class SlabWriter:
-    """Writes (videos, tokens, hidden) slabs to ``ds[:, pos]`` of one dataset, one whole chunk at a time.
-
-    The store is uncompressed and its chunks span one step, so each chunk's bytes are a slice of
-    the slab: ``write_direct_chunk`` skips HDF5's selection and chunk-cache copies. Measured here it
-    used 2-3x less CPU than ``ds[:, pos] = data``, which matters because the writer thread shares
-    the cores with the sampler. Edge chunks are padded with NaN (HDF5 stores whole chunks anyway).
-    Other layouts fall back to ``ds[:, pos] = data``. The chunk layout is looked up once.
-    """
-
-    def __init__(self, ds: h5py.Dataset):
-        self.ds = ds
-        self.chunks = ds.chunks
-        self.direct = (
-            self.chunks is not None
-            and not ds.id.get_create_plist().get_nfilters()
-            and self.chunks[1] == 1
-            and self.chunks[3] == ds.shape[3]
-        )
-
-    def write(self, pos: int, data: np.ndarray) -> None:
-        if not self.direct:
-            self.ds[:, pos] = data
-            return
-        cv, _, ct, hidden = self.chunks
-        n_v, n_t, _ = data.shape
-        for v0 in range(0, n_v, cv):
-            for t0 in range(0, n_t, ct):
-                block = data[v0 : v0 + cv, t0 : t0 + ct]
-                if block.shape[:2] != (cv, ct):
-                    padded = np.full((cv, ct, hidden), np.nan, dtype=data.dtype)
-                    padded[: block.shape[0], : block.shape[1]] = block
-                    block = padded
-                self.ds.id.write_direct_chunk((v0, pos, t0, 0), np.ascontiguousarray(block))
+class NonFiniteWarning(UserWarning):
+    """Activations held NaN, Inf or values beyond the store dtype's range (counted before the cast)."""
 
 
 def part_path(parts: Path, videos: Sequence[int]) -> Path:
@@ -154,6 +107,8 @@ class StoreWriter:
         self._queued_bytes = 0
         self.peak_queued_bytes = 0
         self._room = threading.Condition()
+        self.stager = HostStager(layout.dtype)  # device casts, async copies into pinned buffers
+        self.nonfinite: list[tuple[str, int, int, int, int]] = []  # (site, step, nan, inf, overflow), nonzero only
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="activation-store-writer", daemon=True)
         self._thread.start()
@@ -196,7 +151,8 @@ class StoreWriter:
         return PartWriter(self, videos)
 
     def close(self) -> None:
-        """Wait until everything queued is on disk, release the store; raise the writer thread's error."""
+        """Wait until everything queued is on disk, release the store; raise the writer thread's error.
+        Warns (``NonFiniteWarning``, one line) when captured activations held NaN, Inf or overflow."""
         try:
             if self._thread.is_alive():
                 self._queue.put(_STOP)
@@ -205,6 +161,16 @@ class StoreWriter:
         finally:
             self._store_lock.release()
         self._raise_if_failed()
+        if self.nonfinite:
+            totals = np.sum([row[2:] for row in self.nonfinite], axis=0)
+            site, step = self.nonfinite[0][:2]
+            warnings.warn(
+                f"{self.path.name}: non-finite activations at {len(self.nonfinite)} (site, step) pairs (first: {site} "
+                f"step {step}); " + ", ".join(f"{n} {c}" for n, c in zip(totals, NONFINITE_COLUMNS))
+                + f" values, counted before the {self.layout.dtype} cast; list them with `interp verify`",
+                NonFiniteWarning,
+                stacklevel=2,
+            )
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -215,13 +181,32 @@ class StoreWriter:
     # -- the writer thread --------------------------------------------------------------------
     def submit(self, fn: Callable[[], None], nbytes: int = 0) -> None:
         """Queue ``fn`` for the writer thread; ``nbytes``: the host memory it holds until written."""
+        self._reserve(nbytes)
+        self._queue.put((fn, nbytes))
+
+    def submit_array(self, array, write: Callable[[np.ndarray], None]) -> None:
+        """Queue ``write(host copy of array)``: room is reserved first (the sampler waits here when the
+        disk is behind), then the copy is issued (``HostStager``: asynchronous from a device) and the
+        writer thread waits for it, writes it and frees its buffer."""
+        nbytes = self.stager.nbytes(array)
+        self._reserve(nbytes)
+        staged = self.stager.stage(array)
+
+        def run() -> None:
+            try:
+                write(staged.array())
+            finally:
+                staged.release()
+
+        self._queue.put((run, nbytes))
+
+    def _reserve(self, nbytes: int) -> None:
         self._raise_if_failed()
         with self._room:
             while self._queued_bytes and self._queued_bytes + nbytes > self.max_queue_bytes and self._error is None:
                 self._room.wait(timeout=1.0)
             self._queued_bytes += nbytes
             self.peak_queued_bytes = max(self.peak_queued_bytes, self._queued_bytes)
-        self._queue.put((fn, nbytes))
 
     def _raise_if_failed(self) -> None:
         if isinstance(self._error, StoreError):
@@ -285,6 +270,8 @@ class PartWriter:
         self._file: h5py.File | None = None
         self._slabs: dict[str, SlabWriter] = {}  # site -> writer; looking a dataset up by name costs ~0.5 ms
         b, n_s = len(videos), len(lay.steps)
+        self._site_pos = {s: i for i, s in enumerate(lay.sites)}
+        self._nonfinite = np.zeros((len(lay.sites), n_s, len(NONFINITE_COLUMNS)), dtype=np.int64)
 
         def create() -> None:
             store._open_parts.add(self)
@@ -310,8 +297,9 @@ class PartWriter:
             raise ValueError(f"step {step} is not among the store's steps {self.store.layout.steps}")
         return self._step_pos[step]
 
-    def write_site(self, site: str, step: int, tokens) -> None:
-        """Tokens of ``site`` at denoising ``step`` for the whole batch: (batch, n_tokens, hidden)."""
+    def write_site(self, site: str, step: int, tokens, captured=None) -> None:
+        """Tokens of ``site`` at denoising ``step`` for the whole batch: (batch, n_tokens, hidden).
+        ``captured``: the values before pooling, where NaN / Inf / overflow are counted (default ``tokens``)."""
         lay = self.store.layout
         if site not in lay.hidden:
             raise ValueError(f"site {site!r} is not in the store (sites: {lay.sites})")
@@ -319,19 +307,24 @@ class PartWriter:
         if tuple(tokens.shape) != expected:
             raise ValueError(f"{site} at step {step}: expected shape {expected}, got {tuple(tokens.shape)}")
         pos = self._position(step)
-        data = _to_numpy(tokens, lay.dtype)
-        self.store.submit(lambda: self._slabs[site].write(pos, data), data.nbytes)
+        counts = self.store.stager.count_nonfinite(tokens if captured is None else captured)
+        slab = (self._site_pos[site], pos)
+
+        def write(data: np.ndarray) -> None:
+            self._slabs[site].write(pos, data)
+            self._nonfinite[slab] = counts.array()
+            counts.release()
+
+        self.store.submit_array(tokens, write)
 
     def write_x0_hat(self, step: int, latents) -> None:
         pos = self._position(step)
-        data = _to_numpy(latents, self.store.layout.dtype)
-        self.store.submit(lambda: self._x0_hat.__setitem__(np.s_[:, pos], data), data.nbytes)
+        self.store.submit_array(latents, lambda data: self._x0_hat.__setitem__(np.s_[:, pos], data))
 
     def write_x_t(self, step: int, latents) -> None:
         """The noisy latent that entered the model at ``step`` (what a probe sees without the network)."""
         pos = self._position(step)
-        data = _to_numpy(latents, self.store.layout.dtype)
-        self.store.submit(lambda: self._x_t.__setitem__(np.s_[:, pos], data), data.nbytes)
+        self.store.submit_array(latents, lambda data: self._x_t.__setitem__(np.s_[:, pos], data))
 
     def write_condition(self, condition) -> None:
         """The batch's conditioning latent, (batch, *layout.condition_shape)."""
@@ -339,18 +332,18 @@ class PartWriter:
         expected = (len(self.videos), *shape) if shape is not None else None
         if expected is None or tuple(condition.shape) != expected:
             raise ValueError(f"condition of shape {tuple(condition.shape)} but the store expects {expected}")
-        data = _to_numpy(condition, self.store.layout.dtype)
-        self.store.submit(lambda: self._file["condition"].__setitem__(Ellipsis, data))
+        self.store.submit_array(condition, lambda data: self._file["condition"].__setitem__(Ellipsis, data))
 
     def finish(self, final_latents, metas: Sequence[dict]) -> None:
         """Queue the final latents and per-video metadata, then close and publish the part."""
         if len(metas) != len(self.videos):
             raise ValueError(f"{len(self.videos)} videos but {len(metas)} metadata records")
-        data = _to_numpy(final_latents, self.store.layout.dtype)
         meta = np.array([json.dumps(m, sort_keys=True) for m in metas], dtype=object)
+        self.store.submit_array(final_latents, lambda data: self._file["final"].__setitem__(Ellipsis, data))
 
         def close() -> None:
-            self._file["final"][...] = data
+            counts = self._file.create_dataset("nonfinite", data=self._nonfinite)
+            counts.attrs["columns"] = list(NONFINITE_COLUMNS)
             self._file.create_dataset("meta", data=meta, dtype=h5py.string_dtype())
             # A full disk fails here, not inside close: a dataset whose close failed is freed behind
             # its id, and h5py's later clean-up of that id segfaulted (``abandon`` closes after truncating).
@@ -358,6 +351,9 @@ class PartWriter:
             self._file.close()
             self.store._open_parts.discard(self)
             self.store._finish_part(self._tmp_path, self._final_path, self.videos, list(meta))
+            lay = self.store.layout
+            for i, j in zip(*np.nonzero(self._nonfinite.any(axis=2))):
+                self.store.nonfinite.append((lay.sites[i], lay.steps[j], *map(int, self._nonfinite[i, j])))
 
         self.store.submit(close)
 

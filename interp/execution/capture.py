@@ -70,8 +70,8 @@ class StoreSink:
         self.grids = grids
 
     def __call__(self, state: StepState, activations: dict[str, torch.Tensor]) -> None:
-        for site, tokens in activations.items():
-            self.part.write_site(site, state.step, self.pooling.apply(tokens, self.grids[site]))
+        for site, tokens in activations.items():  # NaN / Inf counted on the captured tokens, before pooling
+            self.part.write_site(site, state.step, self.pooling.apply(tokens, self.grids[site]), captured=tokens)
         self.part.write_x0_hat(state.step, state.x0_hat)
         self.part.write_x_t(state.step, state.latents)
 
