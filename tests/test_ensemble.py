@@ -1,5 +1,7 @@
 """Seed ensemble: N = 1 is plain sampling, merge rules do what they say, the CLI reports controls."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,10 @@ def test_ensemble_cli_reports_single_seed_oracle_ensembles_and_controls(tmp_path
     for method in ("single seed", "best of N (oracle)", "ensemble (rescaled)", "control: noise x 1/sqrt(N)"):
         assert method in stdout
     assert "control: temperature" in stdout and (tmp_path / "ensemble.csv").is_file()
+    # The same maze by one seed, the ensemble and its temperature control, side by side; paired tests.
+    assert (tmp_path / "videos" / "side_by_side.png").is_file() and len(list((tmp_path / "videos").glob("*.gif"))) == 3
+    manifest = json.loads((tmp_path / "run.json").read_text())
+    assert any(t["title"].startswith("paired on the same mazes") for t in manifest["tables"])
     code, _, err = run_cli("ensemble", "-n", 2, "--merge", "median", "--out", tmp_path / "x")
     assert code == 2 and "merge rule" in err
 
@@ -88,3 +94,18 @@ def test_ensemble_on_a_pipeline_model_writes_videos_latents_and_stats(tmp_path, 
     code, _, err = run_cli("ensemble", "--config", out / "ensemble.json", "--out", tmp_path / "again")
     assert code == 0, err  # the saved config reruns the same ensemble
     assert json.loads((tmp_path / "again" / "ensemble.json").read_text())["rows"] == rows
+
+
+def test_paired_rows_count_discordant_mazes():
+    from interp.experiments._ensemble_examples import paired_rows
+
+    def row(method, solved, **extra):
+        return {"size": 5, "method": method, "accuracy": sum(solved) / len(solved), "solved": solved, **extra}
+
+    rows = [row("single seed", [1, 0, 0, 1, 0, 0]), row("ensemble (mean)", [1, 1, 1, 1, 1, 0], n_seeds=3, k=1),
+            row("control: temperature", [1, 1, 0, 1, 1, 1], scale=0.58)]  # fmt: skip
+    paired = paired_rows(rows)
+    vs_single = next(r for r in paired if r["method"].startswith("ensemble") and r["against"] == "single seed")
+    assert (vs_single["only method"], vs_single["only against"]) == (3, 0) and vs_single["p"] == 0.25
+    vs_control = next(r for r in paired if r["against"].startswith("control"))
+    assert (vs_control["only method"], vs_control["only against"]) == (1, 1) and vs_control["p"] == 1.0

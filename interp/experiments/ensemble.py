@@ -31,9 +31,10 @@ from interp.analysis.claims import ensemble_gain
 from interp.evaluation import verify_latents, wilson_interval
 from interp.execution.loop import StepHook, initial_noise, sample
 from interp.execution.patching import repeat_conditioning
+from interp.experiments._ensemble_examples import add_paired, save_examples
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
 from interp.experiments.executors import LocalExecutor, Sweep, executor_or_local
-from interp.report.ensemble_figures import plot_rows
+from interp.report.ensemble_figures import plot_rows, text_table
 from interp.sources import PipelineInputs, load_testbed
 from interp.tasks import maze as maze_task
 
@@ -142,7 +143,8 @@ def _solved(adapter, latents, mazes) -> np.ndarray:
 
 def _row(name: str, size: int, solved: np.ndarray, **extra) -> dict:
     lo, hi = wilson_interval(int(solved.sum()), len(solved))
-    return {"size": size, "method": name, "accuracy": float(solved.mean()), "ci95": [lo, hi], "n": len(solved), **extra}
+    row = {"size": size, "method": name, "accuracy": float(solved.mean()), "ci95": [lo, hi], "n": len(solved)}
+    return {**row, **extra, "solved": solved.astype(int).tolist()}  # per maze: for paired tests
 
 
 def _check_sweep(seeds: list[int], ks: list[int], merges: list[str], num_steps: int) -> None:
@@ -247,19 +249,16 @@ def save_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
     if cfg.pipeline is not None:
         return _save_pipeline_ensemble(rows, cfg, out)
     out, _ = _write_rows(rows, cfg, out)
-    lines = [f"{'size':>4} {'method':<30} {'N':>3} {'K':>3} {'scale':>6} {'accuracy':>9}  95% CI"]
-    for r in rows:
-        n_seeds, k, scale = r.get("n_seeds", ""), r.get("k", ""), r.get("scale", "")
-        scale = f"{scale:.2f}" if scale != "" else ""
-        lines.append(
-            f"{r['size']:>4} {r['method']:<30} {n_seeds!s:>3} {k!s:>3} {scale:>6} {r['accuracy']:>9.3f}"
-            f"  {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}"
-        )
-    text = "\n".join(lines)
-    (out / "ensemble.txt").write_text(text + "\n")
+    lines = text_table(rows)
+    (out / "ensemble.txt").write_text("\n".join(lines) + "\n")
     plot_rows(rows, out / "ensemble.png")
     manifest = Manifest("ensemble", "seed ensemble", "ensemble", cfg.to_dict())
-    manifest.add(out / "ensemble.png", "figure", "accuracy with 95% intervals")
+    manifest.add(
+        out / "ensemble.png",
+        "figure",
+        "accuracy with 95% Wilson intervals; beside each method its paired "
+        "exact McNemar test against one seed on the same mazes",
+    )
     manifest.add(out / "ensemble.json", "data", "config and rows")
     manifest.add(out / "ensemble.csv", "table", "rows as CSV")
     manifest.add(out / "ensemble.txt", "table", "rows as text")
@@ -272,6 +271,8 @@ def save_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
     columns = ["size", "method", "n_seeds", "k", "scale", "accuracy", "ci95", "n"]
     manifest.tables.append(Table("accuracy per method", columns, table_rows, {"accuracy": ".3f", "scale": ".2f"}))
     manifest.headline = lines
+    add_paired(manifest, rows)
+    save_examples(cfg, out, manifest)
     manifest.claims.extend(ensemble_gain(rows))
     manifest.write(out)
     return manifest
