@@ -73,17 +73,29 @@ def generate_mazes(
     return results
 
 
+def commit_step(result: Generated) -> int:
+    """First step from which the decoded x0_hat stays the final video (its picture commits)."""
+    same = [np.array_equal(x, result.video) for x in result.x0_videos]
+    step = len(same)
+    while step > 0 and same[step - 1]:
+        step -= 1
+    return step
+
+
 def write_generated(result: Generated, out_dir: str | Path) -> dict[str, Path]:
     """video.gif, filmstrip.png and verdict.json for one generated maze video."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     title = (
         f"maze {result.maze.size}x{result.maze.size} seed {result.maze.seed}: "
-        f"{'solved' if result.verdict.solved else 'not solved'}"
+        f"{'solved' if result.verdict.solved else 'not solved'}; x0_hat final from step {commit_step(result)}\n"
+        "(only the steps where the picture changes)"
     )
+    strip = save_filmstrip(result.x0_videos, result.sigmas, out_dir / "filmstrip.png", title=title,
+                           legend=maze_task.PALETTE, only_changes=True)  # fmt: skip
     paths = {
         "video": save_gif(result.video, out_dir / "video.gif"),
-        "filmstrip": save_filmstrip(result.x0_videos, result.sigmas, out_dir / "filmstrip.png", title=title),
+        "filmstrip": strip,
         "verdict": out_dir / "verdict.json",
     }
     record = {

@@ -71,3 +71,70 @@ def test_bootstrap_r2_matches_the_pooled_score_on_the_full_sample():
 @pytest.mark.parametrize("n_videos", [1])
 def test_one_test_video_gives_no_interval(n_videos):
     assert np.isnan(probe_intervals(np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(4, int), CLASS)).all()
+
+
+def test_pair_intervals_cover_the_mean_and_need_two_pairs():
+    from interp.report.causal_figures import pair_intervals
+
+    per_pair = np.array([[[0.0, 1.0]], [[1.0, 1.0]], [[0.5, np.nan]]])  # (pairs, steps, layers)
+    low, high = pair_intervals(per_pair)
+    assert low.shape == (1, 2) and low[0, 0] <= 0.5 <= high[0, 0] and low[0, 1] == high[0, 1] == 1.0
+    assert np.isnan(pair_intervals(per_pair[:1])[0]).all()
+
+
+def test_noise_curves_have_integer_frame_ticks_and_name_what_is_zero_by_construction(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from interp.report import causal_figures
+
+    kept = {}
+    monkeypatch.setattr(plt, "close", lambda fig: kept.setdefault("fig", fig))
+    point = {"accuracy": 0.0, "ci95": [0.0, 0.1], "final_exact": 1.0, "final_exact_ci95": [0.9, 1.0]}
+    at_frame = {"0": point, "1": point, "2": point}  # keys as they come back from result.json
+    causal_figures.noise_curves({"accuracy": 1.0}, {"0": point, "5": point}, at_frame, tmp_path / "n.png")
+    frames_ax = kept["fig"].axes[1]
+    ticks = [t for t in frames_ax.get_xticks() if 0 <= t <= 2]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert "0 by construction" in frames_ax.get_title()
+
+
+def test_energy_maps_share_one_scale_per_layer_across_steps_with_colour_bars(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from interp.report.energy_plots import maze_walls, plot_token_maps
+    from interp.tasks import maze as maze_task
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig: kept.append(fig))
+    maps = np.random.default_rng(0).random((2, 3, 4, 4))
+    walls = maze_walls(maze_task.generate_maze(4, 0).open_sides)
+    plot_token_maps(maps, [0, 7], tmp_path / "e.png", limits=[(0.0, 5.0), (1.0, 2.0)], overlay=walls)
+    fig = kept[0]
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert {im.get_clim() for im in images[:3]} == {(0.0, 5.0)} and {im.get_clim() for im in images[3:]} == {(1.0, 2.0)}
+    assert len([ax for ax in fig.axes if not ax.images]) == 2  # one colour bar per layer row
+    assert all(ax.lines for ax in fig.axes if ax.images)  # the maze's walls drawn on every map
+
+
+def test_filmstrips_keep_the_steps_that_change_and_choose_mazes_that_show_change():
+    from types import SimpleNamespace
+
+    from interp.experiments.generate import choose_filmstrips
+    from interp.report.filmstrip import changing_rows
+
+    x0 = np.zeros((20, 4, 9, 9, 3), np.uint8)
+    x0[3:] = 1
+    x0[12:] = 2  # the picture changes at steps 3 and 12
+    assert changing_rows(x0) == [0, 3, 12, 19]
+    assert len(changing_rows(np.arange(20)[:, None] * np.ones((20, 2)), max_rows=8)) == 8
+
+    def made(seed, solved, commit, size=4):
+        video = np.full((4, 9, 9, 3), 9, np.uint8)
+        x0 = np.zeros((20, 4, 9, 9, 3), np.uint8)
+        x0[commit:] = video
+        return SimpleNamespace(maze=SimpleNamespace(seed=seed, size=size), verdict=SimpleNamespace(solved=solved),
+                               video=video, x0_videos=x0)  # fmt: skip
+
+    pool = [made(0, True, 0), made(1, True, 9), made(2, False, 2), made(3, True, 0)]
+    chosen = choose_filmstrips(pool, [made(10, False, 5, size=5)], 3)
+    assert [g.maze.seed for g in chosen] == [2, 1, 10]  # the failure, the late commit, a larger size

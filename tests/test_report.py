@@ -18,8 +18,8 @@ from interp.report.html import write_report
 DEMO_ARGS = ["--n-filmstrips", "1", "--n-accuracy", "8", "--n-trace", "8", "--probe-target", "on_path"]
 DEMO_ARGS += ["--n-causal", "1", "--n-noise", "4", "--n-ensemble", "4"]
 ARTEFACTS = [
-    "maze4_seed0/filmstrip.png",
-    "maze4_seed0/video.gif",
+    "maze4_seed*/filmstrip.png",  # the filmstrip maze is chosen to show change: any held-out seed
+    "maze4_seed*/video.gif",
     "accuracy.json",
     "trace.h5",
     "energy_step00/energy_maps.png",
@@ -38,6 +38,15 @@ ARTEFACTS = [
 ]
 
 
+def _resolve(out, path: str) -> str:
+    """An artefact's path; a pattern (``*``) resolves to the one file it matches."""
+    if "*" not in path:
+        return path
+    found = sorted(out.glob(path))
+    assert len(found) == 1, f"{path}: {found}"
+    return found[0].relative_to(out).as_posix()
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
@@ -49,7 +58,7 @@ def demo_run(tmp_path_factory):
 def test_demo_writes_every_artefact_and_prints_headlines(demo_run):
     out, output = demo_run
     for path in ARTEFACTS:
-        assert (out / path).is_file(), path
+        assert (out / _resolve(out, path)).is_file(), path
     assert "held-out 4x4 mazes:" in output and "probe on_path: best selectivity" in output
     assert "seed ensemble, 5x5: one seed" in output and "noise at step:" in output
     assert f"report: {(out / 'report.html').resolve()}" in output
@@ -63,7 +72,7 @@ def test_report_links_every_artefact(demo_run):
     links = set(re.findall(r'href="([^"#][^"]*)"', page))
     embedded = set(re.findall(r'data-file="([^"]*)"', page))
     for path in ARTEFACTS[:-1]:
-        assert path in links, f"{path} not linked"
+        assert _resolve(out, path) in links, f"{path} not linked"
     for png in out.rglob("*.png"):
         assert png.relative_to(out).as_posix() in embedded, f"{png} not shown"
     for f in out.rglob("*"):  # nothing the run wrote is left out (store parts are the store's own)
@@ -124,7 +133,7 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(demo_run, t
 ORGANISM_ARGS = ["--n-filmstrips", "1", "--n-accuracy", "4", "--n-trace", "4", "--probe-target", "on_path"]
 ORGANISM_ARGS += ["--probe-steps", "0-19:10", "--n-causal", "1", "--n-noise", "2", "--n-ensemble", "2"]
 ORGANISM_ARGS += ["--n-exploration", "2", "--n-select", "2"]
-ORGANISM_ARTEFACTS = ["maze6_seed0/filmstrip.png", "trace.h5", "exploration/exploration.png",
+ORGANISM_ARTEFACTS = ["maze6_seed*/filmstrip.png", "trace.h5", "exploration/exploration.png",
                       "exploration/exploration.json", "early_select/early_select.png", "early_select/early_select.json",
                       "ensemble/ensemble.json", "report.html"]  # fmt: skip
 
@@ -134,13 +143,13 @@ def test_organism_demo_writes_its_artefacts_and_both_testbeds_show_side_by_side(
     result = CliRunner().invoke(cli.app, ["demo", "--model", "testbed-mixed", "--out", str(out), *ORGANISM_ARGS])
     assert result.exit_code == 0, result.output
     for path in ORGANISM_ARTEFACTS:
-        assert (out / path).is_file(), path
+        assert (out / _resolve(out, path)).is_file(), path
     assert "held-out 6x6 mazes:" in result.output and "early selection 6x6: one seed" in result.output
     assert "testbed-mixed 6x6: final" in result.output
     page = (out / "report.html").read_text()
     links = set(re.findall(r'href="([^"#][^"]*)"', page))
     for path in ORGANISM_ARTEFACTS[:-1]:
-        assert path in links, f"{path} not linked"
+        assert _resolve(out, path) in links, f"{path} not linked"
     assert "early-step selection beats one seed" in page and "multi-path exploration then convergence" in page
     both = write_report(out.parent).read_text()  # the folder holding both studies
     assert '<section id="side-by-side">' in both

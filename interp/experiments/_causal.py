@@ -11,7 +11,7 @@ import numpy as np
 
 from interp.execution.patching import RunCache, record_run
 from interp.execution.runner import BACKENDS
-from interp.experiments.base import ExperimentConfig, Manifest
+from interp.experiments.base import ExperimentConfig, Manifest, Table
 from interp.sources import PipelineInputs, load_testbed, maze_inputs
 from interp.tasks import maze as maze_task
 
@@ -162,6 +162,16 @@ def save_grid(result: GridResult, out: str | Path, kind: str, title: str, figure
     from interp.report.causal_figures import grid_heatmap
 
     manifest = write_record(out, result.config, result.record(), kind, title, "patching")
+    cfg = result.config
+    constant = getattr(cfg, "span", None) == "onward" and getattr(cfg, "region", None) == "all"
+    if constant:  # say what the figure cannot show
+        note = (
+            "by construction the same at every layer where the conditioning enters only through the input "
+            "tokens (the testbed): from step s on, every later block sees the source run's output of block k "
+            "at every token, so only the step axis is informative"
+        )
+        figure_title += "\n(onward, all tokens: equal across layers by construction; read the steps)"
+        manifest.notes.append(f"Patching onward at every token is {note}.")
     heatmap = grid_heatmap(result.grid, Path(out) / "heatmap.png", figure_title)
     manifest.add(heatmap, "figure", figure_title)
     best = result.best()
@@ -172,9 +182,36 @@ def save_grid(result: GridResult, out: str | Path, kind: str, title: str, figure
         f"mean {np.nanmean(result.grid.values):.2f} over {np.isfinite(result.grid.values).sum()} cells"
     )
     manifest.notes.append(result.meaning)
+    _pair_intervals(result, manifest)
     save_videos(result.videos, Path(out), manifest, "what the intervention did, first pair")
     manifest.write(out)
     return manifest
+
+
+def _pair_intervals(result: GridResult, manifest: Manifest) -> None:
+    """Per step, the layer-mean score with a 95% bootstrap interval over pairs, and the best cell's."""
+    from interp.report.causal_figures import pair_intervals
+
+    per_pair = np.asarray(result.per_pair, dtype=float)
+    n_pairs = int(np.isfinite(per_pair).any(axis=(1, 2)).sum()) if per_pair.ndim == 3 else 0
+    if n_pairs < 2:
+        manifest.notes.append(f"{n_pairs} scored pair(s): no interval over pairs")
+        return
+    low, high = pair_intervals(np.nanmean(per_pair, axis=2, keepdims=True)[..., 0])  # (steps,)
+    with np.errstate(invalid="ignore"):
+        means = np.nanmean(np.asarray(result.grid.values, dtype=float), axis=1)
+    steps = [int(s) for s in result.grid.step.values]
+    rows = [{"step": s, "mean over layers": m, "ci95 low": lo, "ci95 high": hi, "pairs": n_pairs}
+            for s, m, lo, hi in zip(steps, means, low, high)]  # fmt: skip
+    manifest.tables.append(Table(f"{result.grid.name} per step (mean over layers; 95% bootstrap over {n_pairs} pairs)",
+                                 ["step", "mean over layers", "ci95 low", "ci95 high", "pairs"], rows,
+                                 {"mean over layers": ".2f", "ci95 low": ".2f", "ci95 high": ".2f"}))  # fmt: skip
+    best = result.best()
+    if best is not None:
+        cell_low, cell_high = pair_intervals(per_pair)
+        i, j = steps.index(best[1]), [int(v) for v in result.grid.layer.values].index(best[2])
+        interval = f"{cell_low[i, j]:.2f}-{cell_high[i, j]:.2f}"
+        manifest.headline.append(f"best cell 95% interval over {n_pairs} pairs: {interval}")
 
 
 def first_pair_videos(r: PairRuns, finals, scores: np.ndarray, names: tuple[str, str, str]) -> dict | None:
@@ -196,8 +233,9 @@ def example_videos(adapter, runs: dict) -> dict | None:
         return None
 
 
-def save_videos(videos: dict | None, out: Path, manifest: Manifest, caption: str) -> None:
-    """One GIF per video and a side-by-side figure (rows runs, columns frames) in ``out/videos``."""
+def save_videos(videos: dict | None, out: Path, manifest: Manifest, caption: str, legend: dict | None = None) -> None:
+    """One GIF per video and a side-by-side figure (rows runs, columns frames) in ``out/videos``
+    (``legend``: colour name -> RGB under the figure, e.g. ``maze.PALETTE``)."""
     if not videos:
         return
     from interp.report.filmstrip import save_gif, save_side_by_side
@@ -206,4 +244,4 @@ def save_videos(videos: dict | None, out: Path, manifest: Manifest, caption: str
     for name, video in videos.items():
         path = save_gif(video, folder / f"{name.replace(' ', '_')}.gif", scale=max(1, 128 // video.shape[2]))
         manifest.add(path, "video", name)
-    manifest.add(save_side_by_side(videos, folder / "side_by_side.png"), "figure", caption)
+    manifest.add(save_side_by_side(videos, folder / "side_by_side.png", legend=legend), "figure", caption)

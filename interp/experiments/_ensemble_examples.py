@@ -72,6 +72,7 @@ def save_examples(cfg, out: Path, manifest: Manifest, adapter=None, mazes_tried:
     runs); one maze where they differ is decoded and saved as GIFs and a side-by-side figure."""
     from interp.experiments._causal import save_videos
     from interp.experiments.ensemble import _prepare, _sample_groups, _solved
+    from interp.tasks.maze import PALETTE
 
     ensemble = next((v for v in _variants_of(cfg) if v[2] > 1 and v[1]["method"].startswith("ensemble")), None)
     control = next((v for v in _variants_of(cfg) if v[1]["method"] == "control: temperature"), None)
@@ -94,7 +95,7 @@ def save_examples(cfg, out: Path, manifest: Manifest, adapter=None, mazes_tried:
                   for name, latents in finals.items()}  # fmt: skip
     size = max(cfg.sizes)
     save_videos(videos, out, manifest, f"maze {mazes[i].seed} ({size}x{size}), the same noise: one seed, the ensemble "
-                f"and its temperature control (rows), frames (columns)")  # fmt: skip
+                f"and its temperature control (rows), frames (columns)", legend=PALETTE)  # fmt: skip
 
 
 def _variants_of(cfg):

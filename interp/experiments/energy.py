@@ -21,6 +21,7 @@ class EnergyConfig(ExperimentConfig):
     store: str = ""
     video: int = 0
     step: int = 0
+    scale_steps: list[int] | None = None  # steps sharing each layer's colour scale (None: this step's own)
 
 
 def check(cfg: EnergyConfig, store: ActivationStore) -> None:
@@ -38,14 +39,20 @@ def run_energy(cfg: EnergyConfig, out, progress: bool = True) -> list[Path]:
         raise ValueError(f"no activation store at {cfg.store}")
     with ActivationStore(cfg.store) as store:
         check(cfg, store)
-        return write_energy_figures(store, cfg.video, cfg.step, out)
+        missing = [s for s in cfg.scale_steps or [] if s not in store.steps]
+        if missing:
+            raise ValueError(f"scale step {missing[0]} is not stored; stored steps: {store.steps}")
+        return write_energy_figures(store, cfg.video, cfg.step, out, cfg.scale_steps)
 
 
 def save_energy(paths: list[Path], cfg: EnergyConfig, out) -> Manifest:
     manifest = Manifest("energy", f"token energy, video {cfg.video}, step {cfg.step}", "energy", cfg.to_dict())
     for path in paths:
         manifest.add(path, "figure" if path.suffix == ".png" else "data", CAPTIONS.get(path.name, path.name))
-    manifest.notes.append("Per-token residual norm and PCA maps, one video.")
+    scale = (f"each layer's colour scale is shared by steps {cfg.scale_steps}, so the figures of those steps compare"
+             if cfg.scale_steps else "each layer on its own colour scale at this step")  # fmt: skip
+    manifest.notes.append(f"Per-token residual norm and PCA maps, one video; {scale}; maze walls drawn in cyan "
+                          "where the store holds one token per cell. Frames are latent frames.")  # fmt: skip
     manifest.write(out)
     return manifest
 
@@ -54,8 +61,9 @@ def demo(ctx) -> None:
     """The study: energy maps of video 0 at the first, middle and last stored step."""
     with ActivationStore(ctx.store) as store:
         steps = store.steps
-    for step in (steps[0], steps[len(steps) // 2], steps[-1]):
-        cfg = EnergyConfig(store=str(ctx.store), video=0, step=step)
+    shown = [steps[0], steps[len(steps) // 2], steps[-1]]
+    for step in shown:
+        cfg = EnergyConfig(store=str(ctx.store), video=0, step=step, scale_steps=shown)
         out = ctx.out / f"energy_step{step:02d}"
         save_energy(run_energy(cfg, out), cfg, out)
 

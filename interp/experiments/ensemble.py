@@ -253,12 +253,8 @@ def save_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
     (out / "ensemble.txt").write_text("\n".join(lines) + "\n")
     plot_rows(rows, out / "ensemble.png")
     manifest = Manifest("ensemble", "seed ensemble", "ensemble", cfg.to_dict())
-    manifest.add(
-        out / "ensemble.png",
-        "figure",
-        "accuracy with 95% Wilson intervals; beside each method its paired "
-        "exact McNemar test against one seed on the same mazes",
-    )
+    paired = "accuracy with 95% Wilson intervals; beside each method its exact McNemar test against one seed"
+    manifest.add(out / "ensemble.png", "figure", paired + " on the same mazes")
     manifest.add(out / "ensemble.json", "data", "config and rows")
     manifest.add(out / "ensemble.csv", "table", "rows as CSV")
     manifest.add(out / "ensemble.txt", "table", "rows as text")

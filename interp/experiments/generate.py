@@ -53,18 +53,34 @@ def save_generated(result: Generated, cfg: GenerateConfig, out) -> Manifest:
     return manifest
 
 
+def choose_filmstrips(in_size: list[Generated], larger: list[Generated], n: int) -> list[Generated]:
+    """``n`` videos that show change rather than n alike: failures first, then the latest commits
+    (x0_hat settles on its final picture late), and about a third from a larger, out-of-distribution size."""
+    from interp.generation import commit_step
+
+    n_larger = min(len(larger), max(1, n // 3)) if n > 1 else 0
+    ranked = sorted(in_size, key=lambda g: (g.verdict.solved, -commit_step(g), g.maze.seed))
+    ranked_larger = sorted(larger, key=lambda g: (g.verdict.solved, -commit_step(g), g.maze.seed))
+    return ranked[: n - n_larger] + ranked_larger[:n_larger]
+
+
 def demo(ctx) -> None:
-    """The study: x0_hat filmstrips of held-out mazes of the largest trained size."""
+    """The study: x0_hat filmstrips of held-out mazes chosen to show change (``choose_filmstrips``)
+    from 4n candidates of the largest trained size and n of one size larger."""
+    from interp.generation import commit_step
     from interp.tasks.splits import held_out_seeds
 
     n, size, frames = ctx.options["n_filmstrips"], ctx.size, ctx.frames
-    ctx.stage(f"x0_hat filmstrips of {n} held-out {size}x{size} mazes")
-    mazes = [maze_task.generate_maze(size, s) for s in held_out_seeds(n)]
-    for result in generate_mazes(ctx.adapter, mazes, frames):
-        folder = ctx.out / f"maze{size}_seed{result.maze.seed}"
-        cfg = GenerateConfig(model=ctx.model, size=size, frames=frames, seed=result.maze.seed)
+    ctx.stage(f"x0_hat filmstrips of {n} held-out mazes: failures, late commits, a larger size ({size + 1}x{size + 1})")
+    pool = generate_mazes(ctx.adapter, [maze_task.generate_maze(size, s) for s in held_out_seeds(4 * n)], frames)
+    larger = generate_mazes(ctx.adapter, [maze_task.generate_maze(size + 1, s) for s in held_out_seeds(n)], frames)
+    for result in choose_filmstrips(pool, larger, n):
+        m = result.maze
+        folder = ctx.out / f"maze{m.size}_seed{m.seed}"
+        cfg = GenerateConfig(model=ctx.model, size=m.size, frames=frames, seed=m.seed)
         save_generated(result, cfg, folder)
-        ctx.echo(f"  seed {result.maze.seed}: {'solved' if result.verdict.solved else 'NOT solved'} -> {folder}")
+        state = "solved" if result.verdict.solved else "NOT solved"
+        ctx.echo(f"  {m.size}x{m.size} seed {m.seed}: {state}, x0_hat final from step {commit_step(result)}: {folder}")
 
 
 def _pipeline_config():

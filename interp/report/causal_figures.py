@@ -23,7 +23,7 @@ def grid_heatmap(grid, path: str | Path, title: str, vmin: float = 0.0, vmax: fl
 
     plt = _plt()
     # Wide enough for the title even with one or two steps (a swap at the first step only).
-    width = max(1.2 + 0.45 * grid.sizes["step"], 0.075 * len(title) + 1.0)
+    width = max(1.2 + 0.45 * grid.sizes["step"], 0.075 * max(map(len, title.splitlines())) + 1.0)
     fig, ax = plt.subplots(figsize=(width, 1.4 + 0.35 * grid.sizes["layer"]))
     table = grid.transpose("layer", "step").to_pandas().sort_index(ascending=False)
     sns.heatmap(table, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=table.size <= 200, fmt=".2f")
@@ -40,23 +40,30 @@ def noise_curves(baseline: dict, at_step: dict, at_frame: dict, path: str | Path
     """Noise at step vs noise at frame: accuracy curves with 95% intervals (or similarities) and the baseline."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for ax, result, label in ((axes[0], at_step, "denoising step s"), (axes[1], at_frame, "frame f")):
+    for ax, result, label in ((axes[0], at_step, "denoising step s"), (axes[1], at_frame, "latent frame f")):
         xs = sorted(result, key=int)
+        pos = [int(x) for x in xs]  # numeric, whether the keys came as ints or as JSON strings
         if "similarity" in baseline:  # a pipeline model: no verifier
-            ax.plot(xs, [result[x]["similarity"] for x in xs], "o-", label="cosine similarity to unperturbed")
+            ax.plot(pos, [result[x]["similarity"] for x in xs], "o-", label="cosine similarity to unperturbed")
             ax.set_xlabel(label)
             ax.set_ylim(-1.02, 1.02)
             continue
         for metric, colour in (("accuracy", "C0"), ("final_exact", "C1")):
             ys = [result[x][metric] for x in xs]
             ci = np.array([result[x]["ci95" if metric == "accuracy" else "final_exact_ci95"] for x in xs])
-            ax.plot(xs, ys, "o-", color=colour, label="solved" if metric == "accuracy" else "answer (last frame)")
-            ax.fill_between(xs, ci[:, 0], ci[:, 1], color=colour, alpha=0.2)
+            ax.plot(pos, ys, "o-", color=colour, label="solved" if metric == "accuracy" else "answer (last frame)")
+            ax.fill_between(pos, ci[:, 0], ci[:, 1], color=colour, alpha=0.2)
         ax.axhline(baseline["accuracy"], color="grey", ls="--", label="no noise (solved)")
         ax.set_xlabel(label)
         ax.set_ylim(-0.02, 1.02)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_title("x_s of every frame replaced by fresh noise at step s", fontsize=10)
-    axes[1].set_title("frame f replaced by fresh noise at every step", fontsize=10)
+    by_construction = "\n'solved' is 0 by construction (the noised frame is checked)"
+    by_construction = "" if "similarity" in baseline else by_construction
+    axes[1].set_title("frame f replaced by fresh noise at every step" + by_construction, fontsize=10)
     axes[0].set_ylabel("share of mazes")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
@@ -88,3 +95,19 @@ def flow_figure(cka, sensitivity: list[float], path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def pair_intervals(per_pair: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """95% bootstrap intervals over pairs of the mean score of every cell: ``per_pair`` (pairs, ...)
+    with NaN where a pair was skipped; (low, high) of the cells' shape (NaN with fewer than 2 pairs)."""
+    import warnings
+
+    values = np.asarray(per_pair, dtype=float)
+    if len(values) < 2:
+        nan = np.full(values.shape[1:], np.nan)
+        return nan, nan.copy()
+    picks = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
+    with warnings.catch_warnings():  # cells every resampled pair skipped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(values[picks], axis=1)  # (n_boot, ...)
+        return np.nanquantile(means, 0.025, axis=0), np.nanquantile(means, 0.975, axis=0)
