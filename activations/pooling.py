@@ -53,6 +53,14 @@ class Pooling:
     def from_json(cls, text: str) -> Pooling:
         return cls(**json.loads(text))
 
+    def check(self, grid: tuple[int, int, int]) -> None:
+        """Refuse a pooling that does not fit the token grid (a window larger than the grid pools nothing)."""
+        t, h, w = grid
+        if self.kind == "spatial" and self.factor > max(h, w):
+            raise ValueError(f"pooling spatial:{self.factor} is larger than the {h}x{w} token grid: K is 1-{max(h, w)}")
+        if self.kind == "random" and self.count > t * h * w:
+            raise ValueError(f"pooling random:{self.count}: the token grid {grid} has only {t * h * w} tokens")
+
     def output_grid(self, grid: tuple[int, int, int]) -> tuple[int, int, int] | None:
         """(frames, h, w) of the pooled tokens, or None when they are not a grid (random subset)."""
         t, h, w = grid

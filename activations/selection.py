@@ -32,6 +32,11 @@ def parse_index_spec(spec: str | int | list[int] | tuple[int, ...], count: int, 
             stride = int(match.group("stride") or 1)
             if stop < start or stride < 1:
                 raise ValueError(f"bad {what} range {part!r}: need start <= stop and a positive stride")
+            last = start + (stop - start) // stride * stride
+            if last >= count:  # say so before building the range: '0-99999999999' must not fill memory
+                first_bad = start if start >= count else start + -(-(count - start) // stride) * stride
+                indices.append(first_bad)
+                break
             indices.extend(range(start, stop + 1, stride))
     bad = [i for i in indices if not 0 <= i < count]
     if bad:

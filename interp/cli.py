@@ -12,15 +12,9 @@ from pathlib import Path
 
 import typer
 
-from interp.cli_options import (
-    UsageError,
-    add_experiment_commands,
-    check_maze,
-    echo_manifest,
-    run_app,
-    set_threads,
-    testbed,
-)
+from interp.cli_options import add_experiment_commands, check_maze, echo_manifest, run_app, set_threads, testbed
+from interp.plans import Plan, show
+from interp.validation import UsageError, parse_labels
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 train_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a model.")
@@ -59,8 +53,10 @@ def generate(
         names = [x for item in samples for x in item.split(",") if x] or None
         cfg = PipelineGenerateConfig(model, str(data), names, list(seed), steps or "all", height, width, num_frames,
                                      num_steps or 50, device, torch_dtype)  # fmt: skip
+        show(Plan("generate", out, len(seed) * len(names or [""]), num_steps or 50), typer.echo)
         return echo_manifest(save_step_videos(run_pipeline_generate(cfg, out), cfg, out), out)
     from interp.experiments.generate import GenerateConfig, run_generate, save_generated
+    from interp.plans import sampling_plan
     from interp.tasks.splits import is_training_seed
 
     if len(seed) > 1 or data is not None or samples:
@@ -73,6 +69,7 @@ def generate(
     if is_training_seed(seed[0]):
         typer.echo(f"note: seed {seed[0]} is in the training range; use a seed below 500000 for a held-out maze")
     cfg = GenerateConfig(model, task, size, frames, seed[0], noise_seed, count, shift)
+    show(sampling_plan("generate", 1, count or adapter.defaults.num_steps, adapter, out), typer.echo)
     echo_manifest(save_generated(run_generate(cfg, adapter), cfg, out), out)
 
 
@@ -105,12 +102,12 @@ def evaluate(
 ) -> None:
     """Exact-match accuracy of a testbed on held-out mazes, with a 95% interval."""
     from interp.experiments.evaluate import EvaluateConfig, run_evaluate, save_evaluation
+    from interp.plans import sampling_plan
 
     check_maze("maze", size, frames, steps)
-    if n < 1:
-        raise UsageError(f"-n must be at least 1, got {n}")
-    cfg = EvaluateConfig(model, size, frames, n, steps, shift)
-    result = run_evaluate(cfg, testbed(model))
+    cfg, adapter = EvaluateConfig(model, size, frames, n, steps, shift), testbed(model)
+    show(sampling_plan("evaluate", n, steps or adapter.defaults.num_steps, adapter, out), typer.echo)
+    result = run_evaluate(cfg, adapter)
     save_evaluation(result, cfg, out)
     typer.echo(json.dumps(result.summary(), indent=2))
 
@@ -141,6 +138,7 @@ def trace(
     batch_size: int = typer.Option(16, help="Videos per batch (and per part file)."),
     num_steps: int | None = typer.Option(None, help="Denoising steps of the sampler; default: the model's."),
     backend: str = typer.Option("nnsight", help="Capture backend: nnsight or hooks."),
+    queue_mb: int = typer.Option(2048, min=1, help="MiB of host copies waiting for the disk; then sampling waits."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
     out: Path = typer.Option(Path("runs/trace.h5"), help="Store path; rerunning resumes it."),
     ray: bool = typer.Option(False, "--ray", help="Spread the videos over Ray workers (pip install '.[ray]')."),
@@ -149,12 +147,12 @@ def trace(
     threads_per_worker: int = typer.Option(1, help="With --ray: CPU threads (and Ray CPUs) per worker."),
 ) -> None:
     """Sample videos and store every chosen block's output per (step, layer), resumably."""
-    from interp.experiments.trace import PipelineTraceConfig, TraceConfig, plan_trace, run_trace
+    from interp.experiments.trace import PipelineTraceConfig, TraceConfig, make_job, run_trace
     from interp.models.registry import is_pipeline_folder
+    from interp.plans import trace_plan
 
-    if dtype not in ("float16", "float32"):
-        raise UsageError(f"--dtype must be float16 or float32, got {dtype!r}")
     set_threads(threads)
+    adapter = None
     if is_pipeline_folder(model):
         if data is None:
             raise UsageError("a pipeline model needs --data DIR (sample folders with prompt.txt, first_frame.png)")
@@ -171,14 +169,16 @@ def trace(
         cfg = TraceConfig(model, task, size, frames, n, first_seed, steps, layers, list(sub), pooling, dtype,
                           batch_size, num_steps, backend=backend)  # fmt: skip
         adapter = testbed(model)
-        plan_trace(cfg, adapter)  # every check before any compute
+    job = None if ray and adapter is None else make_job(cfg, adapter)  # every check before any compute
+    if job is not None:  # a pipeline under Ray is planned by a worker: the driver never loads the model
+        show(trace_plan(job, out), typer.echo)
     tic = time.time()
     if ray:
         from interp.experiments.distributed import run_trace_ray
 
         typer.echo(run_trace_ray(cfg, out, ray_address, workers, threads_per_worker).table())
     else:
-        run_trace(cfg, out, adapter=None if is_pipeline_folder(model) else adapter)
+        run_trace(cfg, out, job=job, queue_bytes=queue_mb << 20)
     typer.echo(f"stored activations of {model} in {out} [{time.time() - tic:.0f}s]")
 
 
@@ -219,20 +219,19 @@ def probe(
 ) -> None:
     """Linear probes per (step, layer) with controls: control task, x_t alone, conditioning alone, majority."""
     from interp.experiments.probe import probe_store, save_probes
+    from interp.plans import probe_plan
+    from interp.validation import check
     from probes.run import ProbeConfig
 
-    label_files = {}
-    for item in labels:
-        key, sep, path = item.partition("=")
-        if not sep or not key or not path:
-            raise UsageError(f"--labels takes NAME=FILE.npy, got {item!r}")
-        label_files[key] = path
+    label_files = parse_labels(labels)
     if not store.is_file():
         raise UsageError(f"no activation store at {store}")
     set_threads(threads)
     cfg = ProbeConfig(list(target), label_files, layers, steps, method, test_fraction, folds, seed, tol=tol,
                       max_iter=max_iter, patience=patience, group=group, device=device, name=name,
                       max_tokens=max_tokens)  # fmt: skip
+    check(cfg)
+    show(probe_plan(store, cfg, out), typer.echo)
     tic = time.time()
     echo_manifest(save_probes(probe_store(store, cfg), cfg, store, out), out)
     typer.echo(f"[{time.time() - tic:.0f}s]")
@@ -285,8 +284,6 @@ def train_testbed_cmd(
     from interp.models.testbed import SamplingDefaults
     from interp.training import TrainConfig, export_weights, train_testbed
 
-    if steps < 1 or batch_size < 1:
-        raise UsageError("--steps and --batch-size must be positive")
     if export_weights_choice not in ("ema", "raw", "best"):
         raise UsageError(f"--export-weights must be ema, raw or best, got {export_weights_choice!r}")
     set_threads(threads)

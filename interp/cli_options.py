@@ -8,6 +8,7 @@ Every field becomes an option (``--field-name``; flags and help from the config'
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 import typing
@@ -17,7 +18,9 @@ from pathlib import Path
 import typer
 
 from interp.experiments.base import Experiment, experiments, load_config
+from interp.plans import DRY_RUN, PlanOnly
 from interp.sources import default_dtype
+from interp.validation import UsageError, build, check_output, check_threads
 
 PIPELINE_OPTIONS = {
     "data": (Path | None, None, "Pipeline models: folder of samples (prompt.txt, first_frame.png)."),
@@ -28,10 +31,6 @@ PIPELINE_OPTIONS = {
     "device": (str, "cpu", "Pipeline models: torch device."),
     "torch_dtype": (str | None, None, "Pipeline models: compute dtype (default float32 on CPU, bfloat16 on CUDA)."),
 }
-
-
-class UsageError(ValueError):
-    """Bad arguments: reported as one line, exit status 2."""
 
 
 def check_maze(task: str, size: int, frames: int, steps: int | None) -> None:
@@ -48,9 +47,7 @@ def check_maze(task: str, size: int, frames: int, steps: int | None) -> None:
 def set_threads(threads: int) -> None:
     import torch
 
-    if threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
-    torch.set_num_threads(threads)
+    torch.set_num_threads(check_threads(threads))
 
 
 def testbed(model: str):
@@ -135,9 +132,12 @@ def make_command(experiment: Experiment):
     takes_executor = "executor" in inspect.signature(experiment.run).parameters
     if takes_executor:
         params += [_option(k, t, d, h, ("--ray",) if k == "ray" else None) for k, (t, d, h) in RAY_OPTIONS.items()]
+    params.append(DRY_RUN_OPTION)
 
     def command(**values) -> None:
         import torch
+
+        values.pop("dry_run", None)  # read by guard() through interp.plans.DRY_RUN
 
         from interp.models.registry import is_pipeline_folder
 
@@ -151,14 +151,16 @@ def make_command(experiment: Experiment):
                 chosen["pipeline"] = _pipeline_spec(values, str(chosen["model"]), chosen.get("num_steps"))
             elif has_pipeline and values["data"] is not None:
                 raise UsageError("--data is for pipeline models; the testbed generates its own mazes")
-            cfg = cls(**chosen)
-        if values["threads"] < 1:
-            raise UsageError(f"--threads must be at least 1, got {values['threads']}")
-        torch.set_num_threads(values["threads"])
+            cfg = build(cls, chosen, experiment.kind)
+        torch.set_num_threads(check_threads(values["threads"]))
         tic, out = time.time(), values["out"]
+        check_output(out)
         run_options = {"out": out} if experiment.run_writes else {}
         if takes_executor:
             run_options["executor"] = ray_executor(values)
+        from interp.plans import experiment_plan, show
+
+        show(experiment_plan(experiment.kind, cfg, out), typer.echo)  # --dry-run stops here
         result = experiment.run(cfg, **run_options)
         manifest = experiment.save(result, cfg, out)
         for line in experiment.summary(manifest):
@@ -168,6 +170,7 @@ def make_command(experiment: Experiment):
         typer.echo(f"[{time.time() - tic:.0f}s]")
 
     command.__signature__ = inspect.Signature(params)
+    command._planned = True
     module = inspect.getmodule(experiment.run)
     command.__doc__ = ((module.__doc__ if module else None) or experiment.kind).split("\n\n")[0]
     command.__name__ = experiment.kind
@@ -176,13 +179,54 @@ def make_command(experiment: Experiment):
 
 def add_experiment_commands(app: typer.Typer) -> None:
     """A command for every registered experiment with ``cli=True`` that the app does not have yet, and
-    ``verify`` (kept here: cli.py is at its size limit)."""
+    ``verify`` (kept here: cli.py is at its size limit); then every command is guarded (``guard``)."""
     have = {c.name for c in app.registered_commands}
     if "verify" not in have:
         app.command("verify")(verify_command)
     for kind, experiment in experiments().items():
         if experiment.cli and kind not in have:
             app.command(kind)(make_command(experiment))
+    groups = [(None, app)] + [(g.name, g.typer_instance) for g in app.registered_groups]
+    for group, sub in groups:
+        for c in sub.registered_commands:
+            name = c.name or c.callback.__name__
+            c.callback = guard(f"{group} {name}" if group else name, c.callback)
+
+
+DRY_RUN_OPTION = _option("dry_run", bool, False, "Print the plan (videos, steps, sites, disk, memory) only.",
+                         ("--dry-run",))  # fmt: skip
+PLANNED = ("generate", "evaluate", "trace", "probe")  # written-out commands that print a plan (interp.plans)
+FILE_OUTPUTS = {("trace", "out"), ("report", "out")}  # output options that name a file, not a folder
+OUTPUTS = ("out", "checkpoint", "export")
+
+
+def guard(name: str, fn):
+    """A command that first checks its output places (``interp.validation.check_output``), and for planned
+    commands takes ``--dry-run`` (the plan printed by ``interp.plans.show``, then exit 0)."""
+    if getattr(fn, "_guarded", False):
+        return fn
+    sig = inspect.signature(fn)
+    planned = getattr(fn, "_planned", False) or name in PLANNED
+    if planned and "dry_run" not in sig.parameters:
+        sig = sig.replace(parameters=[*sig.parameters.values(), DRY_RUN_OPTION])
+
+    @functools.wraps(fn)
+    def command(**values):
+        dry_run = values.pop("dry_run", False) if name in PLANNED else values.get("dry_run", False)
+        for key in OUTPUTS:
+            if values.get(key) is not None:
+                check_output(values[key], "file" if (name, key) in FILE_OUTPUTS else "folder", "--" + key)
+        token = DRY_RUN.set(bool(dry_run))
+        try:
+            return fn(**values)
+        except PlanOnly:
+            return None
+        finally:
+            DRY_RUN.reset(token)
+
+    command.__signature__ = sig
+    command._guarded = True
+    return command
 
 
 REPAIR_HELP = "Drop damaged or missing parts from the index (damaged files go to PARTS/damaged/); rerun to redo them."
@@ -211,8 +255,22 @@ def run_app(app: typer.Typer) -> None:
     add_experiment_commands(app)  # experiments registered after import (a user's own)
     debug = "--debug" in sys.argv
     sys.argv = [x for x in sys.argv if x != "--debug"]
+    from typer._click import exceptions as click  # typer 0.29 vendors click (pinned in pyproject)
+    from typer.exceptions import Abort
+
     try:
-        app()
+        code = app(standalone_mode=False)  # click's own usage errors come here too, to be one line
+    except click.NoArgsIsHelpError as err:
+        typer.echo(err.format_message())
+        sys.exit(2)
+    except click.ClickException as err:  # an option of the wrong type, an unknown option, a missing argument
+        if debug:
+            raise
+        typer.echo(f"interp: error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+    except Abort:
+        typer.echo("interp: interrupted", err=True)
+        sys.exit(130)
     except (UsageError, FileNotFoundError, ValueError) as err:
         if debug:
             raise
@@ -223,3 +281,4 @@ def run_app(app: typer.Typer) -> None:
             raise
         typer.echo(f"interp: error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

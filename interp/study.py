@@ -57,6 +57,25 @@ def check_options(options: dict, multi_size: bool = True) -> dict:
     return merged
 
 
+def _check_stages(options: dict, adapter) -> None:
+    """What a later stage would refuse, refused before the first (not after minutes of stages)."""
+    from activations.selection import parse_index_spec
+    from interp.tasks.maze_labels import MAZE
+    from interp.validation import MAX_VIDEOS, UsageError, check_threads
+
+    check_threads(options["threads"])
+    too_many = [k for k, v in options.items() if k.startswith("n_") and v > MAX_VIDEOS]
+    if too_many:
+        raise UsageError(f"--{too_many[0].replace('_', '-')} must be at most {MAX_VIDEOS}, got {options[too_many[0]]}")
+    try:
+        parse_index_spec(options["probe_steps"], adapter.defaults.num_steps, "step")
+    except ValueError as err:
+        raise UsageError(f"--probe-steps: {err}") from None
+    unknown = [t for t in options["probe_target"] if t not in MAZE.targets]
+    if unknown:
+        raise UsageError(f"--probe-target {unknown[0]!r} is not a maze target (known: {', '.join(MAZE.targets)})")
+
+
 def trained_sizes(adapter) -> tuple[int, ...]:
     """The maze sizes a testbed was trained on (its training.json), else its sampling size."""
     from interp.training import train_sizes
@@ -84,6 +103,7 @@ def run_study(out: str | Path, model: str = "testbed", echo: Callable[[str], Non
     adapter = load_testbed(model)
     sizes = trained_sizes(adapter)
     options = check_options(options, multi_size=len(sizes) > 1)
+    _check_stages(options, adapter)
     torch.set_num_threads(options["threads"])
     out = Path(out)
     ensemble_size = max(sizes) + 1 if len(sizes) == 1 else max(sizes)

@@ -57,6 +57,11 @@ class TrainConfig:
     size_weights: list[float] = field(default_factory=list)  # per entry of ``sizes``; empty = uniform
     eval_raw: bool = False  # also validate the raw weights (mixed sizes only)
 
+    def __post_init__(self):
+        from interp.validation import check
+
+        check(self)
+
 
 _MIXED_FIELDS = ("sizes", "size_weights", "eval_raw")
 

@@ -98,6 +98,8 @@ def labels_from_array(
     values = array.astype(np.float64).reshape(n_v, -1) if array.ndim > 1 else array.astype(np.float64)
     if array.dtype.kind in "iu":
         values[array.reshape(values.shape) < 0] = np.nan
+    if np.isinf(values).any():  # NaN means "no label"; Inf is a bug in the user's array, not a label
+        raise ValueError(f"labels {name!r} ({source}) hold Inf; mark tokens without a label with NaN")
     if kind == CLASS and np.any(np.isfinite(values) & (values != np.round(values))):
         raise ValueError(f"labels {name!r}: class labels must be whole numbers")
     values[~store.complete] = np.nan

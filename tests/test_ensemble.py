@@ -66,7 +66,7 @@ def test_ensemble_cli_reports_single_seed_oracle_ensembles_and_controls(tmp_path
     manifest = json.loads((tmp_path / "run.json").read_text())
     assert any(t["title"].startswith("paired on the same mazes") for t in manifest["tables"])
     code, _, err = run_cli("ensemble", "-n", 2, "--merge", "median", "--out", tmp_path / "x")
-    assert code == 2 and "merge rule" in err
+    assert code == 2 and "merges must be" in err
 
 
 def test_ensemble_on_a_pipeline_model_writes_videos_latents_and_stats(tmp_path, run_cli):

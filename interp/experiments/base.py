@@ -32,21 +32,23 @@ class ExperimentConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    def __post_init__(self):
+        from interp.validation import check
+
+        check(self)  # every config, however made (options, a file, code), is checked before it is used
+
     @classmethod
     def from_dict(cls, data: dict):
+        """A config from a JSON object: types, ranges and unknown fields checked first (``interp.validation``)."""
+        from interp.validation import UsageError, build
+
         if not isinstance(data, dict):
-            raise ValueError(f"a {cls.experiment} config must be a JSON object, got {type(data).__name__}")
+            raise UsageError(f"a {cls.experiment} config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         kind = data.pop("experiment", cls.experiment)
         if kind != cls.experiment:
-            raise ValueError(f"this is a {kind!r} config, not {cls.experiment!r}")
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ValueError(
-                f"{cls.experiment} config: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
-            )
-        return cls(**data)
+            raise UsageError(f"this is a {kind!r} config, not {cls.experiment!r}")
+        return build(cls, data, f"{cls.experiment} config")
 
     @classmethod
     def from_json(cls, text: str):
@@ -182,7 +184,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
         data = data["config"]  # a run manifest, or a result file holding its config (ensemble.json)
     kind = data.get("experiment") if isinstance(data, dict) else None
     known = experiments()
-    if kind not in known:
+    if not isinstance(kind, str) or kind not in known:
         raise ValueError(f"{path}: not an experiment config (experiment must be one of {list(known)})")
     classes = (known[kind].config, *known[kind].alternatives)
     keys = set(data) - {"experiment"}
@@ -194,9 +196,6 @@ def config_from_dict(cls: type, data: dict):
     """A config dataclass from a dict, unknown fields refused (any dataclass, e.g. ``probes.run.ProbeConfig``)."""
     if hasattr(cls, "from_dict"):
         return cls.from_dict(data)
-    data = {k: v for k, v in data.items() if k != "experiment"}
-    allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-    return cls(**data)
+    from interp.validation import build
+
+    return build(cls, {k: v for k, v in data.items() if k != "experiment"}, f"{cls.__name__} config")

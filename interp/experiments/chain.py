@@ -32,6 +32,7 @@ class ChainRunConfig(ExperimentConfig):
     torch_dtype: str | None = None
 
     def __post_init__(self):
+        super().__post_init__()  # interp.validation: types and ranges
         from interp.sources import default_dtype
 
         self.torch_dtype = default_dtype(self.device, self.torch_dtype)

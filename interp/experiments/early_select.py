@@ -70,6 +70,7 @@ class EarlySelectConfig(ExperimentConfig):
     cli_flags = {"n": ("-n", "--n"), "sizes": ("--size",), "ks": ("--k",), "scores": ("--score",)}
 
     def __post_init__(self):
+        super().__post_init__()  # interp.validation: types and ranges
         if not self.seeds or min(self.seeds) < 1 or not self.ks or min(self.ks) < 1 or self.n < 1:
             raise ValueError("early selection needs N >= 1 seeds, k >= 1 steps and n >= 1 mazes")
         if not self.scores:

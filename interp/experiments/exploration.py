@@ -71,6 +71,7 @@ class ExplorationConfig(ExperimentConfig):
     cli_flags = {"n": ("-n", "--n"), "models": ("--model",), "sizes": ("--size",)}
 
     def __post_init__(self):
+        super().__post_init__()  # interp.validation: types and ranges
         if not self.models or not self.sizes or self.n < 1 or self.batch_size < 1:
             raise ValueError("exploration needs at least one model and one size, n >= 1 and batch_size >= 1")
         if min(self.sizes) < maze_task.MIN_SIZE:

@@ -55,6 +55,7 @@ class PipelineGenerateConfig(ExperimentConfig):
     max_frames: int = 8  # columns of the filmstrip (evenly spaced frames); every frame is in the GIFs
 
     def __post_init__(self):
+        super().__post_init__()  # interp.validation: types and ranges
         self.torch_dtype = default_dtype(self.device, self.torch_dtype)
 
     def inputs(self) -> PipelineInputs:
@@ -96,6 +97,7 @@ class FilmstripConfig(ExperimentConfig):
     torch_dtype: str | None = None
 
     def __post_init__(self):
+        super().__post_init__()  # interp.validation: types and ranges
         self.torch_dtype = default_dtype(self.device, self.torch_dtype)
 
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from activations.pooling import Pooling
 from activations.schema import StoreLayout
 from activations.selection import parse_index_spec
-from activations.writer import StoreWriter
+from activations.writer import DEFAULT_QUEUE_BYTES, StoreWriter
 from interp.execution.capture import build_layout, trace_batch
 from interp.execution.runner import BACKENDS
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, register
@@ -77,6 +77,7 @@ class PipelineTraceConfig(ExperimentConfig):
     branch: str = "cond"
 
     def __post_init__(self):
+        super().__post_init__()  # interp.validation: types and ranges
         self.torch_dtype = default_dtype(self.device, self.torch_dtype)
 
     def inputs(self) -> PipelineInputs:
@@ -141,6 +142,7 @@ def plan_trace(cfg: TraceConfig, adapter) -> TracePlan:
         shift=shift, steps=steps, sites=sites, pooling=pooling, video_keys=keys, dtype=cfg.dtype, branch=cfg.branch,
         extra={"trace_config": asdict(cfg)},
     )  # fmt: skip
+    pooling.check(layout.token_grid)
     return TracePlan(cfg, steps, sites, pooling, layout, num_steps, shift)
 
 
@@ -200,6 +202,7 @@ class PipelineTraceJob:
             video_keys=[f"{s.name}-seed{seed}" for s, seed in self.jobs], dtype=cfg.dtype, branch=cfg.branch,
             extra={"pipeline_trace_config": asdict(cfg)},
         )  # fmt: skip
+        Pooling.parse(cfg.pooling).check(self.layout.token_grid)
 
     def trace_part(self, writer: StoreWriter, videos: list[int]) -> None:
         for v in videos:
@@ -218,12 +221,16 @@ def make_job(cfg, adapter=None):
     return TestbedTraceJob(cfg, adapter)
 
 
-def run_trace(cfg, out: str | Path, adapter=None, progress: bool = True) -> Path:
-    """Trace every video of ``cfg`` into the store at ``out``, skipping videos a previous run finished."""
-    job = make_job(cfg, adapter)
+def run_trace(
+    cfg, out: str | Path, adapter=None, progress: bool = True, job=None, queue_bytes: int = DEFAULT_QUEUE_BYTES
+) -> Path:
+    """Trace every video of ``cfg`` into the store at ``out``, skipping videos a previous run finished
+    (``job``: one ``make_job`` already planned, e.g. for ``interp.plans``). ``queue_bytes``: host memory of
+    copies waiting for the disk before sampling waits (not part of the config: it changes no stored byte)."""
+    job = job or make_job(cfg, adapter)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with StoreWriter(out, job.layout) as writer:
+    with StoreWriter(out, job.layout, max_queue_bytes=queue_bytes) as writer:
         pending = writer.pending()
         total = job.layout.n_videos
         bar = tqdm(total=total, initial=total - len(pending), disable=not progress, desc="tracing videos")

@@ -1,0 +1,117 @@
+"""Bad input is one line before any compute: output places that cannot be written (for root too), plans
+that do not fit, --dry-run, late checks moved up front. A few cases of benchmarks/bad_inputs.py."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+
+def _one_line(code, err, message):
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("interp: error:"), err
+    assert message in lines[0] and "Traceback" not in err, err
+
+
+def test_output_places_that_cannot_be_written_are_refused_before_compute(run_cli, tmp_path):
+    regular = tmp_path / "a_file"
+    regular.write_text("x")
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    cases = [
+        (["trace", "-n", 1, "--out", regular / "sub" / "t.h5"], f"cannot be created, {regular} is a file"),
+        (["trace", "-n", 1, "--out", folder], "is a folder; give a file path"),
+        (["generate", "--out", regular], "is a file, not a folder"),
+        (["energy", tmp_path / "none.h5", "--out", regular / "x"], "is a file, not a folder"),
+        (["patch", "-n", 1, "--out", regular / "x"], "is a file, not a folder"),
+        (["report", tmp_path, "--out", folder], "is a folder"),
+        (["train", "testbed", "--checkpoint", regular / "ckpt"], "is a file, not a folder"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(*args)
+        _one_line(code, err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder"]  # nothing written
+
+
+def test_a_read_only_filesystem_is_caught_by_the_probe_file(tmp_path, monkeypatch):
+    import tempfile
+
+    from interp.validation import UsageError, check_output
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(UsageError, match="cannot write in .*Read-only file system"):
+        check_output(tmp_path / "new" / "folder")
+
+
+def test_dry_run_prints_the_plan_only_and_a_plan_that_does_not_fit_is_refused(run_cli, tmp_path, monkeypatch):
+    import shutil
+
+    code, out, err = run_cli("trace", "-n", 3, "--layers", "0-1", "--dry-run", "--out", tmp_path / "t.h5")
+    assert code == 0 and "plan: trace: 3 videos, 20 denoising steps each, 20 steps stored, 2 sites" in out, err
+    assert not (tmp_path / "t.h5").exists() and not list(tmp_path.iterdir())
+    # 3 videos x 20 steps x 2 sites x 64 tokens x 128 hidden x 2 bytes + x0_hat, x_t (8 x 64 each) and the final
+    expected = 3 * 20 * 2 * 64 * 128 * 2 + 3 * 2 * 20 * 512 * 2 + 3 * 512 * 2
+    assert f"writes ~{expected / 2**20:.1f} MB" in out
+    code, out, err = run_cli("patch", "-n", 1, "--dry-run", "--out", tmp_path / "p")
+    assert code == 0 and "plan: patch: 2 videos" in out and not (tmp_path / "p").exists()
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    code, _, err = run_cli("trace", "-n", 3, "--out", tmp_path / "t.h5")
+    _one_line(code, err, "would write ~")
+    assert "has 1000 B free" in err and not (tmp_path / "t.h5").exists()
+
+
+def test_late_checks_come_first(run_cli, tmp_path, monkeypatch):
+    import probes.run
+
+    code, _, err = run_cli("demo", "--probe-steps", "99", "--out", tmp_path / "d")
+    _one_line(code, err, "--probe-steps: step 99 is out of range")
+    assert not (tmp_path / "d").exists()
+    monkeypatch.setattr(probes.run, "run_probes", lambda *a, **k: pytest.fail("fitted before checking the name"))
+    from interp.experiments.probe import probe_store
+    from probes.run import ProbeConfig
+
+    with pytest.raises(ValueError, match="name must be a name of letters"):
+        probe_store(tmp_path / "store.h5", ProbeConfig(name="a/b"))
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"experiment": "patch", "stpes": "0"}, "unknown field 'stpes'"),
+        ([1, 2], "not an experiment config"),
+        ({"experiment": "patch", "n": 2.5}, "n must be an integer, got 2.5"),
+        ({"experiment": "swap", "steps": 3}, "steps must be a string, got 3"),
+        ({"experiment": "perturb", "num_steps": 0}, "num_steps must be an integer from 1 to 1000, got 0"),
+        ({"experiment": "flow", "pipeline": "folder"}, "pipeline must be an object or null"),
+    ],
+)
+def test_config_files_are_checked_before_compute(run_cli, tmp_path, body, message):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(body))
+    kind = body["experiment"] if isinstance(body, dict) else "patch"
+    code, _, err = run_cli(kind, "--config", path, "--out", tmp_path / "x")
+    _one_line(code, err, message)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "--shift", "nan"], "shift must be a number or null (no NaN or Inf), got nan"),
+        (["ensemble", "--temperature", "nan"], "temperatures must be a list of numbers (no NaN or Inf)"),
+        (["trace", "--pooling", "spatial:99"], "pooling spatial:99 is larger than the 4x4 token grid"),
+        (["trace", "--layers", "99999999999999999999"], "layer 99999999999999999999 is out of range"),
+        (["trace", "-n", "1000000000000"], "n must be an integer from 1 to 1000000"),
+        (["patch", "--num-steps", "100000000"], "num_steps must be an integer from 1 to 1000"),
+        (["trace", "--threads", "0"], "--threads must be an integer from 1 to 1024, got 0"),
+        (["patch", "-n", "2.5"], "Invalid value for '-n' / '--n'"),
+    ],
+)
+def test_a_sample_of_the_bad_input_matrix(run_cli, tmp_path, args, message):
+    code, _, err = run_cli(*args, "--out", tmp_path / "o")
+    _one_line(code, err, message)
