@@ -193,7 +193,7 @@ def probe_plan(store_path: Path, cfg, out: Path) -> Plan:
         steps = parse_index_spec(cfg.steps, lay.num_steps, "step")
         bad = [s for s in steps if s not in lay.steps]
         if bad and cfg.steps not in ("all", "*"):
-            raise UsageError(f"--steps: step {bad[0]} is not stored in {store_path} (stored: {lay.steps})")
+            raise UsageError(f"--steps: step {bad[0]} is not in the store {store_path} (stored: {lay.steps})")
         steps = [s for s in steps if s in lay.steps]
         layers = parse_index_spec(cfg.layers, len(store.layers), "layer")
         videos = len(store.completed_videos)
