@@ -19,6 +19,7 @@ heads are fitted from accumulated Gram sums (``probes.streaming``): memory is bo
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -360,7 +361,10 @@ def run_probes(
                 )
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     if write:
-        _write_store(table, store_path, cfg)
+        try:
+            _write_store(table, store_path, cfg)
+        except OSError as err:  # a read-only store: keep the fitted table rather than lose it
+            warnings.warn(f"probe table not written into {store_path}: {err}", stacklevel=2)
     return table
 
 

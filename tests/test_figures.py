@@ -138,3 +138,17 @@ def test_filmstrips_keep_the_steps_that_change_and_choose_mazes_that_show_change
     pool = [made(0, True, 0), made(1, True, 9), made(2, False, 2), made(3, True, 0)]
     chosen = choose_filmstrips(pool, [made(10, False, 5, size=5)], 3)
     assert [g.maze.seed for g in chosen] == [2, 1, 10]  # the failure, the late commit, a larger size
+
+
+def test_the_ensemble_claim_is_decided_by_a_paired_test_when_rows_keep_their_mazes():
+    from interp.analysis.claims import ensemble_gain
+
+    def row(method, solved, **extra):
+        return {"size": 5, "method": method, "accuracy": np.mean(solved), "ci95": [0.0, 1.0], "solved": solved,
+                **extra}  # fmt: skip
+
+    wide = [row("ensemble (mean)", [1] * 10 + [0] * 2, n_seeds=3), row("control: temperature", [0] * 9 + [1] + [0] * 2)]
+    verdict = ensemble_gain(wide)[0]
+    assert verdict["verdict"] == "shows" and "McNemar" in verdict["why"]  # overlapping intervals, paired: shows
+    close = [row("ensemble (mean)", [1, 1, 0, 0], n_seeds=3), row("control: temperature", [1, 0, 0, 0])]
+    assert ensemble_gain(close)[0]["verdict"] == "cannot tell"

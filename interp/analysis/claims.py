@@ -69,7 +69,16 @@ def ensemble_gain(rows: list[dict]) -> list[dict]:
         name = f"the seed ensemble gains more than a temperature effect ({size}x{size})"
         measurement = f"{e['method']} N={e.get('n_seeds')}: {e['accuracy']:.0%} ({_pct(e['ci95'])})"
         control = f"{c['method']}: {c['accuracy']:.0%} ({_pct(c['ci95'])})"
-        if e["ci95"][0] > c["ci95"][1]:
+        if "solved" in e and "solved" in c:  # the same mazes: a paired test
+            only_e, only_c, p = _mcnemar(e["solved"], c["solved"])
+            measurement += f"; solved by it alone on {only_e} mazes, by the control alone on {only_c}"
+            if e["accuracy"] <= c["accuracy"]:
+                verdict, why = NOT_SHOWN, "the best control is at least as accurate as the best ensemble"
+            elif p < 0.05:
+                verdict, why = SHOWS, f"paired on the same mazes, exact McNemar p = {p:.3f} < 0.05"
+            else:
+                verdict, why = CANNOT_TELL, f"paired on the same mazes, exact McNemar p = {p:.2f} >= 0.05"
+        elif e["ci95"][0] > c["ci95"][1]:
             verdict, why = SHOWS, "the ensemble's interval lies above the best control's"
         elif e["accuracy"] <= c["accuracy"]:
             verdict, why = NOT_SHOWN, "the best control is at least as accurate as the best ensemble"
@@ -80,3 +89,12 @@ def ensemble_gain(rows: list[dict]) -> list[dict]:
             )
         out.append(claim(name, measurement, control, verdict, why))
     return out
+
+
+def _mcnemar(a, b) -> tuple[int, int, float]:
+    """Exact McNemar test of two methods' per-maze outcomes: (a only, b only, two-sided p)."""
+    from scipy.stats import binomtest
+
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
