@@ -170,8 +170,8 @@ def trace(
                           batch_size, num_steps, backend=backend)  # fmt: skip
         adapter = testbed(model)
     job = None if ray and adapter is None else make_job(cfg, adapter)  # every check before any compute
-    if job is not None:  # a pipeline under Ray is planned by a worker: the driver never loads the model
-        show(trace_plan(job, out), typer.echo)
+    # a pipeline under Ray is planned by a worker: the driver never loads the model
+    show(trace_plan(job, out) if job else Plan("trace", out, details=["pipeline: planned by a Ray worker"]), typer.echo)
     tic = time.time()
     if ray:
         from interp.experiments.distributed import run_trace_ray
