@@ -13,6 +13,7 @@ Prints a table and writes benchmarks/results/ray_sweeps.json.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from dataclasses import replace
@@ -44,6 +45,7 @@ def main() -> None:
     from interp.experiments.patch import PatchConfig, _prepare, run_patch
 
     base = PatchConfig(n=args.n, steps=args.steps)
+    load_before = os.getloadavg()[0]  # other processes on the machine skew every figure: say how busy it was
     torch.set_num_threads(args.threads)
     tic = time.perf_counter()
     _, runs = _prepare(base, None)
@@ -90,6 +92,7 @@ def main() -> None:
         },
         "recording": {"seconds": record_s, "runs_mb": run_mb},
         "max_score_difference_ray_vs_single": diff,
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count()},
     }
     print(f"patch sweep: {args.n} pairs x 8 layers, start steps {args.steps}")
     print(f"{'run':<44} {'seconds':>8}")
@@ -100,6 +103,7 @@ def main() -> None:
         print(f"{f'Ray, warm workers (median of {len(warm)})':<44} {statistics.median(warm):>8.1f}")
     print(f"recording the two runs (each worker repeats it once): {record_s:.1f} s, {run_mb:.1f} MB of tensors")
     print(f"largest score difference Ray vs one process ({args.threads} vs 1 threads): {diff:.2e}")
+    print(f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs")
     save_record(result, args.out, args.threads)
     print(f"wrote {args.out}")
 
