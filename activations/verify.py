@@ -26,6 +26,7 @@ from activations.integrity import (
     part_problem,
     span,
 )
+from activations.nonfinite import nonfinite_counts
 from activations.schema import StoreError, check_header, parts_dir, vds_file_name
 
 DAMAGED = "damaged"  # folder inside NAME.h5.parts/ where repair moves damaged parts
@@ -161,6 +162,12 @@ def verify_store(path: str | Path, checksums: bool = False) -> VerifyReport:
                             "rerunning the trace (or --repair) adds them")  # fmt: skip
     if checksums and report.unhashed:
         report.notes.append(f"{report.unhashed} parts have no recorded checksum (written before checksums)")
+    if not problems and records:  # the NaN / Inf / overflow the writer counted at capture (activations.nonfinite)
+        rows = nonfinite_counts(path)
+        report.notes += [f"non-finite activations at {r.site} step {r.step}: {r.nan} nan, {r.inf} inf, {r.overflow} "
+                         f"overflow (counted before the {layout.dtype} cast)" for r in rows[:20]]  # fmt: skip
+        if len(rows) > 20:
+            report.notes.append(f"... and {len(rows) - 20} more (site, step) pairs (activations.nonfinite)")
     return report
 
 

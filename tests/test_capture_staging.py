@@ -14,6 +14,7 @@ from activations import ActivationStore, StoreLayout, StoreWriter
 from activations import writer as writer_module
 from activations.nonfinite import NonFinite, nonfinite_counts
 from activations.staging import HostStager, PinnedPool, Staged
+from activations.verify import verify_store
 
 GRID, HIDDEN, STEPS = (2, 4, 4), 64, 6
 N_TOKENS = int(np.prod(GRID))
@@ -114,6 +115,8 @@ def test_nan_inf_and_overflow_are_counted_before_the_cast_stored_and_warned(tmp_
     with pytest.warns(writer_module.NonFiniteWarning, match=r"1 \(site, step\) pairs.*1 nan, 1 inf, 1 overflow"):
         _write(tmp_path / "n.h5", planted=True)
     assert nonfinite_counts(tmp_path / "n.h5") == [NonFinite("blocks.1", 3, nan=1, inf=1, overflow=1)]
+    notes = verify_store(tmp_path / "n.h5").notes
+    assert any("blocks.1 step 3: 1 nan, 1 inf, 1 overflow" in n for n in notes)  # `interp verify` lists them
     with ActivationStore(tmp_path / "n.h5") as store:
         stored = store.activations("blocks.1")[:, 3]
     assert np.isnan(stored[0, 5, 7]) and np.isposinf(stored[1, 2, 3])  # what the counts warn of
