@@ -75,6 +75,9 @@ def test_report_links_every_artefact(demo_run):
         assert _resolve(out, path) in links, f"{path} not linked"
     for png in out.rglob("*.png"):
         assert png.relative_to(out).as_posix() in embedded, f"{png} not shown"
+    # Intervention videos play inline beside each other: the ensemble's one seed / ensemble / control.
+    assert len([f for f in embedded if f.startswith("ensemble/videos/") and f.endswith(".gif")]) == 3
+    assert any(f.startswith("causal/patch_onward/videos/") for f in embedded)
     for f in out.rglob("*"):  # nothing the run wrote is left out (store parts are the store's own)
         if f.is_file() and ".parts" not in f.as_posix() and f.name != "report.html":
             assert f.relative_to(out).as_posix() in links, f"{f} not linked"
@@ -118,7 +121,8 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(demo_run, t
     ).stdout
     body = re.search(r"<body([^>]*)>", dom).group(1)
     attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body))
-    n_images = len(list(out.rglob("*.png")))
+    gifs = {f for f in re.findall(r'data-file="([^"]*)"', page.read_text()) if f.endswith(".gif")}  # videos inline
+    n_images = len(list(out.rglob("*.png"))) + len(gifs)
     assert int(attrs["data-images"]) == n_images, attrs
     assert attrs["data-images-loaded"] == attrs["data-images"], f"broken: {attrs.get('data-images-broken')}"
     shot = tmp_path / "report.png"

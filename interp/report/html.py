@@ -22,6 +22,7 @@ import numpy as np
 from interp.experiments.base import Manifest, is_manifest
 
 _SKIP_DIRS = {".parts"}
+MAX_VIDEOS = 12  # GIFs shown inline per manifest; the rest are linked
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1150px;color:#222;line-height:1.45}
@@ -30,7 +31,8 @@ figure{margin:1rem 0} figure img{max-width:100%;border:1px solid #eee} figcaptio
 table{border-collapse:collapse;font-size:.88rem;margin:.6rem 0} td,th{border:1px solid #ccc;padding:.2rem .5rem}
 th{background:#f3f3f3} .files{font-size:.85rem;color:#555} pre{background:#f7f7f7;padding:.6rem;overflow-x:auto}
 .grid{display:flex;flex-wrap:wrap;gap:1rem} .strip{flex:0 1 260px} .headline li{margin:.25rem 0}
-nav a{margin-right:.8rem}
+nav a{margin-right:.8rem} .videos{display:flex;flex-wrap:wrap;gap:.6rem} .videos figure{flex:0 1 170px;margin:0}
+.videos img{width:160px;image-rendering:pixelated}
 """
 
 # After load, count images that decoded; the screenshot test reads these attributes.
@@ -135,7 +137,7 @@ def _manifest_body(page: _Page, path: Path, manifest: Manifest) -> str:
     parts += [f"<p>{html.escape(note)}</p>" for note in manifest.notes]
     for table in manifest.tables:
         parts.append(f"<p><b>{html.escape(table.title)}</b></p>" + _table(table.rows, table.columns, table.formats))
-    others = []
+    others, videos = [], []
     for entry in manifest.files:
         file = folder / entry.path
         if not file.resolve().is_relative_to(page.root.resolve()):  # e.g. exported weights elsewhere
@@ -144,8 +146,12 @@ def _manifest_body(page: _Page, path: Path, manifest: Manifest) -> str:
             parts.append(f'<p class="files">missing: {html.escape(entry.path)}</p>')
         elif entry.role == "figure" and file.suffix.lower() in (".png", ".gif", ".jpg", ".jpeg", ".svg"):
             parts.append(page.image(file, entry.caption))
+        elif entry.role == "video" and file.suffix.lower() == ".gif" and len(videos) < MAX_VIDEOS:
+            videos.append(page.image(file, entry.caption))  # playing beside each other, not a list of links
         else:
             others.append(file)
+    if videos:
+        parts.append(f'<div class="videos">{"".join(videos)}</div>')
     parts.append(page.files(others))
     return "".join(parts)
 
