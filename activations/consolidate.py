@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 
 from activations.reader import ActivationStore
+from activations.schema import CHECKED
 
 
 def consolidate_store(path: str | Path, out: str | Path) -> Path:
@@ -38,7 +39,7 @@ def consolidate_store(path: str | Path, out: str | Path) -> Path:
                     src.copy(obj, dst, name=name)  # small datasets: metadata, results tables
                     return
                 chunks = (1, *obj.shape[1:]) if len(obj.shape) > 1 else None
-                ds = dst.create_dataset(name, shape=obj.shape, dtype=obj.dtype, chunks=chunks)
+                ds = dst.create_dataset(name, shape=obj.shape, dtype=obj.dtype, chunks=chunks, **CHECKED)
                 ds.attrs.update(obj.attrs)
                 data = store.dataset(name)
                 for v in range(obj.shape[0]):

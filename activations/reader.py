@@ -24,7 +24,15 @@ from activations.integrity import (
     part_problem,
 )
 from activations.pooling import Pooling
-from activations.schema import StoreError, StoreLayout, check_header, data_shapes, parts_dir, vds_file_name
+from activations.schema import (
+    StoreError,
+    StoreLayout,
+    check_header,
+    checked_reads,
+    data_shapes,
+    parts_dir,
+    vds_file_name,
+)
 
 
 def _as_list(selection, allowed: Sequence[int], what: str) -> list[int]:
@@ -134,8 +142,12 @@ class ActivationStore:
         steps = _as_list(steps, self.steps, "step")
         return videos, [self.layout.steps.index(s) for s in steps]
 
+    def _read(self, dataset: h5py.Dataset, videos: list[int], positions: list[int]) -> np.ndarray:
+        with checked_reads(self.path):
+            return self._read_sorted(dataset, videos, positions)
+
     @staticmethod
-    def _read(dataset: h5py.Dataset, videos: list[int], positions: list[int]) -> np.ndarray:
+    def _read_sorted(dataset: h5py.Dataset, videos: list[int], positions: list[int]) -> np.ndarray:
         """h5py wants increasing indices; read sorted, then restore the asked order."""
         order_v, order_s = np.argsort(videos), np.argsort(positions)
         sv, ss = np.asarray(videos)[order_v], np.asarray(positions)[order_s]
@@ -185,11 +197,15 @@ class ActivationStore:
         if not self.has_condition:
             raise KeyError(f"{self.path} keeps no conditioning latent (its adapter has none)")
         videos, _ = self._select(videos, None)
-        return np.stack([self._data["condition"][v] for v in videos])
+        return self._read_each("condition", videos)
 
     def final(self, videos=None) -> np.ndarray:
         videos, _ = self._select(videos, None)
-        return np.stack([self._data["final"][v] for v in videos])
+        return self._read_each("final", videos)
+
+    def _read_each(self, name: str, videos: list[int]) -> np.ndarray:
+        with checked_reads(self.path):
+            return np.stack([self._data[name][v] for v in videos])
 
     def to_xarray(self, site: str | Sequence[str], videos=None, steps=None):
         """A labelled ``xarray.DataArray`` (video, step, token, hidden) with frame/h/w per token.

@@ -52,6 +52,8 @@ consolidated file (``activations.consolidate``) keeps ``/parts`` as a record; it
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,10 +62,30 @@ SCHEMA_VERSION = 2  # 2: x_t, condition and results added
 DTYPES = ("float16", "float32")
 RESULTS = "results"  # group of the main file where analyses store their tables
 PARTS = "parts"  # group of the main file listing the parts its virtual datasets map
+# Data datasets carry HDF5's per-chunk Fletcher-32 checksum: bytes changed after writing fail the read
+# (see ``checked_reads``) instead of reading as values.
+CHECKED = {"fletcher32": True}
 
 
 class StoreError(ValueError):
     """A file that is not a store of ours, of another schema version, or damaged."""
+
+
+def is_checksum_failure(err: BaseException) -> bool:
+    """HDF5's error when a chunk fails its Fletcher-32 checksum (every part dataset carries one)."""
+    return isinstance(err, OSError) and "filter returned failure" in str(err)
+
+
+@contextmanager
+def checked_reads(path) -> Iterator[None]:
+    """Reads inside: a chunk whose bytes changed after writing is one StoreError, never data."""
+    try:
+        yield
+    except OSError as err:
+        if is_checksum_failure(err):
+            raise StoreError(f"{path}: stored data failed its checksum (a damaged part); run `interp verify "
+                             f"{path} --checksums` to find it and `--repair` to drop it") from None  # fmt: skip
+        raise
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 
 from activations.index import known_records, scan_parts, write_index
 from activations.integrity import PartRecord, WriterLock, file_sha256, one_line
-from activations.schema import StoreError, StoreLayout, check_header, parts_dir
+from activations.schema import CHECKED, StoreError, StoreLayout, check_header, parts_dir
 from activations.slabs import SlabWriter, site_chunks
 from activations.staging import NONFINITE_COLUMNS, HostStager
 
@@ -293,13 +293,15 @@ class PartWriter:
                 shape = (b, n_s, lay.n_tokens, lay.hidden[site])
                 chunks = site_chunks(b, lay.n_tokens, lay.hidden[site], np.dtype(lay.dtype).itemsize)
                 # NaN where a site did not run (Wan 2.2: each step runs one expert only)
-                ds = f.create_dataset(f"sites/{site}", shape=shape, dtype=lay.dtype, chunks=chunks, fillvalue=np.nan)
+                ds = f.create_dataset(f"sites/{site}", shape=shape, dtype=lay.dtype, chunks=chunks, fillvalue=np.nan,
+                                      **CHECKED)  # fmt: skip
                 self._slabs[site] = SlabWriter(ds)
-            self._x0_hat = f.create_dataset("x0_hat", shape=(b, n_s, *lay.latent_shape), dtype=lay.dtype)
-            self._x_t = f.create_dataset("x_t", shape=(b, n_s, *lay.latent_shape), dtype=lay.dtype)
+            self._x0_hat = f.create_dataset("x0_hat", shape=(b, n_s, *lay.latent_shape), dtype=lay.dtype, **CHECKED)
+            self._x_t = f.create_dataset("x_t", shape=(b, n_s, *lay.latent_shape), dtype=lay.dtype, **CHECKED)
             if lay.condition_shape is not None:
-                f.create_dataset("condition", shape=(b, *lay.condition_shape), dtype=lay.dtype, fillvalue=np.nan)
-            f.create_dataset("final", shape=(b, *lay.latent_shape), dtype=lay.dtype)
+                f.create_dataset("condition", shape=(b, *lay.condition_shape), dtype=lay.dtype, fillvalue=np.nan,
+                                 **CHECKED)  # fmt: skip
+            f.create_dataset("final", shape=(b, *lay.latent_shape), dtype=lay.dtype, **CHECKED)
             self._file = f
 
         store.submit(create)

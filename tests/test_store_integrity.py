@@ -271,3 +271,41 @@ def test_a_full_disk_while_rebuilding_the_index_keeps_the_old_index(tmp_path, mo
         assert writer.pending() == []
     with ActivationStore(store) as s:
         assert s.completed_videos == [0, 1] and np.array_equal(s.activations("site")[1, 1], np.full((4, 8), 2))
+
+
+def test_bytes_changed_inside_a_data_chunk_fail_its_checksum_on_every_read_path(reference, tmp_path, run_cli):
+    """Each part dataset carries HDF5's per-chunk Fletcher-32 (written by the direct chunk writes
+    themselves); a changed chunk is one error line pointing to verify, never values."""
+    _, ref = reference
+    store = _copy(ref, tmp_path / "s.h5")
+    part = _parts(store)[1]
+    with h5py.File(part, "r") as f:
+        site = sorted(f["sites"])[0]
+        ds = f[f"sites/{site}"]
+        assert ds.fletcher32
+        chunk = ds.id.get_chunk_info(0)
+    with open(part, "r+b") as f:  # two data bytes of the first chunk, size unchanged
+        f.seek(chunk.byte_offset + 8)
+        f.write(b"\x12\x34")
+    with ActivationStore(store) as s:
+        s.activations(site, videos=[0, 1])  # another part: still reads
+        with pytest.raises(StoreError, match="failed its checksum.*interp verify"):
+            s.activations(site)
+    code, _, err = run_cli("probe", store, "--target", "on_path", "--out", tmp_path / "p", "--max-tokens", "8")
+    assert code == 2 and "failed its checksum" in err and "Traceback" not in err
+    code, out, _ = run_cli("verify", store, "--checksums")
+    assert code == 1 and f"damaged: {part.name}" in out
+
+
+def test_the_direct_chunk_checksum_equals_hdf5s_own(tmp_path):
+    from activations.slabs import fletcher32
+
+    rng = np.random.default_rng(0)
+    blocks = [rng.standard_normal((3, 40, 24)), np.zeros((2, 8, 16)), np.full((2, 8, 16), np.nan)]
+    blocks.append(np.frombuffer(b"\xff\xff" * 256, dtype=np.float16).reshape(2, 8, 16))  # every sum 0 mod 65535
+    for a in (np.ascontiguousarray(b, dtype=np.float16) for b in blocks):
+        with h5py.File(tmp_path / "c.h5", "w") as f:
+            ds = f.create_dataset("x", shape=a.shape, dtype=a.dtype, chunks=a.shape, fletcher32=True)
+            ds[...] = a
+            _, raw = ds.id.read_direct_chunk((0, 0, 0))
+        assert raw == a.tobytes() + fletcher32(a.tobytes())
