@@ -68,7 +68,8 @@ class VerifyReport:
             redo = f"; rerun the trace to recompute videos {_spans(videos)}" if videos else ""
             return [*out, f"{self.path}: repaired: the index was rebuilt from the parts that check out{redo}"]
         if self.ok:
-            return [*out, f"{self.path}: ok: {what}"]
+            unread = "" if self.checksums else " (structure only: --checksums also reads the data)"
+            return [*out, f"{self.path}: ok: {what}{unread}"]
         return [*out, f"{self.path}: {_count(len(self.problems), 'problem')} ({what}; damaged videos: "
                       f"{_spans(self.damaged_videos)}); run `interp verify {self.path} --repair`"]  # fmt: skip
 

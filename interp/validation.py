@@ -79,6 +79,7 @@ def each(rule: Rule, min_len: int = 0) -> Rule:
     return Rule(lambda xs: len(xs) >= min_len and all(rule.check(x) for x in xs), f"{what}, each {rule.allowed}")
 
 
+_FUNCTION = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # module:function of a user's scorer
 _SPEC_PART = re.compile(r"^\d+(-\d+(:\d+)?)?$")
 
 
@@ -141,7 +142,8 @@ RULES: dict[str, Rule] = {
     "span": choice("step", "onward"),
     "other": Rule(lambda x: x == "rewired" or x.isdigit(), "'rewired' or a seed offset like '1000'"),
     "merges": each(choice("mean", "rescaled", "x0"), 1),
-    "scores": each(choice("verifier", "connectivity"), 1),
+    "scores": each(Rule(lambda x: x in ("verifier", "connectivity") or bool(_FUNCTION.fullmatch(x)),
+                        "'verifier', 'connectivity' or module:function"), 1),  # fmt: skip
     "ks": each(int_range(1, MAX_STEPS), 1),
     "temperatures": each(number(0, lo_open=True), 1),
     "strength": number(0, 1),
