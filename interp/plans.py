@@ -101,7 +101,7 @@ def model_bytes(adapter) -> int:
     return sum(p.numel() * p.element_size() for m in adapter.transformers().values() for p in m.parameters())
 
 
-def store_plan(command: str, layout, out: Path, batch_size: int, adapter=None, pending: int | None = None) -> Plan:
+def store_plan(command: str, layout, out: Path, batch_size: int, pending: int | None = None) -> Plan:
     """The plan of tracing ``layout`` into ``out`` (``pending``: videos still to trace on a resume)."""
     import numpy as np
 
@@ -112,7 +112,8 @@ def store_plan(command: str, layout, out: Path, batch_size: int, adapter=None, p
     item = np.dtype(layout.dtype).itemsize
     disk = sum(math.prod(shape) for shape in data_shapes(layout, videos).values()) * item
     per_step = sum(layout.n_tokens * layout.hidden[s] for s in layout.sites) * min(batch_size, max(videos, 1))
-    memory = (model_bytes(adapter) if adapter is not None else 0) + 2 * per_step * FLOAT32
+    # The model is loaded by now (already out of the available memory): only what tracing adds counts.
+    memory = 2 * per_step * FLOAT32
     memory += min(DEFAULT_QUEUE_BYTES, per_step * len(layout.steps) * item)
     details = [f"token grid {'x'.join(map(str, layout.token_grid))}, {layout.n_tokens} tokens stored per site"]
     if pending is not None and pending != layout.n_videos:
@@ -132,7 +133,7 @@ def trace_plan(job, out: Path) -> Plan:
                 pending = job.layout.n_videos - len(store.completed_videos)
         except ValueError:
             pending = None  # not a store of this layout: the writer says so when it opens it
-    return store_plan("trace", job.layout, out, job.batch_size, job.adapter, pending)
+    return store_plan("trace", job.layout, out, job.batch_size, pending)
 
 
 CAUSAL = ("patch", "swap", "flow", "perturb")
@@ -199,7 +200,8 @@ def probe_plan(store_path: Path, cfg, out: Path) -> Plan:
         videos = len(store.completed_videos)
         hidden = max(lay.hidden.values())
     tokens = lay.n_tokens if cfg.max_tokens is None else min(lay.n_tokens, cfg.max_tokens)
-    memory = max(cfg.group, 1) * videos * tokens * hidden * FLOAT32 * 2
+    group = max(cfg.group, 1) if cfg.method == "fast" else 1  # scikit-learn fits one slab at a time
+    memory = group * videos * tokens * hidden * FLOAT32 * 2
     targets = len(cfg.targets) + len(cfg.labels)
     return Plan("probe", Path(out), videos, lay.num_steps, len(steps), len(layers), 4 * 2**20, memory,
                 [f"{targets} targets x {len(steps)} steps x {len(layers)} layers = {targets * len(steps) * len(layers)}"

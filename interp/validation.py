@@ -114,8 +114,8 @@ def is_pooling(spec) -> bool:
 INDEX_SPEC = Rule(is_index_spec, "'all' or indices like '3', '0-9,19', '0-39:4'")
 SEED = int_range(0, MAX_SEED)
 SHARE = number(0, 1, lo_open=True)
-NAME = Rule(lambda x: bool(re.fullmatch(r"[A-Za-z0-9_.-]+", x)) and x not in (".", ".."),
-            "a name of letters, digits, '_', '-' and '.' (no '/')")  # fmt: skip
+NAME = Rule(lambda x: bool(x.strip()) and "/" not in x and "\0" not in x and x not in (".", ".."),
+            "a non-empty name without '/' (it names a file and a group of the store)")  # fmt: skip
 
 RULES: dict[str, Rule] = {
     "n": int_range(1, MAX_VIDEOS),
@@ -140,7 +140,8 @@ RULES: dict[str, Rule] = {
     "direction": choice("denoising", "noising"),
     "metric": choice("maze", "latent"),
     "span": choice("step", "onward"),
-    "other": Rule(lambda x: x == "rewired" or x.isdigit(), "'rewired' or a seed offset like '1000'"),
+    "other": Rule(lambda x: x == "rewired" or bool(re.fullmatch(r"[+-]?\d+", x)),
+                  "'rewired' or a seed offset like '1000' or '-1000'"),  # fmt: skip
     "merges": each(choice("mean", "rescaled", "x0"), 1),
     "scores": each(Rule(lambda x: x in ("verifier", "connectivity") or bool(_FUNCTION.fullmatch(x)),
                         "'verifier', 'connectivity' or module:function"), 1),  # fmt: skip
@@ -173,6 +174,11 @@ RULES: dict[str, Rule] = {
 CLASS_RULES: dict[str, dict[str, Rule]] = {
     "TrainConfig": {"steps": int_range(1, 10**8), "sizes": each(int_range(2, MAX_SIZE))},  # optimiser steps
     "PipelineInputs": {"seed": SEED},
+    # seeds = N, the seeds merged (not seed values); K = 0 merges nothing (the sweep's own baseline)
+    "EnsembleConfig": {"seeds": each(int_range(1, MAX_VIDEOS), 1), "ks": each(int_range(0, MAX_STEPS)),
+                       "temperatures": each(number(0, lo_open=True))},
+    "EarlySelectConfig": {"seeds": each(int_range(1, MAX_VIDEOS), 1)},
+    "FlowConfig": {"strength": number(0, 1, lo_open=True)},
 }
 
 
@@ -212,11 +218,31 @@ def _defaults(cls: type) -> dict:
     return out
 
 
+def plain(value):
+    """numpy scalars and paths as the Python values a JSON config holds (a notebook passes both)."""
+    import numpy as np
+
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
 def check_fields(cls: type, data: dict, where: str = "") -> None:
     """Raise one UsageError for the first field of ``data`` (defaults filled in) that ``cls`` does not allow."""
     where = where or _label(cls)
     if not isinstance(data, dict):
         raise UsageError(f"{where}: a config must be a JSON object of fields, got {type(data).__name__}")
+    data = plain(data)
     allowed = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - allowed)
     if unknown:
@@ -252,13 +278,17 @@ def _show(value) -> str:
 def build(cls: type, data: dict, where: str = ""):
     """A config of ``cls`` from ``data``, every field checked first (nothing is constructed from bad input)."""
     check_fields(cls, data, where)
-    return cls(**data)
+    return cls(**plain(data))
 
 
 def check(cfg) -> None:
     """Check an already constructed config (e.g. one a command made from its options)."""
     if not is_dataclass(cfg):
         raise TypeError(f"not a config dataclass: {type(cfg).__name__}")
+    for f in fields(cfg):  # kept as plain values, so the config saves as JSON
+        value = getattr(cfg, f.name)
+        if plain(value) is not value:
+            object.__setattr__(cfg, f.name, plain(value))
     check_fields(type(cfg), {f.name: getattr(cfg, f.name) for f in fields(cfg)})
 
 

@@ -76,7 +76,7 @@ def test_late_checks_come_first(run_cli, tmp_path, monkeypatch):
     from interp.experiments.probe import probe_store
     from probes.run import ProbeConfig
 
-    with pytest.raises(ValueError, match="name must be a name of letters"):
+    with pytest.raises(ValueError, match="name must be a non-empty name without '/'"):
         probe_store(tmp_path / "store.h5", ProbeConfig(name="a/b"))
 
 
@@ -115,3 +115,26 @@ def test_config_files_are_checked_before_compute(run_cli, tmp_path, body, messag
 def test_a_sample_of_the_bad_input_matrix(run_cli, tmp_path, args, message):
     code, _, err = run_cli(*args, "--out", tmp_path / "o")
     _one_line(code, err, message)
+
+
+def test_what_a_user_legitimately_passes_is_accepted_and_saved_as_plain_json():
+    """numpy numbers and paths from a notebook, a negative swap offset, K = 0 in the ensemble sweep,
+    a run name with spaces: accepted, and the config still saves as JSON."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from interp.experiments.ensemble import EnsembleConfig
+    from interp.experiments.swap import SwapConfig
+    from interp.experiments.trace import PipelineTraceConfig, TraceConfig
+    from interp.validation import check
+    from probes.run import ProbeConfig
+
+    cfg = TraceConfig(n=np.int64(8), shift=np.float32(3.0))
+    assert type(cfg.n) is int and type(cfg.shift) is float and TraceConfig.from_json(cfg.to_json()) == cfg
+    assert PipelineTraceConfig(model=Path("/m/wan"), data=Path("/d")).model == "/m/wan"
+    assert SwapConfig(other="-1000").other == "-1000"
+    assert EnsembleConfig(ks=[0, 1], temperatures=[]).ks == [0, 1]
+    check(ProbeConfig(name="my run"))
+    with pytest.raises(ValueError, match="seeds must be a non-empty list, each an integer from 1"):
+        EnsembleConfig(seeds=[10**12])  # N seeds merged, not seed values

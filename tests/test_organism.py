@@ -71,7 +71,7 @@ def test_early_selection_rows_and_compute(testbed):
         run_early_select(EarlySelectConfig(sizes=[4], n=1, ks=[7], num_steps=6), testbed, progress=False)
     with pytest.raises(ValueError, match=r"scores must be .*'connectivity' or module:function, got \['nope'\]"):
         EarlySelectConfig(scores=["nope"])
-    assert EarlySelectConfig(scores=["verifier", "tests.scorers:mean_red"]).scores[1] == "tests.scorers:mean_red"
+    assert EarlySelectConfig(scores=["verifier", "scorers:mean_red"]).scores[1] == "scorers:mean_red"
 
 
 def test_connectivity_reads_the_video_alone():

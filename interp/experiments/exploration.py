@@ -199,6 +199,8 @@ def demo(ctx) -> None:
     if ctx.model == "testbed":
         return
     n = ctx.options["n_exploration"]
+    if not n:  # --n-exploration 0 skips the stage (and a one-size model's default is 0)
+        return
     sizes = ctx.sizes
     ctx.stage(f"exploration and self-correction on {n} held-out mazes per size ({sizes}), beside testbed")
     cfg = ExplorationConfig(models=[ctx.model, "testbed"], sizes=list(sizes), frames=ctx.frames, n=n)
