@@ -153,3 +153,13 @@ if __name__ == "__main__":  # regenerate the fixture after retraining the organi
     FIXTURE.parent.mkdir(exist_ok=True)
     np.savez_compressed(FIXTURE, **make_fixture(load_testbed("testbed-mixed")))
     print(f"wrote {FIXTURE}")
+
+
+def test_the_selection_figure_draws_a_wilson_bound_one_rounding_step_below_its_share(tmp_path):
+    """Wilson's upper bound at 48/48 is 0.9999999999999999: the error bar must not come out negative."""
+    from interp.report.exploration_figures import selection_figure
+
+    rows = [{"method": "best of N at the end (oracle)", "model_calls": 40, "accuracy": 1.0,
+             "ci95": [0.9258973488472576, 0.9999999999999999]},
+            {"method": "single seed", "model_calls": 20, "accuracy": 0.0, "ci95": [1e-17, 0.07]}]  # fmt: skip
+    assert selection_figure(rows, tmp_path / "s.png").stat().st_size > 0

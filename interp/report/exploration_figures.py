@@ -31,8 +31,9 @@ def exploration_figure(result: dict, path: Path) -> Path:
         for m, model in enumerate(models):
             offset = (b * len(models) + m) * width - 0.4 + width / 2
             shares = [result[model][s][label]["share"] for s in sizes]
-            lo = [result[model][s][label]["share"] - result[model][s][label]["ci95"][0] for s in sizes]
-            hi = [result[model][s][label]["ci95"][1] - result[model][s][label]["share"] for s in sizes]
+            # max(0, .): a Wilson bound at a share of 0 or 1 can miss it by one rounding step
+            lo = [max(0.0, result[model][s][label]["share"] - result[model][s][label]["ci95"][0]) for s in sizes]
+            hi = [max(0.0, result[model][s][label]["ci95"][1] - result[model][s][label]["share"]) for s in sizes]
             axes[0].bar(np.arange(len(sizes)) + offset, shares, width, yerr=[lo, hi], capsize=2,
                         color=f"C{b}", alpha=1.0 if m == 0 else 0.45, label=f"{title}: {model}")  # fmt: skip
     axes[0].set_xticks(np.arange(len(sizes)), [f"{s}x{s}" for s in sizes])
@@ -63,7 +64,8 @@ def selection_figure(rows: list[dict], path: Path) -> Path:
         sel = sorted(sel, key=lambda r: r["model_calls"])
         x = [r["model_calls"] for r in sel]
         y = [r["accuracy"] for r in sel]
-        err = [[r["accuracy"] - r["ci95"][0] for r in sel], [r["ci95"][1] - r["accuracy"] for r in sel]]
+        err = [[max(0.0, r["accuracy"] - r["ci95"][0]) for r in sel],  # rounding at 0 or 1 (see above)
+               [max(0.0, r["ci95"][1] - r["accuracy"]) for r in sel]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=2, color=f"C{i % 10}", label=key)
     ax.set(xscale="log", xlabel="model calls per maze", ylabel="solved", ylim=(-0.02, 1.02),
            title="early-step selection: accuracy against compute")  # fmt: skip
