@@ -55,7 +55,12 @@ def make_fixtures(root: Path) -> dict[str, Path]:
     f["garbage"] = copy("garbage")
     part = parts_dir(f["garbage"]) / parts[0].name
     data = bytearray(part.read_bytes())
-    data[len(data) // 2 : len(data) // 2 + 65536] = os.urandom(min(65536, len(data) - len(data) // 2))
+    # random bytes inside the first chunk of every data dataset (what each reader below reads), size
+    # unchanged; bytes at the middle of the file alone can miss every chunk a case reads
+    with h5py.File(part, "r") as h:
+        chunks = [h[n].id.get_chunk_info(0) for n in ("sites/blocks.0", "x0_hat", "x_t", "condition", "final")]
+    for c in chunks:
+        data[c.byte_offset + 16 : c.byte_offset + min(c.size, 4096)] = os.urandom(min(c.size, 4096) - 16)
     part.write_bytes(bytes(data))
     f["no_part"] = copy("no_part")
     (parts_dir(f["no_part"]) / parts[0].name).unlink()
@@ -194,7 +199,7 @@ def cases(f: dict[str, Path], root: Path) -> list[tuple[str, list[str], tuple[in
                              ("swap", "--steps", "99"), ("perturb", "--frames-to-noise", "99"), ("perturb", "-n", 0),
                              ("flow", "--strength", 2), ("flow", "--strength", "nan"), ("flow", "--inject-steps", "x"),
                              ("ensemble", "--temperature", "nan"), ("ensemble", "--temperature", 0),
-                             ("ensemble", "--merge", "median"), ("ensemble", "--k", 0), ("ensemble", "--size", 1),
+                             ("ensemble", "--merge", "median"), ("ensemble", "--k", -1), ("ensemble", "--size", 1),
                              ("ensemble", "-n", 1000000000000), ("early_select", "--k", 0),
                              ("exploration", "--size", 1)]:  # fmt: skip
         add(f"{cmd} {flag} {value}", cmd, flag, value, "--out", out)
