@@ -76,6 +76,11 @@ def is_checksum_failure(err: BaseException) -> bool:
     return isinstance(err, OSError) and "filter returned failure" in str(err)
 
 
+def checksum_message(path) -> str:
+    return (f"{path}: stored data failed its checksum (a damaged part); run `interp verify {path} --checksums` "
+            "to find it and `--repair` to drop it")  # fmt: skip
+
+
 @contextmanager
 def checked_reads(path) -> Iterator[None]:
     """Reads inside: a chunk whose bytes changed after writing is one StoreError, never data."""
@@ -83,8 +88,7 @@ def checked_reads(path) -> Iterator[None]:
         yield
     except OSError as err:
         if is_checksum_failure(err):
-            raise StoreError(f"{path}: stored data failed its checksum (a damaged part); run `interp verify "
-                             f"{path} --checksums` to find it and `--repair` to drop it") from None  # fmt: skip
+            raise StoreError(checksum_message(path)) from None
         raise
 
 

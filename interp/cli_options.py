@@ -279,11 +279,10 @@ def run_app(app: typer.Typer) -> None:
     except Exception as err:  # what validation missed: one line, the traceback on request
         if debug:
             raise
-        from activations.schema import is_checksum_failure
+        from activations.schema import checksum_message, is_checksum_failure
 
         if is_checksum_failure(err):  # a read outside the store's checked reads (e.g. streamed probes)
-            typer.echo("interp: error: a store's data failed its checksum (a damaged part); run "
-                       "`interp verify STORE --checksums` to find it and `--repair` to drop it", err=True)  # fmt: skip
+            typer.echo(f"interp: error: {checksum_message('STORE')}", err=True)
             sys.exit(2)
         typer.echo(f"interp: error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)

@@ -287,8 +287,8 @@ def check(cfg) -> None:
         raise TypeError(f"not a config dataclass: {type(cfg).__name__}")
     for f in fields(cfg):  # kept as plain values, so the config saves as JSON
         value = getattr(cfg, f.name)
-        if plain(value) is not value:
-            object.__setattr__(cfg, f.name, plain(value))
+        if (kept := plain(value)) is not value:
+            object.__setattr__(cfg, f.name, kept)
     check_fields(type(cfg), {f.name: getattr(cfg, f.name) for f in fields(cfg)})
 
 
