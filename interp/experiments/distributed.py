@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from activations.writer import StoreWriter, part_path
+from interp.experiments.executors import claim_marker
 
 # One job per process: the model stays loaded between tasks of the same trace.
 _JOB_CACHE: dict[tuple[str, str], object] = {}
@@ -73,8 +74,7 @@ def trace_shard(kind: str, cfg_json: str, out: str, videos: list[int], threads: 
     with StoreWriter(out, job.layout, index=False) as writer:
         if part_path(writer.parts, videos).exists():  # a retry after the part was published
             return {"videos": [], "seconds": 0.0, "worker": _worker_name(), "loaded_model": loaded}
-        if fail_once is not None and not os.path.exists(fail_once):
-            Path(fail_once).write_text(str(videos))
+        if fail_once is not None and claim_marker(fail_once, str(videos)):
             writer.begin_part(videos)
             time.sleep(0.5)  # the part's .tmp file is on disk
             os._exit(1)

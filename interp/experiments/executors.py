@@ -21,7 +21,6 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -57,6 +56,18 @@ def _sweep_of(kind: str) -> Sweep:
     return importlib.import_module(f"interp.experiments.{kind}").SWEEP
 
 
+def claim_marker(path: str, text: str) -> bool:
+    """Create ``path`` if no one has (tests' kill hook): atomic, so of two workers starting
+    together exactly one claims it, where exists-then-write let both die."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
+
+
 def run_units_task(kind: str, cfg_json: str, units: list, threads: int, fail_once: str | None) -> dict:
     """A worker's task: the results of ``units`` of the sweep ``kind`` with config ``cfg_json``.
 
@@ -66,8 +77,7 @@ def run_units_task(kind: str, cfg_json: str, units: list, threads: int, fail_onc
     import torch
 
     torch.set_num_threads(threads)
-    if fail_once is not None and not os.path.exists(fail_once):
-        Path(fail_once).write_text(repr(units))
+    if fail_once is not None and claim_marker(fail_once, repr(units)):
         os._exit(1)
     tic = time.time()
     key = (kind, cfg_json)
