@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from interp.execution.loop import StepState, initial_noise, sample
+from interp.execution.loop import StepHook, StepState, initial_noise, sample
 from interp.experiments.ensemble import SeedMerge, ShrunkNoise, _sample_groups
 from interp.tasks import maze as M
 
@@ -109,3 +109,44 @@ def test_paired_rows_count_discordant_mazes():
     assert (vs_single["only method"], vs_single["only against"]) == (3, 0) and vs_single["p"] == 0.25
     vs_control = next(r for r in paired if r["against"].startswith("control"))
     assert (vs_control["only method"], vs_control["only against"]) == (1, 1) and vs_control["p"] == 1.0
+
+
+class _Rows(StepHook):
+    """Records the batch size of every model call."""
+
+    def __init__(self):
+        self.rows = []
+
+    def before_model(self, state):
+        self.rows.append(state.latents.shape[0])
+
+
+@pytest.mark.parametrize("rule, collapses", [("mean", True), ("rescaled", True), ("x0", False)])
+def test_merged_sampling_runs_one_row_per_group_once_merged_and_equals_the_full_batch(tiny_adapter, rule, collapses):
+    from interp.execution.seed_merge import sample_merged
+
+    _, noises, cond = _inputs(tiny_adapter)
+    x, c = noises.flatten(0, 1), cond.repeat_interleave(3, 0)
+    full = sample(tiny_adapter, x, c, 6, hooks=[SeedMerge(3, 2, rule)]).latents
+    calls = _Rows()
+    fast = sample_merged(tiny_adapter, x, c, 6, SeedMerge(3, 2, rule), hooks=(calls,))
+    assert calls.rows == [6, 6] + ([2] * 4 if collapses else [6] * 4)
+    torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)  # batch size changes only the last bits
+
+
+def test_merged_sampling_keeps_every_row_while_a_multistep_history_still_differs(tiny_adapter):
+    from diffusers import UniPCMultistepScheduler
+
+    from interp.execution.seed_merge import sample_merged
+
+    _, noises, cond = _inputs(tiny_adapter)
+    x, c = noises.flatten(0, 1), cond.repeat_interleave(3, 0)
+
+    def unipc():
+        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+
+    full = sample(tiny_adapter, x, c, 6, hooks=[SeedMerge(3, 1, "mean")], scheduler=unipc()).latents
+    calls = _Rows()
+    fast = sample_merged(tiny_adapter, x, c, 6, SeedMerge(3, 1, "mean"), scheduler=unipc(), hooks=(calls,))
+    assert calls.rows == [6] * 6  # step 0's model outputs, one per seed, are still in the solver's history
+    torch.testing.assert_close(fast, full, rtol=0, atol=0)

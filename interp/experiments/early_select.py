@@ -24,8 +24,8 @@ import torch
 from interp.analysis.claims import CANNOT_TELL, NOT_SHOWN, SHOWS, claim
 from interp.evaluation import verify_latents, wilson_interval
 from interp.execution.loop import StepHook, initial_noise, sample, select_scheduler_rows
+from interp.execution.seed_merge import SeedMerge, sample_merged
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
-from interp.experiments.ensemble import SeedMerge
 from interp.sources import load_testbed
 from interp.tasks import maze as maze_task
 from interp.tasks.maze_scoring import connectivity_score, verifier_score
@@ -156,8 +156,7 @@ def run_early_select(cfg: EarlySelectConfig, adapter=None, progress: bool = True
                 table[lo : lo + len(chunk)] = values.reshape(len(chunk), n_max)
             for n in ensemble:  # the rescaled mean after the first step (the ensemble experiment's default)
                 rows_n = [i * n_max + j for i in range(len(chunk)) for j in range(n)]
-                with torch.no_grad():
-                    merged = sample(adapter, noise[rows_n], cond[rows_n], num_steps, hooks=[SeedMerge(n, 1)]).latents
+                merged = sample_merged(adapter, noise[rows_n], cond[rows_n], num_steps, SeedMerge(n, 1))
                 ensemble[n][lo : lo + len(chunk)] = [v.solved for v in verify_latents(adapter, merged[::n], chunk)]
         rows.append(_row("single seed", size, solved[:, 0], num_steps, n_seeds=1))
         for n in (n for n in cfg.seeds if n > 1):

@@ -29,65 +29,15 @@ from tqdm.auto import tqdm
 
 from interp.analysis.claims import ensemble_gain
 from interp.evaluation import verify_latents, wilson_interval
-from interp.execution.loop import StepHook, initial_noise, sample
+from interp.execution.loop import initial_noise, sample
 from interp.execution.patching import repeat_conditioning
+from interp.execution.seed_merge import MERGES, SeedMerge, ShrunkNoise, sample_merged
 from interp.experiments._ensemble_examples import add_paired, save_examples
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
 from interp.experiments.executors import LocalExecutor, Sweep, executor_or_local
 from interp.report.ensemble_figures import plot_rows, text_table
 from interp.sources import PipelineInputs, load_testbed
 from interp.tasks import maze as maze_task
-
-MERGES = ("mean", "rescaled", "x0")
-
-
-class SeedMerge(StepHook):
-    """Merges groups of ``n_seeds`` consecutive rows after each of the first ``k`` steps."""
-
-    def __init__(self, n_seeds: int, k: int, rule: str = "rescaled"):
-        if rule not in MERGES:
-            raise ValueError(f"merge rule must be one of {MERGES}, got {rule!r}")
-        if n_seeds < 1 or k < 0:
-            raise ValueError("n_seeds must be >= 1 and k >= 0")
-        self.n, self.k, self.rule = n_seeds, k, rule
-
-    def after_step(self, state):
-        if state.step >= self.k or self.n == 1:
-            return None
-        nxt = state.next_latents
-        groups = nxt.reshape(-1, self.n, *nxt.shape[1:])
-        if self.rule == "mean":
-            merged = groups.mean(1, keepdim=True).expand_as(groups)
-            return merged.reshape(nxt.shape)
-        sigma = state.sigma_next
-        x0 = state.x0_hat.reshape(groups.shape)
-        if sigma <= 0:
-            return x0.mean(1, keepdim=True).expand_as(groups).reshape(nxt.shape)
-        noise = (groups - (1 - sigma) * x0) / sigma  # each seed's noise part at the next level
-        x0_mean = x0.mean(1, keepdim=True)
-        if self.rule == "x0":
-            return ((1 - sigma) * x0_mean + sigma * noise).reshape(nxt.shape)
-        # Rescale the mean noise to the seeds' own spread (sqrt(N) for independent seeds, 1 once they
-        # have merged: a fixed sqrt(N) would inflate the noise at every later merge).
-        mean = noise.mean(1, keepdim=True)
-        dims = tuple(range(2, noise.ndim))
-        target = noise.std(dim=dims, keepdim=True).mean(1, keepdim=True)
-        noise_mean = mean * target / mean.std(dim=dims, keepdim=True).clamp_min(1e-12)
-        return ((1 - sigma) * x0_mean + sigma * noise_mean).expand_as(groups).reshape(nxt.shape)
-
-
-class ShrunkNoise(StepHook):
-    """Control: one seed whose noise part is scaled by ``scale`` after each of the first ``k`` steps."""
-
-    def __init__(self, scale: float, k: int):
-        self.scale, self.k = scale, k
-
-    def after_step(self, state):
-        if state.step >= self.k or state.sigma_next <= 0:
-            return None
-        sigma = state.sigma_next
-        noise = (state.next_latents - (1 - sigma) * state.x0_hat) / sigma
-        return (1 - sigma) * state.x0_hat + sigma * self.scale * noise
 
 
 @dataclass
@@ -132,9 +82,13 @@ def _sample_groups(adapter, noises, cond, n_seeds: int, num_steps: int, hooks=()
     """Sample the first ``n_seeds`` noises of every input: (inputs, n_seeds, *latent)."""
     x = (noises[:, :n_seeds] * scale).flatten(0, 1)
     c = cond.repeat_interleave(n_seeds, 0)
+    scheduler = adapter.make_scheduler(None)
     with torch.no_grad():
-        out = sample(adapter, x, c, num_steps, hooks=list(hooks), scheduler=adapter.make_scheduler(None))
-    return out.latents.reshape(noises.shape[0], n_seeds, *noises.shape[2:])
+        if len(hooks) == 1 and isinstance(hooks[0], SeedMerge):  # one trajectory per group once merged
+            out = sample_merged(adapter, x, c, num_steps, hooks[0], scheduler=scheduler)
+        else:
+            out = sample(adapter, x, c, num_steps, hooks=list(hooks), scheduler=scheduler).latents
+    return out.reshape(noises.shape[0], n_seeds, *noises.shape[2:])
 
 
 def _solved(adapter, latents, mazes) -> np.ndarray:
