@@ -126,11 +126,11 @@ def known_records(path: Path) -> dict[str, PartRecord]:
 
 
 def scan_parts(
-    parts: Path, layout: StoreLayout, known: dict[str, PartRecord], checksums: bool, store: Path
+    parts: Path, layout: StoreLayout, known: dict[str, PartRecord], sha256: bool, store: Path
 ) -> tuple[dict[Path, PartRecord], dict[int, str]]:
     """Every finished part in ``parts``, checked against the layout: (records, metadata per video).
-    Sizes and checksums come from ``known`` where the file still has its recorded size; a part that
-    is not listed yet (published just before a kill, or by a shard writer) is hashed now."""
+    Sizes and SHA-256s come from ``known`` where the file still has its recorded size; with ``sha256``,
+    a part that is not listed yet (published just before a kill, or by a shard writer) is hashed now."""
     records: dict[Path, PartRecord] = {}
     metas: dict[int, str] = {}
     for part in sorted(parts.glob("part_*.h5")):
@@ -151,5 +151,5 @@ def scan_parts(
                 f"{store}: part {part.name} (videos {span(videos)}) {reason}; run `interp verify {store} --repair` "
                 "(moves it aside), then rerun to recompute those videos"
             )
-        records[part] = replace(record, sha256=file_sha256(part)) if checksums and not sha else record
+        records[part] = replace(record, sha256=file_sha256(part)) if sha256 and not sha else record
     return records, metas

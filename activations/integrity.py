@@ -4,7 +4,9 @@ and the writer's lock.
 The main file's virtual datasets read missing or unreadable sources as NaN without an error, so
 nothing may compute on a store before its parts are checked: ``ActivationStore`` runs the cheap
 checks on open (each listed part exists, has the size it had when written, opens, and holds the
-datasets the layout says), ``activations.verify`` adds the SHA-256 recorded at write time.
+datasets the layout says); every read checks the Fletcher-32 of the chunks it reads, and
+``activations.verify --checksums`` reads every chunk (plus the part's SHA-256 where the writer was
+asked to record one).
 """
 
 from __future__ import annotations
@@ -114,9 +116,23 @@ def contents_problem(f: h5py.File, layout: StoreLayout, record: PartRecord) -> s
     return None
 
 
+def chunk_problem(f: h5py.File) -> str | None:
+    """The first dataset with a chunk that fails its Fletcher-32 checksum, read one chunk at a time."""
+    checked = []
+    f.visititems(lambda name, obj: checked.append(name) if isinstance(obj, h5py.Dataset) and obj.fletcher32 else None)
+    for name in checked:
+        ds = f[name]
+        try:
+            for chunk in ds.iter_chunks():
+                ds[chunk]
+        except OSError as err:
+            return f"{name} has a chunk that fails its Fletcher-32 checksum (damaged bytes; {one_line(err)})"
+    return None
+
+
 def part_problem(path: Path, layout: StoreLayout, record: PartRecord, checksum: bool = False) -> str | None:
-    """Why the part at ``path`` is not the one ``record`` lists, or None. ``checksum``: also compare
-    the file's SHA-256 with the recorded one (reads the whole file)."""
+    """Why the part at ``path`` is not the one ``record`` lists, or None. ``checksum``: also read every
+    chunk (HDF5 checks each one's Fletcher-32) and compare the file's SHA-256 where one was recorded."""
     if not path.is_file():
         return "is missing"
     size = path.stat().st_size
@@ -125,6 +141,8 @@ def part_problem(path: Path, layout: StoreLayout, record: PartRecord, checksum: 
     try:
         with h5py.File(path, "r") as f:
             reason = contents_problem(f, layout, record)
+            if reason is None and checksum:
+                reason = chunk_problem(f)
     except Exception as err:  # whatever damaged bytes make h5py raise
         return f"does not open as a part ({one_line(err)})"
     if reason is None and checksum and record.sha256 and file_sha256(path) != record.sha256:

@@ -29,7 +29,7 @@ Main file:
     /parts/name          (part,) strings                 the parts the index maps: file name in NAME.h5.parts/
     /parts/first, /parts/count  (part,) int64            the contiguous videos each holds
     /parts/bytes         (part,) int64                   the part file's size when written
-    /parts/sha256        (part,) strings                 SHA-256 of the part file when written ("" if not recorded)
+    /parts/sha256        (part,) strings                 SHA-256 of the part file ("" unless traced --sha256)
 
 Unfinished videos read as NaN in /sites, /x0_hat, /x_t, /final and /condition. ``step`` positions refer to the
 denoising steps listed in ``layout["steps"]``; ``token`` is the pooled token axis.

@@ -118,7 +118,7 @@ def _open(path: Path) -> h5py.File:
 
 
 def verify_store(path: str | Path, checksums: bool = False) -> VerifyReport:
-    """Check the index and every part (``checksums``: also each part's recorded SHA-256)."""
+    """Check the index and every part (``checksums``: also read every chunk and each recorded SHA-256)."""
     path = Path(path)
     with _open(path) as f:
         parts = parts_dir(path)

@@ -139,6 +139,7 @@ def trace(
     num_steps: int | None = typer.Option(None, help="Denoising steps of the sampler; default: the model's."),
     backend: str = typer.Option("nnsight", help="Capture backend: nnsight or hooks."),
     queue_mb: int = typer.Option(2048, min=1, help="MiB of host copies waiting for the disk; then sampling waits."),
+    sha256: bool = typer.Option(False, "--sha256", help="Also record each part's SHA-256 (verify --checksums)."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
     out: Path = typer.Option(Path("runs/trace.h5"), help="Store path; rerunning resumes it."),
     ray: bool = typer.Option(False, "--ray", help="Spread the videos over Ray workers (pip install '.[ray]')."),
@@ -176,9 +177,9 @@ def trace(
     if ray:
         from interp.experiments.distributed import run_trace_ray
 
-        typer.echo(run_trace_ray(cfg, out, ray_address, workers, threads_per_worker).table())
+        typer.echo(run_trace_ray(cfg, out, ray_address, workers, threads_per_worker, sha256=sha256).table())
     else:
-        run_trace(cfg, out, job=job, queue_bytes=queue_mb << 20)
+        run_trace(cfg, out, job=job, queue_bytes=queue_mb << 20, sha256=sha256)
     typer.echo(f"stored activations of {model} in {out} [{time.time() - tic:.0f}s]")
 
 

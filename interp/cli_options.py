@@ -235,7 +235,7 @@ REPAIR_HELP = "Drop damaged or missing parts from the index (damaged files go to
 def verify_command(
     store: Path = typer.Argument(..., help="An activation store (.h5)."),
     repair: bool = typer.Option(False, "--repair", help=REPAIR_HELP),
-    checksums: bool = typer.Option(False, "--checksums", help="Also compare each part with its SHA-256 (reads all)."),
+    checksums: bool = typer.Option(False, "--checksums", help="Also check every chunk and recorded SHA-256."),
 ) -> None:
     """Check every part of a store against its index: one line per damaged or missing part (exit 1)."""
     from activations.verify import repair_store, verify_store

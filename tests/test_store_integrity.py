@@ -138,24 +138,46 @@ def test_a_deleted_parts_folder_is_refused_and_verify_lists_every_part(reference
     assert code == 1 and out.count("is missing") == 3 and "damaged videos: 0-5" in out
 
 
-def test_garbage_in_a_part_is_found_by_its_checksum_and_moved_aside(reference, tmp_path, run_cli):
+def test_garbage_in_a_part_is_found_by_its_chunk_checksums_and_moved_aside(reference, tmp_path, run_cli):
     _, ref = reference
     store = _copy(ref, tmp_path / "s.h5")
-    with h5py.File(store, "r") as f:
-        assert list(f["parts/sha256"].asstr()[()]) == [file_sha256(p) for p in _parts(store)]
+    with h5py.File(store, "r") as f:  # no SHA-256 by default: the chunks' Fletcher-32 guard the data
+        assert list(f["parts/sha256"].asstr()[()]) == ["", "", ""]
     part = _parts(store)[2]
     size = part.stat().st_size
-    with open(part, "r+b") as f:  # garbage inside the data (64 KiB on a real store), size unchanged
-        f.seek(size // 2)
-        f.write(np.random.default_rng(0).bytes(min(64 << 10, size // 4)))
+    with h5py.File(part, "r") as f:
+        chunk = f["sites/blocks.1"].id.get_chunk_info(0)
+    with open(part, "r+b") as f:  # garbage inside one chunk of the data, size unchanged
+        f.seek(chunk.byte_offset + 8)
+        f.write(np.random.default_rng(0).bytes(min(64, chunk.size - 8)))
     assert part.stat().st_size == size
+    code, out, _ = run_cli("verify", store)  # structure only: it opens, shapes and flags agree
+    assert code == 0
     code, out, _ = run_cli("verify", store, "--checksums")
-    assert code == 1 and f"damaged: {part.name} (videos 4-5): differs from the SHA-256" in out
+    assert code == 1 and f"damaged: {part.name} (videos 4-5): sites/blocks.1 has a chunk that fails" in out
     code, out, _ = run_cli("verify", store, "--checksums", "--repair")
     assert code == 0 and f"damaged/{part.name}" in out
     assert (part.parent / "damaged" / part.name).is_file() and not part.exists()
     with ActivationStore(store) as s:
         assert s.completed_videos == [0, 1, 2, 3]
+
+
+def test_a_recorded_sha256_finds_bytes_no_chunk_checksum_covers(reference, tmp_path, run_cli):
+    cfg, _ = reference
+    store = run_trace(cfg, tmp_path / "s.h5", progress=False, sha256=True)
+    with h5py.File(store, "r") as f:
+        assert list(f["parts/sha256"].asstr()[()]) == [file_sha256(p) for p in _parts(store)]
+    part = _parts(store)[1]
+    with h5py.File(part, "r") as f:  # a small unchunked dataset: no Fletcher-32 of its own
+        assert not f["nonfinite"].fletcher32
+        offset = f["nonfinite"].id.get_offset()
+    with open(part, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\x01")
+    code, out, _ = run_cli("verify", store)  # structure only
+    assert code == 0
+    code, out, _ = run_cli("verify", store, "--checksums")
+    assert code == 1 and f"damaged: {part.name} (videos 2-3): differs from the SHA-256" in out
 
 
 def test_a_truncated_part_or_a_damaged_index_is_refused_with_one_line(reference, tmp_path, run_cli):

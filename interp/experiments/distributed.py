@@ -121,6 +121,7 @@ def run_trace_ray(
     threads_per_worker: int = 1,
     max_retries: int = 3,
     progress: bool = True,
+    sha256: bool = False,
     _fail_once: str | None = None,
 ) -> RaySummary:
     """Trace ``cfg`` (a ``TraceConfig`` or ``PipelineTraceConfig``) on Ray into the store at ``out``.
@@ -189,7 +190,7 @@ def run_trace_ray(
     finally:
         if started_here:
             ray.shutdown()
-    with StoreWriter(out, layout):  # the manifest: the main file rebuilt from every finished part
+    with StoreWriter(out, layout, sha256=sha256):  # the index rebuilt from every part (hashing them if asked)
         pass
     write_trace_files(cfg, out)
     if first_error is not None:

@@ -222,7 +222,13 @@ def make_job(cfg, adapter=None):
 
 
 def run_trace(
-    cfg, out: str | Path, adapter=None, progress: bool = True, job=None, queue_bytes: int = DEFAULT_QUEUE_BYTES
+    cfg,
+    out: str | Path,
+    adapter=None,
+    progress: bool = True,
+    job=None,
+    queue_bytes: int = DEFAULT_QUEUE_BYTES,
+    sha256: bool = False,
 ) -> Path:
     """Trace every video of ``cfg`` into the store at ``out``, skipping videos a previous run finished
     (``job``: one ``make_job`` already planned, e.g. for ``interp.plans``). ``queue_bytes``: host memory of
@@ -230,7 +236,7 @@ def run_trace(
     job = job or make_job(cfg, adapter)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with StoreWriter(out, job.layout, max_queue_bytes=queue_bytes) as writer:
+    with StoreWriter(out, job.layout, max_queue_bytes=queue_bytes, sha256=sha256) as writer:
         pending = writer.pending()
         total = job.layout.n_videos
         bar = tqdm(total=total, initial=total - len(pending), disable=not progress, desc="tracing videos")
@@ -273,6 +279,15 @@ def _save(path, cfg, out):  # the store is written as it runs; the manifest with
 
 
 EXPERIMENT = register(
-    Experiment("trace", TraceConfig, run_trace, _save, run_writes=True, demo=demo, demo_order=30, cli=False,
-                                 alternatives=(PipelineTraceConfig,))
+    Experiment(
+        "trace",
+        TraceConfig,
+        run_trace,
+        _save,
+        run_writes=True,
+        demo=demo,
+        demo_order=30,
+        cli=False,
+        alternatives=(PipelineTraceConfig,),
+    )
 )
