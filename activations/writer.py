@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import sys
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -57,11 +56,11 @@ class StoreWriter:
     fast disk) for what the chunk checksums already guard.
     """
 
-    # The writer thread's niceness on Linux (0: the process's). Raised, the kernel runs the writer in the
-    # sampler's idle gaps instead of taking a core from torch's threads mid-kernel, and the byte bound keeps
-    # it from falling behind (a full queue blocks the sampler); but on a machine busy with other jobs a
-    # niced writer also drains slower. Not measured cleanly yet (benchmarks/trace_overhead.py compares 10).
-    writer_nice = 0
+    # ``background=False`` runs every write in the caller's thread, at once, with no writer thread. On a
+    # CPU whose cores all run torch's intra-op threads a writer thread has no core of its own: each slice
+    # of its work preempts one of torch's threads mid parallel region, and the others wait at the barrier
+    # (2 cores, benchmarks/trace_overhead.py: 1.25x untraced with the thread, 1.11x inline). A model on a
+    # GPU keeps the thread: there the host's cores are free while the device computes.
 
     def __init__(
         self,
@@ -71,6 +70,7 @@ class StoreWriter:
         index: bool = True,
         max_queue_bytes: int = DEFAULT_QUEUE_BYTES,
         sha256: bool = False,
+        background: bool = True,
     ):
         self.path = Path(path)
         self.layout = layout
@@ -120,8 +120,10 @@ class StoreWriter:
         self.stager = HostStager(layout.dtype)  # device casts, async copies into pinned buffers
         self.nonfinite: list[tuple[str, int, int, int, int]] = []  # (site, step, nan, inf, overflow), nonzero only
         self._error: BaseException | None = None
+        self.background = background
         self._thread = threading.Thread(target=self._work, name="activation-store-writer", daemon=True)
-        self._thread.start()
+        if background:
+            self._thread.start()
 
     def _load_parts(self) -> None:
         # Read once; kept in memory so that rebuilding the index never reopens earlier parts. A shard
@@ -191,15 +193,27 @@ class StoreWriter:
     # -- the writer thread --------------------------------------------------------------------
     def submit(self, fn: Callable[[], None], nbytes: int = 0) -> None:
         """Queue ``fn`` for the writer thread; ``nbytes``: the host memory it holds until written."""
+        if not self.background:
+            return self._run_now(fn)
         self._reserve(nbytes)
         self._queue.put((fn, nbytes))
+
+    def _run_now(self, fn: Callable[[], None]) -> None:
+        self._raise_if_failed()
+        try:
+            fn()
+        except BaseException as err:  # as the writer thread would: parts abandoned, raised from here on
+            self._error = err
+            self._abandon_parts()
+        self._raise_if_failed()
 
     def submit_array(self, array, write: Callable[[np.ndarray], None]) -> None:
         """Queue ``write(host copy of array)``: room is reserved first (the sampler waits here when the
         disk is behind), then the copy is issued (``HostStager``: asynchronous from a device) and the
         writer thread waits for it, writes it and frees its buffer."""
         nbytes = self.stager.nbytes(array)
-        self._reserve(nbytes)
+        if self.background:
+            self._reserve(nbytes)
         staged = self.stager.stage(array)
 
         def run() -> None:
@@ -208,6 +222,8 @@ class StoreWriter:
             finally:
                 staged.release()
 
+        if not self.background:
+            return self._run_now(run)
         self._queue.put((run, nbytes))
 
     def _reserve(self, nbytes: int) -> None:
@@ -235,11 +251,6 @@ class StoreWriter:
             part.abandon()
 
     def _work(self) -> None:
-        if sys.platform == "linux" and self.writer_nice:  # on Linux a thread is a task with its own niceness
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.writer_nice)
-            except OSError:  # not allowed here: run at the process's priority
-                pass
         while True:
             item = self._queue.get()
             if item is _STOP:

@@ -5,8 +5,9 @@ Prints a table and writes benchmarks/results/trace_overhead.json:
   medians over interleaved repeats in one process;
 - store write throughput against plain h5py writing the same arrays with the same layout;
 - peak RSS of a whole trace against the number of denoising steps (one fresh process each).
-Goals from the issues: at most 1.10x untraced (issue 15; 1.25x before); RSS flat in steps. ``nnsight-writer-nice10``
-is the nnsight run with the writer thread's niceness raised to 10 (``StoreWriter.writer_nice``; default 0).
+Goals from the issues: at most 1.10x untraced (issue 15; 1.25x before); RSS flat in steps. ``nnsight-writer-thread``
+is the nnsight run with the store's writer thread forced on (``StoreWriter(background=True)``): on a CPU whose
+cores all run torch, ``run_trace`` writes inline instead (``interp.experiments.trace.writer_in_background``).
 Usage: python benchmarks/trace_overhead.py [--videos 64] [--repeats 3] [--threads 2]
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from _record import save_record  # benchmarks/ is the script's folder
 
-from activations.writer import StoreWriter, site_chunks
+from activations.writer import site_chunks
 from interp.evaluation import evaluate_mazes
 from interp.experiments.trace import TraceConfig, run_trace
 from interp.models.testbed import TestbedAdapter
@@ -48,17 +49,19 @@ def untraced(adapter: TestbedAdapter, n: int, batch: int, num_steps: int) -> flo
 def traced(
     adapter: TestbedAdapter, n: int, batch: int, num_steps: int, backend: str, folder: Path
 ) -> tuple[float, int]:
-    nice = StoreWriter.writer_nice
-    if backend.endswith("-writer-nice10"):
-        backend, StoreWriter.writer_nice = backend.split("-")[0], 10
+    import interp.experiments.trace as trace_module
+
+    policy = trace_module.writer_in_background
+    name = backend
+    if backend.endswith("-writer-thread"):
+        backend = backend.split("-")[0]
+        trace_module.writer_in_background = lambda device: True
     cpu = time.process_time()
     try:
         return _traced(adapter, n, batch, num_steps, backend, folder)
     finally:
-        CPU_SECONDS.setdefault(backend + ("" if nice == StoreWriter.writer_nice else "-writer-nice10"), []).append(
-            time.process_time() - cpu
-        )
-        StoreWriter.writer_nice = nice
+        CPU_SECONDS.setdefault(name, []).append(time.process_time() - cpu)
+        trace_module.writer_in_background = policy
 
 
 def _traced(adapter, n: int, batch: int, num_steps: int, backend: str, folder: Path) -> tuple[float, int]:
@@ -121,7 +124,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     adapter = TestbedAdapter.load()
     work = Path(tempfile.mkdtemp())
-    backends = ("nnsight", "hooks", "nnsight-writer-nice10")
+    backends = ("nnsight", "hooks", "nnsight-writer-thread")
     times: dict[str, list[float]] = {"untraced": [], **{b: [] for b in backends}}
     stored_bytes = 0
     untraced(adapter, args.batch, args.batch, args.steps)  # warm-up

@@ -8,7 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from activations import ActivationStore, StoreLayout, StoreWriter
+from activations import ActivationStore, StoreError, StoreLayout, StoreWriter
 from activations import writer as writer_module
 
 GRID, HIDDEN, STEPS = (2, 8, 8), 256, 12  # one slab: 1 video x 128 tokens x 256 x 4 B = 128 KiB
@@ -66,3 +66,34 @@ def test_one_item_larger_than_the_bound_still_passes_and_bad_bounds_are_refused(
     assert writer.peak_queued_bytes <= int(np.prod(GRID)) * HIDDEN * 4
     with pytest.raises(ValueError, match="max_queue_bytes must be positive"):
         StoreWriter(tmp_path / "x.h5", _layout(), max_queue_bytes=0)
+
+
+def test_inline_writing_stores_the_same_bytes_as_the_writer_thread(tmp_path):
+    rng = np.random.default_rng(1)
+    data = [rng.standard_normal((1, int(np.prod(GRID)), HIDDEN)).astype(np.float32) for _ in range(STEPS)]
+    for name, background in (("t.h5", True), ("i.h5", False)):
+        with StoreWriter(tmp_path / name, _layout(), background=background) as writer:
+            part = writer.begin_part([0])
+            for step, tokens in enumerate(data):
+                part.write_site("blocks.0", step, tokens)
+            part.finish(np.zeros((1, 4, *GRID), np.float32), [{}])
+        assert writer._thread.is_alive() is False
+    with ActivationStore(tmp_path / "t.h5") as a, ActivationStore(tmp_path / "i.h5") as b:
+        assert np.array_equal(a.activations("blocks.0"), b.activations("blocks.0"))
+        assert a.completed_videos == b.completed_videos == [0]
+
+
+def test_an_inline_write_error_is_raised_at_once_and_leaves_no_part(tmp_path, monkeypatch):
+    def broken(self, pos, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer_module.SlabWriter, "write", broken)
+    writer = StoreWriter(tmp_path / "e.h5", _layout(), background=False)
+    part = writer.begin_part([0])
+    with pytest.raises(StoreError, match="No space left on device; finished parts are kept"):
+        part.write_site("blocks.0", 0, np.zeros((1, int(np.prod(GRID)), HIDDEN), np.float32))
+    with pytest.raises(StoreError):
+        writer.close()
+    assert not list((tmp_path / "e.h5.parts").glob("part_*"))
+    with ActivationStore(tmp_path / "e.h5") as store:
+        assert store.completed_videos == []

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from interp.execution.runner import CallRunner, SiteAction
@@ -174,10 +175,19 @@ def sample(
             raise ValueError(f"{type(scheduler).__name__} cannot resume a trajectory from step {start_step}")
     hook_objs = [h if isinstance(h, StepHook) else _CallableHook(h) for h in hooks]
     runner = CallRunner(adapter, backend) if adapter is not None else None
+    latents = noise
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _denoise(adapter, model, scheduler, hook_objs, runner, conditioning, latents, num_steps,
+                        range(start_step, end_step), progress)  # fmt: skip
+
+
+def _denoise(adapter, model, scheduler, hook_objs, runner, conditioning, latents, num_steps, steps, progress):
+    """The step loop of ``sample``. numpy's OpenBLAS is held to one thread around it: hooks run numpy
+    between torch's kernels, and OpenBLAS's idle threads spin on the cores torch's threads need (on 2
+    cores a trace ran 2.6-3x slower than untraced with them, 1.2x with one; benchmarks/trace_overhead.py)."""
     timesteps = scheduler.timesteps
     sigmas = scheduler_sigmas(scheduler, timesteps)
-    latents = noise
-    for i in tqdm(range(start_step, end_step), disable=not progress, desc="denoising", leave=False):
+    for i in tqdm(steps, disable=not progress, desc="denoising", leave=False):
         t = timesteps[i]
         state = StepState(i, num_steps, t, float(sigmas[i]), float(sigmas[i + 1]), latents, scheduler=scheduler)
         for hook in hook_objs:

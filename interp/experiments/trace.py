@@ -9,9 +9,11 @@ trace through it, so the batches and the bytes are the same.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from activations.pooling import Pooling
@@ -236,7 +238,8 @@ def run_trace(
     job = job or make_job(cfg, adapter)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with StoreWriter(out, job.layout, max_queue_bytes=queue_bytes, sha256=sha256) as writer:
+    background = writer_in_background(job.adapter.device)
+    with StoreWriter(out, job.layout, max_queue_bytes=queue_bytes, sha256=sha256, background=background) as writer:
         pending = writer.pending()
         total = job.layout.n_videos
         bar = tqdm(total=total, initial=total - len(pending), disable=not progress, desc="tracing videos")
@@ -246,6 +249,15 @@ def run_trace(
         bar.close()
     write_trace_files(cfg, out)
     return out
+
+
+def writer_in_background(device) -> bool:
+    """Whether the store's writer thread has a core of its own: always beside a GPU; on the CPU only
+    where torch's threads leave a core free (``StoreWriter(background=...)`` says why)."""
+    if torch.device(device).type != "cpu":
+        return True
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return torch.get_num_threads() < cores
 
 
 def write_trace_files(cfg, out: Path) -> Manifest:
