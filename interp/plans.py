@@ -149,11 +149,8 @@ def experiment_plan(kind: str, cfg, out: Path) -> Plan:
         samples = pipeline.get("samples") or []
         return Plan(kind, Path(out), len(samples), pipeline.get("num_steps", 50),
                     details=["pipeline model: its weights and activations are not counted here"])  # fmt: skip
-    if (
-        not all(hasattr(cfg, name) for name in ("num_steps", "frames", "n"))
-        or not hasattr(cfg, "model")
-        and not hasattr(cfg, "models")
-    ):  # an experiment of a user's own: no fields to estimate from
+    if not all(hasattr(cfg, name) for name in ("num_steps", "frames", "n")) or not hasattr(cfg, "model") and \
+            not hasattr(cfg, "models"):  # an experiment of a user's own: no fields to estimate from
         return Plan(kind, Path(out), getattr(cfg, "n", 0), 0, details=["no estimate: not a sampling experiment"])
     models = getattr(cfg, "models", None) or [cfg.model]
     adapter = load_testbed(models[0])
@@ -172,15 +169,8 @@ def experiment_plan(kind: str, cfg, out: Path) -> Plan:
     videos = cfg.n * len(sizes) * variants
     batch = min(getattr(cfg, "batch_size", cfg.n), cfg.n) * variants
     memory = model_bytes(adapter) * len(models) + videos * latent * FLOAT32 * 2 + batch * num_steps * latent * FLOAT32
-    return Plan(
-        kind,
-        Path(out),
-        videos,
-        num_steps,
-        disk_bytes=8 * 2**20,
-        memory_bytes=memory,
-        details=[f"{cfg.n} mazes x {len(sizes)} sizes x {variants} runs each"],
-    )
+    return Plan(kind, Path(out), videos, num_steps, disk_bytes=8 * 2**20, memory_bytes=memory,
+                details=[f"{cfg.n} mazes x {len(sizes)} sizes x {variants} runs each"])
 
 
 def _layers(cfg, adapter) -> list[int]:

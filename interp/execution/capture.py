@@ -125,10 +125,8 @@ def build_layout(
         cfg_branch=branch,
         model_config=configs,
         extra={
-            "shift": shift,
-            "latent_frame_axis": adapter.latent_frame_axis,
-            "clean_latent_frames": adapter.clean_latent_frames(tuple(latent_shape)),
-            **(extra or {}),
+            "shift": shift, "latent_frame_axis": adapter.latent_frame_axis,
+            "clean_latent_frames": adapter.clean_latent_frames(tuple(latent_shape)), **(extra or {}),
         },  # fmt: skip
     )
 

@@ -175,44 +175,39 @@ def sample(
             raise ValueError(f"{type(scheduler).__name__} cannot resume a trajectory from step {start_step}")
     hook_objs = [h if isinstance(h, StepHook) else _CallableHook(h) for h in hooks]
     runner = CallRunner(adapter, backend) if adapter is not None else None
-    latents = noise
+    # numpy's OpenBLAS held to one thread while sampling: hooks run numpy between torch's kernels, and
+    # OpenBLAS's idle threads spin on the cores torch's threads need (2 cores: a trace ran 2.6-3x slower
+    # than untraced with them, 1.05x with one; benchmarks/trace_overhead.py). torch's BLAS is not touched.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _denoise(adapter, model, scheduler, hook_objs, runner, conditioning, latents, num_steps,
-                        range(start_step, end_step), progress)  # fmt: skip
-
-
-def _denoise(adapter, model, scheduler, hook_objs, runner, conditioning, latents, num_steps, steps, progress):
-    """The step loop of ``sample``. numpy's OpenBLAS is held to one thread around it: hooks run numpy
-    between torch's kernels, and OpenBLAS's idle threads spin on the cores torch's threads need (on 2
-    cores a trace ran 2.6-3x slower than untraced with them, 1.2x with one; benchmarks/trace_overhead.py)."""
-    timesteps = scheduler.timesteps
-    sigmas = scheduler_sigmas(scheduler, timesteps)
-    for i in tqdm(steps, disable=not progress, desc="denoising", leave=False):
-        t = timesteps[i]
-        state = StepState(i, num_steps, t, float(sigmas[i]), float(sigmas[i + 1]), latents, scheduler=scheduler)
-        for hook in hook_objs:
-            replaced = hook.before_model(state)
-            if replaced is not None:
-                state.latents = replaced
-        if adapter is None:
-            v = model.predict(state.latents, t, conditioning)
-            state.x0_hat = state.latents - state.sigma * v
-        else:
-            calls = adapter.forward_calls(state.latents, t, conditioning)
-            outputs = []
-            for j, call in enumerate(calls):
-                actions: dict[str, list[SiteAction]] = {}
-                for hook in hook_objs:
-                    for site, action in hook.site_actions(state, j, call).items():
-                        actions.setdefault(site, []).append(action)
-                outputs.append(runner.run(call, actions))
-            v = adapter.combine(calls, outputs)
-            state.x0_hat = adapter.x0_hat(state.latents, v, t, state.sigma, scheduler)
-        state.model_output = v
-        state.next_latents = scheduler.step(v, t, state.latents, return_dict=False)[0]
-        for hook in hook_objs:
-            replaced = hook.after_step(state)
-            if replaced is not None:
-                state.next_latents = replaced
-        latents = state.next_latents
+        latents = noise
+        timesteps = scheduler.timesteps
+        sigmas = scheduler_sigmas(scheduler, timesteps)
+        for i in tqdm(range(start_step, end_step), disable=not progress, desc="denoising", leave=False):
+            t = timesteps[i]
+            state = StepState(i, num_steps, t, float(sigmas[i]), float(sigmas[i + 1]), latents, scheduler=scheduler)
+            for hook in hook_objs:
+                replaced = hook.before_model(state)
+                if replaced is not None:
+                    state.latents = replaced
+            if adapter is None:
+                v = model.predict(state.latents, t, conditioning)
+                state.x0_hat = state.latents - state.sigma * v
+            else:
+                calls = adapter.forward_calls(state.latents, t, conditioning)
+                outputs = []
+                for j, call in enumerate(calls):
+                    actions: dict[str, list[SiteAction]] = {}
+                    for hook in hook_objs:
+                        for site, action in hook.site_actions(state, j, call).items():
+                            actions.setdefault(site, []).append(action)
+                    outputs.append(runner.run(call, actions))
+                v = adapter.combine(calls, outputs)
+                state.x0_hat = adapter.x0_hat(state.latents, v, t, state.sigma, scheduler)
+            state.model_output = v
+            state.next_latents = scheduler.step(v, t, state.latents, return_dict=False)[0]
+            for hook in hook_objs:
+                replaced = hook.after_step(state)
+                if replaced is not None:
+                    state.next_latents = replaced
+            latents = state.next_latents
     return SampleResult(latents, timesteps.cpu(), sigmas, scheduler)

@@ -90,14 +90,6 @@ def _pipeline_config():
 
 
 EXPERIMENT = register(
-    Experiment(
-        "generate",
-        GenerateConfig,
-        run_generate,
-        save_generated,
-        demo=demo,
-        demo_order=10,
-        cli=False,
-        alternatives=(_pipeline_config(),),
-    )
+    Experiment("generate", GenerateConfig, run_generate, save_generated, demo=demo, demo_order=10, cli=False,
+                                 alternatives=(_pipeline_config(),))
 )

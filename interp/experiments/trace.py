@@ -291,15 +291,6 @@ def _save(path, cfg, out):  # the store is written as it runs; the manifest with
 
 
 EXPERIMENT = register(
-    Experiment(
-        "trace",
-        TraceConfig,
-        run_trace,
-        _save,
-        run_writes=True,
-        demo=demo,
-        demo_order=30,
-        cli=False,
-        alternatives=(PipelineTraceConfig,),
-    )
+    Experiment("trace", TraceConfig, run_trace, _save, run_writes=True, demo=demo, demo_order=30, cli=False,
+                                 alternatives=(PipelineTraceConfig,))
 )

@@ -126,16 +126,10 @@ def write_energy_figures(
     np.save(out_dir / "energy_layers_frames.npy", matrix)
     heat_limits = (float(np.nanmin(frame_means)), float(np.nanmax(frame_means)))
     return [
-        plot_layer_frame_energy(
-            matrix,
-            layers,
-            out_dir / "energy_layers_frames.png",
-            f"token energy, {tag}",
-            heat_limits if shared else None,
-        ),  # fmt: skip
-        plot_token_maps(
-            maps, layers, out_dir / "energy_maps.png", f"token L2 norm, {tag}", limits=limits, overlay=overlay
-        ),  # fmt: skip
+        plot_layer_frame_energy(matrix, layers, out_dir / "energy_layers_frames.png", f"token energy, {tag}",
+                                heat_limits if shared else None),  # fmt: skip
+        plot_token_maps(maps, layers, out_dir / "energy_maps.png", f"token L2 norm, {tag}", limits=limits,
+                        overlay=overlay),  # fmt: skip
         plot_token_maps(rgb, layers, out_dir / "pca_maps.png", f"PCA of tokens, {tag}", rgb=True, overlay=overlay),
         out_dir / "energy_layers_frames.npy",
     ]

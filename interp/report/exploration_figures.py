@@ -64,10 +64,8 @@ def selection_figure(rows: list[dict], path: Path) -> Path:
         sel = sorted(sel, key=lambda r: r["model_calls"])
         x = [r["model_calls"] for r in sel]
         y = [r["accuracy"] for r in sel]
-        err = [
-            [max(0.0, r["accuracy"] - r["ci95"][0]) for r in sel],  # rounding at 0 or 1 (see above)
-            [max(0.0, r["ci95"][1] - r["accuracy"]) for r in sel],
-        ]
+        err = [[max(0.0, r["accuracy"] - r["ci95"][0]) for r in sel],  # rounding at 0 or 1 (see above)
+               [max(0.0, r["ci95"][1] - r["accuracy"]) for r in sel]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=2, color=f"C{i % 10}", label=key)
     ax.set(xscale="log", xlabel="model calls per maze", ylabel="solved", ylim=(-0.02, 1.02),
            title="early-step selection: accuracy against compute")  # fmt: skip
