@@ -136,7 +136,7 @@ def trace_plan(job, out: Path) -> Plan:
     return store_plan("trace", job.layout, out, job.batch_size, pending)
 
 
-CAUSAL = ("patch", "swap", "flow", "perturb")
+CAUSAL = ("patch", "swap", "flow", "perturb", "layers")
 
 
 def experiment_plan(kind: str, cfg, out: Path) -> Plan:

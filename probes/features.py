@@ -38,6 +38,14 @@ def x_t_tokens(store: ActivationStore, videos: list[int], step: int) -> np.ndarr
     return _pool(store, _patch_tokens(latent, store.layout.token_grid))
 
 
+def final_tokens(store: ActivationStore, videos: list[int]) -> np.ndarray:
+    """(videos, stored tokens, patch features) of each video's final sample, cut and pooled like x_t."""
+    latent = store.final(videos).astype(np.float32)
+    if latent.ndim != 5:
+        raise ValueError(f"final sample of shape {latent.shape[1:]} is not a (C, T, H, W) latent")
+    return _pool(store, _patch_tokens(latent, store.layout.token_grid))
+
+
 def condition_tokens(store: ActivationStore, videos: list[int]) -> np.ndarray:
     """(videos, stored tokens, features): each token sees the conditioning latent at its spatial
     place, all conditioning frames folded into features, the same for every frame of the video."""

@@ -31,6 +31,8 @@ ARTEFACTS = [
     "causal/swap/heatmap.png",
     "causal/noise/noise_step_vs_frame.png",
     "causal/flow/flow.png",
+    "causal/layers/layer_profiles.png",
+    "causal/layers/layers.json",
     "ensemble/ensemble.json",
     "ensemble/ensemble.png",
     "study.json",
@@ -61,6 +63,7 @@ def test_demo_writes_every_artefact_and_prints_headlines(demo_run):
         assert (out / _resolve(out, path)).is_file(), path
     assert "held-out 4x4 mazes:" in output and "probe on_path: best selectivity" in output
     assert "seed ensemble, 5x5: one seed" in output and "noise at step:" in output
+    assert "layer roles: " in output
     assert f"report: {(out / 'report.html').resolve()}" in output
     study = json.loads((out / "study.json").read_text())
     assert study["options"]["n_trace"] == 8 and len(study["headline"]) >= 7
@@ -138,7 +141,8 @@ ORGANISM_ARGS = ["--n-filmstrips", "1", "--n-accuracy", "4", "--n-trace", "4", "
 ORGANISM_ARGS += ["--probe-steps", "0-19:10", "--n-causal", "1", "--n-noise", "2", "--n-ensemble", "2"]
 ORGANISM_ARGS += ["--n-exploration", "2", "--n-select", "2"]
 ORGANISM_ARTEFACTS = ["maze6_seed*/filmstrip.png", "trace.h5", "exploration/exploration.png",
-                      "exploration/exploration.json", "early_select/early_select.png", "early_select/early_select.json",
+                      "exploration/exploration.json", "causal/layers/layer_profiles.png",
+                      "early_select/early_select.png", "early_select/early_select.json",
                       "ensemble/ensemble.json", "report.html"]  # fmt: skip
 
 
@@ -155,6 +159,7 @@ def test_organism_demo_writes_its_artefacts_and_both_testbeds_show_side_by_side(
     for path in ORGANISM_ARTEFACTS[:-1]:
         assert _resolve(out, path) in links, f"{path} not linked"
     assert "early-step selection beats one seed" in page and "multi-path exploration then convergence" in page
+    assert "layers specialise: early, middle and late layers take different roles" in page
     both = write_report(out.parent).read_text()  # the folder holding both studies
     assert '<section id="side-by-side">' in both
     header = re.search(r'<section id="side-by-side">.*?<tr>(.*?)</tr>', both, re.S).group(1)

@@ -122,7 +122,8 @@ SECTIONS = [
     ("headline", "Headline numbers"), ("filmstrips", "x0_hat filmstrips"),
     ("probes", "Linear probes per (step, layer)"),
     ("patching", "Activation patching and latent swapping"), ("noise", "Noise at step vs noise at frame"),
-    ("flow", "Information flow (CKA)"), ("energy", "Token energy"), ("chain", "Chain of Steps"),
+    ("flow", "Information flow (CKA)"), ("layers", "Layer specialisation"),
+    ("energy", "Token energy"), ("chain", "Chain of Steps"),
     ("ensemble", "Seed ensemble"), ("stores", "Activation stores"),
 ]  # fmt: skip
 
