@@ -7,6 +7,7 @@ h5py exactly like the original. Copies one video at a time, so memory stays at o
 The store is opened with ``ActivationStore``: its parts are checked first (a damaged store is refused,
 not copied as NaN) and found also when it was renamed with its parts folder. ``/parts`` is copied as
 a record of where the data came from; readers ignore it in a file whose datasets are not virtual.
+The parts' NaN / Inf / overflow counts are summed into the file's own ``/nonfinite``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import h5py
 
+from activations.nonfinite import nonfinite_totals
 from activations.reader import ActivationStore
 from activations.schema import CHECKED
+from activations.staging import NONFINITE_COLUMNS
 
 
 def consolidate_store(path: str | Path, out: str | Path) -> Path:
@@ -46,5 +49,7 @@ def consolidate_store(path: str | Path, out: str | Path) -> Path:
                     ds[v] = data[v]
 
             src.visititems(copy)
+            counts = dst.create_dataset("nonfinite", data=nonfinite_totals(path))
+            counts.attrs["columns"] = list(NONFINITE_COLUMNS)
     tmp.replace(out)
     return out

@@ -46,7 +46,8 @@ whose listed parts are missing or damaged (``interp verify STORE --repair``). ``
 version 2: stores without it still read (their parts are listed from the virtual-dataset mappings).
 ``NAME.h5.parts/writer.lock`` is the writer's ``flock`` lock (shared for shard writers);
 ``NAME.h5.parts/damaged/`` holds parts that ``interp verify --repair`` moved out of the index. A
-consolidated file (``activations.consolidate``) keeps ``/parts`` as a record; its datasets are real.
+consolidated file (``activations.consolidate``) keeps ``/parts`` as a record; its datasets are real, and
+its ``/nonfinite`` holds the parts' counts summed.
 """
 
 from __future__ import annotations

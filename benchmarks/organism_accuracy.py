@@ -18,17 +18,11 @@ import torch
 from _record import save_record  # benchmarks/ is the script's folder
 
 from interp.evaluation import verify_latents, wilson_interval
-from interp.execution.loop import StepHook, initial_noise, sample
+from interp.execution.loop import KeepX0, initial_noise, sample
 from interp.models.testbed import NAMED, TestbedAdapter
 from interp.tasks import maze as maze_task
 from interp.tasks.splits import held_out_seeds
 from interp.training import train_sizes
-
-
-class FirstX0(StepHook):
-    def after_step(self, state):
-        if state.step == 0:
-            self.x0 = state.x0_hat.clone()
 
 
 def _share(k: int, n: int) -> dict:
@@ -44,11 +38,11 @@ def evaluate(folder: Path, sizes: list[int], n: int, batch: int = 100) -> dict:
         for i in range(0, n, batch):
             chunk = mazes[i : i + batch]
             noise = initial_noise([m.seed for m in chunk], adapter.latent_shape(size, 4))
-            hook = FirstX0()
+            hook = KeepX0([0])
             with torch.no_grad():
                 out = sample(adapter, noise, adapter.conditioning(chunk, 4), adapter.defaults.num_steps, hooks=[hook])
             final += sum(v.solved for v in verify_latents(adapter, out.latents, chunk))
-            first += sum(v.solved for v in verify_latents(adapter, hook.x0, chunk))
+            first += sum(v.solved for v in verify_latents(adapter, torch.from_numpy(hook.x0[0]).to(out.latents), chunk))
         rows.append({"size": size, "final": _share(final, n), "x0_step0": _share(first, n),
                      "seconds": round(time.time() - tic, 1)})  # fmt: skip
     training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}

@@ -37,6 +37,7 @@ from activations.pooling import Pooling
 from activations.writer import DEFAULT_QUEUE_BYTES, StoreWriter, site_chunks
 from interp.execution.capture import build_layout, trace_batch
 from interp.execution.loop import sample
+from interp.experiments.trace import writer_in_background
 from interp.models.wan import WanAdapter, WanConditioning
 
 SHAPES = {"1.3b": {"num_attention_heads": 12, "ffn_dim": 8960}, "14b": {"num_attention_heads": 40, "ffn_dim": 13824}}
@@ -106,7 +107,9 @@ def run_traced(adapter, noise, cond, steps: int, pooling: str, path: Path, queue
         pooling=Pooling.parse(pooling), video_keys=["v0"],
     )  # fmt: skip
     tic = time.perf_counter()
-    with StoreWriter(path, layout, max_queue_bytes=queue_bytes) as writer:
+    # As run_trace writes: on a thread beside a GPU or a free core, else inline (the thread has no core).
+    background = writer_in_background(noise.device)
+    with StoreWriter(path, layout, max_queue_bytes=queue_bytes, background=background) as writer:
         part = writer.begin_part([0])
         result = trace_batch(adapter, part, layout, noise, cond, SHIFT, backend="nnsight")
         part.finish(result.latents, [{}])
@@ -179,7 +182,8 @@ def bench_shape(shape: str, args, work: Path) -> dict:
     return {
         "shape": shape, "hidden": hidden, "blocks": blocks, "steps": args.steps, "frames": frames,
         "height": sizes["height"], "width": sizes["width"], "tokens": n_tokens, "guidance": cond.negative_prompt_embeds
-        is not None, "device": device, "dtype": str(dtype), "rows": rows, "plain_h5py_mb_per_s": h5_mb_s,
+        is not None, "device": device, "dtype": str(dtype),
+        "writer_thread": writer_in_background(device), "rows": rows, "plain_h5py_mb_per_s": h5_mb_s,
         "limit_seconds": limit, "none_over_limit": rows["none"]["median_seconds"] / limit,
     }  # fmt: skip
 

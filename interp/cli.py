@@ -258,8 +258,9 @@ def chain(
 
     if not store.is_file():
         raise UsageError(f"no activation store at {store}")
-    cfg = ChainRunConfig(str(store), min_branches, superposition_share, superposition_extra, formed_share, threshold,
-                         scorer, model, device, torch_dtype)  # fmt: skip
+    cfg = ChainRunConfig(store=str(store), min_branches=min_branches, superposition_share=superposition_share,
+                         superposition_extra=superposition_extra, formed_share=formed_share, threshold=threshold,
+                         scorer=scorer, model=model, device=device, torch_dtype=torch_dtype)  # fmt: skip
     echo_manifest(save_chain(run_chain(cfg), cfg, out), out)
 
 

@@ -12,6 +12,7 @@ import torch
 
 from activations import ActivationStore, StoreLayout, StoreWriter
 from activations import writer as writer_module
+from activations.consolidate import consolidate_store
 from activations.nonfinite import NonFinite, nonfinite_counts
 from activations.staging import HostStager, PinnedPool, Staged
 from activations.verify import verify_store
@@ -115,6 +116,8 @@ def test_nan_inf_and_overflow_are_counted_before_the_cast_stored_and_warned(tmp_
     with pytest.warns(writer_module.NonFiniteWarning, match=r"1 \(site, step\) pairs.*1 nan, 1 inf, 1 overflow"):
         _write(tmp_path / "n.h5", planted=True)
     assert nonfinite_counts(tmp_path / "n.h5") == [NonFinite("blocks.1", 3, nan=1, inf=1, overflow=1)]
+    one_file = consolidate_store(tmp_path / "n.h5", tmp_path / "one" / "n.h5")  # no parts folder beside it
+    assert nonfinite_counts(one_file) == [NonFinite("blocks.1", 3, nan=1, inf=1, overflow=1)]
     notes = verify_store(tmp_path / "n.h5").notes
     assert any("blocks.1 step 3: 1 nan, 1 inf, 1 overflow" in n for n in notes)  # `interp verify` lists them
     with ActivationStore(tmp_path / "n.h5") as store:

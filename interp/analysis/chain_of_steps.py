@@ -23,7 +23,7 @@ before action (``perception_step < action_step``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -36,6 +36,10 @@ class ChainConfig:
     superposition_share: float = 0.8
     superposition_extra: int = 2
     formed_share: float = 0.5
+
+    def thresholds(self) -> ChainConfig:
+        """The thresholds alone (a config that holds them as fields, e.g. the chain experiment's)."""
+        return ChainConfig(**{f.name: getattr(self, f.name) for f in fields(ChainConfig)})
 
 
 @dataclass

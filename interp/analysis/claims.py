@@ -70,7 +70,7 @@ def ensemble_gain(rows: list[dict]) -> list[dict]:
         measurement = f"{e['method']} N={e.get('n_seeds')}: {e['accuracy']:.0%} ({_pct(e['ci95'])})"
         control = f"{c['method']}: {c['accuracy']:.0%} ({_pct(c['ci95'])})"
         if "solved" in e and "solved" in c:  # the same mazes: a paired test
-            only_e, only_c, p = _mcnemar(e["solved"], c["solved"])
+            only_e, only_c, p = mcnemar(e["solved"], c["solved"])
             measurement += f"; solved by it alone on {only_e} mazes, by the control alone on {only_c}"
             if e["accuracy"] <= c["accuracy"]:
                 verdict, why = NOT_SHOWN, "the best control is at least as accurate as the best ensemble"
@@ -91,10 +91,12 @@ def ensemble_gain(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _mcnemar(a, b) -> tuple[int, int, float]:
-    """Exact McNemar test of two methods' per-maze outcomes: (a only, b only, two-sided p)."""
+def mcnemar(a, b) -> tuple[int, int, float]:
+    """Exact McNemar test of two methods' per-maze outcomes (paired, same mazes): (a only, b only,
+    two-sided p)."""
+    import numpy as np
     from scipy.stats import binomtest
 
-    only_a = sum(1 for x, y in zip(a, b) if x and not y)
-    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0

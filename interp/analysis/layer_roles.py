@@ -99,14 +99,15 @@ def roles_sentence(verdict: dict) -> str:
     return f"layer roles: {verdict['verdict']} ({verdict['why']}): {verdict['measurement']}"
 
 
-def probe_profiles(table, layers: list[int]) -> list[Profile]:
-    """Per probe target, each layer's best selectivity over the probed steps, with that cell's interval."""
+def probe_profiles(table, layers: list[int], sites: list[str]) -> list[Profile]:
+    """Per probe target, each layer's best selectivity over the probed steps at its block-output
+    ``sites[i]``, with that cell's interval."""
     profiles = []
     for target in dict.fromkeys(table["target"]):
-        rows = table[(table["target"] == target) & table["layer"].isin(layers)]
+        rows = table[table["target"] == target]
         values, low, high = (np.full(len(layers), np.nan) for _ in range(3))
-        for i, layer in enumerate(layers):
-            at = rows[rows["layer"] == layer]
+        for i, site in enumerate(sites):
+            at = rows[rows["site"] == site]
             if len(at) and at["selectivity"].notna().any():
                 best = at.loc[at["selectivity"].idxmax()]
                 values[i], low[i], high[i] = best["selectivity"], best.get("selectivity_lo"), best.get("selectivity_hi")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
 from threadpoolctl import threadpool_limits
@@ -56,6 +57,25 @@ class StepHook:
         return None
 
 
+class KeepX0(StepHook):
+    """x0_hat (float32, on the host) and sigma after the model calls of the chosen steps (0-based;
+    None: every step)."""
+
+    def __init__(self, steps: Sequence[int] | None = None):
+        self.steps = None if steps is None else set(steps)
+        self.x0: dict[int, np.ndarray] = {}
+        self.sigmas: dict[int, float] = {}
+
+    def after_step(self, state: StepState) -> None:
+        if self.steps is None or state.step in self.steps:
+            self.x0[state.step] = state.x0_hat.detach().float().cpu().numpy()
+            self.sigmas[state.step] = state.sigma
+
+    def trajectories(self) -> np.ndarray:
+        """(batch, kept steps, *latent), steps in order."""
+        return np.stack([self.x0[s] for s in sorted(self.x0)], 1)
+
+
 class _CallableHook(StepHook):
     def __init__(self, fn: Callable[[StepState], torch.Tensor | None]):
         self.fn = fn
@@ -89,14 +109,25 @@ def initial_noise(
     return torch.stack(draws).to(device=device, dtype=dtype)
 
 
+def _per_row(value, batch: int) -> bool:
+    """A tensor of a scheduler's per-row history: one row per batch element (not its sigma table)."""
+    return isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[0] == batch
+
+
+def scheduler_row_tensors(scheduler: SchedulerMixin, batch: int) -> list[torch.Tensor]:
+    """The tensors of a scheduler's per-row history (a multistep solver's previous outputs, last sample)."""
+    values = [v for v in vars(scheduler).values() if isinstance(v, torch.Tensor | list)]
+    return [x for v in values for x in (v if isinstance(v, list) else [v]) if _per_row(x, batch)]
+
+
 def select_scheduler_rows(scheduler: SchedulerMixin, rows: Sequence[int], batch: int) -> SchedulerMixin:
-    """A copy of a scheduler whose per-row history (a multistep solver's previous outputs and last
-    sample: tensors with ``batch`` rows) keeps only ``rows``, in that order."""
+    """A copy of a scheduler whose per-row history (``scheduler_row_tensors``) keeps only ``rows``,
+    in that order."""
     index = torch.as_tensor(list(rows), dtype=torch.long)
     out = copy.deepcopy(scheduler)
 
     def pick(value):
-        if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[0] == batch:
+        if _per_row(value, batch):
             return value[index.to(value.device)]
         if isinstance(value, list):
             return [pick(v) for v in value]

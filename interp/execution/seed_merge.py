@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from interp.execution.loop import StepHook, sample, select_scheduler_rows
+from interp.execution.loop import StepHook, sample, scheduler_row_tensors, select_scheduler_rows
 
 MERGES = ("mean", "rescaled", "x0")
 
@@ -73,11 +73,7 @@ def _groups_identical(latents: torch.Tensor, scheduler, n: int) -> bool:
         g = x.reshape(-1, n, *x.shape[1:])
         return bool(torch.equal(g, g[:, :1].expand_as(g)))
 
-    batch = latents.shape[0]
-    values = [v for v in vars(scheduler).values() if isinstance(v, torch.Tensor | list)]
-    flat = [x for v in values for x in (v if isinstance(v, list) else [v])]
-    rows = [x for x in flat if isinstance(x, torch.Tensor) and x.ndim >= 2 and x.shape[0] == batch]
-    return same(latents) and all(same(x) for x in rows)
+    return same(latents) and all(same(x) for x in scheduler_row_tensors(scheduler, latents.shape[0]))
 
 
 @torch.no_grad()

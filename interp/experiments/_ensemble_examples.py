@@ -22,7 +22,7 @@ def _label(r: dict) -> str:
 def paired_rows(rows: list[dict]) -> list[dict]:
     """Per size, every method against the single seed on the same mazes, and the best ensemble
     against the best control: mazes only the first solves, only the second, exact McNemar p."""
-    from interp.experiments.early_select import mcnemar
+    from interp.analysis.claims import mcnemar
 
     out = []
     for size in sorted({r["size"] for r in rows}):

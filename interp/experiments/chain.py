@@ -18,13 +18,9 @@ from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Tabl
 
 
 @dataclass
-class ChainRunConfig(ExperimentConfig):
+class ChainRunConfig(ExperimentConfig, ChainConfig):  # the detector thresholds are its fields
     experiment = "chain"
     store: str = ""
-    min_branches: int = 2
-    superposition_share: float = 0.8
-    superposition_extra: int = 2
-    formed_share: float = 0.5
     threshold: float = 0.1  # a frame has committed once x0_hat stays this close to the final (relative L2)
     scorer: str | None = None  # module:function of decoded frames -> number (needs ``model`` to decode)
     model: str | None = None  # what decodes x0_hat for the scorer: a testbed name or a pipeline folder
@@ -36,9 +32,6 @@ class ChainRunConfig(ExperimentConfig):
         from interp.sources import default_dtype
 
         self.torch_dtype = default_dtype(self.device, self.torch_dtype)
-
-    def thresholds(self) -> ChainConfig:
-        return ChainConfig(self.min_branches, self.superposition_share, self.superposition_extra, self.formed_share)
 
 
 @dataclass

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp.analysis.claims import CANNOT_TELL, NOT_SHOWN, SHOWS, claim
+from interp.analysis.claims import CANNOT_TELL, NOT_SHOWN, SHOWS, claim, mcnemar
 from interp.evaluation import verify_latents, wilson_interval
-from interp.execution.loop import StepHook, initial_noise, sample, select_scheduler_rows
+from interp.execution.loop import KeepX0, initial_noise, sample, select_scheduler_rows
 from interp.execution.seed_merge import SeedMerge, sample_merged
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
 from interp.sources import load_testbed
@@ -77,17 +77,6 @@ class EarlySelectConfig(ExperimentConfig):
             raise ValueError("early selection needs at least one score")
         for spec in self.scores:
             load_score(spec)
-
-
-class KeepX0(StepHook):
-    """x0_hat after the model calls of the given steps (0-based), on the host."""
-
-    def __init__(self, steps):
-        self.steps, self.x0 = set(steps), {}
-
-    def after_step(self, state):
-        if state.step in self.steps:
-            self.x0[state.step] = state.x0_hat.float().cpu().numpy()
 
 
 def _scores(fn, decoded: bool, x0: np.ndarray, mazes, adapter) -> np.ndarray:
@@ -167,15 +156,6 @@ def run_early_select(cfg: EarlySelectConfig, adapter=None, progress: bool = True
                 rows.append(_row("early selection", size, solved[np.arange(cfg.n), chosen], n * k + num_steps - k,
                                  n_seeds=n, k=k, scorer=spec))  # fmt: skip
     return rows
-
-
-def mcnemar(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
-    """Paired exact McNemar test of two methods' per-maze outcomes: (a only, b only, two-sided p)."""
-    from scipy.stats import binomtest
-
-    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
-    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    return only_a, only_b, float(p)
 
 
 def selection_claims(rows: list[dict]) -> list[dict]:

@@ -20,7 +20,7 @@ import torch
 from interp.analysis.chain_of_steps import Chain, ChainConfig, analyse_trajectory, summarise
 from interp.analysis.claims import CANNOT_TELL, NOT_SHOWN, SHOWS, claim
 from interp.evaluation import wilson_interval
-from interp.execution.loop import StepHook, initial_noise, sample
+from interp.execution.loop import KeepX0, initial_noise, sample
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
 from interp.sources import load_testbed
 from interp.tasks import maze as maze_task
@@ -33,21 +33,8 @@ BEHAVIOURS = {
 FLOOR = 0.05  # a share a detector's false alarms could give
 
 
-class RecordX0(StepHook):
-    """Keeps x0_hat of every step on the host: (batch, steps, C, T, H, W) after sampling."""
-
-    def __init__(self):
-        self.steps: list[np.ndarray] = []
-
-    def after_step(self, state):
-        self.steps.append(state.x0_hat.float().cpu().numpy())
-
-    def trajectories(self) -> np.ndarray:
-        return np.stack(self.steps, 1)
-
-
 @dataclass
-class ExplorationConfig(ExperimentConfig):
+class ExplorationConfig(ExperimentConfig, ChainConfig):  # the detector thresholds are its fields
     experiment = "exploration"
     models: list[str] = field(default_factory=lambda: ["testbed-mixed", "testbed"])
     sizes: list[int] = field(default_factory=lambda: [4, 5, 6])
@@ -56,10 +43,6 @@ class ExplorationConfig(ExperimentConfig):
     first_seed: int = 0
     num_steps: int | None = None
     batch_size: int = 64
-    min_branches: int = 2
-    superposition_share: float = 0.8
-    superposition_extra: int = 2
-    formed_share: float = 0.5
 
     cli_help = {
         "models": "Testbeds (names or weight folders); the first is studied, the others are controls; repeatable.",
@@ -77,9 +60,6 @@ class ExplorationConfig(ExperimentConfig):
         if min(self.sizes) < maze_task.MIN_SIZE:
             raise ValueError(f"maze sizes must be >= {maze_task.MIN_SIZE}, got {min(self.sizes)}")
 
-    def thresholds(self) -> ChainConfig:
-        return ChainConfig(self.min_branches, self.superposition_share, self.superposition_extra, self.formed_share)
-
 
 def trajectories(adapter, mazes, frames: int, num_steps: int, batch_size: int) -> np.ndarray:
     """x0_hat of every step for each maze: (mazes, steps, C, T, N, N)."""
@@ -88,7 +68,7 @@ def trajectories(adapter, mazes, frames: int, num_steps: int, batch_size: int) -
     for i in range(0, len(mazes), batch_size):
         chunk = mazes[i : i + batch_size]
         noise = initial_noise([m.seed for m in chunk], shape, adapter.device, adapter.dtype)
-        record = RecordX0()
+        record = KeepX0()
         with torch.no_grad():
             sample(adapter, noise, adapter.conditioning(chunk, frames), num_steps, hooks=[record])
         out.append(record.trajectories())

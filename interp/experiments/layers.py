@@ -106,7 +106,7 @@ def run_layers(cfg: LayersConfig, adapter=None, progress: bool = True) -> Layers
                         adapter, progress=progress)  # fmt: skip
     with warnings.catch_warnings():  # a pair or video with no value stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        profiles = probe_profiles(table, layers)
+        profiles = probe_profiles(table, layers, sites)
         profiles.append(bootstrap_profile("CKA to the final sample", layers, np.nanmean(cka, axis=1)))
         profiles.append(bootstrap_profile("patching effect", layers, np.nanmean(patched.per_pair, axis=1)))
     return LayersResult(cfg, profiles, cka, cka_steps, patched.per_pair, starts, roles_claim(profiles))

@@ -18,24 +18,10 @@ import torch
 
 from activations.reader import ActivationStore
 from activations.selection import parse_index_spec
-from interp.execution.loop import StepHook, sample
+from interp.execution.loop import KeepX0, sample
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, register
 from interp.report.step_videos import write_step_videos
 from interp.sources import PipelineInputs, default_dtype
-
-
-class X0AtSteps(StepHook):
-    """Keeps x0_hat of row 0 (float32, CPU) at the chosen steps, and each step's sigma."""
-
-    def __init__(self, steps):
-        self.steps = set(steps)
-        self.x0: dict[int, torch.Tensor] = {}
-        self.sigmas: dict[int, float] = {}
-
-    def after_step(self, state) -> None:
-        if state.step in self.steps:
-            self.x0[state.step] = state.x0_hat[0].detach().float().cpu()
-            self.sigmas[state.step] = state.sigma
 
 
 @dataclass
@@ -75,10 +61,10 @@ def run_pipeline_generate(cfg: PipelineGenerateConfig, out, progress: bool = Tru
         for seed in cfg.seeds:
             noise = inputs.noise(adapter, [seed])
             cond = inputs.conditioning(adapter, [item], noise)
-            keep = X0AtSteps(steps)
+            keep = KeepX0(steps)
             final = sample(adapter, noise, cond, cfg.num_steps, hooks=[keep]).latents
             folder = Path(out) / f"{item.name}-seed{seed}"
-            x0s = {s: x.to(adapter.device, final.dtype) for s, x in keep.x0.items()}
+            x0s = {s: torch.from_numpy(x[0]).to(adapter.device, final.dtype) for s, x in keep.x0.items()}
             paths = write_step_videos(adapter.decode, x0s, keep.sigmas, final[0], folder, f"{item.name}, seed {seed}",
                                       cfg.max_frames)  # fmt: skip
             made.append({"sample": item.name, "seed": seed, "folder": folder, "paths": paths})

@@ -32,7 +32,7 @@ def text_table(rows: list[dict]) -> list[str]:
 def _paired_text(r: dict, single: dict | None) -> str:
     if single is None or r is single or "solved" not in r or "solved" not in single:
         return ""
-    from interp.experiments.early_select import mcnemar
+    from interp.analysis.claims import mcnemar
 
     a, b = np.asarray(r["solved"], bool), np.asarray(single["solved"], bool)
     only_a, only_b, p = mcnemar(a, b)

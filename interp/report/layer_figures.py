@@ -35,7 +35,7 @@ def layer_profiles_figure(result, path: str | Path) -> Path:
     probes = [p for p in result.profiles if p.name.endswith("selectivity")]
     cka, patch = result.profiles[-2], result.profiles[-1]
     layers = cka.layers
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
     for p in probes:
         _band(axes[0], p, p.name.removesuffix(" selectivity"))
     axes[0].axhline(0, color="0.5", lw=0.8)
@@ -60,7 +60,7 @@ def layer_profiles_figure(result, path: str | Path) -> Path:
         _thirds(ax, layers)
         ax.set_xticks(layers)
         ax.set_xlabel("layer")
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.suptitle(f"{result.verdict['verdict']}: {result.verdict['why']}", fontsize=9, y=1.02)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
