@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from interp.cli_options import add_experiment_commands, check_maze, echo_manifest, run_app, set_threads, testbed
-from interp.plans import Plan, show
+from interp.plans import Plan, pipeline_plan, show
 from interp.validation import UsageError, parse_labels
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -53,7 +53,8 @@ def generate(
         names = [x for item in samples for x in item.split(",") if x] or None
         cfg = PipelineGenerateConfig(model, str(data), names, list(seed), steps or "all", height, width, num_frames,
                                      num_steps or 50, device, torch_dtype)  # fmt: skip
-        show(Plan("generate", out, len(seed) * len(names or [""]), num_steps or 50), typer.echo)
+        videos = len(seed) * len(names or [""])
+        show(pipeline_plan("generate", model, torch_dtype, videos, num_steps or 50, out), typer.echo)
         return echo_manifest(save_step_videos(run_pipeline_generate(cfg, out), cfg, out), out)
     from interp.experiments.generate import GenerateConfig, run_generate, save_generated
     from interp.plans import sampling_plan
@@ -173,13 +174,13 @@ def trace(
     job = None if ray and adapter is None else make_job(cfg, adapter)  # every check before any compute
     # a pipeline under Ray is planned by a worker: the driver never loads the model
     show(trace_plan(job, out) if job else Plan("trace", out, details=["pipeline: planned by a Ray worker"]), typer.echo)
-    tic = time.time()
+    tic, writer_options = time.time(), {"queue_bytes": queue_mb << 20, "sha256": sha256}
     if ray:
         from interp.experiments.distributed import run_trace_ray
 
-        typer.echo(run_trace_ray(cfg, out, ray_address, workers, threads_per_worker, sha256=sha256).table())
+        typer.echo(run_trace_ray(cfg, out, ray_address, workers, threads_per_worker, **writer_options).table())
     else:
-        run_trace(cfg, out, job=job, queue_bytes=queue_mb << 20, sha256=sha256)
+        run_trace(cfg, out, job=job, **writer_options)
     typer.echo(f"stored activations of {model} in {out} [{time.time() - tic:.0f}s]")
 
 

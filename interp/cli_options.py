@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 
 from interp.experiments.base import Experiment, experiments, load_config
-from interp.plans import DRY_RUN, PlanOnly
+from interp.plans import DRY_RUN, READERS, PlanOnly, show
 from interp.sources import default_dtype
 from interp.validation import UsageError, build, check_output, check_threads
 
@@ -195,7 +195,8 @@ def add_experiment_commands(app: typer.Typer) -> None:
 
 DRY_RUN_OPTION = _option("dry_run", bool, False, "Print the plan (videos, steps, sites, disk, memory) only.",
                          ("--dry-run",))  # fmt: skip
-PLANNED = ("generate", "evaluate", "trace", "probe")  # written-out commands that print a plan (interp.plans)
+# written-out commands that print a plan (interp.plans); READERS' plans are printed here, before the command
+PLANNED = ("generate", "evaluate", "trace", "probe", "demo", *READERS)
 FILE_OUTPUTS = {("trace", "out"), ("report", "out")}  # output options that name a file, not a folder
 OUTPUTS = ("out", "checkpoint", "export")
 
@@ -218,6 +219,8 @@ def guard(name: str, fn):
                 check_output(values[key], "file" if (name, key) in FILE_OUTPUTS else "folder", "--" + key)
         token = DRY_RUN.set(bool(dry_run))
         try:
+            if name in READERS:
+                show(READERS[name](values), typer.echo)
             return fn(**values)
         except PlanOnly:
             return None

@@ -23,6 +23,7 @@ from interp.validation import UsageError, nearest_existing
 
 DRY_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("dry_run", default=False)
 FLOAT32 = 4
+FIGURES = 8 * 2**20  # figures and tables of a command that writes no store: a few MB
 
 
 class PlanOnly(Exception):  # noqa: N818 - not an error: --dry-run stops here, exit 0
@@ -40,16 +41,29 @@ class Plan:
     disk_bytes: int = 0
     memory_bytes: int = 0
     details: list[str] = field(default_factory=list)
+    read_bytes: int = 0  # commands that read a store: what they read of it
+    source: Path | None = None
 
     def lines(self) -> list[str]:
-        parts = [f"{self.videos} videos", f"{self.denoising_steps} denoising steps each"]
+        parts = [count(self.videos, "video")] if self.videos or self.source is None else []
+        if self.denoising_steps:
+            parts.append(f"{self.denoising_steps} denoising steps each")
         if self.stored_steps is not None:
-            parts.append(f"{self.stored_steps} steps stored")
+            parts.append(f"{count(self.stored_steps, 'step')} {'stored' if self.source is None else 'read'}")
         if self.sites is not None:
-            parts.append(f"{self.sites} sites")
+            parts.append(count(self.sites, "site"))
+        details = list(self.details)
+        if not parts and details:  # a plan of no videos (verify, report): its first detail heads it
+            parts.append(details.pop(0))
         head = f"plan: {self.command}: " + ", ".join(parts)
-        cost = f"  writes ~{human(self.disk_bytes)} to {self.out}; memory ~{human(self.memory_bytes)} (estimate)"
-        return [head, cost, *("  " + d for d in self.details)]
+        cost = f"writes ~{human(self.disk_bytes)} to {self.out}; memory ~{human(self.memory_bytes)} (estimate)"
+        if self.source is not None:
+            cost = f"reads ~{human(self.read_bytes)} of {self.source}; " + cost
+        return [head, "  " + cost, *("  " + d for d in details)]
+
+
+def count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def human(n: float) -> str:
@@ -101,6 +115,28 @@ def model_bytes(adapter) -> int:
     return sum(p.numel() * p.element_size() for m in adapter.transformers().values() for p in m.parameters())
 
 
+def folder_weight_bytes(folder: str | Path, torch_dtype: str | None = None, parts: tuple[str, ...] = ()) -> int:
+    """The weights of a diffusers pipeline folder (or of its ``parts`` subfolders) once loaded in
+    ``torch_dtype`` (float32 when None), from the safetensors headers: nothing is loaded."""
+    from safetensors import safe_open
+
+    itemsize = 2 if torch_dtype in ("bfloat16", "float16") else FLOAT32
+    roots = [Path(folder, p) for p in parts] if parts else [Path(folder)]
+    total = 0
+    for root in roots:
+        for file in sorted(root.rglob("*.safetensors")):
+            with safe_open(str(file), "pt") as f:
+                total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()) * itemsize
+    return total
+
+
+def pipeline_plan(command: str, model: str, torch_dtype: str | None, videos: int, num_steps: int, out: Path) -> Plan:
+    """A pipeline model's sampling command: its weights from the folder, before any loading."""
+    return Plan(command, Path(out), videos, num_steps, disk_bytes=FIGURES * max(videos, 1),
+                memory_bytes=folder_weight_bytes(model, torch_dtype),
+                details=["pipeline model: weights counted from its safetensors; activations not counted"])  # fmt: skip
+
+
 def store_plan(command: str, layout, out: Path, batch_size: int, pending: int | None = None) -> Plan:
     """The plan of tracing ``layout`` into ``out`` (``pending``: videos still to trace on a resume)."""
     import numpy as np
@@ -147,8 +183,9 @@ def experiment_plan(kind: str, cfg, out: Path) -> Plan:
     pipeline = getattr(cfg, "pipeline", None)
     if pipeline is not None:
         samples = pipeline.get("samples") or []
-        return Plan(kind, Path(out), len(samples), pipeline.get("num_steps", 50),
-                    details=["pipeline model: its weights and activations are not counted here"])  # fmt: skip
+        plan = pipeline_plan(kind, pipeline.get("model", ""), pipeline.get("torch_dtype"), len(samples),
+                             pipeline.get("num_steps", 50), out)  # fmt: skip
+        return plan
     if not all(hasattr(cfg, name) for name in ("num_steps", "frames", "n")) or not hasattr(cfg, "model") and \
             not hasattr(cfg, "models"):  # an experiment of a user's own: no fields to estimate from
         return Plan(kind, Path(out), getattr(cfg, "n", 0), 0, details=["no estimate: not a sampling experiment"])
@@ -206,3 +243,107 @@ def probe_plan(store_path: Path, cfg, out: Path) -> Plan:
     return Plan("probe", Path(out), videos, lay.num_steps, len(steps), len(layers), 4 * 2**20, memory,
                 [f"{targets} targets x {len(steps)} steps x {len(layers)} layers = {targets * len(steps) * len(layers)}"
                  " probes, each with 3 controls"])  # fmt: skip
+
+
+# -- commands that read a store or a run folder ---------------------------------------------------------
+
+
+def _store_file(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, not a store file")
+    if not path.is_file():
+        raise UsageError(f"no activation store at {path}")
+    return path
+
+
+def _store_layout(path: Path):
+    from activations.reader import ActivationStore
+
+    with ActivationStore(_store_file(path)) as store:
+        return store.layout, list(store.completed_videos)
+
+
+def decoder_bytes(model: str | None, torch_dtype: str | None) -> int:
+    """What decodes x0_hat: a testbed (its weights are small: loaded) or a pipeline folder's VAE."""
+    from interp.models.registry import is_pipeline_folder
+
+    if not model:
+        return 0
+    if is_pipeline_folder(model):
+        return folder_weight_bytes(model, torch_dtype, ("vae",))
+    from interp.sources import load_testbed
+
+    return model_bytes(load_testbed(model))
+
+
+def filmstrip_plan(values: dict) -> Plan:
+    from activations.selection import parse_index_spec
+
+    layout, _ = _store_layout(values["store"])
+    videos = parse_index_spec(values["videos"], layout.n_videos, "video")
+    steps = [s for s in parse_index_spec(values["steps"], layout.num_steps, "step") if s in layout.steps]
+    read = len(videos) * len(steps) * math.prod(layout.latent_shape) * FLOAT32
+    memory = decoder_bytes(values["model"], values.get("torch_dtype")) + read
+    return Plan("filmstrip", Path(values["out"]), len(videos), layout.num_steps, len(steps), None,
+                FIGURES * len(videos), memory, [f"decodes x0_hat with {values['model']}"], read,
+                Path(values["store"]))  # fmt: skip
+
+
+def energy_plan(values: dict) -> Plan:
+    layout, _ = _store_layout(values["store"])
+    read = sum(layout.n_tokens * layout.hidden[s] for s in layout.sites) * FLOAT32  # every site of one (video, step)
+    return Plan("energy", Path(values["out"]), 1, layout.num_steps, 1, len(layout.sites), FIGURES, 3 * read,
+                [f"video {values['video']} at step {values['step']}"], read, Path(values["store"]))  # fmt: skip
+
+
+def chain_plan(values: dict) -> Plan:
+    layout, done = _store_layout(values["store"])
+    read = len(done) * len(layout.steps) * math.prod(layout.latent_shape) * FLOAT32  # x0_hat of every video and step
+    decoder = decoder_bytes(values.get("model"), values.get("torch_dtype")) if values.get("scorer") else 0
+    return Plan("chain", Path(values["out"]), len(done), layout.num_steps, len(layout.steps), None, FIGURES,
+                decoder + 2 * read, ["x0_hat of every stored step of every complete video"], read,
+                Path(values["store"]))  # fmt: skip
+
+
+def verify_plan(values: dict) -> Plan:
+    from activations.schema import parts_dir
+
+    store = _store_file(values["store"])
+    parts = parts_dir(store)
+    files = [p for p in (parts.glob("part_*.h5") if parts.is_dir() else []) if p.is_file()]
+    read = sum(p.stat().st_size for p in files) if values.get("checksums") else 0
+    detail = "every chunk checked" if values.get("checksums") else "headers, shapes, flags (--checksums: every chunk)"
+    return Plan("verify", store.parent, 0, details=[f"{count(len(files), 'part')}: {detail}"], read_bytes=read,
+                source=store)  # fmt: skip
+
+
+def report_plan(values: dict) -> Plan:
+    run_dir = Path(values["run_dir"])
+    if not run_dir.is_dir():
+        raise UsageError(f"no run folder at {run_dir}")
+    images = [p for p in run_dir.rglob("*") if p.suffix in (".png", ".gif") and p.is_file()]
+    embedded = sum(p.stat().st_size for p in images) * 4 // 3  # base64 in the page
+    out = Path(values["out"]) if values.get("out") else run_dir / "report.html"
+    return Plan("report", out, 0, disk_bytes=embedded + 2**20, memory_bytes=2 * embedded,
+                details=[f"{count(len(images), 'figure')} embedded"], read_bytes=embedded * 3 // 4,
+                source=run_dir)  # fmt: skip
+
+
+def study_plan(model: str, adapter, options: dict, out: Path, size: int, frames: int) -> Plan:
+    """``interp demo``: the store it writes is the largest cost; every stage's mazes listed."""
+    from interp.experiments.trace import TraceConfig, make_job
+
+    job = make_job(TraceConfig(model=model, n=options["n_trace"], size=size, frames=frames), adapter)
+    store = store_plan("demo", job.layout, Path(out) / "trace.h5", job.batch_size)
+    counts = {k[2:]: v for k, v in options.items() if k.startswith("n_") and v}
+    store.details = [f"{store.videos} videos traced at {size}x{size}, every block at every step",
+                     "mazes per stage: " + ", ".join(f"{k} {v}" for k, v in counts.items())]  # fmt: skip
+    store.memory_bytes += model_bytes(adapter)
+    store.disk_bytes += FIGURES * (len(counts) + 4)
+    store.out = Path(out)
+    return store
+
+
+READERS = {"filmstrip": filmstrip_plan, "energy": energy_plan, "chain": chain_plan, "verify": verify_plan,
+           "report": report_plan}  # fmt: skip

@@ -96,6 +96,7 @@ def run_study(out: str | Path, model: str = "testbed", echo: Callable[[str], Non
     """Run every experiment's demo step on ``model`` into ``out`` and write the report; the headlines."""
     import torch
 
+    from interp.plans import show, study_plan
     from interp.report.html import write_report
     from interp.sources import load_testbed
     from interp.tasks.splits import IN_DISTRIBUTION
@@ -106,6 +107,7 @@ def run_study(out: str | Path, model: str = "testbed", echo: Callable[[str], Non
     _check_stages(options, adapter)
     torch.set_num_threads(options["threads"])
     out = Path(out)
+    show(study_plan(model, adapter, options, out, max(sizes), IN_DISTRIBUTION["frames"]), echo)  # --dry-run: here
     ensemble_size = max(sizes) + 1 if len(sizes) == 1 else max(sizes)
     ctx = StudyContext(adapter, model, out, options, echo, max(sizes), IN_DISTRIBUTION["frames"], sizes, ensemble_size)
     for experiment in demo_steps():

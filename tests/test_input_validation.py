@@ -138,3 +138,45 @@ def test_what_a_user_legitimately_passes_is_accepted_and_saved_as_plain_json():
     check(ProbeConfig(name="my run"))
     with pytest.raises(ValueError, match="seeds must be a non-empty list, each an integer from 1"):
         EnsembleConfig(seeds=[10**12])  # N seeds merged, not seed values
+
+
+def test_every_reading_command_prints_its_plan_and_dry_run_writes_nothing(run_cli, tmp_path):
+    from interp.experiments.trace import TraceConfig, run_trace
+
+    store = run_trace(TraceConfig(n=2, steps="0-19:5", layers="0-1"), tmp_path / "t.h5", progress=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    # x0_hat of 2 videos x 4 stored steps, float32, of latents (4, 4, 4, 8) = 512 values
+    cases = [
+        (["filmstrip", store, "--videos", "0-1"], "plan: filmstrip: 2 videos, 20 denoising steps each, 4 steps read",
+         f"reads ~{2 * 4 * 512 * 4 / 1024:.1f} KB of {store}"),
+        (["energy", store, "--step", 5], "plan: energy: 1 video, 20 denoising steps each, 1 step read, 2 sites",
+         f"reads ~{2 * 64 * 128 * 4 / 1024:.1f} KB"),
+        (["chain", store], "plan: chain: 2 videos", f"reads ~{2 * 4 * 512 * 4 / 1024:.1f} KB"),
+        (["verify", store, "--checksums"], "plan: verify: 1 part: every chunk checked", "reads ~"),
+        (["report", tmp_path], "plan: report: 0 figures embedded", "writes ~"),
+        (["demo", "--n-trace", 3], "plan: demo: 3 videos, 20 denoising steps each, 20 steps stored, 8 sites",
+         "writes ~"),
+    ]
+    for args, head, cost in cases:
+        out_option = ["--out", tmp_path / "o"] if args[0] not in ("verify", "report") else []
+        code, out, err = run_cli(*args, "--dry-run", *out_option)
+        assert code == 0 and head in out and cost in out, (args, out, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    code, _, err = run_cli("chain", tmp_path / "none.h5", "--dry-run")
+    _one_line(code, err, "no activation store at")
+
+
+def test_pipeline_weights_are_counted_from_the_safetensors_headers(wan22):
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from interp.plans import folder_weight_bytes
+
+    folder, _ = wan22
+    pipe = DiffusionPipeline.from_pretrained(folder, dtype=torch.float32)  # what the toolkit loads, counted
+    loaded = sum(p.numel() * 4 for name in ("transformer", "transformer_2", "vae", "text_encoder", "image_encoder")
+                 if getattr(pipe, name, None) is not None for p in getattr(pipe, name).parameters())  # fmt: skip
+    assert folder_weight_bytes(folder) == loaded
+    assert folder_weight_bytes(folder, "bfloat16") == loaded // 2
+    vae = sum(p.numel() * 4 for p in pipe.vae.parameters())
+    assert folder_weight_bytes(folder, None, ("vae",)) == vae

@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from activations.writer import StoreWriter, part_path
+from activations.writer import DEFAULT_QUEUE_BYTES, StoreWriter, part_path
 from interp.experiments.executors import claim_marker
 
 # One job per process: the model stays loaded between tasks of the same trace.
@@ -59,8 +59,12 @@ def _config_of(cfg) -> tuple[str, str]:
     raise TypeError(f"expected a TraceConfig or PipelineTraceConfig, got {type(cfg).__name__}")
 
 
-def trace_shard(kind: str, cfg_json: str, out: str, videos: list[int], threads: int, fail_once: str | None) -> dict:
-    """A worker's task: trace ``videos`` into their own part of the store at ``out``.
+def trace_shard(
+    kind: str, cfg_json: str, out: str, videos: list[int], threads: int, fail_once: str | None,
+    queue_bytes: int = DEFAULT_QUEUE_BYTES,
+) -> dict:  # fmt: skip
+    """A worker's task: trace ``videos`` into their own part of the store at ``out``. The writer thread runs
+    beside a GPU only: on the CPU a worker holds just the cores it asked Ray for, all busy with torch.
 
     ``fail_once`` (tests only): a marker path; the first process to get here with no marker writes
     it and dies after starting the part, as a killed worker would.
@@ -71,7 +75,8 @@ def trace_shard(kind: str, cfg_json: str, out: str, videos: list[int], threads: 
     tic = time.time()
     loaded = (kind, cfg_json) not in _JOB_CACHE
     job = _make_job(kind, cfg_json)
-    with StoreWriter(out, job.layout, index=False) as writer:
+    background = torch.device(job.adapter.device).type != "cpu"
+    with StoreWriter(out, job.layout, index=False, max_queue_bytes=queue_bytes, background=background) as writer:
         if part_path(writer.parts, videos).exists():  # a retry after the part was published
             return {"videos": [], "seconds": 0.0, "worker": _worker_name(), "loaded_model": loaded}
         if fail_once is not None and claim_marker(fail_once, str(videos)):
@@ -122,6 +127,7 @@ def run_trace_ray(
     max_retries: int = 3,
     progress: bool = True,
     sha256: bool = False,
+    queue_bytes: int = DEFAULT_QUEUE_BYTES,
     _fail_once: str | None = None,
 ) -> RaySummary:
     """Trace ``cfg`` (a ``TraceConfig`` or ``PipelineTraceConfig``) on Ray into the store at ``out``.
@@ -129,7 +135,8 @@ def run_trace_ray(
     ``address``: an existing cluster ("auto", "ray://host:port", ...); None starts a local Ray
     instance with ``workers`` CPUs. Every check (config, model, store settings) runs before any
     task is sent: the layout is planned in this process for the testbed, and by one worker for a
-    pipeline model (so the driver need not load a large model).
+    pipeline model (so the driver need not load a large model). ``queue_bytes``: each worker's writer
+    queue bound (as ``run_trace``).
     """
     try:
         import ray
@@ -139,8 +146,8 @@ def run_trace_ray(
 
     from interp.experiments.trace import batches, write_trace_files
 
-    if workers < 1 or threads_per_worker < 1 or max_retries < 0:
-        raise ValueError("workers and threads_per_worker must be >= 1, max_retries >= 0")
+    if workers < 1 or threads_per_worker < 1 or max_retries < 0 or queue_bytes < 1:
+        raise ValueError("workers, threads_per_worker and queue_bytes must be >= 1, max_retries >= 0")
     kind, cfg_json = _config_of(cfg)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +171,8 @@ def run_trace_ray(
         task = ray.remote(trace_shard).options(max_retries=max_retries, **resources)
         tic = time.time()
         futures = {
-            task.remote(kind, cfg_json, str(out), videos, threads_per_worker, _fail_once): videos for videos in todo
+            task.remote(kind, cfg_json, str(out), videos, threads_per_worker, _fail_once, queue_bytes): videos
+            for videos in todo
         }
         summary = RaySummary(out, 0, layout.n_videos - len(pending), 0.0)
         bar = tqdm(total=len(pending), disable=not progress, desc=f"tracing on Ray ({workers} workers)")
