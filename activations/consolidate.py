@@ -38,6 +38,8 @@ def consolidate_store(path: str | Path, out: str | Path) -> Path:
                 if isinstance(obj, h5py.Group):
                     dst.require_group(name).attrs.update(obj.attrs)
                     return
+                if name == "nonfinite":  # a consolidated file's own counts: written below from the same sum
+                    return
                 if not obj.is_virtual:
                     src.copy(obj, dst, name=name)  # small datasets: metadata, results tables
                     return

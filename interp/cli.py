@@ -54,7 +54,7 @@ def generate(
         cfg = PipelineGenerateConfig(model, str(data), names, list(seed), steps or "all", height, width, num_frames,
                                      num_steps or 50, device, torch_dtype)  # fmt: skip
         videos = len(seed) * len(names or [""])
-        show(pipeline_plan("generate", model, torch_dtype, videos, num_steps or 50, out), typer.echo)
+        show(pipeline_plan("generate", model, cfg.torch_dtype, videos, num_steps or 50, out), typer.echo)
         return echo_manifest(save_step_videos(run_pipeline_generate(cfg, out), cfg, out), out)
     from interp.experiments.generate import GenerateConfig, run_generate, save_generated
     from interp.plans import sampling_plan

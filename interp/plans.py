@@ -118,23 +118,32 @@ def model_bytes(adapter) -> int:
 def folder_weight_bytes(folder: str | Path, torch_dtype: str | None = None, parts: tuple[str, ...] = ()) -> int:
     """The weights of a diffusers pipeline folder (or of its ``parts`` subfolders) once loaded in
     ``torch_dtype`` (float32 when None), from the safetensors headers: nothing is loaded."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     itemsize = 2 if torch_dtype in ("bfloat16", "float16") else FLOAT32
     roots = [Path(folder, p) for p in parts] if parts else [Path(folder)]
     total = 0
     for root in roots:
-        for file in sorted(root.rglob("*.safetensors")):
-            with safe_open(str(file), "pt") as f:
-                total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()) * itemsize
+        files = sorted(root.rglob("*.safetensors"))
+        plain = {f.parent for f in files if "." not in f.name.removesuffix(".safetensors")}
+        for file in files:
+            if file.parent in plain and "." in file.name.removesuffix(".safetensors"):
+                continue  # a variant (e.g. model.fp16.safetensors) beside the full weights: loaded one or the other
+            try:
+                with safe_open(str(file), "pt") as f:
+                    total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()) * itemsize
+            except (SafetensorError, OSError) as err:  # not a safetensors file (e.g. a Git LFS pointer)
+                raise UsageError(f"{file} is not a readable safetensors file ({err})") from None
     return total
 
 
-def pipeline_plan(command: str, model: str, torch_dtype: str | None, videos: int, num_steps: int, out: Path) -> Plan:
-    """A pipeline model's sampling command: its weights from the folder, before any loading."""
+def pipeline_plan(command: str, model: str, torch_dtype: str, videos: int, num_steps: int, out: Path) -> Plan:
+    """A pipeline model's sampling command (``torch_dtype`` as resolved by ``sources.default_dtype``): its
+    weights from the folder, before any loading."""
     return Plan(command, Path(out), videos, num_steps, disk_bytes=FIGURES * max(videos, 1),
                 memory_bytes=folder_weight_bytes(model, torch_dtype),
-                details=["pipeline model: weights counted from its safetensors; activations not counted"])  # fmt: skip
+                details=["pipeline model: weights counted from its safetensors; activations and decoded step "
+                         "videos (a GIF per step at full size) not counted"])  # fmt: skip
 
 
 def store_plan(command: str, layout, out: Path, batch_size: int, pending: int | None = None) -> Plan:
@@ -264,14 +273,15 @@ def _store_layout(path: Path):
         return store.layout, list(store.completed_videos)
 
 
-def decoder_bytes(model: str | None, torch_dtype: str | None) -> int:
-    """What decodes x0_hat: a testbed (its weights are small: loaded) or a pipeline folder's VAE."""
+def decoder_bytes(model: str | None, device: str, torch_dtype: str | None) -> int:
+    """What decodes x0_hat: a testbed (its weights are small: loaded) or a pipeline folder (loaded whole)."""
     from interp.models.registry import is_pipeline_folder
+    from interp.sources import default_dtype
 
     if not model:
         return 0
     if is_pipeline_folder(model):
-        return folder_weight_bytes(model, torch_dtype, ("vae",))
+        return folder_weight_bytes(model, default_dtype(device, torch_dtype))
     from interp.sources import load_testbed
 
     return model_bytes(load_testbed(model))
@@ -284,7 +294,7 @@ def filmstrip_plan(values: dict) -> Plan:
     videos = parse_index_spec(values["videos"], layout.n_videos, "video")
     steps = [s for s in parse_index_spec(values["steps"], layout.num_steps, "step") if s in layout.steps]
     read = len(videos) * len(steps) * math.prod(layout.latent_shape) * FLOAT32
-    memory = decoder_bytes(values["model"], values.get("torch_dtype")) + read
+    memory = decoder_bytes(values["model"], values["device"], values.get("torch_dtype")) + read // len(videos)
     return Plan("filmstrip", Path(values["out"]), len(videos), layout.num_steps, len(steps), None,
                 FIGURES * len(videos), memory, [f"decodes x0_hat with {values['model']}"], read,
                 Path(values["store"]))  # fmt: skip
@@ -299,11 +309,13 @@ def energy_plan(values: dict) -> Plan:
 
 def chain_plan(values: dict) -> Plan:
     layout, done = _store_layout(values["store"])
-    read = len(done) * len(layout.steps) * math.prod(layout.latent_shape) * FLOAT32  # x0_hat of every video and step
-    decoder = decoder_bytes(values.get("model"), values.get("torch_dtype")) if values.get("scorer") else 0
+    per_video = len(layout.steps) * math.prod(layout.latent_shape) * FLOAT32
+    scorer_model = values.get("model") if values.get("scorer") else None
+    decoder = decoder_bytes(scorer_model, values["device"], values.get("torch_dtype"))
+    # read one video at a time, as float64 (one sample's seeds together: not known from the layout)
     return Plan("chain", Path(values["out"]), len(done), layout.num_steps, len(layout.steps), None, FIGURES,
-                decoder + 2 * read, ["x0_hat of every stored step of every complete video"], read,
-                Path(values["store"]))  # fmt: skip
+                decoder + 2 * 2 * per_video, ["x0_hat of every stored step of every complete video, one at a time"],
+                per_video * len(done), Path(values["store"]))  # fmt: skip
 
 
 def verify_plan(values: dict) -> Plan:
@@ -322,7 +334,9 @@ def report_plan(values: dict) -> Plan:
     run_dir = Path(values["run_dir"])
     if not run_dir.is_dir():
         raise UsageError(f"no run folder at {run_dir}")
-    images = [p for p in run_dir.rglob("*") if p.suffix in (".png", ".gif") and p.is_file()]
+    from interp.report.html import embedded_files
+
+    images = embedded_files(run_dir)
     embedded = sum(p.stat().st_size for p in images) * 4 // 3  # base64 in the page
     out = Path(values["out"]) if values.get("out") else run_dir / "report.html"
     return Plan("report", out, 0, disk_bytes=embedded + 2**20, memory_bytes=2 * embedded,
@@ -339,7 +353,6 @@ def study_plan(model: str, adapter, options: dict, out: Path, size: int, frames:
     counts = {k[2:]: v for k, v in options.items() if k.startswith("n_") and v}
     store.details = [f"{store.videos} videos traced at {size}x{size}, every block at every step",
                      "mazes per stage: " + ", ".join(f"{k} {v}" for k, v in counts.items())]  # fmt: skip
-    store.memory_bytes += model_bytes(adapter)
     store.disk_bytes += FIGURES * (len(counts) + 4)
     store.out = Path(out)
     return store

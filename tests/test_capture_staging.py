@@ -118,6 +118,8 @@ def test_nan_inf_and_overflow_are_counted_before_the_cast_stored_and_warned(tmp_
     assert nonfinite_counts(tmp_path / "n.h5") == [NonFinite("blocks.1", 3, nan=1, inf=1, overflow=1)]
     one_file = consolidate_store(tmp_path / "n.h5", tmp_path / "one" / "n.h5")  # no parts folder beside it
     assert nonfinite_counts(one_file) == [NonFinite("blocks.1", 3, nan=1, inf=1, overflow=1)]
+    again = consolidate_store(one_file, tmp_path / "two" / "n.h5")  # a consolidated file consolidates again
+    assert nonfinite_counts(again) == [NonFinite("blocks.1", 3, nan=1, inf=1, overflow=1)]
     notes = verify_store(tmp_path / "n.h5").notes
     assert any("blocks.1 step 3: 1 nan, 1 inf, 1 overflow" in n for n in notes)  # `interp verify` lists them
     with ActivationStore(tmp_path / "n.h5") as store:

@@ -180,3 +180,20 @@ def test_pipeline_weights_are_counted_from_the_safetensors_headers(wan22):
     assert folder_weight_bytes(folder, "bfloat16") == loaded // 2
     vae = sum(p.numel() * 4 for p in pipe.vae.parameters())
     assert folder_weight_bytes(folder, None, ("vae",)) == vae
+
+
+def test_weight_variants_count_once_and_a_pointer_file_is_one_line(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from interp.plans import folder_weight_bytes
+    from interp.validation import UsageError
+
+    (tmp_path / "vae").mkdir()
+    save_file({"w": torch.zeros(10)}, tmp_path / "vae" / "model.safetensors")
+    save_file({"w": torch.zeros(10, dtype=torch.float16)}, tmp_path / "vae" / "model.fp16.safetensors")
+    assert folder_weight_bytes(tmp_path) == 10 * 4  # the variant beside the full weights is not loaded too
+    (tmp_path / "text_encoder").mkdir()
+    (tmp_path / "text_encoder" / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n")
+    with pytest.raises(UsageError, match="text_encoder/model.safetensors is not a readable safetensors file"):
+        folder_weight_bytes(tmp_path)

@@ -145,9 +145,9 @@ def _manifest_body(page: _Page, path: Path, manifest: Manifest) -> str:
             parts.append(f'<p class="files">outside this folder: {html.escape(str(file.resolve()))}</p>')
         elif not file.is_file():
             parts.append(f'<p class="files">missing: {html.escape(entry.path)}</p>')
-        elif entry.role == "figure" and file.suffix.lower() in (".png", ".gif", ".jpg", ".jpeg", ".svg"):
+        elif embedded_as(entry.role, file, len(videos)) == "figure":
             parts.append(page.image(file, entry.caption))
-        elif entry.role == "video" and file.suffix.lower() == ".gif" and len(videos) < MAX_VIDEOS:
+        elif embedded_as(entry.role, file, len(videos)) == "video":
             videos.append(page.image(file, entry.caption))  # playing beside each other, not a list of links
         else:
             others.append(file)
@@ -189,6 +189,28 @@ def _configs(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
             "</details>" for p, m in manifests]  # fmt: skip
     if body:
         page.add("config", "The run's configuration", "".join(body))
+
+
+def embedded_as(role: str, file: Path, videos_so_far: int) -> str | None:
+    """How the page shows a manifest's file: embedded as a figure, as a playing video, or linked (None)."""
+    if role == "figure" and file.suffix.lower() in (".png", ".gif", ".jpg", ".jpeg", ".svg"):
+        return "figure"
+    if role == "video" and file.suffix.lower() == ".gif" and videos_so_far < MAX_VIDEOS:
+        return "video"
+    return None
+
+
+def embedded_files(run_dir: str | Path) -> list[Path]:
+    """The files a report of ``run_dir`` embeds (what ``interp.plans`` counts before writing it)."""
+    root, embedded = Path(run_dir), []
+    for path in (p for p in _walk(root) if is_manifest(p)):
+        manifest, videos = Manifest.read(path), 0
+        for entry in manifest.files:
+            file = path.parent / entry.path
+            kind = embedded_as(entry.role, file, videos) if file.is_file() else None
+            videos += kind == "video"
+            embedded += [file] if kind else []
+    return embedded
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, title: str | None = None) -> Path:
