@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from interp.cli_options import add_experiment_commands, check_maze, echo_manifest, run_app, set_threads, testbed
-from interp.plans import Plan, pipeline_plan, show
+from interp.plans import pipeline_plan, show
 from interp.validation import UsageError, parse_labels
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -173,7 +173,7 @@ def trace(
         adapter = testbed(model)
     job = None if ray and adapter is None else make_job(cfg, adapter)  # every check before any compute
     # a pipeline under Ray is planned by a worker: the driver never loads the model
-    show(trace_plan(job, out) if job else Plan("trace", out, details=["pipeline: planned by a Ray worker"]), typer.echo)
+    show(trace_plan(job, out, queue_mb << 20, workers if ray else 1), typer.echo)
     tic, writer_options = time.time(), {"queue_bytes": queue_mb << 20, "sha256": sha256}
     if ray:
         from interp.experiments.distributed import run_trace_ray

@@ -146,8 +146,12 @@ def pipeline_plan(command: str, model: str, torch_dtype: str, videos: int, num_s
                          "videos (a GIF per step at full size) not counted"])  # fmt: skip
 
 
-def store_plan(command: str, layout, out: Path, batch_size: int, pending: int | None = None) -> Plan:
-    """The plan of tracing ``layout`` into ``out`` (``pending``: videos still to trace on a resume)."""
+def store_plan(
+    command: str, layout, out: Path, batch_size: int, pending: int | None = None, queue_bytes: int | None = None,
+    writers: int = 1,
+) -> Plan:  # fmt: skip
+    """The plan of tracing ``layout`` into ``out`` (``pending``: videos still to trace on a resume), by
+    ``writers`` processes (Ray workers on one machine at most) each with a queue of ``queue_bytes``."""
     import numpy as np
 
     from activations.schema import data_shapes
@@ -159,7 +163,8 @@ def store_plan(command: str, layout, out: Path, batch_size: int, pending: int | 
     per_step = sum(layout.n_tokens * layout.hidden[s] for s in layout.sites) * min(batch_size, max(videos, 1))
     # The model is loaded by now (already out of the available memory): only what tracing adds counts.
     memory = 2 * per_step * FLOAT32
-    memory += min(DEFAULT_QUEUE_BYTES, per_step * len(layout.steps) * item)
+    memory += min(queue_bytes or DEFAULT_QUEUE_BYTES, per_step * len(layout.steps) * item)
+    memory *= writers
     details = [f"token grid {'x'.join(map(str, layout.token_grid))}, {layout.n_tokens} tokens stored per site"]
     if pending is not None and pending != layout.n_videos:
         details.append(f"{layout.n_videos - pending} of {layout.n_videos} videos already in the store (resumed)")
@@ -167,10 +172,13 @@ def store_plan(command: str, layout, out: Path, batch_size: int, pending: int | 
                 details)  # fmt: skip
 
 
-def trace_plan(job, out: Path) -> Plan:
-    """The plan of ``interp trace``: a testbed or a pipeline trace job (its layout is already planned)."""
+def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1) -> Plan:
+    """The plan of ``interp trace``: a testbed or a pipeline trace job (its layout is already planned); no
+    job: a pipeline under Ray, planned by a worker (the driver never loads the model)."""
     from activations.reader import ActivationStore
 
+    if job is None:
+        return Plan("trace", Path(out), details=["pipeline: planned by a Ray worker"])
     pending = None
     if Path(out).is_file():
         try:
@@ -178,7 +186,7 @@ def trace_plan(job, out: Path) -> Plan:
                 pending = job.layout.n_videos - len(store.completed_videos)
         except ValueError:
             pending = None  # not a store of this layout: the writer says so when it opens it
-    return store_plan("trace", job.layout, out, job.batch_size, pending)
+    return store_plan("trace", job.layout, out, job.batch_size, pending, queue_bytes, writers)
 
 
 CAUSAL = ("patch", "swap", "flow", "perturb", "layers")
