@@ -28,26 +28,27 @@ class NonFinite:
 def nonfinite_totals(path: str | Path) -> np.ndarray:
     """(site, step, 3) counts of the store at ``path``: its own ``/nonfinite`` (a consolidated file),
     else the sum over its listed parts (parts written before the counts existed add nothing)."""
-    path = Path(path)
+    return _layout_and_totals(Path(path))[1]
+
+
+def nonfinite_counts(path: str | Path) -> list[NonFinite]:
+    """Every (site, step) of the store at ``path`` whose captured values held NaN, Inf or overflow."""
+    layout, total = _layout_and_totals(Path(path))
+    return [
+        NonFinite(layout.sites[i], layout.steps[j], *map(int, total[i, j]))
+        for i, j in zip(*np.nonzero(total.any(axis=2)))
+    ]
+
+
+def _layout_and_totals(path: Path):
     with h5py.File(path, "r") as f:
         layout = check_header(f.attrs, path)
         if "nonfinite" in f:
-            return f["nonfinite"][()]
+            return layout, f["nonfinite"][()]
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in f[f"{PARTS}/name"][()]] if PARTS in f else []
     total = np.zeros((len(layout.sites), len(layout.steps), 3), dtype=np.int64)
     for name in names:
         with h5py.File(parts_dir(path) / name, "r") as part:
             if "nonfinite" in part:
                 total += part["nonfinite"][()]
-    return total
-
-
-def nonfinite_counts(path: str | Path) -> list[NonFinite]:
-    """Every (site, step) of the store at ``path`` whose captured values held NaN, Inf or overflow."""
-    total = nonfinite_totals(path)
-    with h5py.File(path, "r") as f:
-        layout = check_header(f.attrs, Path(path))
-    return [
-        NonFinite(layout.sites[i], layout.steps[j], *map(int, total[i, j]))
-        for i, j in zip(*np.nonzero(total.any(axis=2)))
-    ]
+    return layout, total

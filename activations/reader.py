@@ -28,6 +28,7 @@ from activations.schema import (
     StoreError,
     StoreLayout,
     check_header,
+    check_store_path,
     checked_reads,
     data_shapes,
     parts_dir,
@@ -49,11 +50,7 @@ class ActivationStore:
     """Read-only view of an activation store; nothing is loaded until asked for."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise StoreError(f"{self.path} is a directory, not a store file")
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no activation store at {self.path}")
+        self.path = check_store_path(path)
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:

@@ -171,6 +171,16 @@ def vds_file_name(folder: str, part: str) -> str:
     return f"{folder}/{part}".replace("%", "%%")
 
 
+def check_store_path(path: str | Path) -> Path:
+    """A store's main file, or one error saying why the path is no store file (a folder, nothing there)."""
+    path = Path(path)
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a store file")
+    if not path.is_file():
+        raise FileNotFoundError(f"no activation store at {path}")
+    return path
+
+
 def check_header(attrs, path: str | Path) -> StoreLayout:
     """Validate a main file's attributes; return its layout or raise one clear StoreError."""
     fmt = attrs.get("format")

@@ -27,7 +27,7 @@ from activations.integrity import (
     span,
 )
 from activations.nonfinite import nonfinite_counts
-from activations.schema import StoreError, check_header, parts_dir, vds_file_name
+from activations.schema import StoreError, check_header, check_store_path, parts_dir, vds_file_name
 
 DAMAGED = "damaged"  # folder inside NAME.h5.parts/ where repair moves damaged parts
 
@@ -101,10 +101,7 @@ def _unindexed_problem(part: Path, layout) -> tuple[list[int], str | None]:
 
 def _open(path: Path) -> h5py.File:
     """The main file, or one StoreError (FileNotFoundError) saying why it is no store at all."""
-    if path.is_dir():
-        raise StoreError(f"{path} is a directory, not a store file")
-    if not path.is_file():
-        raise FileNotFoundError(f"no activation store at {path}")
+    check_store_path(path)
     try:
         f = h5py.File(path, "r")
     except OSError as err:

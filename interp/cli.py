@@ -172,9 +172,9 @@ def trace(
                           batch_size, num_steps, backend=backend)  # fmt: skip
         adapter = testbed(model)
     job = None if ray and adapter is None else make_job(cfg, adapter)  # every check before any compute
-    # a pipeline under Ray is planned by a worker: the driver never loads the model
-    show(trace_plan(job, out, queue_mb << 20, workers if ray else 1), typer.echo)
-    tic, writer_options = time.time(), {"queue_bytes": queue_mb << 20, "sha256": sha256}
+    writer_options = {"queue_bytes": queue_mb << 20, "sha256": sha256}
+    show(trace_plan(job, out, writer_options["queue_bytes"], workers if ray else 1), typer.echo)
+    tic = time.time()
     if ray:
         from interp.experiments.distributed import run_trace_ray
 

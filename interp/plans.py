@@ -200,9 +200,8 @@ def experiment_plan(kind: str, cfg, out: Path) -> Plan:
     pipeline = getattr(cfg, "pipeline", None)
     if pipeline is not None:
         samples = pipeline.get("samples") or []
-        plan = pipeline_plan(kind, pipeline.get("model", ""), pipeline.get("torch_dtype"), len(samples),
+        return pipeline_plan(kind, pipeline.get("model", ""), pipeline.get("torch_dtype"), len(samples),
                              pipeline.get("num_steps", 50), out)  # fmt: skip
-        return plan
     if not all(hasattr(cfg, name) for name in ("num_steps", "frames", "n")) or not hasattr(cfg, "model") and \
             not hasattr(cfg, "models"):  # an experiment of a user's own: no fields to estimate from
         return Plan(kind, Path(out), getattr(cfg, "n", 0), 0, details=["no estimate: not a sampling experiment"])
@@ -217,13 +216,13 @@ def experiment_plan(kind: str, cfg, out: Path) -> Plan:
         tokens = math.prod(adapter.token_grid(adapter.latent_shape(cfg.size, cfg.frames)))
         per_video = num_steps * (layers * tokens * adapter.hidden_size() + 2 * latent) * FLOAT32
         memory = model_bytes(adapter) + videos * per_video
-        return Plan(kind, Path(out), videos, num_steps, None, layers, 8 * 2**20, memory,
+        return Plan(kind, Path(out), videos, num_steps, None, layers, FIGURES, memory,
                     [f"recorded runs: {layers} layers x {num_steps} steps x {tokens} tokens per video"])  # fmt: skip
     variants = len(getattr(cfg, "seeds", [1])) * len(models)
     videos = cfg.n * len(sizes) * variants
     batch = min(getattr(cfg, "batch_size", cfg.n), cfg.n) * variants
     memory = model_bytes(adapter) * len(models) + videos * latent * FLOAT32 * 2 + batch * num_steps * latent * FLOAT32
-    return Plan(kind, Path(out), videos, num_steps, disk_bytes=8 * 2**20, memory_bytes=memory,
+    return Plan(kind, Path(out), videos, num_steps, disk_bytes=FIGURES, memory_bytes=memory,
                 details=[f"{cfg.n} mazes x {len(sizes)} sizes x {variants} runs each"])
 
 
@@ -233,7 +232,7 @@ def _layers(cfg, adapter) -> list[int]:
     return parse_index_spec(getattr(cfg, "layers", "all"), adapter.num_blocks(), "layer")
 
 
-def sampling_plan(command: str, videos: int, num_steps: int, adapter, out: Path, disk: int = 8 * 2**20) -> Plan:
+def sampling_plan(command: str, videos: int, num_steps: int, adapter, out: Path, disk: int = FIGURES) -> Plan:
     """Commands that sample and keep only videos and figures (generate, evaluate, ensemble)."""
     return Plan(command, Path(out), videos, num_steps, disk_bytes=disk, memory_bytes=model_bytes(adapter))
 
@@ -265,33 +264,22 @@ def probe_plan(store_path: Path, cfg, out: Path) -> Plan:
 # -- commands that read a store or a run folder ---------------------------------------------------------
 
 
-def _store_file(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{path} is a directory, not a store file")
-    if not path.is_file():
-        raise UsageError(f"no activation store at {path}")
-    return path
-
-
 def _store_layout(path: Path):
     from activations.reader import ActivationStore
 
-    with ActivationStore(_store_file(path)) as store:
+    with ActivationStore(path) as store:
         return store.layout, list(store.completed_videos)
 
 
 def decoder_bytes(model: str | None, device: str, torch_dtype: str | None) -> int:
     """What decodes x0_hat: a testbed (its weights are small: loaded) or a pipeline folder (loaded whole)."""
     from interp.models.registry import is_pipeline_folder
-    from interp.sources import default_dtype
+    from interp.sources import default_dtype, load_testbed
 
     if not model:
         return 0
     if is_pipeline_folder(model):
         return folder_weight_bytes(model, default_dtype(device, torch_dtype))
-    from interp.sources import load_testbed
-
     return model_bytes(load_testbed(model))
 
 
@@ -327,9 +315,9 @@ def chain_plan(values: dict) -> Plan:
 
 
 def verify_plan(values: dict) -> Plan:
-    from activations.schema import parts_dir
+    from activations.schema import check_store_path, parts_dir
 
-    store = _store_file(values["store"])
+    store = check_store_path(values["store"])
     parts = parts_dir(store)
     files = [p for p in (parts.glob("part_*.h5") if parts.is_dir() else []) if p.is_file()]
     read = sum(p.stat().st_size for p in files) if values.get("checksums") else 0

@@ -145,9 +145,9 @@ def _manifest_body(page: _Page, path: Path, manifest: Manifest) -> str:
             parts.append(f'<p class="files">outside this folder: {html.escape(str(file.resolve()))}</p>')
         elif not file.is_file():
             parts.append(f'<p class="files">missing: {html.escape(entry.path)}</p>')
-        elif embedded_as(entry.role, file, len(videos)) == "figure":
+        elif (kind := embedded_as(entry.role, file, len(videos))) == "figure":
             parts.append(page.image(file, entry.caption))
-        elif embedded_as(entry.role, file, len(videos)) == "video":
+        elif kind == "video":
             videos.append(page.image(file, entry.caption))  # playing beside each other, not a list of links
         else:
             others.append(file)
