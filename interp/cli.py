@@ -171,7 +171,7 @@ def trace(
         cfg = TraceConfig(model, task, size, frames, n, first_seed, steps, layers, list(sub), pooling, dtype,
                           batch_size, num_steps, backend=backend)  # fmt: skip
         adapter = testbed(model)
-    job = None if ray and adapter is None else make_job(cfg, adapter)  # every check before any compute
+    job = make_job(cfg, adapter, skeleton=adapter is None)  # every check first; a pipeline's from its configs
     writer_options = {"queue_bytes": queue_mb << 20, "sha256": sha256}
     show(trace_plan(job, out, writer_options["queue_bytes"], workers if ray else 1), typer.echo)
     tic = time.time()
@@ -180,7 +180,7 @@ def trace(
 
         typer.echo(run_trace_ray(cfg, out, ray_address, workers, threads_per_worker, **writer_options).table())
     else:
-        run_trace(cfg, out, job=job, **writer_options)
+        run_trace(cfg, out, job=None if adapter is None else job, **writer_options)
     typer.echo(f"stored activations of {model} in {out} [{time.time() - tic:.0f}s]")
 
 

@@ -8,6 +8,8 @@ free disk space under its output place or the available memory is smaller than t
 - memory: model weights + what the command holds at once: tracing, one batch's slabs of one step (float32
   on the way to the writer) twice plus the writer queue's bound; a causal experiment's recorded run (every
   recorded site at every step, float32); probes, ``group`` slabs of every video (float32).
+- a pipeline folder is planned before any weight is read: its layout from the configs alone (the models
+  built on the meta device, ``interp.models.skeleton``), its weights from the safetensors headers.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def store_plan(
     item = np.dtype(layout.dtype).itemsize
     disk = sum(math.prod(shape) for shape in data_shapes(layout, videos).values()) * item
     per_step = sum(layout.n_tokens * layout.hidden[s] for s in layout.sites) * min(batch_size, max(videos, 1))
-    # The model is loaded by now (already out of the available memory): only what tracing adds counts.
+    # Only what tracing adds: a testbed is loaded by now; a pipeline's weights are added by trace_plan.
     memory = 2 * per_step * FLOAT32
     memory += min(queue_bytes or DEFAULT_QUEUE_BYTES, per_step * len(layout.steps) * item)
     memory *= writers
@@ -173,12 +175,11 @@ def store_plan(
 
 
 def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1) -> Plan:
-    """The plan of ``interp trace``: a testbed or a pipeline trace job (its layout is already planned); no
-    job: a pipeline under Ray, planned by a worker (the driver never loads the model)."""
+    """The plan of ``interp trace``: a testbed or a pipeline trace job (its layout is already planned). A
+    pipeline's job is a skeleton (``make_job(skeleton=True)``: laid out from the folder's configs, nothing
+    loaded), so its weights are added from the safetensors headers, once per process that loads them."""
     from activations.reader import ActivationStore
 
-    if job is None:
-        return Plan("trace", Path(out), details=["pipeline: planned by a Ray worker"])
     pending = None
     if Path(out).is_file():
         try:
@@ -186,7 +187,14 @@ def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1)
                 pending = job.layout.n_videos - len(store.completed_videos)
         except ValueError:
             pending = None  # not a store of this layout: the writer says so when it opens it
-    return store_plan("trace", job.layout, out, job.batch_size, pending, queue_bytes, writers)
+    plan = store_plan("trace", job.layout, out, job.batch_size, pending, queue_bytes, writers)
+    if getattr(job, "skeleton", False):
+        from interp.sources import default_dtype
+
+        cfg = job.cfg
+        plan.memory_bytes += writers * folder_weight_bytes(cfg.model, default_dtype(cfg.device, cfg.torch_dtype))
+        plan.details.append("pipeline weights counted from their safetensors headers (nothing loaded to plan)")
+    return plan
 
 
 CAUSAL = ("patch", "swap", "flow", "perturb", "layers")
@@ -199,9 +207,7 @@ def experiment_plan(kind: str, cfg, out: Path) -> Plan:
 
     pipeline = getattr(cfg, "pipeline", None)
     if pipeline is not None:
-        samples = pipeline.get("samples") or []
-        return pipeline_plan(kind, pipeline.get("model", ""), pipeline.get("torch_dtype"), len(samples),
-                             pipeline.get("num_steps", 50), out)  # fmt: skip
+        return _pipeline_experiment_plan(kind, cfg, pipeline, out)
     if not all(hasattr(cfg, name) for name in ("num_steps", "frames", "n")) or not hasattr(cfg, "model") and \
             not hasattr(cfg, "models"):  # an experiment of a user's own: no fields to estimate from
         return Plan(kind, Path(out), getattr(cfg, "n", 0), 0, details=["no estimate: not a sampling experiment"])
@@ -226,10 +232,33 @@ def experiment_plan(kind: str, cfg, out: Path) -> Plan:
                 details=[f"{cfg.n} mazes x {len(sizes)} sizes x {variants} runs each"])
 
 
+def _pipeline_experiment_plan(kind: str, cfg, spec: dict, out: Path) -> Plan:
+    """An experiment on a pipeline folder, laid out from its configs (``interp.models.skeleton``): the weights
+    from the safetensors headers; a causal one also holds one recorded run per sample (every recorded layer's
+    output at every step, in the compute dtype)."""
+    from interp.sources import PipelineInputs, default_dtype
+
+    inputs = PipelineInputs(**spec)
+    dtype = default_dtype(inputs.device, inputs.torch_dtype)
+    adapter, samples = inputs.load(skeleton=True)
+    if kind not in CAUSAL:
+        return pipeline_plan(kind, inputs.model, dtype, len(samples), inputs.num_steps, out)
+    latent, expert = inputs.latent_shape(adapter), next(iter(adapter.transformers()))  # one expert runs a step
+    tokens, hidden = math.prod(adapter.token_grid(latent, expert)), adapter.hidden_size(expert)
+    layers = len(_layers(cfg, adapter)) if kind != "perturb" else 0
+    item = 2 if dtype in ("bfloat16", "float16") else FLOAT32
+    per_video = inputs.num_steps * (layers * tokens * hidden * item + 2 * math.prod(latent) * FLOAT32)
+    memory = folder_weight_bytes(inputs.model, dtype) + len(samples) * per_video
+    return Plan(kind, Path(out), len(samples), inputs.num_steps, None, layers, FIGURES, memory,
+                [f"recorded run per sample: {layers} layers x {inputs.num_steps} steps x {tokens} tokens in {dtype}, "
+                 "and the latents of every step; pipeline weights counted from their safetensors headers"])  # fmt: skip
+
+
 def _layers(cfg, adapter) -> list[int]:
     from activations.selection import parse_index_spec
 
-    return parse_index_spec(getattr(cfg, "layers", "all"), adapter.num_blocks(), "layer")
+    first = next(iter(adapter.transformers()))  # the first expert's blocks (multi-expert grids are refused)
+    return parse_index_spec(getattr(cfg, "layers", "all"), adapter.num_blocks(first), "layer")
 
 
 def sampling_plan(command: str, videos: int, num_steps: int, adapter, out: Path, disk: int = FIGURES) -> Plan:

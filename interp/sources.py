@@ -77,8 +77,9 @@ class PipelineInputs:
     def spec(self) -> PipelineSpec:
         return PipelineSpec(self.height, self.width, self.num_frames, self.guidance_scale)
 
-    def load(self) -> tuple[VideoDiTAdapter, list[Sample]]:
-        """(adapter, chosen samples): the named samples, in order (all if none named)."""
+    def load(self, skeleton: bool = False) -> tuple[VideoDiTAdapter, list[Sample]]:
+        """(adapter, chosen samples): the named samples, in order (all if none named). ``skeleton``: the
+        adapter from the folder's configs alone (``interp.models.skeleton``: for a plan, no weight read)."""
         samples = read_samples(self.data)
         if self.samples is not None:
             by_name = {x.name: x for x in samples}
@@ -86,6 +87,10 @@ class PipelineInputs:
             if missing:
                 raise ValueError(f"no sample {missing[0]!r} in {self.data} (samples: {sorted(by_name)})")
             samples = [by_name[name] for name in self.samples]
+        if skeleton:
+            from interp.models.skeleton import pipeline_skeleton
+
+            return pipeline_skeleton(self.model, self.spec), samples
         return load_pipeline_adapter(self.model, self.spec, self.torch_dtype, self.device), samples
 
     def latent_shape(self, adapter: VideoDiTAdapter) -> tuple[int, ...]:

@@ -133,3 +133,60 @@ def test_adapter_decode_matches_the_pipeline_output(tmp_path, family):
     ).frames
     assert mine.shape == (1, frames, 32, 32, 3)
     np.testing.assert_allclose(mine / 255.0, np.asarray(theirs), atol=1.5 / 255)
+
+
+SKELETON_CASES = [
+    ("wan", {}), ("wan", {"image_to_video": True}), ("wan", {"two_experts": True, "unipc": True}), ("cogvideox", {}),
+    ("ltx", {}), ("hunyuanvideo", {}), ("ti2v", {}), ("ti2v", {"image_to_video": False}), ("cogvideox-i2v", {}),
+    ("cogvideox-i2v", {"v15": True}), ("ltx-i2v", {}),
+]  # fmt: skip
+
+
+def test_a_skeleton_lays_out_every_family_as_the_loaded_pipeline(tmp_path):
+    """The plan's job (models from the folder's configs on the meta device) gives the very layout, field by
+    field, that the loaded pipeline gives: the plan's bytes are the trace's."""
+    from dataclasses import asdict
+
+    from tiny_pipelines_i2v import build_tiny_cogvideox_i2v, build_tiny_ltx_i2v, build_tiny_wan_ti2v
+
+    from interp.experiments.trace import PipelineTraceConfig, make_job
+
+    builders = {**BUILDERS, "ti2v": build_tiny_wan_ti2v, "cogvideox-i2v": build_tiny_cogvideox_i2v,
+                "ltx-i2v": build_tiny_ltx_i2v}  # fmt: skip
+    data = write_samples(tmp_path / "data", n=2)
+    for i, (family, options) in enumerate(SKELETON_CASES):
+        model = builders[family](tmp_path / f"{family}-{i}", **options)
+        cfg = PipelineTraceConfig(model=str(model), data=str(data), height=32, width=32, num_frames=9, num_steps=3,
+                                  seeds=[0, 1], max_sequence_length=16, layers="0,1", pooling="frame")  # fmt: skip
+        skeleton = make_job(cfg, skeleton=True)
+        assert next(skeleton.adapter.transformer.parameters()).is_meta  # nothing was loaded
+        assert asdict(skeleton.layout) == asdict(make_job(cfg).layout), (family, options)
+
+
+def test_a_pipeline_trace_is_planned_without_loading_it(tmp_path, run_cli, monkeypatch, wan22):
+    """`trace --dry-run` on a pipeline reads configs and safetensors headers only, and counts the weights
+    once per process that loads them."""
+    from diffusers import DiffusionPipeline
+
+    from interp.experiments.trace import PipelineTraceConfig, make_job
+    from interp.plans import folder_weight_bytes, store_plan, trace_plan
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the plan loaded the pipeline")
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", refuse)
+    model, data = wan22
+    sized = ["--height", 32, "--width", 32, "--num-frames", 9, "--num-steps", 4, "--max-sequence-length", 16]
+    for extra in ([], ["--ray", "--workers", 2]):
+        code, out, err = run_cli("trace", "--model", model, "--data", data, *sized, *extra, "--dry-run",
+                                 "--out", tmp_path / "t.h5")  # fmt: skip
+        assert code == 0 and "plan: trace: 2 videos, 4 denoising steps each" in out, err
+        assert "weights counted from their safetensors headers" in out
+    assert not list(tmp_path.glob("t.h5*"))
+    cfg = PipelineTraceConfig(model=str(model), data=str(data), height=32, width=32, num_frames=9, num_steps=4,
+                              max_sequence_length=16)  # fmt: skip
+    job = make_job(cfg, skeleton=True)
+    for writers in (1, 2):
+        tracing = store_plan("trace", job.layout, tmp_path / "t.h5", 1, writers=writers).memory_bytes
+        total = trace_plan(job, tmp_path / "t.h5", writers=writers).memory_bytes
+        assert total == tracing + writers * folder_weight_bytes(model) > tracing

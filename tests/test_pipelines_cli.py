@@ -22,6 +22,10 @@ def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):
         assert store.n_videos == 4 and store.completed_videos == [0, 1, 2, 3]
         assert store.layout.extra["pipeline_trace_config"]["torch_dtype"] == "float32"  # the CPU default, recorded
         assert {s.split(".")[0] for s in store.sites} == {"high", "low"}
+        tokens = store.layout.n_tokens
+    code, out, err = run_cli("patch", *pair, "--steps", "0,2", "--dry-run", "--out", run / "never")  # loads nothing
+    assert code == 0 and f"recorded run per sample: 2 layers x 4 steps x {tokens} tokens in float32" in out, err
+    assert not (run / "never").exists()
     np.save(tmp_path / "prompt.npy", np.array([0, 0, 1, 1]))
     commands = [
         ["energy", run / "s.h5", "--step", 3, "--out", run / "energy"],  # step 3 runs the low-noise expert

@@ -183,13 +183,14 @@ class PipelineTraceJob:
 
     batch_size = 1
 
-    def __init__(self, cfg: PipelineTraceConfig):
+    def __init__(self, cfg: PipelineTraceConfig, skeleton: bool = False):
         self.cfg = cfg
+        self.skeleton = skeleton  # a plan's job: models from the configs alone (it lays out; it cannot trace)
         self.inputs = cfg.inputs()
         if not cfg.seeds:
             raise ValueError("need at least one seed")
         _check_capture(cfg)
-        self.adapter, self.samples = self.inputs.load()
+        self.adapter, self.samples = self.inputs.load(skeleton)
         adapter = self.adapter
         self.latent_shape = self.inputs.latent_shape(adapter)
         steps = parse_index_spec(cfg.steps, cfg.num_steps, "step")
@@ -217,9 +218,10 @@ class PipelineTraceJob:
             part.finish(result.latents, [meta])
 
 
-def make_job(cfg, adapter=None):
+def make_job(cfg, adapter=None, skeleton: bool = False):
+    """The job of a config; ``skeleton``: a pipeline's from its folder's configs, for a plan (no weights)."""
     if isinstance(cfg, PipelineTraceConfig):
-        return PipelineTraceJob(cfg)
+        return PipelineTraceJob(cfg, skeleton)
     return TestbedTraceJob(cfg, adapter)
 
 
