@@ -150,10 +150,12 @@ def pipeline_plan(command: str, model: str, torch_dtype: str, videos: int, num_s
 
 def store_plan(
     command: str, layout, out: Path, batch_size: int, pending: int | None = None, queue_bytes: int | None = None,
-    writers: int = 1,
+    writers: int = 1, device: str = "cpu",
 ) -> Plan:  # fmt: skip
     """The plan of tracing ``layout`` into ``out`` (``pending``: videos still to trace on a resume), by
-    ``writers`` processes (Ray workers on one machine at most) each with a queue of ``queue_bytes``."""
+    ``writers`` processes (Ray workers on one machine at most) each with a queue of ``queue_bytes``. Host
+    memory: on the CPU one step's block outputs of the batch (float32, every token) and their stored copies
+    before the cast, plus the queue; beside a device only the queue (its pinned buffers stay within it)."""
     import numpy as np
 
     from activations.schema import data_shapes
@@ -162,11 +164,12 @@ def store_plan(
     videos = layout.n_videos if pending is None else pending
     item = np.dtype(layout.dtype).itemsize
     disk = sum(math.prod(shape) for shape in data_shapes(layout, videos).values()) * item
-    per_step = sum(layout.n_tokens * layout.hidden[s] for s in layout.sites) * min(batch_size, max(videos, 1))
+    batch, width = min(batch_size, max(videos, 1)), sum(layout.hidden[s] for s in layout.sites)
+    per_step, outputs = layout.n_tokens * width * batch, math.prod(layout.token_grid) * width * batch
     # Only what tracing adds: a testbed is loaded by now; a pipeline's weights are added by trace_plan.
-    memory = 2 * per_step * FLOAT32
-    memory += min(queue_bytes or DEFAULT_QUEUE_BYTES, per_step * len(layout.steps) * item)
-    memory *= writers
+    queued = min(queue_bytes or DEFAULT_QUEUE_BYTES, per_step * len(layout.steps) * item)
+    on_cpu = str(device) == "cpu"
+    memory = writers * (queued + (outputs + per_step) * FLOAT32 * on_cpu)
     details = [f"token grid {'x'.join(map(str, layout.token_grid))}, {layout.n_tokens} tokens stored per site"]
     if pending is not None and pending != layout.n_videos:
         details.append(f"{layout.n_videos - pending} of {layout.n_videos} videos already in the store (resumed)")
@@ -187,7 +190,12 @@ def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1)
                 pending = job.layout.n_videos - len(store.completed_videos)
         except ValueError:
             pending = None  # not a store of this layout: the writer says so when it opens it
-    plan = store_plan("trace", job.layout, out, job.batch_size, pending, queue_bytes, writers)
+    device, lay = getattr(job.cfg, "device", "cpu"), job.layout
+    plan = store_plan("trace", lay, out, job.batch_size, pending, queue_bytes, writers, device)
+    if str(device) != "cpu":
+        item = 2 if getattr(job.cfg, "torch_dtype", None) in ("bfloat16", "float16") else FLOAT32
+        outputs = math.prod(lay.token_grid) * sum(lay.hidden.values()) * job.batch_size * item
+        plan.details.append(f"device memory: one step's block outputs ~{human(outputs)} beside the weights")
     if getattr(job, "skeleton", False):
         from interp.sources import default_dtype
 

@@ -190,3 +190,45 @@ def test_a_pipeline_trace_is_planned_without_loading_it(tmp_path, run_cli, monke
         tracing = store_plan("trace", job.layout, tmp_path / "t.h5", 1, writers=writers).memory_bytes
         total = trace_plan(job, tmp_path / "t.h5", writers=writers).memory_bytes
         assert total == tracing + writers * folder_weight_bytes(model) > tracing
+
+
+def test_the_plan_of_a_wan_14b_trace_at_full_size_needs_no_weights(tmp_path, run_cli, monkeypatch):
+    """A folder of Wan 2.1 14B configs only (no weights): the plan of tracing all 40 blocks at 50 steps of one
+    480x832, 81-frame video is counted exactly (32,760 tokens x 5,120 per site and step, ~625 GB) in a
+    moment, and host memory beside a device is the writer queue's bound."""
+    import json
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+
+    folder = tmp_path / "wan14b"
+    with torch.device("meta"):
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
+            text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6,
+        )  # fmt: skip
+        vae = AutoencoderKLWan()
+    transformer.save_config(folder / "transformer")
+    vae.save_config(folder / "vae")
+    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0).save_config(
+        folder / "scheduler"
+    )
+    index = {
+        "_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLWan"], "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+        "text_encoder": ["transformers", "UMT5EncoderModel"], "tokenizer": ["transformers", "AutoTokenizer"],
+    }  # fmt: skip
+    (folder / "model_index.json").write_text(json.dumps(index))
+    data = write_samples(tmp_path / "data", n=1)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=2**50))
+    code, out, err = run_cli("trace", "--model", folder, "--data", data, "--device", "cuda", "--queue-mb", 512,
+                             "--dry-run", "--out", tmp_path / "t.h5")  # fmt: skip
+    assert code == 0, err
+    latent = 16 * 21 * 60 * 104  # (z, frames, h, w) of 81 frames at 480x832
+    expected = 40 * 50 * 32760 * 5120 * 2 + 2 * 50 * latent * 2 + latent * 2  # sites, x0_hat and x_t, the final
+    assert "plan: trace: 1 video, 50 denoising steps each, 50 steps stored, 40 sites" in out
+    assert f"writes ~{expected / 2**30:.1f} GB" in out and "memory ~512.0 MB" in out, out
+    assert "32760 tokens stored per site" in out and f"block outputs ~{32760 * 5120 * 40 * 2 / 2**30:.1f} GB" in out
