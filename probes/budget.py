@@ -96,10 +96,16 @@ class GramRidge:
     against its spread (DiT block outputs have such channels).
     """
 
-    def __init__(self, n_folds: int, device: torch.device | str = "cpu"):
+    def __init__(self, n_folds: int, device: torch.device | str = "cpu", alphas: tuple[float, ...] | None = None):
         self.n_folds = n_folds
         self.device = torch.device(device)
         self.shift_x: torch.Tensor | None = None
+        # With ``alphas``, test rows are predicted as they come (every training row precedes them), so
+        # their scores can be resampled over videos without holding a design matrix: ``test_predictions``.
+        self.alphas = alphas
+        self._fitted: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (w_best, mean, inv std)
+        self.test_predictions: list[np.ndarray] = []  # per test add (video): (rows, H)
+        self.test_targets: list[np.ndarray] = []
 
     def add(self, x: np.ndarray | torch.Tensor, y: np.ndarray, group: int) -> None:
         """``x`` (rows, d) features, ``y`` (rows, heads) targets of rows in ``group``."""
@@ -108,6 +114,16 @@ class GramRidge:
         dt = torch.float64
         x = torch.as_tensor(x).to(self.device, dt, copy=True)  # ours to shift in place: one float64 copy
         y = torch.as_tensor(np.asarray(y, dtype=np.float64).reshape(len(x), -1), device=self.device)
+        if self._fitted is not None and group != self.n_folds:
+            raise ValueError("training rows after test rows: the test rows were predicted without them")
+        if group == self.n_folds and self.alphas is not None and self.shift_x is not None:
+            if self._fitted is None:
+                w_best, _, _, _, mean, inv = self._fit(self.alphas)
+                self._fitted = (w_best, mean, inv)
+            w_best, mean, inv = self._fitted
+            z = torch.cat([(x - mean) * inv, torch.ones(len(x), 1, dtype=dt, device=self.device)], 1)
+            self.test_predictions.append((z @ w_best + self.shift_y).cpu().numpy())  # the sums' y is shifted
+            self.test_targets.append(y.cpu().numpy())
         if self.shift_x is None:
             d, h, g = x.shape[1], y.shape[1], self.n_folds + 1
             self.shift_x, self.shift_y = x.mean(0).clone(), y.mean(0)
@@ -125,9 +141,10 @@ class GramRidge:
         self.sy[group] += r.sum(0)
         self.yy[group] += (r * r).sum(0)
 
-    def _standardised(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _standardised(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per group: Z^T Z (G, d+1, d+1) and Z^T y (G, d+1, H) of the standardised rows with a
-        column of ones, Z = [(x - mean) / std, 1], mean and std of the training rows (biased)."""
+        column of ones, Z = [(x - mean) / std, 1], mean and std of the training rows (biased); and the
+        mean and 1 / std (of the unshifted features)."""
         f = self.n_folds
         n_train = self.n[:f].sum()
         mu = self.sx[:f].sum(0) / n_train  # training mean of the shifted rows
@@ -150,7 +167,7 @@ class GramRidge:
         cross = (sx - self.n[:, None] * mu) * inv  # (G, d): sum of standardised rows
         zz[:, :d, d], zz[:, d, :d], zz[:, d, d] = cross, cross, self.n
         zy = torch.cat([inv[:, None] * (self.xy - mu[None, :, None] * self.sy[:, None, :]), self.sy[:, None, :]], 1)
-        return zz, zy
+        return zz, zy, mean, inv
 
     def _r2(self, w: torch.Tensor, zz: torch.Tensor, zy: torch.Tensor, group: int) -> torch.Tensor:
         """R^2 on ``group``'s rows of weights w (..., d+1, H), scikit-learn's convention."""
@@ -163,12 +180,19 @@ class GramRidge:
         """(test R^2 per head, chosen alpha per head)."""
         if self.shift_x is None:
             raise ValueError("no rows were added")
+        w_best, best, zz, zy, _, _ = self._fit(alphas)
+        test = self._r2(w_best, zz, zy, self.n_folds)
+        a = torch.as_tensor(alphas, dtype=zz.dtype, device=zz.device)
+        return test.cpu().numpy(), a[best].cpu().numpy()
+
+    def _fit(self, alphas: tuple[float, ...]) -> tuple[torch.Tensor, ...]:
+        """From the training sums: the refit weights at each head's alpha (d1, H), that alpha's index
+        per head, the standardised sums (``_standardised``) and the standardisation (mean, 1 / std)."""
         f = self.n_folds
-        zz, zy = self._standardised()
+        zz, zy, mean, inv = self._standardised()
         d1 = zz.shape[-1]
         penalty = torch.ones(d1, dtype=zz.dtype, device=zz.device)
         penalty[-1] = 0  # the intercept is not penalised
-        a = torch.as_tensor(alphas, dtype=zz.dtype, device=zz.device)
         total, total_y = zz[:f].sum(0), zy[:f].sum(0)
         # Each fold's training rows, then all of them; one (d1, d1) system at a time (memory, not speed).
         w = torch.empty(f + 1, len(alphas), d1, zy.shape[-1], dtype=zz.dtype, device=zz.device)
@@ -179,5 +203,4 @@ class GramRidge:
         cv = torch.stack([self._r2(w[k], zz, zy, k) for k in range(f)]).mean(0)  # (A, H)
         best = cv.argmax(0)  # first of the best, as scikit-learn
         w_best = w[-1][best, :, torch.arange(w.shape[-1])].T  # (d1, H)
-        test = self._r2(w_best, zz, zy, f)
-        return test.cpu().numpy(), a[best].cpu().numpy()
+        return w_best, best, zz, zy, mean, inv

@@ -44,7 +44,7 @@ COLUMNS = (
     "value_lo", "value_hi", "selectivity_lo", "selectivity_hi",
 )  # fmt: skip
 # value_lo/hi, selectivity_lo/hi: 95% bootstrap intervals over the test videos (probes.intervals; NaN
-# where the fit keeps no test predictions: scikit-learn's loop and the budgeted ridge).
+# where the fit keeps no test predictions: scikit-learn's reference loop).
 
 
 @dataclass

@@ -34,6 +34,7 @@ from activations import ActivationStore
 from probes.budget import GramRidge, token_selection
 from probes.features import condition_tokens, x_t_tokens
 from probes.fit import Head, fit_fast
+from probes.intervals import probe_intervals
 from probes.labels import CLASS, REGRESSION, Labels
 from probes.reference import fit_sklearn
 from probes.run import ProbeConfig, Split, _control_labels, _groups, _Target
@@ -91,6 +92,12 @@ class BudgetTarget:
     offsets: np.ndarray  # (V + 1,) first row of each video
     n_train_rows: int
     y: np.ndarray  # (rows, 2): the labels and the control task's labels
+
+    def test_video(self) -> np.ndarray:
+        """The test video (0..) of each test row, for intervals resampled over videos."""
+        test_rows = np.arange(self.n_train_rows, int(self.offsets[-1]))
+        video = np.searchsorted(self.offsets, test_rows, side="right") - 1
+        return video - video.min() if len(video) else video
 
     def rows(self, j: int, union_rows: np.ndarray) -> np.ndarray:
         x = union_rows[self.local[j]]
@@ -199,7 +206,7 @@ class BudgetProber:
                     rows = [bt.rows(j, x) for j, x in zip(block, union_rows)]
                     if gram and bt.target.labels.kind == REGRESSION:
                         if state[i] is None:
-                            state[i] = [GramRidge(self.cfg.folds, self.device) for _ in sources]
+                            state[i] = [GramRidge(self.cfg.folds, self.device, tuple(self.cfg.alphas)) for _ in sources]
                         # Video by video: the float64 copy holds one video's rows, whatever the block holds.
                         for j, r, g in zip(block, rows, groups):
                             state[i][s].add(r, bt.y[bt.offsets[j] : bt.offsets[j + 1]], int(g))
@@ -223,10 +230,14 @@ class BudgetProber:
             name, kind = t.labels.name, t.labels.kind
             if not kept:
                 continue
-            if isinstance(fitted, list):  # Gram sums per slab
+            if isinstance(fitted, list):  # Gram sums per slab; the test rows were predicted as they came
                 for s in kept:
-                    value, reg = fitted[s].solve(tuple(cfg.alphas))
-                    out[s][name] = (float(value[0]), float(value[1]), float(reg[0]))
+                    g = fitted[s]
+                    value, reg = g.solve(tuple(cfg.alphas))
+                    pred, y = np.concatenate(g.test_predictions), np.concatenate(g.test_targets)
+                    video = np.repeat(np.arange(len(g.test_predictions)), [len(p) for p in g.test_predictions])
+                    ci = probe_intervals(pred[:, 0], pred[:, 1], y[:, 0], y[:, 1], video, kind, cfg.seed)
+                    out[s][name] = (float(value[0]), float(value[1]), float(reg[0]), ci)
                 continue
             if cfg.method == "sklearn":
                 args = (kind, t.folds, tuple(cfg.cs), tuple(cfg.alphas), cfg.max_iter, cfg.tol)
@@ -242,8 +253,10 @@ class BudgetProber:
                 max_iter=cfg.max_iter, tol=cfg.tol, patience=cfg.patience,
             )  # fmt: skip
             del x
+            video = bt.test_video()
             for i, s in enumerate(kept):
-                out[s][name] = (float(fit.scores[i, 0]), float(fit.scores[i, 1]), float(fit.regularisation[i, 0]))
+                ci = probe_intervals(*fit.predictions[i], t.head.y_test, t.control.y_test, video, kind, cfg.seed)
+                out[s][name] = (float(fit.scores[i, 0]), float(fit.scores[i, 1]), float(fit.regularisation[i, 0]), ci)
         return out
 
 

@@ -103,12 +103,15 @@ def test_no_budget_is_the_whole_slab_path(planted, whole, monkeypatch):
 
 def test_a_budget_of_every_token_reproduces_the_whole_slab_path(planted, whole):
     """Same rows, so classes (logistic, control task, x_t, condition) agree exactly; ridge from Gram
-    sums in float64 agrees with the fast path's float32 Grams to rounding."""
+    sums in float64 agrees with the fast path's float32 Grams to rounding. The bootstrap intervals over
+    test videos too: the budgeted ridge predicts its test rows as they stream past."""
     budget = _run(planted, max_tokens=N_TOKENS)
     cls = whole["target"] == "cls"
-    for column in ("value", "control", "x_t", "condition", "regularisation", "majority_rate"):
+    intervals = ("value_lo", "value_hi", "selectivity_lo", "selectivity_hi")
+    assert np.isfinite(budget[list(intervals)].to_numpy()).all()
+    for column in ("value", "control", "x_t", "condition", "regularisation", "majority_rate", *intervals):
         assert np.array_equal(whole[cls][column].to_numpy(), budget[cls][column].to_numpy()), column
-    for column in ("value", "control", "x_t", "condition"):
+    for column in ("value", "control", "x_t", "condition", *intervals):
         assert np.abs(whole[~cls][column].to_numpy() - budget[~cls][column].to_numpy()).max() < 1e-4, column
     assert np.array_equal(whole["regularisation"].to_numpy(), budget["regularisation"].to_numpy())
 
