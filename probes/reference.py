@@ -22,6 +22,22 @@ def fit_sklearn(
 ) -> tuple[float, float]:
     """The reference: StandardScaler, then LogisticRegressionCV or RidgeCV over the same video folds.
     Returns (test score, chosen C or alpha)."""
+    score, regularisation, _ = fit_sklearn_predict(x_train, x_test, head, kind, folds, cs, alphas, max_iter, tol)
+    return score, regularisation
+
+
+def fit_sklearn_predict(
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    head: Head,
+    kind: str,
+    folds: np.ndarray,
+    cs: tuple[float, ...] = DEFAULT_CS,
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+) -> tuple[float, float, np.ndarray]:
+    """``fit_sklearn`` and the predictions on the test rows (for intervals over test videos)."""
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
     from sklearn.preprocessing import StandardScaler
 
@@ -30,10 +46,10 @@ def fit_sklearn(
     splits = [(np.flatnonzero(folds != f), np.flatnonzero(folds == f)) for f in range(int(folds.max()) + 1)]
     if kind == REGRESSION:
         model = RidgeCV(alphas=list(alphas), cv=splits, scoring="r2").fit(xtr, head.y_train)
-        return float(model.score(xte, head.y_test)), float(model.alpha_)
+        return float(model.score(xte, head.y_test)), float(model.alpha_), model.predict(xte)
     if len(np.unique(head.y_train)) < 2:
         only = head.y_train[0]
-        return float(np.mean(head.y_test == only)), float("nan")
+        return float(np.mean(head.y_test == only)), float("nan"), np.full(len(head.y_test), only)
     model = LogisticRegressionCV(
         Cs=list(cs),
         cv=splits,
@@ -45,4 +61,5 @@ def fit_sklearn(
         use_legacy_attributes=False,
     ).fit(xtr, head.y_train)
     # ``model.score`` would use the CV scoring (log-loss); the reported score is test accuracy.
-    return float(np.mean(model.predict(xte) == head.y_test)), float(model.C_)
+    pred = model.predict(xte)
+    return float(np.mean(pred == head.y_test)), float(model.C_), pred

@@ -35,7 +35,7 @@ from probes.features import condition_tokens, token_types, x_t_tokens
 from probes.fit import DEFAULT_ALPHAS, DEFAULT_CS, Head, fit_fast
 from probes.intervals import probe_intervals
 from probes.labels import CLASS, LabelProvider, Labels, labels_from_array, load_label_file
-from probes.reference import fit_sklearn
+from probes.reference import fit_sklearn_predict
 
 METHODS = ("fast", "sklearn")
 COLUMNS = (
@@ -43,8 +43,7 @@ COLUMNS = (
     "majority_rate", "x_t", "condition", "regularisation", "n_train_videos", "n_test_videos", "method",
     "value_lo", "value_hi", "selectivity_lo", "selectivity_hi",
 )  # fmt: skip
-# value_lo/hi, selectivity_lo/hi: 95% bootstrap intervals over the test videos (probes.intervals; NaN
-# where the fit keeps no test predictions: scikit-learn's reference loop).
+# value_lo/hi, selectivity_lo/hi: 95% bootstrap intervals over the test videos (probes.intervals).
 
 
 @dataclass
@@ -213,9 +212,11 @@ class Prober:
                 for i, x in enumerate(rows):
                     cfg = self.cfg
                     args = (t.labels.kind, t.folds, tuple(cfg.cs), tuple(cfg.alphas), cfg.max_iter, cfg.tol)
-                    value, reg = fit_sklearn(x[t.rows_train], x[t.rows_test], t.head, *args)
-                    control, _ = fit_sklearn(x[t.rows_train], x[t.rows_test], t.control, *args)
-                    out[i][t.labels.name] = (value, control, reg)
+                    value, reg, pred = fit_sklearn_predict(x[t.rows_train], x[t.rows_test], t.head, *args)
+                    control, _, control_pred = fit_sklearn_predict(x[t.rows_train], x[t.rows_test], t.control, *args)
+                    ci = probe_intervals(pred, control_pred, t.head.y_test, t.control.y_test, t.test_video,
+                                         t.labels.kind, cfg.seed)  # fmt: skip
+                    out[i][t.labels.name] = (value, control, reg, ci)
                 continue
             # Slabs of different widths (x_t vs blocks) never share a call.
             x = torch.from_numpy(np.stack(rows)).to(self.device)

@@ -36,7 +36,7 @@ from probes.features import condition_tokens, x_t_tokens
 from probes.fit import Head, fit_fast
 from probes.intervals import probe_intervals
 from probes.labels import CLASS, REGRESSION, Labels
-from probes.reference import fit_sklearn
+from probes.reference import fit_sklearn_predict
 from probes.run import ProbeConfig, Split, _control_labels, _groups, _Target
 
 BLOCK_ROWS = 8192  # selected rows of a block of videos: 48 MB of float32 at hidden 1536
@@ -241,11 +241,13 @@ class BudgetProber:
                 continue
             if cfg.method == "sklearn":
                 args = (kind, t.folds, tuple(cfg.cs), tuple(cfg.alphas), cfg.max_iter, cfg.tol)
+                video = bt.test_video()
                 for s in kept:
                     x = fitted[s]
-                    value, reg = fit_sklearn(x[:n_tr], x[n_tr:], t.head, *args)
-                    control, _ = fit_sklearn(x[:n_tr], x[n_tr:], t.control, *args)
-                    out[s][name] = (value, control, reg)
+                    value, reg, pred = fit_sklearn_predict(x[:n_tr], x[n_tr:], t.head, *args)
+                    control, _, control_pred = fit_sklearn_predict(x[:n_tr], x[n_tr:], t.control, *args)
+                    ci = probe_intervals(pred, control_pred, t.head.y_test, t.control.y_test, video, kind, cfg.seed)
+                    out[s][name] = (value, control, reg, ci)
                 continue
             x = torch.from_numpy(fitted if len(kept) == len(sources) else fitted[kept]).to(self.device)
             fit = fit_fast(

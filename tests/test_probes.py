@@ -85,6 +85,10 @@ def test_planted_signal_is_decodable_from_its_layer_on_and_nowhere_before(synthe
     assert (table["control"] < 0.58).all()
     assert (table["x_t"] < 0.58).all()
     assert table["condition"].isna().all()  # this store keeps no conditioning latent
+    # Bootstrap intervals over the test videos, from either method's test predictions, hold the score.
+    assert (table["value_lo"] <= table["value"] + 1e-12).all() and (table["value"] <= table["value_hi"] + 1e-12).all()
+    assert (after["selectivity_lo"] > 0.2).all() and (before["selectivity_lo"] < 0.02).all()
+    assert (before["selectivity_lo"] < 0).mean() > 0.5 < (before["selectivity_hi"] > 0).mean()  # mostly around 0
 
 
 def test_fast_path_agrees_with_scikit_learn_within_one_point(synthetic):
