@@ -190,11 +190,12 @@ def energy(
     video: int = typer.Option(0, help="Video index in the store."),
     step: int = typer.Option(0, help="Denoising step (must be stored)."),
     out: Path = typer.Option(Path("runs/energy"), help="Output folder."),
+    scale_step: list[int] = typer.Option([], help="Stored steps whose maps share each layer's colour scale; repeat."),
 ) -> None:
     """Token energy (layers x frames heatmap, per-token maps) and PCA colour maps of one video at one step."""
     from interp.experiments.energy import EnergyConfig, run_energy, save_energy
 
-    cfg = EnergyConfig(str(store), video, step)
+    cfg = EnergyConfig(str(store), video, step, list(scale_step) or None)
     echo_manifest(save_energy(run_energy(cfg, out), cfg, out), out)
 
 
@@ -341,9 +342,5 @@ def demo(
 add_experiment_commands(app)
 
 
-def main() -> None:
+def main() -> None:  # the ``interp`` script; ``python -m interp`` (interp/__main__.py)
     run_app(app)
-
-
-if __name__ == "__main__":
-    main()

@@ -335,8 +335,9 @@ def filmstrip_plan(values: dict) -> Plan:
 
 def energy_plan(values: dict) -> Plan:
     layout, _ = _store_layout(values["store"])
-    read = sum(layout.n_tokens * layout.hidden[s] for s in layout.sites) * FLOAT32  # every site of one (video, step)
-    return Plan("energy", Path(values["out"]), 1, layout.num_steps, 1, len(layout.sites), FIGURES, 3 * read,
+    steps = len({values["step"], *(values.get("scale_step") or [])})  # steps sharing the colour scale are read too
+    read = sum(layout.n_tokens * layout.hidden[s] for s in layout.sites) * FLOAT32 * steps  # every site, one video
+    return Plan("energy", Path(values["out"]), 1, layout.num_steps, steps, len(layout.sites), FIGURES, 3 * read,
                 [f"video {values['video']} at step {values['step']}"], read, Path(values["store"]))  # fmt: skip
 
 

@@ -38,3 +38,12 @@ def test_energy_command_writes_figures(store_path, tmp_path, run_cli):
         assert (tmp_path / "fig" / name).stat().st_size > 0
     code, _, err = run_cli("energy", store_path, "--step", 9, "--out", tmp_path / "fig")
     assert code == 2 and "step 9 is not stored" in err
+
+
+def test_energy_maps_of_several_steps_share_a_scale_from_the_command_line(store_path, tmp_path, run_cli):
+    code, out, err = run_cli("energy", store_path, "--step", 3, "--scale-step", 0, "--out", tmp_path / "fig")
+    assert code == 0 and "2 steps read" in out, err
+    manifest = (tmp_path / "fig" / "run.json").read_text()
+    assert "colour scale is shared by steps 0, 3, so the figures of those steps compare" in manifest
+    code, _, err = run_cli("energy", store_path, "--step", 3, "--scale-step", 9, "--out", tmp_path / "fig")
+    assert code == 2 and "9" in err and "not stored" in err, err

@@ -49,8 +49,9 @@ def save_energy(paths: list[Path], cfg: EnergyConfig, out) -> Manifest:
     manifest = Manifest("energy", f"token energy, video {cfg.video}, step {cfg.step}", "energy", cfg.to_dict())
     for path in paths:
         manifest.add(path, "figure" if path.suffix == ".png" else "data", CAPTIONS.get(path.name, path.name))
-    scale = (f"each layer's colour scale is shared by steps {cfg.scale_steps}, so the figures of those steps compare"
-             if cfg.scale_steps else "each layer on its own colour scale at this step")  # fmt: skip
+    shared = ", ".join(map(str, sorted({*(cfg.scale_steps or []), cfg.step})))
+    scale = (f"each layer's colour scale is shared by steps {shared}, so the figures of those steps compare"
+             if "," in shared else "each layer on its own colour scale at this step")  # fmt: skip
     manifest.notes.append(f"Per-token residual norm and PCA maps, one video; {scale}; maze walls drawn in cyan "
                           "where the store holds one token per cell. Frames are latent frames.")  # fmt: skip
     manifest.write(out)

@@ -1,0 +1,5 @@
+"""``python -m interp``: the same command line as the ``interp`` script."""
+
+from interp.cli import main
+
+main()
