@@ -173,7 +173,7 @@ def trace(
         adapter = testbed(model)
     job = make_job(cfg, adapter, skeleton=adapter is None)  # every check first; a pipeline's from its configs
     writer_options = {"queue_bytes": queue_mb << 20, "sha256": sha256}
-    show(trace_plan(job, out, writer_options["queue_bytes"], workers if ray else 1), typer.echo)
+    show(trace_plan(job, out, writer_options["queue_bytes"], workers if ray else 1, ray and ray_address), typer.echo)
     tic = time.time()
     if ray:
         from interp.experiments.distributed import run_trace_ray
@@ -342,5 +342,5 @@ def demo(
 add_experiment_commands(app)
 
 
-def main() -> None:  # the ``interp`` script; ``python -m interp`` (interp/__main__.py)
+def main() -> None:  # the ``interp`` script and ``python -m interp`` (interp/__main__.py)
     run_app(app)

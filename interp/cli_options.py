@@ -18,7 +18,8 @@ from pathlib import Path
 import typer
 
 from interp.experiments.base import Experiment, experiments, load_config
-from interp.plans import DRY_RUN, READERS, PlanOnly, show
+from interp.plans import DRY_RUN, PlanOnly, show
+from interp.reader_plans import READERS
 from interp.sources import default_dtype
 from interp.validation import UsageError, build, check_output, check_threads
 
@@ -195,7 +196,7 @@ def add_experiment_commands(app: typer.Typer) -> None:
 
 DRY_RUN_OPTION = _option("dry_run", bool, False, "Print the plan (videos, steps, sites, disk, memory) only.",
                          ("--dry-run",))  # fmt: skip
-# written-out commands that print a plan (interp.plans); READERS' plans are printed here, before the command
+# written-out commands that print a plan (interp.plans); READERS' (interp.reader_plans) are printed here, first
 PLANNED = ("generate", "evaluate", "trace", "probe", "demo", *READERS)
 FILE_OUTPUTS = {("trace", "out"), ("report", "out")}  # output options that name a file, not a folder
 OUTPUTS = ("out", "checkpoint", "export")

@@ -164,11 +164,16 @@ def store_plan(
     videos = layout.n_videos if pending is None else pending
     item = np.dtype(layout.dtype).itemsize
     disk = sum(math.prod(shape) for shape in data_shapes(layout, videos).values()) * item
-    batch, width = min(batch_size, max(videos, 1)), sum(layout.hidden[s] for s in layout.sites)
+    from activations.axes import parse_site
+
+    experts: dict = {}  # a multi-expert model (Wan 2.2) runs one expert's blocks per step
+    for site in layout.sites:
+        experts[parse_site(site)[0]] = experts.get(parse_site(site)[0], 0) + layout.hidden[site]
+    batch, width = min(batch_size, max(videos, 1)), max(experts.values(), default=0)
     per_step, outputs = layout.n_tokens * width * batch, math.prod(layout.token_grid) * width * batch
     # Only what tracing adds: a testbed is loaded by now; a pipeline's weights are added by trace_plan.
     queued = min(queue_bytes or DEFAULT_QUEUE_BYTES, per_step * len(layout.steps) * item)
-    on_cpu = str(device) == "cpu"
+    on_cpu = _device_type(device) == "cpu"
     memory = writers * (queued + (outputs + per_step) * FLOAT32 * on_cpu)
     details = [f"token grid {'x'.join(map(str, layout.token_grid))}, {layout.n_tokens} tokens stored per site"]
     if pending is not None and pending != layout.n_videos:
@@ -177,10 +182,17 @@ def store_plan(
                 details)  # fmt: skip
 
 
-def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1) -> Plan:
+def _device_type(device) -> str:
+    import torch
+
+    return torch.device(device).type
+
+
+def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1, cluster: str | None = None) -> Plan:
     """The plan of ``interp trace``: a testbed or a pipeline trace job (its layout is already planned). A
     pipeline's job is a skeleton (``make_job(skeleton=True)``: laid out from the folder's configs, nothing
-    loaded), so its weights are added from the safetensors headers, once per process that loads them."""
+    loaded), so its weights are added from the safetensors headers, once per process that loads them here;
+    on a Ray ``cluster`` (an address) the workers load them on their own machines: a detail, not checked."""
     from activations.reader import ActivationStore
 
     pending = None
@@ -191,8 +203,8 @@ def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1)
         except ValueError:
             pending = None  # not a store of this layout: the writer says so when it opens it
     device, lay = getattr(job.cfg, "device", "cpu"), job.layout
-    plan = store_plan("trace", lay, out, job.batch_size, pending, queue_bytes, writers, device)
-    if str(device) != "cpu":
+    plan = store_plan("trace", lay, out, job.batch_size, pending, queue_bytes, 0 if cluster else writers, device)
+    if _device_type(device) != "cpu":
         item = 2 if getattr(job.cfg, "torch_dtype", None) in ("bfloat16", "float16") else FLOAT32
         outputs = math.prod(lay.token_grid) * sum(lay.hidden.values()) * job.batch_size * item
         plan.details.append(f"device memory: one step's block outputs ~{human(outputs)} beside the weights")
@@ -200,8 +212,11 @@ def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1)
         from interp.sources import default_dtype
 
         cfg = job.cfg
-        plan.memory_bytes += writers * folder_weight_bytes(cfg.model, default_dtype(cfg.device, cfg.torch_dtype))
-        plan.details.append("pipeline weights counted from their safetensors headers (nothing loaded to plan)")
+        weights = folder_weight_bytes(cfg.model, default_dtype(cfg.device, cfg.torch_dtype))
+        plan.memory_bytes += 0 if cluster else writers * weights
+        where = f"on each worker of {cluster}" if cluster else "counted"
+        plan.details.append(f"pipeline weights ~{human(weights)} {where}, from their safetensors headers (nothing "
+                            "loaded to plan)")  # fmt: skip
     return plan
 
 
@@ -255,10 +270,12 @@ def _pipeline_experiment_plan(kind: str, cfg, spec: dict, out: Path) -> Plan:
     tokens, hidden = math.prod(adapter.token_grid(latent, expert)), adapter.hidden_size(expert)
     layers = len(_layers(cfg, adapter)) if kind != "perturb" else 0
     item = 2 if dtype in ("bfloat16", "float16") else FLOAT32
-    per_video = inputs.num_steps * (layers * tokens * hidden * item + 2 * math.prod(latent) * FLOAT32)
+    branches = 1 if inputs.negative_prompt is None else 2  # every call is recorded: the unconditional one too
+    per_video = inputs.num_steps * (branches * layers * tokens * hidden * item + 2 * math.prod(latent) * FLOAT32)
     memory = folder_weight_bytes(inputs.model, dtype) + len(samples) * per_video
     return Plan(kind, Path(out), len(samples), inputs.num_steps, None, layers, FIGURES, memory,
-                [f"recorded run per sample: {layers} layers x {inputs.num_steps} steps x {tokens} tokens in {dtype}, "
+                [f"recorded run per sample: {layers} layers x {inputs.num_steps} steps x {tokens} tokens x {branches} "
+                 f"guidance branches in {dtype}, "
                  "and the latents of every step; pipeline weights counted from their safetensors headers"])  # fmt: skip
 
 
@@ -298,86 +315,6 @@ def probe_plan(store_path: Path, cfg, out: Path) -> Plan:
                  " probes, each with 3 controls"])  # fmt: skip
 
 
-# -- commands that read a store or a run folder ---------------------------------------------------------
-
-
-def _store_layout(path: Path):
-    from activations.reader import ActivationStore
-
-    with ActivationStore(path) as store:
-        return store.layout, list(store.completed_videos)
-
-
-def decoder_bytes(model: str | None, device: str, torch_dtype: str | None) -> int:
-    """What decodes x0_hat: a testbed (its weights are small: loaded) or a pipeline folder (loaded whole)."""
-    from interp.models.registry import is_pipeline_folder
-    from interp.sources import default_dtype, load_testbed
-
-    if not model:
-        return 0
-    if is_pipeline_folder(model):
-        return folder_weight_bytes(model, default_dtype(device, torch_dtype))
-    return model_bytes(load_testbed(model))
-
-
-def filmstrip_plan(values: dict) -> Plan:
-    from activations.selection import parse_index_spec
-
-    layout, _ = _store_layout(values["store"])
-    videos = parse_index_spec(values["videos"], layout.n_videos, "video")
-    steps = [s for s in parse_index_spec(values["steps"], layout.num_steps, "step") if s in layout.steps]
-    read = len(videos) * len(steps) * math.prod(layout.latent_shape) * FLOAT32
-    memory = decoder_bytes(values["model"], values["device"], values.get("torch_dtype")) + read // len(videos)
-    return Plan("filmstrip", Path(values["out"]), len(videos), layout.num_steps, len(steps), None,
-                FIGURES * len(videos), memory, [f"decodes x0_hat with {values['model']}"], read,
-                Path(values["store"]))  # fmt: skip
-
-
-def energy_plan(values: dict) -> Plan:
-    layout, _ = _store_layout(values["store"])
-    steps = len({values["step"], *(values.get("scale_step") or [])})  # steps sharing the colour scale are read too
-    read = sum(layout.n_tokens * layout.hidden[s] for s in layout.sites) * FLOAT32 * steps  # every site, one video
-    return Plan("energy", Path(values["out"]), 1, layout.num_steps, steps, len(layout.sites), FIGURES, 3 * read,
-                [f"video {values['video']} at step {values['step']}"], read, Path(values["store"]))  # fmt: skip
-
-
-def chain_plan(values: dict) -> Plan:
-    layout, done = _store_layout(values["store"])
-    per_video = len(layout.steps) * math.prod(layout.latent_shape) * FLOAT32
-    scorer_model = values.get("model") if values.get("scorer") else None
-    decoder = decoder_bytes(scorer_model, values["device"], values.get("torch_dtype"))
-    # read one video at a time, as float64 (one sample's seeds together: not known from the layout)
-    return Plan("chain", Path(values["out"]), len(done), layout.num_steps, len(layout.steps), None, FIGURES,
-                decoder + 2 * 2 * per_video, ["x0_hat of every stored step of every complete video, one at a time"],
-                per_video * len(done), Path(values["store"]))  # fmt: skip
-
-
-def verify_plan(values: dict) -> Plan:
-    from activations.schema import check_store_path, parts_dir
-
-    store = check_store_path(values["store"])
-    parts = parts_dir(store)
-    files = [p for p in (parts.glob("part_*.h5") if parts.is_dir() else []) if p.is_file()]
-    read = sum(p.stat().st_size for p in files) if values.get("checksums") else 0
-    detail = "every chunk checked" if values.get("checksums") else "headers, shapes, flags (--checksums: every chunk)"
-    return Plan("verify", store.parent, 0, details=[f"{count(len(files), 'part')}: {detail}"], read_bytes=read,
-                source=store)  # fmt: skip
-
-
-def report_plan(values: dict) -> Plan:
-    run_dir = Path(values["run_dir"])
-    if not run_dir.is_dir():
-        raise UsageError(f"no run folder at {run_dir}")
-    from interp.report.html import embedded_files
-
-    images = embedded_files(run_dir)
-    embedded = sum(p.stat().st_size for p in images) * 4 // 3  # base64 in the page
-    out = Path(values["out"]) if values.get("out") else run_dir / "report.html"
-    return Plan("report", out, 0, disk_bytes=embedded + 2**20, memory_bytes=2 * embedded,
-                details=[f"{count(len(images), 'figure')} embedded"], read_bytes=embedded * 3 // 4,
-                source=run_dir)  # fmt: skip
-
-
 def study_plan(model: str, adapter, options: dict, out: Path, size: int, frames: int) -> Plan:
     """``interp demo``: the store it writes is the largest cost; every stage's mazes listed."""
     from interp.experiments.trace import TraceConfig, make_job
@@ -390,7 +327,3 @@ def study_plan(model: str, adapter, options: dict, out: Path, size: int, frames:
     store.disk_bytes += FIGURES * (len(counts) + 4)
     store.out = Path(out)
     return store
-
-
-READERS = {"filmstrip": filmstrip_plan, "energy": energy_plan, "chain": chain_plan, "verify": verify_plan,
-           "report": report_plan}  # fmt: skip

@@ -103,7 +103,7 @@ class GramRidge:
         # With ``alphas``, test rows are predicted as they come (every training row precedes them), so
         # their scores can be resampled over videos without holding a design matrix: ``test_predictions``.
         self.alphas = alphas
-        self._fitted: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (w_best, mean, inv std)
+        self._fitted: tuple[torch.Tensor, ...] | None = None  # (w_best, best, mean, inv std) from the training rows
         self.test_predictions: list[np.ndarray] = []  # per test add (video): (rows, H)
         self.test_targets: list[np.ndarray] = []
 
@@ -116,11 +116,12 @@ class GramRidge:
         y = torch.as_tensor(np.asarray(y, dtype=np.float64).reshape(len(x), -1), device=self.device)
         if self._fitted is not None and group != self.n_folds:
             raise ValueError("training rows after test rows: the test rows were predicted without them")
-        if group == self.n_folds and self.alphas is not None and self.shift_x is not None:
+        predict = self.alphas is not None and self.shift_x is not None and bool(torch.isfinite(self.shift_x).all())
+        if group == self.n_folds and predict:  # (a slab never computed, all NaN, is not: it has no probe)
             if self._fitted is None:
-                w_best, _, _, _, mean, inv = self._fit(self.alphas)
-                self._fitted = (w_best, mean, inv)
-            w_best, mean, inv = self._fitted
+                w_best, best, _, _, mean, inv = self._fit(self.alphas)
+                self._fitted = (w_best, best, mean, inv)
+            w_best, _, mean, inv = self._fitted
             z = torch.cat([(x - mean) * inv, torch.ones(len(x), 1, dtype=dt, device=self.device)], 1)
             self.test_predictions.append((z @ w_best + self.shift_y).cpu().numpy())  # the sums' y is shifted
             self.test_targets.append(y.cpu().numpy())
@@ -180,7 +181,10 @@ class GramRidge:
         """(test R^2 per head, chosen alpha per head)."""
         if self.shift_x is None:
             raise ValueError("no rows were added")
-        w_best, best, zz, zy, _, _ = self._fit(alphas)
+        if self._fitted is not None and tuple(alphas) == tuple(self.alphas):  # fitted when the test rows came
+            (w_best, best, _, _), (zz, zy, _, _) = self._fitted, self._standardised()
+        else:
+            w_best, best, zz, zy, _, _ = self._fit(alphas)
         test = self._r2(w_best, zz, zy, self.n_folds)
         a = torch.as_tensor(alphas, dtype=zz.dtype, device=zz.device)
         return test.cpu().numpy(), a[best].cpu().numpy()

@@ -45,7 +45,8 @@ def bootstrap_scores(
 ) -> np.ndarray:
     """Resampled pooled scores (n_boot, heads) of heads scored on the same test rows, ``video``
     giving each row's test video (0..V-1); every head sees the same resampled videos."""
-    video = np.asarray(video)
+    # Number the videos that hold rows 0..V-1: a test video without rows (no label) is not drawn.
+    video = np.unique(np.asarray(video), return_inverse=True)[1].reshape(-1)
     n_videos = int(video.max()) + 1 if len(video) else 0
     if n_videos < 2:
         return np.full((n_boot, len(preds)), np.nan)

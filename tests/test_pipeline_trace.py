@@ -169,7 +169,7 @@ def test_a_pipeline_trace_is_planned_without_loading_it(tmp_path, run_cli, monke
     from diffusers import DiffusionPipeline
 
     from interp.experiments.trace import PipelineTraceConfig, make_job
-    from interp.plans import folder_weight_bytes, store_plan, trace_plan
+    from interp.plans import folder_weight_bytes, human, store_plan, trace_plan
 
     def refuse(*args, **kwargs):
         raise AssertionError("the plan loaded the pipeline")
@@ -181,15 +181,22 @@ def test_a_pipeline_trace_is_planned_without_loading_it(tmp_path, run_cli, monke
         code, out, err = run_cli("trace", "--model", model, "--data", data, *sized, *extra, "--dry-run",
                                  "--out", tmp_path / "t.h5")  # fmt: skip
         assert code == 0 and "plan: trace: 2 videos, 4 denoising steps each" in out, err
-        assert "weights counted from their safetensors headers" in out
+        assert f"weights ~{human(folder_weight_bytes(model))} counted, from their safetensors headers" in out
     assert not list(tmp_path.glob("t.h5*"))
     cfg = PipelineTraceConfig(model=str(model), data=str(data), height=32, width=32, num_frames=9, num_steps=4,
                               max_sequence_length=16)  # fmt: skip
     job = make_job(cfg, skeleton=True)
+    lay = job.layout
+    one_expert = sum(lay.hidden[s] for s in lay.sites if s.startswith("high."))  # one expert runs a step
+    assert 0 < one_expert < sum(lay.hidden.values())
+    queued = min(2**31, lay.n_tokens * one_expert * len(lay.steps) * 2)  # every step's stored fp16 copies
     for writers in (1, 2):
-        tracing = store_plan("trace", job.layout, tmp_path / "t.h5", 1, writers=writers).memory_bytes
+        tracing = store_plan("trace", lay, tmp_path / "t.h5", 1, writers=writers).memory_bytes
+        assert tracing == writers * (2 * lay.n_tokens * one_expert * 4 + queued)
         total = trace_plan(job, tmp_path / "t.h5", writers=writers).memory_bytes
         assert total == tracing + writers * folder_weight_bytes(model) > tracing
+    remote = trace_plan(job, tmp_path / "t.h5", writers=2, cluster="ray://head:10001")  # workers elsewhere
+    assert remote.memory_bytes == 0 and any("on each worker of ray://head:10001" in d for d in remote.details)
 
 
 def test_the_plan_of_a_wan_14b_trace_at_full_size_needs_no_weights(tmp_path, run_cli, monkeypatch):

@@ -5,6 +5,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from activations import ActivationStore
 from interp.experiments.base import Manifest, is_manifest
@@ -23,8 +24,13 @@ def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):
         assert store.layout.extra["pipeline_trace_config"]["torch_dtype"] == "float32"  # the CPU default, recorded
         assert {s.split(".")[0] for s in store.sites} == {"high", "low"}
         tokens = store.layout.n_tokens
-    code, out, err = run_cli("patch", *pair, "--steps", "0,2", "--dry-run", "--out", run / "never")  # loads nothing
-    assert code == 0 and f"recorded run per sample: 2 layers x 4 steps x {tokens} tokens in float32" in out, err
+    from diffusers import DiffusionPipeline
+
+    with pytest.MonkeyPatch.context() as patch:  # the plan of an experiment on a pipeline loads nothing
+        patch.setattr(DiffusionPipeline, "from_pretrained", lambda *a, **k: pytest.fail("the plan loaded weights"))
+        code, out, err = run_cli("patch", *pair, "--steps", "0,2", "--dry-run", "--out", run / "never")
+    expected = f"recorded run per sample: 2 layers x 4 steps x {tokens} tokens x 2 guidance branches in float32"
+    assert code == 0 and expected in out, err
     assert not (run / "never").exists()
     np.save(tmp_path / "prompt.npy", np.array([0, 0, 1, 1]))
     commands = [

@@ -324,3 +324,15 @@ def test_pixel_masks_reach_the_token_grid_with_the_latent_frame_convention():
     assert np.argwhere(pixel_masks_to_tokens(maze, (4, 4, 4))[0, 0]).tolist() == [[1, 2]]
     with pytest.raises(ValueError, match="do not map"):
         pixel_masks_to_tokens(np.zeros((1, 8, 32, 32)), (3, 2, 2))
+
+
+def test_intervals_resample_the_test_videos_that_hold_rows():
+    """A test video without rows (no label there) is not drawn: ids with gaps give the same intervals."""
+    from probes.intervals import bootstrap_scores
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40).astype(float)
+    pred = np.where(rng.random(40) < 0.8, y, 1 - y)
+    video = np.repeat(np.arange(4), 10)
+    gaps = np.array([1, 3, 4, 7])[video]  # videos 0, 2, 5, 6 hold no rows
+    assert np.array_equal(bootstrap_scores([pred], [y], video, "class"), bootstrap_scores([pred], [y], gaps, "class"))

@@ -40,8 +40,7 @@ def pipeline_skeleton(folder: str | Path, spec: PipelineSpec | None = None) -> V
         if not (isinstance(value, list) and len(value) == 2):
             options[key] = value  # a pipeline option (e.g. Wan 2.2's boundary_ratio, expand_timesteps)
             continue
-        library, class_name = value
-        cls = getattr(diffusers, str(class_name), None) if library == "diffusers" else None
+        cls = _component_class(*value)
         if isinstance(cls, type) and issubclass(cls, ModelMixin):
             with torch.device("meta"):
                 components[key] = cls.from_config(_config(cls, folder / key))
@@ -51,8 +50,8 @@ def pipeline_skeleton(folder: str | Path, spec: PipelineSpec | None = None) -> V
         else:
             components[key] = None  # encoders, tokenizers, processors: not part of the layout
     pipeline_class = entry.pipeline_class or getattr(diffusers, name)
-    accepted = inspect.signature(pipeline_class.__init__).parameters
-    pipe = pipeline_class(**components, **{k: v for k, v in options.items() if k in accepted})
+    accepted = inspect.signature(pipeline_class.__init__).parameters  # as diffusers, ignore what it does not take
+    pipe = pipeline_class(**{k: v for k, v in {**components, **options}.items() if k in accepted})
     return entry.adapter.from_pipeline(pipe, spec or PipelineSpec())
 
 
@@ -61,3 +60,17 @@ def _config(cls, folder: Path) -> dict:
         return cls.load_config(folder)
     except (OSError, ValueError) as err:  # diffusers raises EnvironmentError for a missing or broken config.json
         raise UsageError(f"{folder}: no readable config.json for its {cls.__name__} ({err})") from None
+
+
+def _component_class(library: str | None, class_name: str | None) -> type | None:
+    """The class of a model_index entry: diffusers', or a user's own module's (as diffusers imports it);
+    None for transformers' encoders and tokenizers and anything that cannot be imported (not needed here)."""
+    import importlib
+
+    if library is None or class_name is None or library == "transformers":
+        return None
+    try:
+        module = importlib.import_module("diffusers" if library == "diffusers" else library)
+    except ImportError:
+        return None
+    return getattr(module, class_name, None)
