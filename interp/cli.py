@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from interp.cli_options import add_experiment_commands, check_maze, echo_manifest, run_app, set_threads, testbed
-from interp.plans import pipeline_plan, show
+from interp.plans import pipeline_generate_plan, show
 from interp.validation import UsageError, parse_labels
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -53,8 +53,7 @@ def generate(
         names = [x for item in samples for x in item.split(",") if x] or None
         cfg = PipelineGenerateConfig(model, str(data), names, list(seed), steps or "all", height, width, num_frames,
                                      num_steps or 50, device, torch_dtype)  # fmt: skip
-        videos = len(seed) * len(names or [""])
-        show(pipeline_plan("generate", model, cfg.torch_dtype, videos, num_steps or 50, out), typer.echo)
+        show(pipeline_generate_plan(cfg, out), typer.echo)
         return echo_manifest(save_step_videos(run_pipeline_generate(cfg, out), cfg, out), out)
     from interp.experiments.generate import GenerateConfig, run_generate, save_generated
     from interp.plans import sampling_plan

@@ -148,6 +148,23 @@ def pipeline_plan(command: str, model: str, torch_dtype: str, videos: int, num_s
                          "videos (a GIF per step at full size) not counted"])  # fmt: skip
 
 
+def pipeline_generate_plan(cfg, out: Path) -> Plan:
+    """``interp generate`` on a pipeline folder: per (sample, seed) the decoded video of every chosen step and
+    the final one (GIFs, at most a byte per pixel: palette images), from the config alone, nothing loaded."""
+    from activations.selection import parse_index_spec
+
+    samples = len(cfg.inputs().load(skeleton=True)[1])
+    decoded = len(parse_index_spec(cfg.steps, cfg.num_steps, "step")) + 1
+    videos = samples * len(cfg.seeds)
+    gifs = videos * decoded * cfg.num_frames * cfg.height * cfg.width
+    plan = pipeline_plan("generate", cfg.model, cfg.torch_dtype, videos, cfg.num_steps, out)
+    plan.disk_bytes += gifs
+    plan.details = [f"{videos} videos x {decoded} decoded (x0_hat of {decoded - 1} steps and the final video), "
+                    f"{cfg.num_frames} frames of {cfg.height}x{cfg.width} each; pipeline weights counted from "
+                    "their safetensors headers"]  # fmt: skip
+    return plan
+
+
 def store_plan(
     command: str, layout, out: Path, batch_size: int, pending: int | None = None, queue_bytes: int | None = None,
     writers: int = 1, device: str = "cpu",

@@ -28,6 +28,8 @@ def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):
 
     with pytest.MonkeyPatch.context() as patch:  # the plan of an experiment on a pipeline loads nothing
         patch.setattr(DiffusionPipeline, "from_pretrained", lambda *a, **k: pytest.fail("the plan loaded weights"))
+        code, gen, err = run_cli("generate", *pipe, "--steps", "0,3", "--dry-run", "--out", run / "never")
+        assert code == 0 and "2 videos x 3 decoded (x0_hat of 2 steps and the final video), 5 frames of 32x32" in gen
         code, out, err = run_cli("patch", *pair, "--steps", "0,2", "--dry-run", "--out", run / "never")
     expected = f"recorded run per sample: 2 layers x 4 steps x {tokens} tokens x 2 guidance branches in float32"
     assert code == 0 and expected in out, err
