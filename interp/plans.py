@@ -281,6 +281,17 @@ def _pipeline_experiment_plan(kind: str, cfg, spec: dict, out: Path) -> Plan:
     inputs = PipelineInputs(**spec)
     dtype = default_dtype(inputs.device, inputs.torch_dtype)
     adapter, samples = inputs.load(skeleton=True)
+    if kind == "ensemble":  # every variant's final sample of every sample, kept and decoded to a GIF
+        from interp.experiments.ensemble import _variants
+
+        flow = adapter.prediction == "flow"
+        runs = max(cfg.seeds) + len(list(_variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures, flow)))
+        plan = pipeline_plan(kind, inputs.model, dtype, len(samples) * runs, inputs.num_steps, out)
+        latent = math.prod(inputs.latent_shape(adapter))
+        plan.disk_bytes += len(samples) * runs * (inputs.num_frames * inputs.height * inputs.width + latent * FLOAT32)
+        plan.details = [f"{count(len(samples), 'sample')} x {runs} runs (seeds, ensembles, controls), each final kept "
+                        "and decoded to a GIF; pipeline weights counted from their safetensors headers"]  # fmt: skip
+        return plan
     if kind not in CAUSAL:
         return pipeline_plan(kind, inputs.model, dtype, len(samples), inputs.num_steps, out)
     latent, expert = inputs.latent_shape(adapter), next(iter(adapter.transformers()))  # one expert runs a step

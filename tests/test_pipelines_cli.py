@@ -30,6 +30,9 @@ def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):
         patch.setattr(DiffusionPipeline, "from_pretrained", lambda *a, **k: pytest.fail("the plan loaded weights"))
         code, gen, err = run_cli("generate", *pipe, "--steps", "0,3", "--dry-run", "--out", run / "never")
         assert code == 0 and "2 videos x 3 decoded (x0_hat of 2 steps and the final video), 5 frames of 32x32" in gen
+        ensemble = ["--samples", "sample_001", "--seeds", 2, "--k", 1, "--merge", "mean", "--temperature", 0.6]
+        code, ens, err = run_cli("ensemble", *pipe, *ensemble, "--dry-run", "--out", run / "never")
+        assert code == 0 and "1 sample x 5 runs (seeds, ensembles, controls)" in ens, err
         code, out, err = run_cli("patch", *pair, "--steps", "0,2", "--dry-run", "--out", run / "never")
     expected = f"recorded run per sample: 2 layers x 4 steps x {tokens} tokens x 2 guidance branches in float32"
     assert code == 0 and expected in out, err
@@ -53,6 +56,7 @@ def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):
     for args in commands:
         code, _, err = run_cli(*args)
         assert code == 0, (args[0], err)
+    assert len(list((run / "ensemble" / "videos").rglob("*.gif"))) == 5  # the runs the plan counted
     for kind in ("patch", "swap"):  # both experts' layers patched, each at the steps it runs
         values = np.array(json.loads((run / kind / "result.json").read_text())["values"], dtype=float)
         assert values.shape == (2, 2) and np.isfinite(values).all()
