@@ -9,21 +9,9 @@ from probes.fit import DEFAULT_ALPHAS, DEFAULT_CS, Head
 from probes.labels import REGRESSION
 
 
-def fit_sklearn(
-    x_train: np.ndarray,
-    x_test: np.ndarray,
-    head: Head,
-    kind: str,
-    folds: np.ndarray,
-    cs: tuple[float, ...] = DEFAULT_CS,
-    alphas: tuple[float, ...] = DEFAULT_ALPHAS,
-    max_iter: int = 1000,
-    tol: float = 1e-4,
-) -> tuple[float, float]:
-    """The reference: StandardScaler, then LogisticRegressionCV or RidgeCV over the same video folds.
-    Returns (test score, chosen C or alpha)."""
-    score, regularisation, _ = fit_sklearn_predict(x_train, x_test, head, kind, folds, cs, alphas, max_iter, tol)
-    return score, regularisation
+def fit_sklearn(*args, **kwargs) -> tuple[float, float]:
+    """(test score, chosen C or alpha) of ``fit_sklearn_predict`` (same arguments)."""
+    return fit_sklearn_predict(*args, **kwargs)[:2]
 
 
 def fit_sklearn_predict(
@@ -37,7 +25,8 @@ def fit_sklearn_predict(
     max_iter: int = 1000,
     tol: float = 1e-4,
 ) -> tuple[float, float, np.ndarray]:
-    """``fit_sklearn`` and the predictions on the test rows (for intervals over test videos)."""
+    """The reference: StandardScaler, then LogisticRegressionCV or RidgeCV over the same video folds.
+    Returns (test score, chosen C or alpha, predictions on the test rows: for intervals over test videos)."""
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
     from sklearn.preprocessing import StandardScaler
 
