@@ -105,7 +105,6 @@ class GramRidge:
         self.alphas = alphas
         self._fitted: tuple[torch.Tensor, ...] | None = None  # (w_best, best, mean, inv std) from the training rows
         self.test_predictions: list[np.ndarray] = []  # per test add (video): (rows, H)
-        self.test_targets: list[np.ndarray] = []
 
     def add(self, x: np.ndarray | torch.Tensor, y: np.ndarray, group: int) -> None:
         """``x`` (rows, d) features, ``y`` (rows, heads) targets of rows in ``group``."""
@@ -124,7 +123,6 @@ class GramRidge:
             w_best, _, mean, inv = self._fitted
             z = torch.cat([(x - mean) * inv, torch.ones(len(x), 1, dtype=dt, device=self.device)], 1)
             self.test_predictions.append((z @ w_best + self.shift_y).cpu().numpy())  # the sums' y is shifted
-            self.test_targets.append(y.cpu().numpy())
         if self.shift_x is None:
             d, h, g = x.shape[1], y.shape[1], self.n_folds + 1
             self.shift_x, self.shift_y = x.mean(0).clone(), y.mean(0)

@@ -312,7 +312,7 @@ def _logistic(xtr, xte, heads, fold, n_folds, masks, gram, penalty, cs, max_iter
     # accuracies agree with float64 runs (the iterates only need to get the signs of logits right).
     dev, dt = xtr.device, torch.float32
     xtr, xte, penalty = xtr.to(dt), xte.to(dt), penalty.to(dt)
-    s, n, d1 = xtr.shape
+    s, _, d1 = xtr.shape
     cols = _Columns.of(heads, dev)
     k, n_h = cols.k, len(heads)
     y = cols.targets(heads, dt, dev)  # (K, n)

@@ -210,13 +210,7 @@ class Prober:
             rows = [_rows(s, t.labels.per_video) for s in slabs]
             if self.cfg.method == "sklearn":
                 for i, x in enumerate(rows):
-                    cfg = self.cfg
-                    args = (t.labels.kind, t.folds, tuple(cfg.cs), tuple(cfg.alphas), cfg.max_iter, cfg.tol)
-                    value, reg, pred = fit_sklearn_predict(x[t.rows_train], x[t.rows_test], t.head, *args)
-                    control, _, control_pred = fit_sklearn_predict(x[t.rows_train], x[t.rows_test], t.control, *args)
-                    ci = probe_intervals(pred, control_pred, t.head.y_test, t.control.y_test, t.test_video,
-                                         t.labels.kind, cfg.seed)  # fmt: skip
-                    out[i][t.labels.name] = (value, control, reg, ci)
+                    out[i][t.labels.name] = sklearn_scores(x[t.rows_train], x[t.rows_test], t, t.test_video, self.cfg)
                 continue
             # Slabs of different widths (x_t vs blocks) never share a call.
             x = torch.from_numpy(np.stack(rows)).to(self.device)
@@ -233,11 +227,24 @@ class Prober:
                 patience=self.cfg.patience,
             )
             for i in range(len(slabs)):
-                ci = probe_intervals(*fit.predictions[i], t.head.y_test, t.control.y_test, t.test_video,
-                                     t.labels.kind, self.cfg.seed)  # fmt: skip
+                ci = target_intervals(t, *fit.predictions[i], t.test_video, self.cfg.seed)
                 scores = float(fit.scores[i, 0]), float(fit.scores[i, 1]), float(fit.regularisation[i, 0])
                 out[i][t.labels.name] = (*scores, ci)
         return out
+
+
+def target_intervals(t: _Target, pred: np.ndarray, control_pred: np.ndarray, video: np.ndarray, seed: int) -> tuple:
+    """The intervals of a target's probe and selectivity from both heads' test predictions (``video``: the
+    test video of each test row)."""
+    return probe_intervals(pred, control_pred, t.head.y_test, t.control.y_test, video, t.labels.kind, seed)
+
+
+def sklearn_scores(x_train: np.ndarray, x_test: np.ndarray, t: _Target, video: np.ndarray, cfg: ProbeConfig) -> tuple:
+    """(score, control score, C or alpha, intervals) of scikit-learn's reference on one slab's rows."""
+    args = (t.labels.kind, t.folds, tuple(cfg.cs), tuple(cfg.alphas), cfg.max_iter, cfg.tol)
+    value, reg, pred = fit_sklearn_predict(x_train, x_test, t.head, *args)
+    control, _, control_pred = fit_sklearn_predict(x_train, x_test, t.control, *args)
+    return value, control, reg, target_intervals(t, pred, control_pred, video, cfg.seed)
 
 
 def _groups(items: list, size: int) -> Iterator[list]:

@@ -34,10 +34,8 @@ from activations import ActivationStore
 from probes.budget import GramRidge, token_selection
 from probes.features import condition_tokens, x_t_tokens
 from probes.fit import Head, fit_fast
-from probes.intervals import probe_intervals
 from probes.labels import CLASS, REGRESSION, Labels
-from probes.reference import fit_sklearn_predict
-from probes.run import ProbeConfig, Split, _control_labels, _groups, _Target
+from probes.run import ProbeConfig, Split, _control_labels, _groups, _Target, sklearn_scores, target_intervals
 
 BLOCK_ROWS = 8192  # selected rows of a block of videos: 48 MB of float32 at hidden 1536
 WINDOW_TOKENS = 4096  # tokens per read of one video's slab: 12 MB of fp16 at hidden 1536
@@ -96,8 +94,7 @@ class BudgetTarget:
     def test_video(self) -> np.ndarray:
         """The test video (0..) of each test row, for intervals resampled over videos."""
         test_rows = np.arange(self.n_train_rows, int(self.offsets[-1]))
-        video = np.searchsorted(self.offsets, test_rows, side="right") - 1
-        return video - video.min() if len(video) else video
+        return np.searchsorted(self.offsets, test_rows, side="right") - 1  # ids need not start at 0 (intervals)
 
     def rows(self, j: int, union_rows: np.ndarray) -> np.ndarray:
         x = union_rows[self.local[j]]
@@ -230,24 +227,17 @@ class BudgetProber:
             name, kind = t.labels.name, t.labels.kind
             if not kept:
                 continue
+            video = bt.test_video()
             if isinstance(fitted, list):  # Gram sums per slab; the test rows were predicted as they came
                 for s in kept:
-                    g = fitted[s]
-                    value, reg = g.solve(tuple(cfg.alphas))
-                    pred, y = np.concatenate(g.test_predictions), np.concatenate(g.test_targets)
-                    video = np.repeat(np.arange(len(g.test_predictions)), [len(p) for p in g.test_predictions])
-                    ci = probe_intervals(pred[:, 0], pred[:, 1], y[:, 0], y[:, 1], video, kind, cfg.seed)
+                    value, reg = fitted[s].solve(tuple(cfg.alphas))
+                    pred = np.concatenate(fitted[s].test_predictions)  # (test rows, heads) in row order
+                    ci = target_intervals(t, pred[:, 0], pred[:, 1], video, cfg.seed)
                     out[s][name] = (float(value[0]), float(value[1]), float(reg[0]), ci)
                 continue
             if cfg.method == "sklearn":
-                args = (kind, t.folds, tuple(cfg.cs), tuple(cfg.alphas), cfg.max_iter, cfg.tol)
-                video = bt.test_video()
                 for s in kept:
-                    x = fitted[s]
-                    value, reg, pred = fit_sklearn_predict(x[:n_tr], x[n_tr:], t.head, *args)
-                    control, _, control_pred = fit_sklearn_predict(x[:n_tr], x[n_tr:], t.control, *args)
-                    ci = probe_intervals(pred, control_pred, t.head.y_test, t.control.y_test, video, kind, cfg.seed)
-                    out[s][name] = (value, control, reg, ci)
+                    out[s][name] = sklearn_scores(fitted[s][:n_tr], fitted[s][n_tr:], t, video, cfg)
                 continue
             x = torch.from_numpy(fitted if len(kept) == len(sources) else fitted[kept]).to(self.device)
             fit = fit_fast(
@@ -255,9 +245,8 @@ class BudgetProber:
                 max_iter=cfg.max_iter, tol=cfg.tol, patience=cfg.patience,
             )  # fmt: skip
             del x
-            video = bt.test_video()
             for i, s in enumerate(kept):
-                ci = probe_intervals(*fit.predictions[i], t.head.y_test, t.control.y_test, video, kind, cfg.seed)
+                ci = target_intervals(t, *fit.predictions[i], video, cfg.seed)
                 out[s][name] = (float(fit.scores[i, 0]), float(fit.scores[i, 1]), float(fit.regularisation[i, 0]), ci)
         return out
 
