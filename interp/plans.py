@@ -117,12 +117,17 @@ def model_bytes(adapter) -> int:
     return sum(p.numel() * p.element_size() for m in adapter.transformers().values() for p in m.parameters())
 
 
+def dtype_bytes(torch_dtype: str | None) -> int:
+    """Bytes per value of a compute dtype by name (float32 when None)."""
+    return 2 if torch_dtype in ("bfloat16", "float16") else FLOAT32
+
+
 def folder_weight_bytes(folder: str | Path, torch_dtype: str | None = None, parts: tuple[str, ...] = ()) -> int:
     """The weights of a diffusers pipeline folder (or of its ``parts`` subfolders) once loaded in
     ``torch_dtype`` (float32 when None), from the safetensors headers: nothing is loaded."""
     from safetensors import SafetensorError, safe_open
 
-    itemsize = 2 if torch_dtype in ("bfloat16", "float16") else FLOAT32
+    itemsize = dtype_bytes(torch_dtype)
     roots = [Path(folder, p) for p in parts] if parts else [Path(folder)]
     total = 0
     for root in roots:
@@ -139,13 +144,15 @@ def folder_weight_bytes(folder: str | Path, torch_dtype: str | None = None, part
     return total
 
 
-def pipeline_plan(command: str, model: str, torch_dtype: str, videos: int, num_steps: int, out: Path) -> Plan:
+def pipeline_plan(
+    command: str, model: str, torch_dtype: str, videos: int, num_steps: int, out: Path, videos_bytes: int = 0,
+    what: str = "activations and decoded videos not counted",
+) -> Plan:  # fmt: skip
     """A pipeline model's sampling command (``torch_dtype`` as resolved by ``sources.default_dtype``): its
-    weights from the folder, before any loading."""
-    return Plan(command, Path(out), videos, num_steps, disk_bytes=FIGURES * max(videos, 1),
+    weights from the folder, before any loading; ``videos_bytes``: the decoded videos it writes (``what``)."""
+    return Plan(command, Path(out), videos, num_steps, disk_bytes=FIGURES * max(videos, 1) + videos_bytes,
                 memory_bytes=folder_weight_bytes(model, torch_dtype),
-                details=["pipeline model: weights counted from its safetensors; activations and decoded step "
-                         "videos (a GIF per step at full size) not counted"])  # fmt: skip
+                details=[f"{what}; pipeline weights counted from their safetensors headers"])  # fmt: skip
 
 
 def pipeline_generate_plan(cfg, out: Path) -> Plan:
@@ -157,12 +164,9 @@ def pipeline_generate_plan(cfg, out: Path) -> Plan:
     decoded = len(parse_index_spec(cfg.steps, cfg.num_steps, "step")) + 1
     videos = samples * len(cfg.seeds)
     gifs = videos * decoded * cfg.num_frames * cfg.height * cfg.width
-    plan = pipeline_plan("generate", cfg.model, cfg.torch_dtype, videos, cfg.num_steps, out)
-    plan.disk_bytes += gifs
-    plan.details = [f"{videos} videos x {decoded} decoded (x0_hat of {decoded - 1} steps and the final video), "
-                    f"{cfg.num_frames} frames of {cfg.height}x{cfg.width} each; pipeline weights counted from "
-                    "their safetensors headers"]  # fmt: skip
-    return plan
+    what = (f"{videos} videos x {decoded} decoded (x0_hat of {decoded - 1} steps and the final video), "
+            f"{cfg.num_frames} frames of {cfg.height}x{cfg.width} each")  # fmt: skip
+    return pipeline_plan("generate", cfg.model, cfg.torch_dtype, videos, cfg.num_steps, out, gifs, what)
 
 
 def store_plan(
@@ -181,12 +185,7 @@ def store_plan(
     videos = layout.n_videos if pending is None else pending
     item = np.dtype(layout.dtype).itemsize
     disk = sum(math.prod(shape) for shape in data_shapes(layout, videos).values()) * item
-    from activations.axes import parse_site
-
-    experts: dict = {}  # a multi-expert model (Wan 2.2) runs one expert's blocks per step
-    for site in layout.sites:
-        experts[parse_site(site)[0]] = experts.get(parse_site(site)[0], 0) + layout.hidden[site]
-    batch, width = min(batch_size, max(videos, 1)), max(experts.values(), default=0)
+    batch, width = min(batch_size, max(videos, 1)), step_width(layout)
     per_step, outputs = layout.n_tokens * width * batch, math.prod(layout.token_grid) * width * batch
     # Only what tracing adds: a testbed is loaded by now; a pipeline's weights are added by trace_plan.
     queued = min(queue_bytes or DEFAULT_QUEUE_BYTES, per_step * len(layout.steps) * item)
@@ -197,6 +196,17 @@ def store_plan(
         details.append(f"{layout.n_videos - pending} of {layout.n_videos} videos already in the store (resumed)")
     return Plan(command, Path(out), videos, layout.num_steps, len(layout.steps), len(layout.sites), disk, memory,
                 details)  # fmt: skip
+
+
+def step_width(layout) -> int:
+    """The summed width of the sites one step captures: a multi-expert model (Wan 2.2) runs one expert's."""
+    from activations.axes import parse_site
+
+    experts: dict = {}
+    for site in layout.sites:
+        expert = parse_site(site)[0]
+        experts[expert] = experts.get(expert, 0) + layout.hidden[site]
+    return max(experts.values(), default=0)
 
 
 def _device_type(device) -> str:
@@ -222,8 +232,7 @@ def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1,
     device, lay = getattr(job.cfg, "device", "cpu"), job.layout
     plan = store_plan("trace", lay, out, job.batch_size, pending, queue_bytes, 0 if cluster else writers, device)
     if _device_type(device) != "cpu":
-        item = 2 if getattr(job.cfg, "torch_dtype", None) in ("bfloat16", "float16") else FLOAT32
-        outputs = math.prod(lay.token_grid) * sum(lay.hidden.values()) * job.batch_size * item
+        outputs = math.prod(lay.token_grid) * step_width(lay) * job.batch_size * dtype_bytes(job.cfg.torch_dtype)
         plan.details.append(f"device memory: one step's block outputs ~{human(outputs)} beside the weights")
     if getattr(job, "skeleton", False):
         from interp.sources import default_dtype
@@ -286,18 +295,16 @@ def _pipeline_experiment_plan(kind: str, cfg, spec: dict, out: Path) -> Plan:
 
         flow = adapter.prediction == "flow"
         runs = max(cfg.seeds) + len(list(_variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures, flow)))
-        plan = pipeline_plan(kind, inputs.model, dtype, len(samples) * runs, inputs.num_steps, out)
         latent = math.prod(inputs.latent_shape(adapter))
-        plan.disk_bytes += len(samples) * runs * (inputs.num_frames * inputs.height * inputs.width + latent * FLOAT32)
-        plan.details = [f"{count(len(samples), 'sample')} x {runs} runs (seeds, ensembles, controls), each final kept "
-                        "and decoded to a GIF; pipeline weights counted from their safetensors headers"]  # fmt: skip
-        return plan
+        kept = len(samples) * runs * (inputs.num_frames * inputs.height * inputs.width + latent * FLOAT32)
+        what = f"{count(len(samples), 'sample')} x {runs} runs (seeds, ensembles, controls), each final kept and a GIF"
+        return pipeline_plan(kind, inputs.model, dtype, len(samples) * runs, inputs.num_steps, out, kept, what)
     if kind not in CAUSAL:
         return pipeline_plan(kind, inputs.model, dtype, len(samples), inputs.num_steps, out)
     latent, expert = inputs.latent_shape(adapter), next(iter(adapter.transformers()))  # one expert runs a step
     tokens, hidden = math.prod(adapter.token_grid(latent, expert)), adapter.hidden_size(expert)
     layers = len(_layers(cfg, adapter)) if kind != "perturb" else 0
-    item = 2 if dtype in ("bfloat16", "float16") else FLOAT32
+    item = dtype_bytes(dtype)
     branches = 1 if inputs.negative_prompt is None else 2  # every call is recorded: the unconditional one too
     per_video = inputs.num_steps * (branches * layers * tokens * hidden * item + 2 * math.prod(latent) * FLOAT32)
     memory = folder_weight_bytes(inputs.model, dtype) + len(samples) * per_video
