@@ -214,18 +214,11 @@ class Prober:
                 continue
             # Slabs of different widths (x_t vs blocks) never share a call.
             x = torch.from_numpy(np.stack(rows)).to(self.device)
+            cfg = self.cfg
             fit = fit_fast(
-                x[:, t.rows_train],
-                x[:, t.rows_test],
-                [t.head, t.control],
-                t.labels.kind,
-                t.folds,
-                tuple(self.cfg.cs),
-                tuple(self.cfg.alphas),
-                max_iter=self.cfg.max_iter,
-                tol=self.cfg.tol,
-                patience=self.cfg.patience,
-            )
+                x[:, t.rows_train], x[:, t.rows_test], [t.head, t.control], t.labels.kind, t.folds, tuple(cfg.cs),
+                tuple(cfg.alphas), max_iter=cfg.max_iter, tol=cfg.tol, patience=cfg.patience,
+            )  # fmt: skip
             for i in range(len(slabs)):
                 ci = target_intervals(t, *fit.predictions[i], t.test_video, self.cfg.seed)
                 scores = float(fit.scores[i, 0]), float(fit.scores[i, 1]), float(fit.regularisation[i, 0])
