@@ -250,19 +250,65 @@ def test_pooled_stores_refuse_token_classes_but_pool_regression_labels(tmp_path)
         assert dist.values.shape == (2, 4 * 2 * 2)
 
 
-def test_curvature_bound_inverse_matches_a_direct_inverse():
-    from probes.fit import _CurvatureBound
+def _planted_classes(seed: int, n: int = 600, d: int = 6):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, n, d)) * [1.0, 3.0, 0.1, 1.0, 2.0, 0.5] + 0.4
+    sign = (x[0, :, 0] - 0.5 * x[0, :, 1] + 0.5 * rng.standard_normal(n) > 0).astype(float)
+    bands = np.digitize(x[1, :, 2] * 10 + x[1, :, 3] + 0.5 * rng.standard_normal(n), [-1.0, 0.5, 2.0]).astype(float)
+    return x, [sign, bands]
 
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 3, 200, 6)) * [1.0, 3.0, 0.1, 1.0, 2.0, 0.5] + 0.4
-    x = np.concatenate([x, np.ones((2, 3, 200, 1))], -1)  # the intercept column is last
-    grams = torch.from_numpy(np.einsum("sfnd,sfne->sfde", x, x))
-    bound = _CurvatureBound(grams, torch.float64)
-    inv_c = torch.tensor([[1e3, 1.0, 0.1], [10.0, 1e-2, 1.0]], dtype=torch.float64)  # 1/C per problem
-    for curvature in (0.25, 0.5):
-        penalty = torch.diag_embed(torch.cat([inv_c[..., None].expand(2, 3, 6), torch.zeros(2, 3, 1)], -1))
-        direct = torch.linalg.inv(curvature * grams + penalty)
-        assert torch.allclose(bound.inverse(curvature, inv_c), direct, rtol=1e-9, atol=1e-12)
+
+def test_preconditioner_is_the_inverse_hessian_of_every_column():
+    """The solver's preconditioner: each column's Hessian on every row at the given weights (a softmax
+    head's diagonal blocks), and at zero the Gram matrix times each column's curvature there."""
+    from probes.logistic import Columns, preconditioner
+
+    x, labels = _planted_classes(3)
+    xa = torch.from_numpy(np.concatenate([x, np.ones((2, x.shape[1], 1))], -1))  # the intercept column is last
+    cols = Columns.of(labels, torch.device("cpu"))
+    assert cols.k >= 4 and cols.softmax_spans == [(1, cols.k)]  # a binary head, then a multiclass one
+    penalty = torch.tensor([0.5] * 6 + [0.0], dtype=torch.float64)
+    w = torch.from_numpy(np.random.default_rng(0).standard_normal((2, cols.k, 7)) * 0.3)
+    x_t = xa.transpose(1, 2).contiguous()
+    for weights in (w, None):
+        got = preconditioner(x_t, x_t @ xa, weights, cols, penalty)
+        z = torch.zeros(2, cols.k, xa.shape[1], dtype=torch.float64) if weights is None else weights @ x_t
+        p = torch.cat([torch.sigmoid(z[:, :1]), torch.softmax(z[:, 1:], 1)], 1)
+        for s in range(2):
+            for k in range(cols.k):
+                hessian = xa[s].T @ (xa[s] * (p[s, k] * (1 - p[s, k]))[:, None]) + torch.diag(penalty)
+                assert torch.allclose(got[s, k], torch.linalg.inv(hessian), rtol=1e-6, atol=1e-9), (s, k)
+
+
+@pytest.mark.parametrize("c", [1e-2, 1.0, 100.0])
+def test_the_solver_reaches_scikit_learns_optimum(c):
+    """At one C, the refit weights of a binary and a multinomial head equal scikit-learn's
+    converged ``LogisticRegression`` on the same standardised rows (multinomial intercepts up to the
+    constant they are defined up to)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from probes.fit import _standardise
+    from probes.logistic import fit_path
+
+    x, labels = _planted_classes(7)
+    xs = torch.from_numpy(np.concatenate([x[:1], x[1:]], -1).astype(np.float32))  # both signals, one slab
+    xtr, xte, _, _ = _standardise(xs[:, :450], xs[:, 450:])
+    fold = torch.as_tensor((np.arange(450) // 30) % 3)
+    masks = torch.stack([fold != f for f in range(3)] + [torch.ones(450, dtype=torch.bool)], 1).float()
+    penalty = torch.ones(xtr.shape[-1])
+    penalty[-1] = 0
+    y_tr, y_te = [y[:450] for y in labels], [y[450:] for y in labels]
+    *_, weights = fit_path(xtr, xte, y_tr, y_te, fold, masks, penalty, (c,), 5000, 1e-7, 0)
+    ref_x = xtr[0, :, :-1].double().numpy()
+    for h, y in enumerate(y_tr):
+        ref = LogisticRegression(C=c, tol=1e-12, max_iter=100000).fit(ref_x, y)
+        got = weights[0, h][[0]] if h == 0 else weights[0, h][1:]
+        if h == 1:  # multinomial intercepts are defined up to a constant
+            got[:, -1] -= got[:, -1].mean()
+            ref.intercept_ = ref.intercept_ - ref.intercept_.mean()
+        scale = np.abs(ref.coef_).max() + 1
+        assert np.abs(got[:, :-1] - ref.coef_).max() <= 2e-3 * scale, h
+        assert np.abs(got[:, -1] - ref.intercept_).max() <= 2e-3 * scale, h
 
 
 def test_fast_path_scores_do_not_depend_on_the_group():
