@@ -151,15 +151,24 @@ def test_every_reading_command_prints_its_plan_and_dry_run_writes_nothing(run_cl
     before = sorted(p.name for p in tmp_path.iterdir())
     # x0_hat of 2 videos x 4 stored steps, float32, of latents (4, 4, 4, 8) = 512 values
     cases = [
-        (["filmstrip", store, "--videos", "0-1"], "plan: filmstrip: 2 videos, 20 denoising steps each, 4 steps read",
-         f"reads ~{2 * 4 * 512 * 4 / 1024:.1f} KB of {store}"),
-        (["energy", store, "--step", 5], "plan: energy: 1 video, 20 denoising steps each, 1 step read, 2 sites",
-         f"reads ~{2 * 64 * 128 * 4 / 1024:.1f} KB"),
+        (
+            ["filmstrip", store, "--videos", "0-1"],
+            "plan: filmstrip: 2 videos, 20 denoising steps each, 4 steps read",
+            f"reads ~{2 * 4 * 512 * 4 / 1024:.1f} KB of {store}",
+        ),
+        (
+            ["energy", store, "--step", 5],
+            "plan: energy: 1 video, 20 denoising steps each, 1 step read, 2 sites",
+            f"reads ~{2 * 64 * 128 * 4 / 1024:.1f} KB",
+        ),
         (["chain", store], "plan: chain: 2 videos", f"reads ~{2 * 4 * 512 * 4 / 1024:.1f} KB"),
         (["verify", store, "--checksums"], "plan: verify: 1 part: every chunk checked", "reads ~"),
         (["report", tmp_path], "plan: report: 0 figures embedded", "writes ~"),
-        (["demo", "--n-trace", 3], "plan: demo: 3 videos, 20 denoising steps each, 20 steps stored, 8 sites",
-         "writes ~"),
+        (
+            ["demo", "--n-trace", 3],
+            "plan: demo: 3 videos, 20 denoising steps each, 20 steps stored, 8 sites",
+            "writes ~",
+        ),
     ]
     for args, head, cost in cases:
         out_option = ["--out", tmp_path / "o"] if args[0] not in ("verify", "report") else []
