@@ -60,14 +60,18 @@ def _r2(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
 
 def _standardise(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = x_train.mean(1, keepdim=True)
-    std = x_train.std(1, unbiased=False, keepdim=True)
-    std = torch.where(std > 1e-12 * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
+    centred = x_train - mean
+    # A sum of squares along the rows: torch's std along a strided axis is ~20x slower here.
+    std = ((centred * centred).sum(1, keepdim=True) / x_train.shape[1]).sqrt()
+    scale = 1 / torch.where(std > 1e-12 * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
 
-    def augment(x: torch.Tensor) -> torch.Tensor:  # a column of ones: the unpenalised intercept
-        z = (x - mean) / std
-        return torch.cat([z, torch.ones(*z.shape[:-1], 1, dtype=z.dtype, device=z.device)], dim=-1)
+    def augment(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:  # a column of ones: the intercept
+        out = torch.empty(*x.shape[:-1], x.shape[-1] + 1, dtype=x.dtype, device=x.device)
+        torch.addcmul(shift * scale, x, scale, out=out[..., :-1])
+        out[..., -1] = 1
+        return out
 
-    return augment(x_train), augment(x_test), mean[:, 0], std[:, 0]
+    return augment(centred, torch.zeros_like(mean)), augment(x_test, -mean), mean[:, 0], 1 / scale[:, 0]
 
 
 def fit_fast(

@@ -276,8 +276,9 @@ def fit_path(
     x_t = xtr.transpose(1, 2).contiguous()
     gram = torch.bmm(x_t, xtr)  # every row's Gram: the Hessian at zero, up to each column's curvature
     fold_np = fold.cpu().numpy()
-    held_out = [torch.as_tensor(np.flatnonzero(fold_np == f), device=dev) for f in range(n_folds)]
-    path, path_z, cv_loss, iterations = [], [], [], 0
+    held_out_np = [np.flatnonzero(fold_np == f) for f in range(n_folds)]
+    held_out = [torch.as_tensor(rows, device=dev) for rows in held_out_np]
+    path, path_z, held_out_z, iterations = [], [], [], 0
     w = torch.zeros(s, n_folds + 1, cols.k, d1, dtype=dt, device=dev)
     z = torch.zeros(s, n_folds + 1, cols.k, xtr.shape[1], dtype=dt, device=dev)
     for l_c, c in enumerate(cs):
@@ -289,15 +290,17 @@ def fit_path(
         path.append(w)
         path_z = [*path_z[-2:], z]  # extrapolation needs the last three; logits are rows x columns
         iterations += used
-        # C by mean held-out log-loss over the folds (scikit-learn's ``scoring="neg_log_loss"``: a
-        # proper score, with far fewer near-ties between Cs than accuracy), from the logits at hand.
-        losses = [
-            scores(z[:, f, :, rows].transpose(1, 2)[:, None], cols, [y[rows.cpu().numpy()] for y in y_train], False)[1]
-            for f, rows in enumerate(held_out)
-        ]
-        cv_loss.append(torch.stack(losses).mean(0)[:, 0])  # (S, H)
+        held_out_z.append([z[:, f, :, rows] for f, rows in enumerate(held_out)])  # each fold's own rows
     w_path = torch.stack(path, 2)  # (S, F + 1, L, K, d1)
-    best = torch.stack(cv_loss, 1).argmin(1)  # (S, H)
+    # C by mean held-out log-loss over the folds (scikit-learn's ``scoring="neg_log_loss"``): a proper
+    # score, with far fewer near-ties between Cs than accuracy. The logits are the descent's own.
+    cv_loss = torch.stack(
+        [
+            scores(torch.stack([z_c[f] for z_c in held_out_z], 1).transpose(2, 3), cols, [y[rows] for y in y_train])[1]
+            for f, rows in enumerate(held_out_np)
+        ]
+    ).mean(0)  # (S, L, H)
+    best = cv_loss.argmin(1)  # (S, H)
     # The refit of head h: the all-rows problem at head h's C (each head keeps its own columns from it).
     w_refit = torch.take_along_dim(w_path[:, n_folds, None], best[:, :, None, None, None], dim=2)[:, :, 0]
     test_all, _, pred = evaluate(xte, w_refit, cols, y_test)  # (S, H problems, H heads)
