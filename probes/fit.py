@@ -59,11 +59,15 @@ def _r2(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
 
 
 def _standardise(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = x_train.mean(1, keepdim=True)
+    n = x_train.shape[1]
+    # Sums along the rows accumulated in float64 (torch's std along a strided axis is ~20x slower).
+    mean64 = x_train.sum(1, keepdim=True, dtype=torch.float64) / n
+    mean = mean64.to(x_train.dtype)
     centred = x_train - mean
-    # A sum of squares along the rows: torch's std along a strided axis is ~20x slower here.
-    std = ((centred * centred).sum(1, keepdim=True) / x_train.shape[1]).sqrt()
-    scale = 1 / torch.where(std > 1e-12 * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
+    var = (centred * centred).sum(1, keepdim=True, dtype=torch.float64) / n
+    eps = torch.finfo(torch.float64).eps  # scikit-learn's test for a constant feature (StandardScaler)
+    constant = var <= n * eps * var + (n * mean64 * eps) ** 2
+    scale = torch.where(constant, 1.0, 1 / var.sqrt()).to(x_train.dtype)
 
     def augment(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:  # a column of ones: the intercept
         out = torch.empty(*x.shape[:-1], x.shape[-1] + 1, dtype=x.dtype, device=x.device)

@@ -8,9 +8,9 @@ descend):
 
 - the line search along a direction d is one Newton step, which needs ``X d`` once: the logits move
   linearly, ``z + t X d``, so the curvature along d is an elementwise sum, and the next logits need no
-  second product. A step past the point where the slope has turned as steep as it started (the
-  trapezoid bound on the gain: rare, ~0.2% of steps on the benchmark store) is drawn back to the
-  secant root of the slope;
+  second product. A step past the point where the slope has turned as steep as it started (a
+  heuristic guard against a Newton step that overshoots: rare, ~0.2% of steps on the benchmark store)
+  is drawn back to the secant root of the slope; convergence is judged by the gradient alone;
 - the preconditioner of C is the Hessian of the refit problem at the previous C's solution (at zero,
   where every row has the same curvature, a multiple of the Gram matrix), one per slab and column,
   shared by the fold problems. Along the path the Hessian changes little from one C to the next,
@@ -89,7 +89,15 @@ class Columns:
         """Each column's own curvature per row: p (1 - p), the diagonal of a softmax block."""
         return torch.addcmul(p, p, p, value=-1)
 
-    def unit_sum(self, q: torch.Tensor) -> torch.Tensor:
+    def exact_curvature(self, z: torch.Tensor) -> torch.Tensor:
+        """``curvature`` from the logits (..., K, n): sigmoid(z) sigmoid(-z) for a binary column, which
+        stays exact where p (1 - p) rounds to 0 in float32 (|z| > ~17)."""
+        weight = torch.sigmoid(z) * torch.sigmoid(-z)
+        for a, b in self.softmax_spans:
+            weight[..., a:b, :] = self.curvature(torch.softmax(z[..., a:b, :], -2))
+        return weight
+
+    def head_sum(self, q: torch.Tensor) -> torch.Tensor:
         """q (..., K) summed over each softmax head's columns (one line search, one CG beta per head)."""
         if not self.softmax_spans:
             return q
@@ -110,8 +118,8 @@ def preconditioner(
     matrix times its mean curvature instead: the preconditioned Hessian's condition number is then at
     most that factor, so the weighted Gram (the cost here) would buy little. That is every column at
     zero, and on the benchmark store the control task's columns (spread 2-6) and undecodable slabs."""
-    s, d1, n = x_t.shape
-    weight = cols.curvature(cols.probabilities(z)[0])  # (S, K, n)
+    d1, n = x_t.shape[1:]
+    weight = cols.exact_curvature(z)  # (S, K, n)
     low, high = weight.amin(-1), weight.amax(-1)
     h = weight.mean(-1)[:, :, None, None] * gram[:, None]
     build = high > GRAM_SPREAD * low  # (S, K)
@@ -119,10 +127,11 @@ def preconditioner(
         ks = torch.nonzero(build[i])[:, 0]
         weighted = (x_t[i, None] * weight[i, ks, None, :]).reshape(len(ks) * d1, n)
         h[i, ks] = (weighted @ x_t[i].T).view(len(ks), d1, d1)
-    h = h.double() + torch.diag_embed(penalty.double())
-    # Confident rows have a curvature near 0: a floor keeps an unpenalised intercept invertible
-    # (it changes only how fast the solver goes, never where it ends).
-    h.diagonal(dim1=-2, dim2=-1).add_(1e-10 * h.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True) + 1e-12)
+    h = h.double()
+    h = (h + h.transpose(-1, -2)) / 2 + torch.diag_embed(penalty.double())  # summed in float32: symmetrise
+    # Confident rows have a curvature near 0: a floor above float32 rounding keeps an unpenalised
+    # intercept invertible (it changes only how fast the solver goes, never where it ends).
+    h.diagonal(dim1=-2, dim2=-1).add_(1e-6 * h.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True) + 1e-12)
     lower, info = torch.linalg.cholesky_ex(h)
     if bool((info != 0).any()):
         raise ValueError("a probe's Hessian is not positive definite: are the features finite?")
@@ -176,7 +185,7 @@ def descend(
     iterations = 0
     for iterations in range(1, max_iter + 1):
         m = w_a.shape[0]
-        if iterations % 50 == 0:  # the logits move by sums: recompute them now and then
+        if iterations % 50 == 0:  # the logits move by sums: recompute them in a long descent
             z = _logits(w_a, x_a)
         for check in (True, False):
             p, predicted = cols.probabilities(z)
@@ -186,9 +195,9 @@ def descend(
             if not check or step is None:
                 break
             t, slope, a = step
-            # The slope at the new point is at most as steep, upwards, as it started: then the
-            # loss went down (trapezoid rule on a slope that steepens along the step).
-            end = cols.unit_sum(torch.linalg.vecdot(g, d))
+            # A heuristic guard: the slope at the new point should be no steeper, upwards, than it
+            # started downwards; past that, the Newton step overshot and is drawn back.
+            end = cols.head_sum(torch.linalg.vecdot(g, d))
             over = end > -slope
             if not bool(over.any()):
                 break
@@ -215,13 +224,17 @@ def descend(
             x_a, m = x[active], int(keep.sum())
         # Polak-Ribiere+ conjugate direction in the preconditioner's metric.
         u = _precondition(inv_a, g)
-        gu = cols.unit_sum(torch.linalg.vecdot(g, u))
+        gu = cols.head_sum(torch.linalg.vecdot(g, u))
         if d is None:
             d = -u
         else:
-            beta = ((gu - cols.unit_sum(torch.linalg.vecdot(g, u_prev))) / gu_prev.clamp_min(1e-30)).clamp_min(0)
+            beta = ((gu - cols.head_sum(torch.linalg.vecdot(g, u_prev))) / gu_prev.clamp_min(1e-30)).clamp_min(0)
             d = torch.addcmul(-u, beta[..., None], d)
-        slope = cols.unit_sum(torch.linalg.vecdot(g, d))
+        for a0, b0 in cols.softmax_spans:
+            # A softmax head's loss is blind to a shift shared by its intercepts, and its block-diagonal
+            # preconditioner does not keep d out of that direction: drop it (slope and loss unchanged).
+            d[..., a0:b0, -1] -= d[..., a0:b0, -1].mean(-1, keepdim=True)
+        slope = cols.head_sum(torch.linalg.vecdot(g, d))
         downhill = slope < 0
         if not bool(downhill.all()):  # restart where the direction does not descend
             d = torch.where(downhill[..., None], d, -u)
@@ -229,12 +242,12 @@ def descend(
         u_prev, gu_prev = u, gu
         # One Newton step along d: the curvature there is an elementwise sum over the rows.
         a = _logits(d, x_a)
-        weight = torch.where(cols.multi, p, cols.curvature(p)) if cols.softmax_spans else cols.curvature(p)
-        curv = cols.unit_sum(torch.linalg.vecdot((weight * row_mask) * a, a))
-        for a0, b0 in cols.softmax_spans:  # a softmax head's curvature: E_p[a^2] - E_p[a]^2 per row
-            mean = (p[:, :, a0:b0] * a[:, :, a0:b0]).sum(2)
-            curv[:, :, a0:b0] -= ((mean * mean) * row_mask[:, 0]).sum(-1)[..., None]
-        curv = curv + cols.unit_sum(torch.linalg.vecdot(penalty * d, d))
+        curv = cols.head_sum(torch.linalg.vecdot((cols.curvature(p) * row_mask) * a, a))
+        for a0, b0 in cols.softmax_spans:  # a softmax head's curvature: E_p[(a - E_p[a])^2] per row
+            p_h, a_h = p[:, :, a0:b0], a[:, :, a0:b0]
+            centred = a_h - (p_h * a_h).sum(2, keepdim=True)
+            curv[:, :, a0:b0] = torch.linalg.vecdot(p_h * row_mask * centred, centred).sum(-1, keepdim=True)
+        curv = curv + cols.head_sum(torch.linalg.vecdot(penalty * d, d))
         t = -slope / curv.clamp_min(1e-30)
         w_a = torch.addcmul(w_a, t[..., None], d)
         z = torch.addcmul(z, t[..., None], a)
@@ -278,7 +291,7 @@ def fit_path(
     fold_np = fold.cpu().numpy()
     held_out_np = [np.flatnonzero(fold_np == f) for f in range(n_folds)]
     held_out = [torch.as_tensor(rows, device=dev) for rows in held_out_np]
-    path, path_z, held_out_z, iterations = [], [], [], 0
+    path, path_z, held_out_z, iterations, since_exact = [], [], [], 0, 0
     w = torch.zeros(s, n_folds + 1, cols.k, d1, dtype=dt, device=dev)
     z = torch.zeros(s, n_folds + 1, cols.k, xtr.shape[1], dtype=dt, device=dev)
     for l_c, c in enumerate(cs):
@@ -286,20 +299,21 @@ def fit_path(
         inv = preconditioner(x_t, gram, z[:, -1], cols, pen)  # at the last solution: the refit's logits
         if path:  # the logits are linear in the weights: they extrapolate with them, no product
             w, z = (_extrapolate(p, np.log(cs[: l_c + 1])) for p in (path, path_z))
+        if since_exact >= 50:  # the logits move by sums: recompute them now and then along the path
+            z, since_exact = _logits(w, xtr), 0
         w, z, used = descend(xtr, w, z, minus_y, row_mask, pen, inv, cols, max_iter, tol, patience)
         path.append(w)
         path_z = [*path_z[-2:], z]  # extrapolation needs the last three; logits are rows x columns
-        iterations += used
-        held_out_z.append([z[:, f, :, rows] for f, rows in enumerate(held_out)])  # each fold's own rows
+        iterations, since_exact = iterations + used, since_exact + used
+        held_out_z.append([z[:, f][..., rows] for f, rows in enumerate(held_out)])  # each fold's own rows
     w_path = torch.stack(path, 2)  # (S, F + 1, L, K, d1)
     # C by mean held-out log-loss over the folds (scikit-learn's ``scoring="neg_log_loss"``): a proper
     # score, with far fewer near-ties between Cs than accuracy. The logits are the descent's own.
-    cv_loss = torch.stack(
-        [
-            scores(torch.stack([z_c[f] for z_c in held_out_z], 1).transpose(2, 3), cols, [y[rows] for y in y_train])[1]
-            for f, rows in enumerate(held_out_np)
-        ]
-    ).mean(0)  # (S, L, H)
+    fold_losses = []
+    for f, rows in enumerate(held_out_np):
+        z_f = torch.stack([z_c[f] for z_c in held_out_z], 1).transpose(2, 3)  # (S, L, rows, K)
+        fold_losses.append(scores(z_f, cols, [labels[rows] for labels in y_train], False)[1])
+    cv_loss = torch.stack(fold_losses).mean(0)  # (S, L, H)
     best = cv_loss.argmin(1)  # (S, H)
     # The refit of head h: the all-rows problem at head h's C (each head keeps its own columns from it).
     w_refit = torch.take_along_dim(w_path[:, n_folds, None], best[:, :, None, None, None], dim=2)[:, :, 0]
@@ -308,7 +322,8 @@ def fit_path(
     n_h = len(y_train)
     pred = torch.stack([pred[h][:, h] for h in range(n_h)], 1).cpu().numpy()  # (S, H, m): problem h's head h
     weights = np.stack([w_refit[:, h].cpu().numpy() for h in range(n_h)], 1)  # each head keeps all K columns
-    chosen = torch.as_tensor(cs, dtype=dt)[best.cpu()].numpy()
+    chosen = np.asarray(cs, dtype=float)[best.cpu().numpy()]
+    chosen[:, [w == 0 for w in cols.widths]] = np.nan  # a one-class head has nothing to regularise
     return test.cpu().numpy(), chosen, iterations, pred, weights
 
 
