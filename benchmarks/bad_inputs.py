@@ -148,10 +148,30 @@ def cases(f: dict[str, Path], root: Path) -> list[tuple[str, list[str], tuple[in
     add("trace --out under a file", "trace", "-n", 1, "--out", under_file + "/t.h5")
     add("trace --out a folder", "trace", "-n", 1, "--out", f["dir"])
     # chmod 0500 stops everyone but root (CI runs as root: the under-a-file cases cover it there)
-    add("trace --out a read-only folder", "trace", "-n", 1, "--out", f["ro"] / "t.h5",
-        codes=(0, 2) if os.geteuid() == 0 else (2,))
-    add("trace --out %% name", "trace", "-n", 1, "--steps", "0", "--layers", "0", "--num-steps", 1, "--out",
-        root / "a%%b" / "t.h5", codes=(0,))  # a valid request: must succeed (and read back, see verify below)
+    add(
+        "trace --out a read-only folder",
+        "trace",
+        "-n",
+        1,
+        "--out",
+        f["ro"] / "t.h5",
+        codes=(0, 2) if os.geteuid() == 0 else (2,),
+    )
+    add(
+        "trace --out %% name",
+        "trace",
+        "-n",
+        1,
+        "--steps",
+        "0",
+        "--layers",
+        "0",
+        "--num-steps",
+        1,
+        "--out",
+        root / "a%%b" / "t.h5",
+        codes=(0,),
+    )  # a valid request: must succeed (and read back, see verify below)
     # stores: every reader on every damaged store
     damaged = ["truncated", "garbage", "no_part", "no_parts_dir", "no_complete", "junk", "empty", "foreign", "dir"]
     for store in damaged:
@@ -169,13 +189,30 @@ def cases(f: dict[str, Path], root: Path) -> list[tuple[str, list[str], tuple[in
                         ("--folds", 1), ("--target", "nonsense"), ("--layers", "99"), ("--steps", "99"),
                         ("--method", "magic"), ("--tol", "nan"), ("--max-iter", 0), ("--group", 0),
                         ("--max-tokens", 0), ("--threads", 0), ("--seed", -1)]:  # fmt: skip
-        add(f"probe {flag} {value}", "probe", good, *([] if flag == "--target" else ["--target", "on_path"]), flag,
-            value, "--out", out)
+        add(
+            f"probe {flag} {value}",
+            "probe",
+            good,
+            *([] if flag == "--target" else ["--target", "on_path"]),
+            flag,
+            value,
+            "--out",
+            out,
+        )
     for name in ["inf", "shape", "strings", "pickle"]:
         add(f"probe --labels {name}", "probe", good, "--labels", f"y={root / f'labels_{name}.npy'}", "--out", out)
     add("probe --labels not npy", "probe", good, "--labels", f"y={root / 'labels.txt'}", "--out", out)
-    add("probe --labels twice", "probe", good, "--labels", f"y={root / 'labels_ok.npy'}", "--labels",
-        f"y={root / 'labels_ok.npy'}", "--out", out)
+    add(
+        "probe --labels twice",
+        "probe",
+        good,
+        "--labels",
+        f"y={root / 'labels_ok.npy'}",
+        "--labels",
+        f"y={root / 'labels_ok.npy'}",
+        "--out",
+        out,
+    )
     add("probe --labels no =", "probe", good, "--labels", "y", "--out", out)
     add("probe --out under a file", "probe", good, "--out", under_file)
     add("probe --out a file", "probe", good, "--out", f["file"])
@@ -225,8 +262,15 @@ def cases(f: dict[str, Path], root: Path) -> list[tuple[str, list[str], tuple[in
     add("demo --out under a file", "demo", "--out", under_file)
     for flag, value in [("--steps", 0), ("--batch-size", 0), ("--export-weights", "x"), ("--threads", 0),
                         ("--checkpoint", under_file)]:  # fmt: skip
-        add(f"train testbed {flag} {value}", "train", "testbed", flag, value, "--checkpoint",
-            value if flag == "--checkpoint" else root / "ckpt")
+        add(
+            f"train testbed {flag} {value}",
+            "train",
+            "testbed",
+            flag,
+            value,
+            "--checkpoint",
+            value if flag == "--checkpoint" else root / "ckpt",
+        )
     add("no such command", "frobnicate")
     add("generate --out a file", "generate", "--out", f["file"])
     return c

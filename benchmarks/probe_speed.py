@@ -9,7 +9,9 @@ Where the two differ by more than ``--check`` points, a converged scikit-learn f
 20,000 iterations) of that slab says which of the two is off: near-ties between two Cs in the
 cross-validated log-loss are decided by how far each solver converged. ``--converged-all`` fits
 the converged reference on every slab (slow: about 7 s a slab).
-Prints tables and writes benchmarks/results/probe_speed.json.
+``--repeats`` interleaved (fast, scikit-learn) pairs (default 2): the speed-up is the median of the
+pairs' ratios, on this shared machine steadier than one pair. Prints tables and writes
+benchmarks/results/probe_speed.json.
 Usage: python benchmarks/probe_speed.py [--videos 64] [--target on_path] [--threads 2]
 """
 
@@ -56,6 +58,7 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=64)
     parser.add_argument("--target", default="on_path")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved (fast, scikit-learn) pairs")
     parser.add_argument("--check", type=float, default=0.5, help="points apart that call for the converged fit")
     parser.add_argument("--converged-all", action="store_true", help="the converged fit on every slab")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "probe_speed.json")
@@ -63,16 +66,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp())
     store = run_trace(TraceConfig(n=args.videos), work / "t.h5", progress=False)
-    seconds, tables = {}, {}
+    tables = {}
     for method in ("fast", "sklearn"):  # warm-up: a process's first fits cost seconds more (kernels, caches)
         run_probes(store, ProbeConfig(targets=[args.target], method=method, layers="0", steps="0"), progress=False,
                    providers=[MAZE], write=False)  # fmt: skip
-    for method in ("fast", "sklearn"):
-        tic = time.perf_counter()
-        tables[method] = run_probes(
-            store, ProbeConfig(targets=[args.target], method=method), progress=False, providers=[MAZE]
-        )
-        seconds[method] = time.perf_counter() - tic
+    runs = {"fast": [], "sklearn": []}
+    for _ in range(args.repeats):  # interleaved: each pair shares the machine's state of the moment
+        for method in ("fast", "sklearn"):
+            tic = time.perf_counter()
+            tables[method] = run_probes(
+                store, ProbeConfig(targets=[args.target], method=method), progress=False, providers=[MAZE]
+            )
+            runs[method].append(time.perf_counter() - tic)
+    seconds = {m: float(np.median(v)) for m, v in runs.items()}
+    pair_ratios = [b / a for a, b in zip(runs["fast"], runs["sklearn"])]
     fast, ref = tables["fast"], tables["sklearn"]
     diffs = {c: np.abs(fast[c].to_numpy() - ref[c].to_numpy()) for c in COLUMNS}
     apart = np.max(np.stack(list(diffs.values())), 0) > args.check / 100
@@ -86,7 +93,7 @@ def main() -> None:
     seconds["converged_reference"] = time.perf_counter() - tic
     shutil.rmtree(work, ignore_errors=True)
 
-    ratio = seconds["sklearn"] / seconds["fast"]
+    ratio = float(np.median(pair_ratios))
     n_slabs = len(fast)
     print(
         f"testbed store: {args.videos} videos, {n_slabs} (step, layer) probes of {args.target!r} "
@@ -95,7 +102,8 @@ def main() -> None:
     print(f"{'method':<10} {'seconds':>8} {'per slab':>9}")
     for m in ("fast", "sklearn"):
         print(f"{m:<10} {seconds[m]:>8.1f} {seconds[m] / n_slabs:>9.3f}")
-    print(f"speed-up: {ratio:.1f}x")
+    print(f"speed-up: {ratio:.1f}x (median of {args.repeats} interleaved pairs: "
+          f"{', '.join(f'{r:.1f}x' for r in pair_ratios)}; seconds are medians)")  # fmt: skip
     print(f"{'column':<10} {'mean |diff|':>12} {'max |diff|':>11}  (accuracy points)")
     for c, d in diffs.items():
         print(f"{c:<10} {100 * d.mean():>12.2f} {100 * d.max():>11.2f}")
@@ -146,6 +154,8 @@ def main() -> None:
         "target": args.target,
         "slabs": n_slabs,
         "seconds": seconds,
+        "runs": runs,
+        "pair_ratios": pair_ratios,
         "speedup": ratio,
         "mean_abs_diff": {c: float(d.mean()) for c, d in diffs.items()},
         "max_abs_diff": {c: float(d.max()) for c, d in diffs.items()},

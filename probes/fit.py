@@ -60,13 +60,14 @@ def _r2(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
 
 def _standardise(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n = x_train.shape[1]
-    # Sums along the rows accumulated in float64 (torch's std along a strided axis is ~20x slower).
-    mean64 = x_train.sum(1, keepdim=True, dtype=torch.float64) / n
-    mean = mean64.to(x_train.dtype)
+    # Sums along the rows (torch's std along a strided axis is ~20x slower); the mean corrected by the
+    # mean of what is left, so a constant feature centres to exactly 0, as in float64.
+    mean = x_train.mean(1, keepdim=True)
+    mean = mean + (x_train - mean).mean(1, keepdim=True)
     centred = x_train - mean
-    var = (centred * centred).sum(1, keepdim=True, dtype=torch.float64) / n
+    var = ((centred * centred).sum(1, keepdim=True) / n).double()
     eps = torch.finfo(torch.float64).eps  # scikit-learn's test for a constant feature (StandardScaler)
-    constant = var <= n * eps * var + (n * mean64 * eps) ** 2
+    constant = var <= n * eps * var + (n * mean.double() * eps) ** 2
     scale = torch.where(constant, 1.0, 1 / var.sqrt()).to(x_train.dtype)
 
     def augment(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:  # a column of ones: the intercept
