@@ -58,7 +58,11 @@ def _r2(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     return torch.where(ss_tot > 0, 1 - ss_res / ss_tot.clamp_min(1e-300), (ss_res == 0).to(y.dtype))
 
 
-def _standardise(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _standardise(
+    x_train: torch.Tensor, x_test: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training and test rows standardised by the training rows, each with a column of ones, and the
+    mean and standard deviation used (1 for a constant feature)."""
     n = x_train.shape[1]
     # Sums along the rows (torch's std along a strided axis is ~20x slower); the mean corrected by the
     # mean of what is left, so a constant feature centres to exactly 0, as in float64.

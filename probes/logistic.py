@@ -42,7 +42,6 @@ class Columns:
     classes: list[np.ndarray]
     widths: list[int]
     softmax_spans: list[tuple[int, int]]
-    multi: torch.Tensor  # (K, 1) bool: column belongs to a softmax head
 
     @classmethod
     def of(cls, labels: list[np.ndarray], device: torch.device) -> Columns:
@@ -50,10 +49,7 @@ class Columns:
         widths = [len(c) - 1 if len(c) <= 2 else len(c) for c in classes]
         starts = np.cumsum([0, *widths])
         spans = [(int(starts[i]), int(starts[i + 1])) for i, w in enumerate(widths) if w >= 3]
-        multi = torch.zeros(int(starts[-1]), 1, dtype=torch.bool, device=device)
-        for a, b in spans:
-            multi[a:b] = True
-        return cls(classes, widths, spans, multi)
+        return cls(classes, widths, spans)
 
     @property
     def k(self) -> int:
@@ -111,9 +107,9 @@ def preconditioner(
     x_t: torch.Tensor, gram: torch.Tensor, z: torch.Tensor, cols: Columns, penalty: torch.Tensor
 ) -> torch.Tensor:
     """(S, K, d1, d1): the lower Cholesky factor of the Hessian of each column's penalised loss on every
-    row at logits ``z``
-    (S, K, n), block diagonal over a softmax head's classes. ``x_t`` (S, d1, n) the rows, transposed;
-    ``gram`` (S, d1, d1) their Gram matrix; ``penalty`` (d1,) 1/C per weight (0: intercept).
+    row at logits ``z`` (S, K, n), block diagonal over a softmax head's classes. ``x_t`` (S, d1, n) the
+    rows, transposed; ``gram`` (S, d1, d1) their Gram matrix; ``penalty`` (d1,) 1/C per weight (0: the
+    intercept).
 
     A column whose rows' curvatures lie within a factor of ``GRAM_SPREAD`` of each other gets the Gram
     matrix times its mean curvature instead: the preconditioned Hessian's condition number is then at
@@ -348,10 +344,10 @@ def _extrapolate(path: list[torch.Tensor], log_c: np.ndarray) -> torch.Tensor:
 
 
 def evaluate(
-    x: torch.Tensor, weights: torch.Tensor, cols: Columns, y_rows: list[np.ndarray], keep: bool = True
+    x: torch.Tensor, weights: torch.Tensor, cols: Columns, y_rows: list[np.ndarray]
 ) -> tuple[torch.Tensor, torch.Tensor, list]:
     """``scores`` of weights (S, L, K, d1) on rows x (S, m, d1)."""
-    return scores(torch.einsum("smd,slkd->slmk", x, weights), cols, y_rows, keep)
+    return scores(torch.einsum("smd,slkd->slmk", x, weights), cols, y_rows)
 
 
 def scores(

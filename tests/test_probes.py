@@ -297,7 +297,9 @@ def _one_slab(seed: int):
     folds = np.repeat([0, 1, 2], [60, 150, 240])
     fold = torch.as_tensor(folds)
     masks = torch.stack([fold != f for f in range(3)] + [torch.ones(450, dtype=torch.bool)], 1).float()
-    return xtr, xte, fold, folds, masks, [y[:450] for y in labels], [y[450:] for y in labels]
+    penalty = torch.ones(xtr.shape[-1])
+    penalty[-1] = 0  # the intercept
+    return xtr, xte, fold, folds, masks, penalty, [y[:450] for y in labels], [y[450:] for y in labels]
 
 
 def _check_weights(got: np.ndarray, coef: np.ndarray, intercept: np.ndarray, multinomial: bool) -> None:
@@ -317,9 +319,7 @@ def test_the_solver_reaches_scikit_learns_optimum(c):
 
     from probes.logistic import fit_path
 
-    xtr, xte, fold, _, masks, y_tr, y_te = _one_slab(7)
-    penalty = torch.ones(xtr.shape[-1])
-    penalty[-1] = 0
+    xtr, xte, fold, _, masks, penalty, y_tr, y_te = _one_slab(7)
     *_, weights = fit_path(xtr, xte, y_tr, y_te, fold, masks, penalty, (c,), 5000, 1e-7, 0)
     for h, y in enumerate(y_tr):
         ref = LogisticRegression(C=c, tol=1e-12, max_iter=100000).fit(xtr[0, :, :-1].double().numpy(), y)
@@ -334,9 +334,7 @@ def test_the_c_path_equals_scikit_learns_cross_validation():
 
     from probes.logistic import fit_path
 
-    xtr, xte, fold, folds, masks, y_tr, y_te = _one_slab(11)
-    penalty = torch.ones(xtr.shape[-1])
-    penalty[-1] = 0
+    xtr, xte, fold, folds, masks, penalty, y_tr, y_te = _one_slab(11)
     cs = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
     _, chosen, _, _, weights = fit_path(xtr, xte, y_tr, y_te, fold, masks, penalty, cs, 5000, 1e-7, 0)
     splits = [(np.flatnonzero(folds != f), np.flatnonzero(folds == f)) for f in range(3)]
@@ -351,7 +349,8 @@ def test_the_c_path_equals_scikit_learns_cross_validation():
 
 def test_a_one_class_head_beside_a_multiclass_one():
     """A head with one class in its training rows has no columns (nothing to fit, no C) and does not
-    disturb a multinomial head fitted with it; a store of multiclass heads alone has no binary column."""
+    disturb a multinomial head fitted with it: fitted alone (softmax columns only), the multinomial head
+    gets the same score and C."""
     x, labels = _planted_classes(5)
     xt = torch.from_numpy(x[1:].astype(np.float32))
     folds = (np.arange(450) // 50) % 3
