@@ -134,7 +134,9 @@ def test_merged_sampling_runs_one_row_per_group_once_merged_and_equals_the_full_
     torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)  # batch size changes only the last bits
 
 
-def test_merged_sampling_keeps_every_row_while_a_multistep_history_still_differs(tiny_adapter):
+def test_a_merge_on_a_multistep_solver_makes_the_seeds_one_trajectory(tiny_adapter):
+    """UniPC keeps each seed's model outputs and last sample; the merge is an edit of x_k, so the
+    history restarts (interp.execution.edits) and the merged rows are one trajectory from there."""
     from diffusers import UniPCMultistepScheduler
 
     from interp.execution.seed_merge import sample_merged
@@ -146,7 +148,11 @@ def test_merged_sampling_keeps_every_row_while_a_multistep_history_still_differs
         return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
 
     full = sample(tiny_adapter, x, c, 6, hooks=[SeedMerge(3, 1, "mean")], scheduler=unipc()).latents
+    groups = full.reshape(-1, 3, *full.shape[1:])
+    # every seed of a group ends on one latent (to float32 round-off: a batch of equal rows is not
+    # computed bit for bit alike); with the solver's stale history they ended apart
+    torch.testing.assert_close(groups, groups[:, :1].expand_as(groups), rtol=0, atol=1e-5)
     calls = _Rows()
     fast = sample_merged(tiny_adapter, x, c, 6, SeedMerge(3, 1, "mean"), scheduler=unipc(), hooks=(calls,))
-    assert calls.rows == [6] * 6  # step 0's model outputs, one per seed, are still in the solver's history
-    torch.testing.assert_close(fast, full, rtol=0, atol=0)
+    assert calls.rows == [6] + [2] * 5  # one row per group once the merge made them one
+    torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)  # batch size changes only the last bits

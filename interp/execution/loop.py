@@ -21,6 +21,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from interp.execution.edits import expect, step_from
 from interp.execution.runner import CallRunner, SiteAction
 from interp.models.base import ForwardCall, VideoDiTAdapter
 
@@ -42,7 +43,11 @@ class StepState:
 
 
 class StepHook:
-    """Override any method; returning a tensor from ``before_model`` / ``after_step`` replaces the latents."""
+    """Override any method; returning a tensor from ``before_model`` / ``after_step`` replaces the latents.
+
+    A replaced latent is an edit of the trajectory: the loop makes the scheduler step from it exactly,
+    restarting a multistep solver's history (``interp.execution.edits``); a returned tensor equal to
+    the one it replaces changes nothing."""
 
     def before_model(self, state: StepState) -> torch.Tensor | None:
         """Called with ``state.latents`` set; a returned tensor replaces x_t for this step."""
@@ -172,7 +177,9 @@ def sample(
     ``make_scheduler(shift)`` (None: the family's own; flow-matching Euler for other models).
     ``start_step`` > 0 resumes a trajectory from a cached latent x_s; ``resume_scheduler`` is the
     scheduler as it stood before step s in the run being resumed (``StepState.scheduler``), so
-    multistep solvers continue with their history instead of restarting it. ``backend``: how site
+    multistep solvers continue with their history instead of restarting it; when ``noise`` is not
+    the latent that run had at s (an edit), the history restarts and the solver steps from ``noise``
+    (``interp.execution.edits``). ``backend``: how site
     actions run (nnsight or hooks). ``end_step`` stops before that step: ``latents`` is then x at
     ``end_step`` and ``scheduler`` resumes it (``start_step=end_step, resume_scheduler=...``).
     """
@@ -220,6 +227,9 @@ def sample(
                 replaced = hook.before_model(state)
                 if replaced is not None:
                     state.latents = replaced
+            # The one rule for edits (interp.execution.edits): a replaced x_s, here or by the previous
+            # step's hooks, or a resumed run's edited start, restarts a multistep solver's history.
+            step_from(scheduler, state.latents)
             if adapter is None:
                 v = model.predict(state.latents, t, conditioning)
                 state.x0_hat = state.latents - state.sigma * v
@@ -236,9 +246,11 @@ def sample(
                 state.x0_hat = adapter.x0_hat(state.latents, v, t, state.sigma, scheduler)
             state.model_output = v
             state.next_latents = scheduler.step(v, t, state.latents, return_dict=False)[0]
+            expect(scheduler, state.next_latents)  # the scheduler's own output is what it steps from next
             for hook in hook_objs:
                 replaced = hook.after_step(state)
                 if replaced is not None:
                     state.next_latents = replaced
+            step_from(scheduler, state.next_latents)  # so a returned (or recorded) scheduler is consistent
             latents = state.next_latents
     return SampleResult(latents, timesteps.cpu(), sigmas, scheduler)
