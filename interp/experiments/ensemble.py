@@ -9,9 +9,10 @@ N seeds of one input run side by side; after each of the first K steps their lat
 - ``x0``: only the clean estimates are merged; each seed keeps its own noise.
 
 With ``mean`` or ``rescaled`` the N trajectories are one after the first merge (the sampler is
-deterministic); the ensemble's answer is seed 0's row. A multistep scheduler's history (previous
-model outputs) is left as it is: rows keep their own past outputs, so after a merge the merged
-rows' histories still differ for up to the solver's order steps (Euler, the testbed's, has none).
+deterministic); the ensemble's answer is seed 0's row. A merge is an edit of the latents, so a
+multistep scheduler (UniPC, DPM-Solver++) restarts its history there (``interp.execution.edits``):
+the step after each merge is first order from the merged latent (UniPC: no corrector), and rows
+merged into one latent stay one trajectory (Euler, the testbed's, keeps no history to restart).
 Controls: one seed whose noise is shrunk as the mean of N seeds shrinks it (initial noise and the
 noise part after each of the first K steps times 1/sqrt(N)), and plain low-temperature sampling
 (initial noise times a scale).

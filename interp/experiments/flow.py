@@ -1,6 +1,7 @@
 """Information flow: noise injected at step s, linear CKA between the perturbed and the clean run's
 block outputs at every later (step, layer), and of x0_hat. The perturbed run resumes the clean one
-at s with its scheduler state (only the latent is perturbed)."""
+at s with its scheduler state and the perturbed latent; that is an edit (``interp.execution.edits``),
+so a multistep solver's history restarts at s and the solver steps from the perturbed latent."""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
 """Noise at step vs noise at frame: chain of steps against chain of frames.
 
 At step s, x_s of every frame is replaced by fresh N(0, I) (the study's definition) and sampling
-continues from there; the scheduler continues with the history the unperturbed run had at s (a
-multistep solver keeps its previous model outputs: only the latent is replaced). At frame f, that
-frame of x_t is replaced by fresh noise before every step of a full run (the solver's history is
-whatever these perturbed steps produce). Testbed: accuracy with Wilson intervals (and whether the
+continues from there: the unperturbed run is resumed at s with its scheduler state and the fresh
+latent, which the loop treats as an edit (``interp.execution.edits``): a multistep solver's history
+restarts, so step s is first order from the noise (UniPC's corrector would otherwise rebuild x_s
+from the clean run's previous sample and undo the noise). At frame f, that frame of x_t is replaced
+by fresh noise before every step of a full run: every step is an edit, so a multistep solver runs
+at first order throughout. Testbed: accuracy with Wilson intervals (and whether the
 answer, the last frame, is right); a pipeline model: cosine similarity of the final latent to the
 unperturbed run's.
 """
