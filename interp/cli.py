@@ -40,6 +40,10 @@ def generate(
     num_frames: int = typer.Option(81, help="Pipeline models: frames."),
     device: str = typer.Option("cpu", help="Pipeline models: torch device."),
     torch_dtype: str | None = typer.Option(None, help="Pipeline models: float32 (default on CPU), bfloat16 (CUDA)."),
+    guidance_scale: float | None = typer.Option(None, help="Pipeline models: guidance scale (default: the family's)."),
+    true_cfg_scale: float | None = typer.Option(None, help="Pipeline models: HunyuanVideo's true CFG scale."),
+    negative_prompt: str = typer.Option("", help="Pipeline models: negative prompt of classifier-free guidance."),
+    max_sequence_length: int = typer.Option(226, help="Pipeline models: prompt tokens."),
     out: Path = typer.Option(Path("runs/generate"), help="Output folder."),
 ) -> None:
     """Generate videos with x0_hat of every step: the video, one video per step and the filmstrip."""
@@ -52,7 +56,9 @@ def generate(
             raise UsageError("a pipeline model needs --data DIR (sample folders with prompt.txt, first_frame.png)")
         names = [x for item in samples for x in item.split(",") if x] or None
         cfg = PipelineGenerateConfig(model, str(data), names, list(seed), steps or "all", height, width, num_frames,
-                                     num_steps or 50, device, torch_dtype)  # fmt: skip
+                                     num_steps or 50, device, torch_dtype, guidance_scale=guidance_scale,
+                                     negative_prompt=negative_prompt, max_sequence_length=max_sequence_length,
+                                     true_cfg_scale=true_cfg_scale)  # fmt: skip
         show(pipeline_generate_plan(cfg, out), typer.echo)
         return echo_manifest(save_step_videos(run_pipeline_generate(cfg, out), cfg, out), out)
     from interp.experiments.generate import GenerateConfig, run_generate, save_generated
@@ -123,6 +129,8 @@ def trace(
     samples: list[str] = typer.Option([], help="Pipeline models: sample folder names (repeatable or A,B)."),
     guidance_scale: float | None = typer.Option(None, help="Pipeline models: guidance scale (default: the family's)."),
     max_sequence_length: int = typer.Option(226, help="Pipeline models: prompt tokens."),
+    true_cfg_scale: float | None = typer.Option(None, help="Pipeline models: HunyuanVideo's true CFG scale."),
+    negative_prompt: str = typer.Option("", help="Pipeline models: negative prompt of classifier-free guidance."),
     device: str = typer.Option("cpu", help="Pipeline models: torch device."),
     torch_dtype: str | None = typer.Option(None, help="Pipeline models: float32 (default on CPU), bfloat16 (CUDA)."),
     task: str = typer.Option("maze", help="Reasoning task."),
@@ -161,6 +169,7 @@ def trace(
             model=model, data=str(data), height=height, width=width, num_frames=num_frames, seeds=list(seed),
             steps=steps, layers=layers, subs=list(sub), pooling=pooling, dtype=dtype, num_steps=num_steps or 50,
             guidance_scale=guidance_scale, device=device, backend=backend, max_sequence_length=max_sequence_length,
+            true_cfg_scale=true_cfg_scale, negative_prompt=negative_prompt,
             torch_dtype=torch_dtype, samples=[x for item in samples for x in item.split(",") if x] or None,
         )  # fmt: skip
     else:

@@ -31,6 +31,10 @@ PIPELINE_OPTIONS = {
     "num_frames": (int, 81, "Pipeline models: frames."),
     "device": (str, "cpu", "Pipeline models: torch device."),
     "torch_dtype": (str | None, None, "Pipeline models: compute dtype (default float32 on CPU, bfloat16 on CUDA)."),
+    "guidance_scale": (float | None, None, "Pipeline models: guidance scale (default: the family's)."),
+    "true_cfg_scale": (float | None, None, "Pipeline models: HunyuanVideo's true CFG scale (on above 1)."),
+    "negative_prompt": (str, "", "Pipeline models: negative prompt of classifier-free guidance."),
+    "max_sequence_length": (int, 226, "Pipeline models: prompt tokens."),
 }
 
 
@@ -85,7 +89,9 @@ def _pipeline_spec(values: dict, model: str, num_steps: int | None) -> dict:
     return {
         "model": model, "data": str(values["data"]), "samples": samples or None, "height": values["height"],
         "width": values["width"], "num_frames": values["num_frames"], "num_steps": num_steps or 50,
-        "device": values["device"], "torch_dtype": dtype,
+        "device": values["device"], "torch_dtype": dtype, "guidance_scale": values["guidance_scale"],
+        "true_cfg_scale": values["true_cfg_scale"], "negative_prompt": values["negative_prompt"],
+        "max_sequence_length": values["max_sequence_length"],
     }  # fmt: skip
 
 

@@ -234,6 +234,7 @@ def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1,
     if _device_type(device) != "cpu":
         outputs = math.prod(lay.token_grid) * step_width(lay) * job.batch_size * dtype_bytes(job.cfg.torch_dtype)
         plan.details.append(f"device memory: one step's block outputs ~{human(outputs)} beside the weights")
+    plan.details.extend(joint_stream_note(job.adapter, lay.sites))
     if getattr(job, "skeleton", False):
         from interp.sources import default_dtype
 
@@ -247,6 +248,17 @@ def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1,
 
 
 CAUSAL = ("patch", "swap", "flow", "perturb", "layers")
+
+
+def joint_stream_note(adapter, sites) -> list[str]:
+    """A plan line naming the sites whose output carries text rows beside the video tokens: only
+    their video rows are read, stored, patched and counted in a region (``VideoDiTAdapter.text_rows``)."""
+    joint = [s for s in sites if adapter.text_rows(s) is not None]
+    if not joint:
+        return []
+    shown = ", ".join(joint[:4]) + (f" and {len(joint) - 4} more" if len(joint) > 4 else "")
+    return [f"joint text+video stream at {shown}: only their video rows are read, stored and patched "
+            "(their text rows flow on as the model computes them)"]  # fmt: skip
 
 
 def experiment_plan(kind: str, cfg, out: Path) -> Plan:
@@ -308,10 +320,13 @@ def _pipeline_experiment_plan(kind: str, cfg, spec: dict, out: Path) -> Plan:
     branches = 1 if inputs.negative_prompt is None else 2  # every call is recorded: the unconditional one too
     per_video = inputs.num_steps * (branches * layers * tokens * hidden * item + 2 * math.prod(latent) * FLOAT32)
     memory = folder_weight_bytes(inputs.model, dtype) + len(samples) * per_video
+    sub = getattr(cfg, "sub", None)
+    sites = adapter.site_names(_layers(cfg, adapter), (sub,)) if sub and kind != "perturb" else []
     return Plan(kind, Path(out), len(samples), inputs.num_steps, None, layers, FIGURES, memory,
                 [f"recorded run per sample: {layers} layers x {inputs.num_steps} steps x {tokens} tokens x {branches} "
                  f"guidance branches in {dtype}, "
-                 "and the latents of every step; pipeline weights counted from their safetensors headers"])  # fmt: skip
+                 "and the latents of every step; pipeline weights counted from their safetensors headers",
+                 *joint_stream_note(adapter, sites)])  # fmt: skip
 
 
 def _layers(cfg, adapter) -> list[int]:

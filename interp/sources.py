@@ -69,13 +69,14 @@ class PipelineInputs:
     guidance_scale: float | None = None
     negative_prompt: str | None = ""
     max_sequence_length: int = 226
+    true_cfg_scale: float | None = None  # HunyuanVideo's true CFG (None: off)
 
     def __post_init__(self):
         self.torch_dtype = default_dtype(self.device, self.torch_dtype)
 
     @property
     def spec(self) -> PipelineSpec:
-        return PipelineSpec(self.height, self.width, self.num_frames, self.guidance_scale)
+        return PipelineSpec(self.height, self.width, self.num_frames, self.guidance_scale, self.true_cfg_scale)
 
     def load(self, skeleton: bool = False) -> tuple[VideoDiTAdapter, list[Sample]]:
         """(adapter, chosen samples): the named samples, in order (all if none named). ``skeleton``: the

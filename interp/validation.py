@@ -158,6 +158,7 @@ RULES: dict[str, Rule] = {
     "height": int_range(1, MAX_PIXELS), "width": int_range(1, MAX_PIXELS), "num_frames": int_range(1, 4096),
     "max_sequence_length": int_range(1, 65536),
     "guidance_scale": number(0),
+    "true_cfg_scale": number(0),
     "max_frames": int_range(1, 4096),
     "method": choice("fast", "sklearn"),
     "test_fraction": number(0, 1, lo_open=True, hi_open=True),

@@ -11,6 +11,7 @@ matching assumed), without site actions.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -241,7 +242,8 @@ def sample(
                     for hook in hook_objs:
                         for site, action in hook.site_actions(state, j, call).items():
                             actions.setdefault(site, []).append(action)
-                    outputs.append(runner.run(call, actions))
+                    n_video = math.prod(adapter.token_grid(tuple(state.latents.shape[1:]), call.expert))
+                    outputs.append(runner.run(call, actions, n_video))
                 v = adapter.combine(calls, outputs)
                 state.x0_hat = adapter.x0_hat(state.latents, v, t, state.sigma, scheduler)
             state.model_output = v

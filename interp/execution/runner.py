@@ -61,6 +61,20 @@ def replace_first(output, new: torch.Tensor):
     raise TypeError(f"cannot replace a module output of type {type(output).__name__}")
 
 
+def _apply_rows(actions: Sequence[SiteAction], value: torch.Tensor, rows: slice | None) -> torch.Tensor:
+    """``_apply`` on the video rows ``rows`` of a site's output (None: every row); the other rows (a
+    joint stream's text) flow on untouched."""
+    if rows is None or (rows.start == 0 and rows.stop == value.shape[1]):
+        return _apply(actions, value)
+    view = value[:, rows]
+    new = _apply(actions, view)
+    if new is view:
+        return value
+    out = value.clone()
+    out[:, rows] = new
+    return out
+
+
 def _apply(actions: Sequence[SiteAction], value: torch.Tensor) -> torch.Tensor:
     for action in actions:
         if action.replace is not None:
@@ -82,6 +96,7 @@ class CallRunner:
         self._wrapped: dict[int, object] = {}
         self._paths: dict[str, tuple[str | None, str]] = {}
         self._checked: set[int] = set()
+        self._n_video: int | None = None
 
     def site_path(self, site: str) -> tuple[str | None, str]:
         if site not in self._paths:
@@ -92,8 +107,12 @@ class CallRunner:
         for site in sites:
             self.site_path(site)
 
-    def run(self, call: ForwardCall, actions: Mapping[str, Sequence[SiteAction]]) -> torch.Tensor:
-        """The call's output, with ``actions`` applied at their sites (all must belong to the call's expert)."""
+    def run(
+        self, call: ForwardCall, actions: Mapping[str, Sequence[SiteAction]], n_video: int | None = None
+    ) -> torch.Tensor:
+        """The call's output, with ``actions`` applied at their sites (all must belong to the call's
+        expert). ``n_video``: the call's video tokens; the actions then see only a site's video rows
+        (``VideoDiTAdapter.video_rows``), so a joint stream's text rows are never saved or replaced."""
         if not actions:
             return call.run()
         if id(call.transformer) not in self._checked:
@@ -110,17 +129,23 @@ class CallRunner:
             if expert != call.expert:
                 raise ValueError(f"site {site!r} is not in the transformer of this call (expert {call.expert!r})")
             entries.append((site, path, actions[site]))
+        self._n_video = n_video
         if self.backend == "hooks":
             return self._run_hooks(call, entries)
         return self._run_nnsight(call, entries)
+
+    def _rows(self, site: str, value: torch.Tensor) -> slice | None:
+        if self._n_video is None:
+            return None
+        return self.adapter.video_rows(site, value.shape[1], self._n_video)
 
     def _run_hooks(self, call: ForwardCall, entries) -> torch.Tensor:
         handles = []
         for site, _, acts in entries:
 
-            def hook(_module, _inputs, output, acts=acts):
+            def hook(_module, _inputs, output, acts=acts, site=site):
                 value = first_tensor(output)
-                new = _apply(acts, value)
+                new = _apply_rows(acts, value, self._rows(site, value))
                 return None if new is value else replace_first(output, new)
 
             handles.append(self.adapter.site_module(site).register_forward_hook(hook))
@@ -141,13 +166,13 @@ class CallRunner:
     def _run_nnsight(self, call: ForwardCall, entries) -> torch.Tensor:
         model = self._nnsight(call.transformer)
         with model.trace(*call.args, **call.kwargs):
-            for _, path, acts in entries:
+            for site, path, acts in entries:
                 envoy = model
                 for part in path.split("."):
                     envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
                 output = envoy.output
                 value = first_tensor(output)
-                new = _apply(acts, value)
+                new = _apply_rows(acts, value, self._rows(site, value))
                 if new is not value:
                     envoy.output = replace_first(output, new)
             result = model.output.save()

@@ -8,7 +8,8 @@ on x0_hat), ``connectivity`` (verifier-free: the video's own lit cells join its 
 
 The sampler is deterministic, so a seed continued from step k follows the trajectory it would have
 followed anyway (its latent and its rows of the scheduler's history are selected together, so the
-continuation is no edit and a multistep solver keeps its history, ``interp.execution.edits``): one full run of every seed, with x0_hat kept at each k, gives every (N, k, score)
+continuation is no edit and a multistep solver keeps its history, ``interp.execution.edits``):
+one full run of every seed, with x0_hat kept at each k, gives every (N, k, score)
 selection exactly. ``select_early`` runs the procedure literally (k steps for N seeds, then one
 row resumed); the tests check that both agree and that N = 1 is plain sampling.
 """

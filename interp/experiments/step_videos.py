@@ -39,6 +39,10 @@ class PipelineGenerateConfig(ExperimentConfig):
     device: str = "cpu"
     torch_dtype: str | None = None
     max_frames: int = 8  # columns of the filmstrip (evenly spaced frames); every frame is in the GIFs
+    guidance_scale: float | None = None  # None: the family's default
+    negative_prompt: str | None = ""  # None: no classifier-free guidance
+    max_sequence_length: int = 226
+    true_cfg_scale: float | None = None  # HunyuanVideo's true CFG (None: off)
 
     def __post_init__(self):
         super().__post_init__()  # interp.validation: types and ranges
@@ -46,7 +50,10 @@ class PipelineGenerateConfig(ExperimentConfig):
 
     def inputs(self) -> PipelineInputs:
         return PipelineInputs(self.model, self.data, self.samples, self.height, self.width, self.num_frames,
-                              num_steps=self.num_steps, device=self.device, torch_dtype=self.torch_dtype)  # fmt: skip
+                              num_steps=self.num_steps, device=self.device, torch_dtype=self.torch_dtype,
+                              guidance_scale=self.guidance_scale, negative_prompt=self.negative_prompt,
+                              max_sequence_length=self.max_sequence_length,
+                              true_cfg_scale=self.true_cfg_scale)  # fmt: skip
 
 
 def run_pipeline_generate(cfg: PipelineGenerateConfig, out, progress: bool = True) -> list[dict]:

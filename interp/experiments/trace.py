@@ -73,6 +73,7 @@ class PipelineTraceConfig(ExperimentConfig):
     guidance_scale: float | None = None  # None: the family's default
     negative_prompt: str | None = ""  # None: no classifier-free guidance
     max_sequence_length: int = 226
+    true_cfg_scale: float | None = None  # HunyuanVideo's true CFG (None: off)
     torch_dtype: str | None = None  # None: float32 on CPU, bfloat16 elsewhere (recorded resolved)
     device: str = "cpu"
     backend: str = "nnsight"
@@ -88,7 +89,7 @@ class PipelineTraceConfig(ExperimentConfig):
             num_frames=self.num_frames,
             num_steps=self.num_steps, device=self.device, torch_dtype=self.torch_dtype,
             guidance_scale=self.guidance_scale, negative_prompt=self.negative_prompt,
-            max_sequence_length=self.max_sequence_length,
+            max_sequence_length=self.max_sequence_length, true_cfg_scale=self.true_cfg_scale,
         )  # fmt: skip
 
 

@@ -77,12 +77,14 @@ def first_tensor(output) -> torch.Tensor:
 @dataclass
 class PipelineSpec:
     """What an adapter needs to know of a run beyond the pipeline itself (LTX plans its timesteps
-    from the video size); ``guidance_scale`` None keeps the family's default."""
+    from the video size); ``guidance_scale`` None keeps the family's default; ``true_cfg_scale``:
+    HunyuanVideo's true classifier-free guidance (None: 1.0, off, as its pipeline's default)."""
 
     height: int = 480
     width: int = 832
     num_frames: int = 81
     guidance_scale: float | None = None
+    true_cfg_scale: float | None = None
 
 
 PREDICTIONS = ("flow", "v", "eps")  # what the transformer predicts: flow velocity, v (DDIM-family), noise
@@ -216,6 +218,26 @@ class VideoDiTAdapter:
                 )
             path = f"{path}.{attr}"
         return expert, path
+
+    def text_rows(self, site: str) -> str | None:
+        """Where a site's output carries rows that are not video tokens (a joint text+video stream):
+        "before" or "after" the video rows; None (the default) when every row is a video token."""
+        return None
+
+    def video_rows(self, site: str, n_rows: int, n_video: int) -> slice:
+        """The rows (axis 1 of the site's output) holding its ``n_video`` video tokens, in token-grid
+        order. Every site action (save, replace, patch, region) sees these rows only."""
+        where = self.text_rows(site)
+        if n_rows == n_video and where is None:
+            return slice(0, n_video)
+        if where == "before" and n_rows >= n_video:
+            return slice(n_rows - n_video, n_rows)
+        if where == "after" and n_rows >= n_video:
+            return slice(0, n_video)
+        raise ValueError(
+            f"site {site!r} carries {n_rows} rows for {n_video} video tokens and {self.name} does not say which "
+            "rows are video (VideoDiTAdapter.text_rows)"
+        )
 
     def site_module(self, site: str) -> torch.nn.Module:
         expert, path = self.site_path(site)

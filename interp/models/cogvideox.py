@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from activations.axes import parse_site
 from interp.models.base import (
     ForwardCall,
     PipelineSpec,
@@ -78,6 +79,11 @@ class CogVideoXAdapter(VideoDiTAdapter):
 
     def make_scheduler(self, shift: float | None = None):
         return self.scheduler_class.from_config(self.scheduler_config)
+
+    def text_rows(self, site: str) -> str | None:
+        """A block's feed-forward runs on the joint stream ``[text; video]`` (its attention and the
+        block return the video stream apart)."""
+        return "before" if parse_site(site)[2] == "ffn" else None
 
     def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
         frames, _, h, w = latent_shape[-4:]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from activations.axes import parse_site
 from interp.models.base import (
     ForwardCall,
     PipelineSpec,
@@ -65,7 +66,8 @@ class HunyuanVideoAdapter(VideoDiTAdapter):
     @classmethod
     def from_pipeline(cls, pipe, spec: PipelineSpec | None = None) -> HunyuanVideoAdapter:
         scale = 6.0 if spec is None or spec.guidance_scale is None else spec.guidance_scale
-        return cls(pipe.transformer, pipe.scheduler, scale, 1.0, pipe.vae, pipe)
+        true_cfg = 1.0 if spec is None or spec.true_cfg_scale is None else spec.true_cfg_scale
+        return cls(pipe.transformer, pipe.scheduler, scale, true_cfg, pipe.vae, pipe)
 
     def make_scheduler(self, shift: float | None = None):
         return self.scheduler_class.from_config(self.scheduler_config)
@@ -81,6 +83,12 @@ class HunyuanVideoAdapter(VideoDiTAdapter):
         if index < n_dual:
             return f"transformer_blocks.{index}"
         return f"single_transformer_blocks.{index - n_dual}"
+
+    def text_rows(self, site: str) -> str | None:
+        """The single-stream blocks run on ``[video; text]``; their sub-modules' outputs (where a
+        diffusers version returns them joined) carry the text rows after the video rows."""
+        _, index, sub = parse_site(site)
+        return "after" if sub is not None and index >= len(self.transformer.transformer_blocks) else None
 
     def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
         cfg = self.transformer.config

@@ -11,6 +11,7 @@ the image latent, at timestep 0 (``t * (1 - conditioning_mask)`` per token), and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +77,9 @@ class LTXAdapter(VideoDiTAdapter):
         height, width, num_frames = spec.height, spec.width, spec.num_frames
         guidance_scale = 3.0 if spec.guidance_scale is None else spec.guidance_scale
         t_scale, s_scale = pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio
-        grid = (check_video_size(num_frames, height, width, t_scale, s_scale), height // s_scale, width // s_scale)
+        # The LTX pipelines refuse sizes not divisible by 32 whatever the VAE's compression (check_inputs).
+        frames = check_video_size(num_frames, height, width, t_scale, math.lcm(32, s_scale))
+        grid = (frames, height // s_scale, width // s_scale)
         return cls(
             pipe.transformer,
             pipe.scheduler,
