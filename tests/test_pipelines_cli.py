@@ -5,6 +5,7 @@ import json
 import re
 
 import numpy as np
+import torch
 import pytest
 
 from activations import ActivationStore
@@ -88,3 +89,52 @@ def test_a_pipeline_config_without_its_inputs_is_refused_in_one_line(run_cli, wa
     assert code == 2 and "--data is for pipeline models" in err
     code, _, err = run_cli("trace", "--model", model, "--data", data, "--torch-dtype", "int8", "--out", tmp_path / "y")
     assert code == 2 and "torch_dtype must be" in err
+
+
+def test_every_command_takes_the_pipeline_flags_and_records_them(run_cli, tmp_path):
+    """--guidance-scale, --negative-prompt, --max-sequence-length reach every command that samples a
+    pipeline and its saved config (a CogVideoX with a 16-token text length patches instead of failing
+    on a size mismatch); a size the LTX pipeline refuses is refused before any compute."""
+    from tiny_pipelines import build_tiny_cogvideox, build_tiny_ltx, write_samples
+
+    model, data = build_tiny_cogvideox(tmp_path / "cogvideox"), write_samples(tmp_path / "data", n=2)
+    pipe = ["--model", model, "--data", data, "--height", 32, "--width", 32, "--num-frames", 9, "--num-steps", 2,
+            "--guidance-scale", 2.5, "--negative-prompt", "blurry", "--max-sequence-length", 16]  # fmt: skip
+    pair = ["--samples", "sample_000,sample_001"]
+    commands = {
+        "patch": [*pair, "--metric", "latent", "--steps", "0", "--layers", "0", "--sub", "ffn", "--region", "frame:0"],
+        "swap": [*pair, "--steps", "0", "--layers", "0"],
+        "perturb": ["--samples", "sample_000", "--steps", "1", "--frames-to-noise", "0"],
+        "flow": ["--samples", "sample_000", "--inject-steps", "0", "--layers", "0"],
+        "ensemble": ["--samples", "sample_000", "--seeds", 2, "--k", 1, "--merge", "mean", "--temperature", 0.6],
+    }
+    for kind, args in commands.items():
+        code, out, err = run_cli(kind, *pipe, *args, "--out", tmp_path / kind)
+        assert code == 0, (kind, err)
+        saved = tmp_path / kind / ("ensemble.json" if kind == "ensemble" else "config.json")
+        spec = json.loads(saved.read_text())["config" if kind == "ensemble" else "pipeline"]
+        spec = spec["pipeline"] if kind == "ensemble" else spec
+        assert (spec["guidance_scale"], spec["negative_prompt"], spec["max_sequence_length"]) == (2.5, "blurry", 16)
+    code, out, err = run_cli("generate", *pipe, "--samples", "sample_000", "--steps", "1", "--out", tmp_path / "gen")
+    assert code == 0, err
+    config = json.loads((tmp_path / "gen" / "run.json").read_text())["config"]
+    assert (config["guidance_scale"], config["max_sequence_length"]) == (2.5, 16)
+    ltx = build_tiny_ltx(tmp_path / "ltx")
+    code, _, err = run_cli("perturb", "--model", ltx, "--data", data, "--height", 48, "--width", 48, "--num-frames", 9,
+                           "--num-steps", 2, "--dry-run", "--out", tmp_path / "never")  # fmt: skip
+    assert code == 2 and "multiples of 32" in err, err
+
+
+def test_hunyuans_true_cfg_is_reachable(tmp_path):
+    from tiny_pipelines import build_tiny_hunyuan
+
+    from interp.models.base import PipelineSpec
+    from interp.models.registry import load_pipeline_adapter
+
+    folder = build_tiny_hunyuan(tmp_path / "hunyuan")
+    spec = PipelineSpec(height=32, width=32, num_frames=9, true_cfg_scale=3.0)
+    adapter = load_pipeline_adapter(folder, spec, "float32")
+    assert adapter.true_cfg_scale == 3.0
+    noise = torch.randn(1, *adapter.pipeline_latent_shape(32, 32, 9))
+    cond = adapter.pipeline_conditioning(["a maze"], [None], noise, "blurry", 32, 32, 9, 16)
+    assert len(adapter.forward_calls(noise, torch.tensor(999.0), cond)) == 2  # conditional and negative calls
