@@ -5,8 +5,8 @@ import json
 import re
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from activations import ActivationStore
 from interp.experiments.base import Manifest, is_manifest

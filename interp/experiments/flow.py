@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from activations.selection import parse_index_spec
 from interp.analysis.similarity import linear_cka
-from interp.execution.patching import record_run
+from interp.execution.patching import RunCache, record_run
 from interp.experiments import sweep
 from interp.experiments._causal import CausalConfig, finite_or_none, maze_runs, pipeline_runs, write_record
 from interp.experiments.base import Experiment, register
@@ -106,8 +107,9 @@ def _prepare(cfg: FlowConfig, adapter) -> CleanRun:
 
 
 def _inject_at(r: CleanRun, s: int) -> tuple[np.ndarray, np.ndarray]:
-    """The unit of work: noise injected at step ``s``; CKA per (step, layer) and of x0_hat per step
-    (NaN before ``s``)."""
+    """The unit of work: noise injected at step ``s``; CKA per (step, layer) of the conditional
+    branch's block outputs (tokens of every video as samples) and of x0_hat (latent positions of
+    every video as samples, channels as features), per step (NaN before ``s``)."""
     adapter, clean, num_steps, a = r.adapter, r.clean, r.num_steps, r.cfg.strength
     groups = sweep.layer_sites(adapter, r.layers, None)  # a layer in every expert: the one that ran
     cka = np.full((num_steps, len(groups)), np.nan)
@@ -121,11 +123,28 @@ def _inject_at(r: CleanRun, s: int) -> tuple[np.ndarray, np.ndarray]:
             site = sweep.active_site(clean, step, group)
             if site is None:
                 continue
-            x = clean.acts[(step, 0, site)].flatten(0, -2)
-            y = perturbed.acts[(step, 0, site)].flatten(0, -2)
+            x = conditional_rows(clean, step, site).flatten(0, -2)
+            y = conditional_rows(perturbed, step, site).flatten(0, -2)
             cka[step, k] = linear_cka(x, y)
-        x0_cka[step] = linear_cka(clean.x0_hat[step].flatten(1), perturbed.x0_hat[step].flatten(1))
+        x0_cka[step] = linear_cka(latent_positions(clean.x0_hat[step], adapter.latent_channel_axis),
+                                  latent_positions(perturbed.x0_hat[step], adapter.latent_channel_axis))  # fmt: skip
     return cka, x0_cka
+
+
+def conditional_rows(run: RunCache, step: int, site: str) -> torch.Tensor:
+    """A site's output at ``step`` on the conditional guidance branch only: families that batch both
+    halves in one call (CogVideoX, LTX) would otherwise mix the unconditional rows into the CKA."""
+    for (s, call), branches in sorted(run.branches.items()):
+        if s == step and "cond" in branches and (step, call, site) in run.acts:
+            return run.acts[(step, call, site)][branches["cond"]]
+    raise KeyError(f"no conditional call recorded {site!r} at step {step}")
+
+
+def latent_positions(latents: torch.Tensor, channel_axis: int) -> torch.Tensor:
+    """(B, *latent) as (B x positions, channels): the positions of every video as CKA's samples, so
+    one video is enough and two videos do not make CKA 1 by construction."""
+    moved = latents.movedim(1 + channel_axis, -1)
+    return moved.reshape(-1, moved.shape[-1])
 
 
 def save_flow(result: FlowResult, cfg: FlowConfig, out):

@@ -104,6 +104,7 @@ class VideoDiTAdapter:
     blocks_attr = "blocks"
     prediction = "flow"
     latent_frame_axis: int | None = 1  # axis of the frames in one video's latent (C, T, H, W); None: packed
+    latent_channel_axis: int = 0  # axis of the channels in one video's latent: the features of a latent position
     # Canonical sub-module names (sites ``blocks.K.attn1`` ...) -> this family's attribute names.
     sub_modules: dict[str, str] = {"attn1": "attn1", "attn2": "attn2", "ffn": "ffn"}
 

@@ -49,6 +49,7 @@ class CogVideoXAdapter(VideoDiTAdapter):
     name = "cogvideox"
     prediction = "v"  # DDIM-family v-prediction: x0_hat from the scheduler's alphas
     latent_frame_axis = 0  # latents are (T, C, H, W)
+    latent_channel_axis = 1
     blocks_attr = "transformer_blocks"
     sub_modules = {"attn1": "attn1", "ffn": "ff"}
 

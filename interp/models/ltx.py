@@ -47,6 +47,7 @@ class LTXConditioning:
 class LTXAdapter(VideoDiTAdapter):
     name = "ltx"
     latent_frame_axis = None  # packed (tokens, C) latents: no frame axis
+    latent_channel_axis = 1
     blocks_attr = "transformer_blocks"
     sub_modules = {"attn1": "attn1", "attn2": "attn2", "ffn": "ff"}
 
