@@ -226,6 +226,9 @@ def probe(
     device: str = typer.Option("cpu", help="torch device of the fast path: cpu, cuda, ..."),
     name: str = typer.Option("probes", help="Name of the run: NAME.csv, results/probes/NAME in the store."),
     max_tokens: int = typer.Option(None, help="Tokens read per video (stratified by label): bounded memory."),
+    control_condition_types: int = typer.Option(
+        32, help="Control task: token types are position x at most this many categories of the conditioning."
+    ),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
     """Linear probes per (step, layer) with controls: control task, x_t alone, conditioning alone, majority."""
@@ -240,7 +243,7 @@ def probe(
     set_threads(threads)
     cfg = ProbeConfig(list(target), label_files, layers, steps, method, test_fraction, folds, seed, tol=tol,
                       max_iter=max_iter, patience=patience, group=group, device=device, name=name,
-                      max_tokens=max_tokens)  # fmt: skip
+                      max_tokens=max_tokens, control_condition_types=control_condition_types)  # fmt: skip
     check(cfg)
     show(probe_plan(store, cfg, out), typer.echo)
     tic = time.time()

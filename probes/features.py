@@ -59,20 +59,94 @@ def condition_tokens(store: ActivationStore, videos: list[int]) -> np.ndarray:
     return _pool(store, tokens)
 
 
-def token_types(store: ActivationStore, videos: list[int], condition: np.ndarray | None = None) -> np.ndarray:
+CONDITION_TYPES = 32  # default: the most categories of the conditioning a token type may carry
+FIT_ROWS = 5_000  # conditioning rows the summary is fitted on (a seeded sample when there are more)
+TIGHT = 0.25  # categories: every cluster's RMS radius below this share of the distance to its nearest neighbour
+
+
+class ConditionSummary:
+    """What the given frame shows at a token, as one of at most ``max_types`` categories: the control
+    task's memorisable identity beside the token's position.
+
+    The conditioning enters a token's type only where it is categorical: its tokens (rounded to
+    0.1) take at most ``max_types`` distinct values (the maze's cells), or for some k up to
+    ``max_types`` their k-means clusters (scikit-learn, seeded) are tight (``TIGHT``: a VAE-encoded
+    discrete image). A continuous image, the frame of a real I2V model, is left out (one category):
+    random labels per (position, cluster of a continuous latent) are a task no linear read of the
+    model can memorise, so such a control would understate memorisation and inflate every
+    selectivity (a target of position alone would score well above 0). The content of a continuous
+    frame is what the ``condition`` control, the probe on the conditioning alone, measures.
+    ``kind``: "values", "clusters" or "none".
+    """
+
+    def __init__(self, centres: np.ndarray, kind: str):
+        self.centres = centres
+        self.kind = kind
+
+    @classmethod
+    def fit(cls, rows: np.ndarray, max_types: int = CONDITION_TYPES, seed: int = 0) -> ConditionSummary:
+        """Fitted on (..., features) conditioning rows (a seeded sample of ``FIT_ROWS`` when more)."""
+        if max_types < 1:
+            raise ValueError(f"the control task needs at least 1 conditioning type, got {max_types}")
+        rows = rows.reshape(-1, rows.shape[-1]).astype(np.float64)
+        if len(rows) > FIT_ROWS:
+            rows = rows[np.random.default_rng(seed).choice(len(rows), FIT_ROWS, replace=False)]
+        values = np.unique(np.round(rows, 1), axis=0)
+        if len(values) <= max_types:
+            return cls(values, "values")
+        from sklearn.cluster import KMeans
+
+        for k in range(2, min(max_types, len(values)) + 1):
+            kmeans = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(rows)
+            if _tight(rows, kmeans.labels_, kmeans.cluster_centers_):
+                return cls(kmeans.cluster_centers_, "clusters")
+        return cls(rows.mean(0, keepdims=True), "none")
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """(..., features) -> (...) index of the nearest category (a rounded row's own value if it is one)."""
+        flat = rows.reshape(-1, rows.shape[-1]).astype(np.float64)
+        if self.kind == "values":
+            flat = np.round(flat, 1)
+        out = np.empty(len(flat), dtype=np.int64)
+        centres_sq = (self.centres**2).sum(1)
+        for start in range(0, len(flat), 65_536):  # bounded memory: (block, centres) distances
+            block = flat[start : start + 65_536]
+            out[start : start + len(block)] = np.argmin(centres_sq[None] - 2 * block @ self.centres.T, axis=1)
+        return out.reshape(rows.shape[:-1])
+
+
+def _tight(rows: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> bool:
+    """Every cluster's RMS radius is below ``TIGHT`` times the distance to its nearest other centre."""
+    gaps = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(-1))
+    np.fill_diagonal(gaps, np.inf)
+    for c in range(len(centres)):
+        members = rows[labels == c]
+        radius = np.sqrt(((members - centres[c]) ** 2).sum(1).mean()) if len(members) else 0.0
+        if radius >= TIGHT * gaps[c].min():
+            return False
+    return True
+
+
+def token_types(
+    store: ActivationStore,
+    videos: list[int],
+    condition: np.ndarray | None = None,
+    max_condition_types: int = CONDITION_TYPES,
+    seed: int = 0,
+) -> np.ndarray:
     """(videos, stored tokens) integer type of each token for the control task.
 
     A type is what a probe could memorise without reading the property: the token's position
-    (frame, h, w) and, where the store keeps the conditioning latent, what the given frame shows at
-    that place (rounded, so that a discrete input such as the maze's cells gives a few types).
-    ``condition``: ``condition_tokens(store, videos)`` when the caller already has it.
+    (frame, h, w) and, where the store keeps a categorical conditioning latent, which category the
+    given frame shows at that place (``ConditionSummary``: at most ``max_condition_types``). ``condition``:
+    ``condition_tokens(store, videos)`` when the caller already has it.
     """
     n_t = store.layout.n_tokens
-    keys = np.broadcast_to(store.token_positions[None].astype(np.float64), (len(videos), n_t, 3))
-    if store.has_condition:
-        if condition is None:
-            condition = condition_tokens(store, videos)
-        keys = np.concatenate([keys, np.round(condition.astype(np.float64), 1)], axis=-1)
-    flat = keys.reshape(len(videos) * n_t, -1)
-    _, types = np.unique(flat, axis=0, return_inverse=True)
+    position = np.broadcast_to(np.arange(n_t)[None], (len(videos), n_t))
+    if not store.has_condition:
+        return position.copy()
+    if condition is None:
+        condition = condition_tokens(store, videos)
+    summary = ConditionSummary.fit(condition, max_condition_types, seed)
+    _, types = np.unique(position * len(summary.centres) + summary(condition), return_inverse=True)
     return types.reshape(len(videos), n_t)

@@ -4,8 +4,10 @@ For every target and every (step, layer) of the store, one linear probe is train
 output of training videos and scored on held-out videos. Beside every score:
 
 - ``control``: the same probe on the control task of Hewitt and Liang (2019): every token type
-  (position, and what the given frame shows there) gets a random label drawn from the target's
-  training distribution; ``selectivity = value - control``;
+  (position, and a bounded summary of what the given frame shows there: at most
+  ``control_condition_types`` values, ``probes.features.ConditionSummary``) gets a random label
+  drawn from the target's training distribution; ``selectivity = value - control``, and
+  ``control_types`` says how many types there were;
 - ``x_t``: the same probe on the noisy latent that entered the model at that step (per step);
 - ``condition``: the same probe on the conditioning latent alone (one figure per target);
 - ``majority_rate``: the test accuracy of always answering the commonest training class.
@@ -31,7 +33,7 @@ from tqdm.auto import tqdm
 from activations import ActivationStore, parse_index_spec
 from activations.axes import parse_site
 from probes.budget import check_max_tokens
-from probes.features import condition_tokens, token_types, x_t_tokens
+from probes.features import CONDITION_TYPES, condition_tokens, token_types, x_t_tokens
 from probes.fit import DEFAULT_ALPHAS, DEFAULT_CS, Head, fit_fast
 from probes.intervals import probe_intervals
 from probes.labels import CLASS, LabelProvider, Labels, labels_from_array, load_label_file
@@ -40,10 +42,11 @@ from probes.reference import fit_sklearn_predict
 METHODS = ("fast", "sklearn")
 COLUMNS = (
     "target", "kind", "site", "layer", "step", "sigma", "metric", "value", "control", "selectivity",
-    "majority_rate", "x_t", "condition", "regularisation", "n_train_videos", "n_test_videos", "method",
+    "control_types", "majority_rate", "x_t", "condition", "regularisation", "n_train_videos", "n_test_videos", "method",
     "value_lo", "value_hi", "selectivity_lo", "selectivity_hi",
 )  # fmt: skip
 # value_lo/hi, selectivity_lo/hi: 95% bootstrap intervals over the test videos (probes.intervals).
+# control_types: how many token types the control task drew labels for (probes.features.token_types).
 
 
 @dataclass
@@ -67,6 +70,9 @@ class ProbeConfig:
     # At most this many tokens per video (and target), chosen once per video, read in blocks
     # (probes.streaming); None: every token, each slab read whole (the original path, unchanged).
     max_tokens: int | None = None
+    # The control task's token types: position x at most this many summaries of the conditioning
+    # (probes.features.ConditionSummary; stores without a conditioning latent: position alone).
+    control_condition_types: int = CONDITION_TYPES
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -108,6 +114,7 @@ class _Target:
     folds: np.ndarray  # (n_train_rows,) fold of each training row
     majority_rate: float
     test_video: np.ndarray | None = None  # (n_test_rows,) test video (0..) of each test row: for intervals
+    control_types: int = 0  # distinct token types among the target's rows
 
 
 def _check_config(cfg: ProbeConfig, store: ActivationStore, arrays: int = 0) -> tuple[list[str], list[int]]:
@@ -120,6 +127,9 @@ def _check_config(cfg: ProbeConfig, store: ActivationStore, arrays: int = 0) -> 
         raise ValueError(f"folds must be at least 2, got {cfg.folds}")
     if cfg.group < 1:
         raise ValueError(f"group must be at least 1, got {cfg.group}")
+    types = cfg.control_condition_types
+    if isinstance(types, bool) or not isinstance(types, int) or types < 1:
+        raise ValueError(f"control_condition_types must be an integer of at least 1, got {types!r}")
     if not cfg.targets and not cfg.labels and not arrays:
         raise ValueError("nothing to probe: give at least one target or label file")
     if not cfg.cs or not cfg.alphas or min(cfg.cs) <= 0 or min(cfg.alphas) <= 0:
@@ -187,6 +197,7 @@ def _prepare_target(labels: Labels, split: Split, types: np.ndarray, seed: int) 
         folds,
         majority,
         rows_test // n_tok - n_tr,
+        len(np.unique(type_ids[np.concatenate([rows_train, rows_test])])),
     )
 
 
@@ -272,7 +283,7 @@ def _probe_whole(
     """Every token: each (step, site) slab of every video read whole, ``group`` slabs at a time."""
     videos = split.train + split.test
     condition = condition_tokens(store, videos) if store.has_condition else None
-    types = token_types(store, videos, condition)
+    types = token_types(store, videos, condition, cfg.control_condition_types, cfg.seed)
     targets = [_prepare_target(lab, split, types, cfg.seed + i) for i, lab in enumerate(all_labels)]
     prober = Prober(cfg, targets)
     results: dict[tuple[str, int], dict] = {}
@@ -350,6 +361,7 @@ def run_probes(
                         "value": value,
                         "control": control,
                         "selectivity": value - control,
+                        "control_types": t.control_types,
                         "majority_rate": t.majority_rate,
                         "x_t": x_t_scores[step][name][0],
                         "condition": condition_scores[name][0] if condition_scores else float("nan"),

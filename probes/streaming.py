@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from activations import ActivationStore
 from probes.budget import GramRidge, token_selection
-from probes.features import condition_tokens, x_t_tokens
+from probes.features import FIT_ROWS, ConditionSummary, condition_tokens, x_t_tokens
 from probes.fit import Head, fit_fast
 from probes.labels import CLASS, REGRESSION, Labels
 from probes.run import ProbeConfig, Split, _control_labels, _groups, _Target, sklearn_scores, target_intervals
@@ -113,17 +113,27 @@ def _blocks(sizes: list[int], limit: int) -> list[list[int]]:
     return blocks + ([current] if current else [])
 
 
-def _types(store: ActivationStore, videos: list[int], union: list[np.ndarray], blocks: list[list[int]]) -> list:
-    """Per video, the control task's token type of each union row (as ``features.token_types``)."""
-    keys = []
-    for block in blocks:
-        cond = condition_tokens(store, [videos[j] for j in block]) if store.has_condition else None
-        for i, j in enumerate(block):
-            key = store.token_positions[union[j]].astype(np.float64)
-            if cond is not None:
-                key = np.concatenate([key, np.round(cond[i, union[j]].astype(np.float64), 1)], axis=-1)
-            keys.append(key)
-    _, inverse = np.unique(np.concatenate(keys), axis=0, return_inverse=True)
+def _types(store: ActivationStore, videos: list[int], union: list[np.ndarray], blocks: list[list[int]],
+           max_condition_types: int, seed: int) -> list:  # fmt: skip
+    """Per video, the control task's token type of each union row (as ``features.token_types``): the
+    conditioning summary is fitted on a seeded sample of the union rows, block by block, then applied."""
+    if not store.has_condition:
+        keys = [u.astype(np.int64) for u in union]
+    else:
+        rng = np.random.default_rng(seed)
+        per_video = -(-FIT_ROWS // len(videos))
+        sample = []
+        for block in blocks:
+            cond = condition_tokens(store, [videos[j] for j in block])
+            for i, j in enumerate(block):
+                rows = cond[i, union[j]]
+                sample.append(rows[rng.choice(len(rows), min(per_video, len(rows)), replace=False)])
+        summary = ConditionSummary.fit(np.concatenate(sample), max_condition_types, seed)
+        keys = []
+        for block in blocks:
+            cond = condition_tokens(store, [videos[j] for j in block])
+            keys += [union[j] * len(summary.centres) + summary(cond[i, union[j]]) for i, j in enumerate(block)]
+    _, inverse = np.unique(np.concatenate(keys), return_inverse=True)
     return np.split(inverse.reshape(-1), np.cumsum([len(u) for u in union])[:-1])
 
 
@@ -152,7 +162,8 @@ def _prepare(labels: Labels, split: Split, picks, union, types, seed: int) -> Bu
     head = Head(y[:n_train_rows], y[n_train_rows:])
     control_head = Head(control[:n_train_rows], control[n_train_rows:])
     rows = np.arange(len(y))
-    target = _Target(labels, rows[:n_train_rows], rows[n_train_rows:], head, control_head, folds, majority)
+    target = _Target(labels, rows[:n_train_rows], rows[n_train_rows:], head, control_head, folds, majority,
+                     control_types=len(np.unique(row_types)))  # fmt: skip
     return BudgetTarget(target, local, offsets, n_train_rows, np.stack([y, control], 1))
 
 
@@ -166,7 +177,7 @@ class BudgetProber:
         picks = [token_selection(lab, self.videos, n_tok, cfg.max_tokens, cfg.seed) for lab in all_labels]
         self.union = [np.unique(np.concatenate([p[j] for p in picks])) for j in range(len(self.videos))]
         self.blocks = _blocks([len(u) for u in self.union], BLOCK_ROWS)
-        types = _types(store, self.videos, self.union, self.blocks)
+        types = _types(store, self.videos, self.union, self.blocks, cfg.control_condition_types, cfg.seed)
         self.targets = [
             _prepare(lab, split, p, self.union, types, cfg.seed + i)
             for i, (lab, p) in enumerate(zip(all_labels, picks))

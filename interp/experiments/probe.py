@@ -14,7 +14,8 @@ from probes.run import ProbeConfig, run_probes, save_results
 from probes.summary import input_flag
 
 COLUMNS = ["target", "metric", "step", "layer", "value", "value_lo", "value_hi", "control", "selectivity",
-           "selectivity_lo", "selectivity_hi", "x_t", "condition", "majority_rate", "inputs"]  # fmt: skip
+           "selectivity_lo", "selectivity_hi", "x_t", "condition", "majority_rate", "control_types",
+           "inputs"]  # fmt: skip
 
 
 def task_providers(store_path: str | Path) -> list[LabelProvider]:
@@ -52,12 +53,18 @@ def _interval(r: dict, column: str) -> str:
     return f" [95% CI {low:.2f}-{high:.2f}]" if low == low and high == high else ""
 
 
+def _types(r: dict) -> str:
+    n = r.get("control_types")
+    return f" over {int(n)} token types" if n is not None and n == n else ""
+
+
 def headline(r: dict, digits: int = 2) -> str:
     """One target's headline: a target the inputs decode says so first, not as a selectivity."""
     f = f".{digits}f"
     text = (
         f"{r['target']}: best selectivity {r['selectivity']:{f}}{_interval(r, 'selectivity')} at step {r['step']}, "
-        f"layer {r['layer']} ({r['metric']} {r['value']:{f}}{_interval(r, 'value')}; control task {r['control']:{f}}, "
+        f"layer {r['layer']} ({r['metric']} {r['value']:{f}}{_interval(r, 'value')}; control task {r['control']:{f}}"
+        f"{_types(r)}, "
         f"x_t alone {r['x_t']:{f}}, conditioning alone {r['condition']:{f}})"
     )
     return f"{r['target']} is {r['inputs']}; " + text if r["inputs"] else text
@@ -91,7 +98,7 @@ def save_probes(table, cfg: ProbeConfig, store_path: str | Path, out) -> Manifes
             "the fast path fits ridge from accumulated Gram matrices."
         )
     rows = best_rows(table)
-    manifest.tables.append(Table("best selectivity per target", COLUMNS, rows, {c: ".3f" for c in COLUMNS[4:-1]}))
+    manifest.tables.append(Table("best selectivity per target", COLUMNS, rows, {c: ".3f" for c in COLUMNS[4:-2]}))
     manifest.headline += [headline(r, 3) for r in rows]
     manifest.headline.append(f"table also in {store_path} at results/probes/{cfg.name}")
     manifest.write(out, cfg.name)
