@@ -15,6 +15,7 @@ import errno
 import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,29 +179,42 @@ def coverage_problems(complete: np.ndarray, records: list[PartRecord]) -> list[P
 
 
 class WriterLock:
-    """``flock`` on ``PARTS/writer.lock``: exclusive for a store's writer, shared for shard writers (many
-    run at once, none while the store's writer holds it). Released on ``release`` and by the kernel
-    when the process dies; filesystems without locks (some network mounts) run unlocked."""
+    """``flock`` on ``PARTS/writer.lock``: exclusive for a store's writer (and for a result table's
+    copy-and-rename, ``activations.results``), shared for shard writers (many run at once, none
+    while an exclusive holder has it). ``wait``: seconds to wait for a holder to finish (0: refuse at
+    once). Released on ``release`` and by the kernel when the process dies; filesystems without
+    locks (some network mounts) run unlocked."""
 
-    def __init__(self, parts: Path, store: Path, shared: bool = False):
+    def __init__(self, parts: Path, store: Path, shared: bool = False, wait: float = 0.0):
         self._fd: int | None = None
         try:
             import fcntl
         except ImportError:  # Windows: no flock
             return
-        fd = os.open(parts / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            fd = os.open(parts / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise StoreError(
-                    f"another process is writing {store} (it holds {parts / LOCK_NAME}); "
-                    "wait for it to finish, or write to another path"
-                ) from None
-            if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                return
+            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StoreError(f"cannot write {store}: {parts} is not writable ({one_line(err)})") from None
             raise
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise StoreError(
+                        f"another process is writing {store} (it holds {parts / LOCK_NAME}); "
+                        "wait for it to finish, or write to another path"
+                    ) from None
+                if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    return
+                raise
         self._fd = fd
 
     def release(self) -> None:

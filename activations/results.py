@@ -2,7 +2,10 @@
 
 A table is a set of equal-length columns (numbers or strings) plus a JSON ``config`` attribute that
 says how it was made. Writing copies the (small) main file, adds the table and renames the copy over
-the original, so an interrupted write never damages the store. Reads with plain h5py as well.
+the original, so an interrupted write never damages the store. The copy-and-rename holds the store's
+writer lock (``integrity.WriterLock``, waiting up to ``wait`` seconds): a trace rebuilding its index
+and other tables being written wait for each other, so none of them renames an older copy over a
+newer one. Reads with plain h5py as well.
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from activations.schema import RESULTS, StoreError, check_header
+from activations.integrity import WriterLock
+from activations.schema import RESULTS, StoreError, check_header, parts_dir
+
+LOCK_WAIT = 60.0  # seconds a table write waits for another writer of the store
 
 
 def _check_name(text: str, what: str) -> None:
@@ -23,8 +30,12 @@ def _check_name(text: str, what: str) -> None:
         raise ValueError(f"{what} {text!r}: use a plain name without '/'")
 
 
-def write_table(store: str | Path, tool: str, name: str, columns: dict[str, np.ndarray], config: dict) -> None:
-    """Store ``columns`` as ``/results/<tool>/<name>`` (replacing a table of that name)."""
+def write_table(
+    store: str | Path, tool: str, name: str, columns: dict[str, np.ndarray], config: dict, wait: float = LOCK_WAIT
+) -> None:
+    """Store ``columns`` as ``/results/<tool>/<name>`` (replacing a table of that name), under the
+    store's writer lock; ``StoreError`` (one line) where the store is being written past ``wait``
+    seconds or cannot be written."""
     _check_name(tool, "tool")
     _check_name(name, "table name")
     lengths = {len(v) for v in columns.values()}
@@ -33,9 +44,23 @@ def write_table(store: str | Path, tool: str, name: str, columns: dict[str, np.n
     path = Path(store)
     with h5py.File(path, "r") as f:
         check_header(f.attrs, path)
-    tmp = path.with_name(path.name + ".results.tmp")
-    shutil.copyfile(path, tmp)
+    parts = parts_dir(path)
+    lock = WriterLock(parts if parts.is_dir() else path.parent, path, wait=wait)
     try:
+        _copy_with_table(path, tool, name, columns, config)
+    finally:
+        lock.release()
+
+
+def _copy_with_table(path: Path, tool: str, name: str, columns: dict[str, np.ndarray], config: dict) -> None:
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".results.tmp")
+    except OSError as err:
+        raise StoreError(f"cannot write a table into {path}: {os.strerror(err.errno or 0)}") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        shutil.copyfile(path, tmp)
         with h5py.File(tmp, "a") as f:
             group_path = f"{RESULTS}/{tool}/{name}"
             if group_path in f:
@@ -50,6 +75,9 @@ def write_table(store: str | Path, tool: str, name: str, columns: dict[str, np.n
                 else:
                     group.create_dataset(key, data=arr)
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a read-only folder: the store is as it was
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write a table into {path}: {os.strerror(err.errno) if err.errno else err}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

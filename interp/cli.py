@@ -13,11 +13,11 @@ from pathlib import Path
 import typer
 
 from interp.cli_options import add_experiment_commands, check_maze, echo_manifest, run_app, set_threads, testbed
+from interp.cli_train import train_app
 from interp.plans import pipeline_generate_plan, show
 from interp.validation import UsageError, parse_labels
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
-train_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train a model.")
 app.add_typer(train_app, name="train")
 MODEL_HELP = "A shipped testbed (testbed, testbed-mixed) or a folder of testbed weights."
 
@@ -226,9 +226,7 @@ def probe(
     device: str = typer.Option("cpu", help="torch device of the fast path: cpu, cuda, ..."),
     name: str = typer.Option("probes", help="Name of the run: NAME.csv, results/probes/NAME in the store."),
     max_tokens: int = typer.Option(None, help="Tokens read per video (stratified by label): bounded memory."),
-    control_condition_types: int = typer.Option(
-        32, help="Control task: token types are position x at most this many categories of the conditioning."
-    ),
+    control_condition_types: int = typer.Option(32, help="Control task: at most this many conditioning categories."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
     """Linear probes per (step, layer) with controls: control task, x_t alone, conditioning alone, majority."""
@@ -275,44 +273,6 @@ def chain(
                          superposition_extra=superposition_extra, formed_share=formed_share, threshold=threshold,
                          scorer=scorer, model=model, device=device, torch_dtype=torch_dtype)  # fmt: skip
     echo_manifest(save_chain(run_chain(cfg), cfg, out), out)
-
-
-@train_app.command("testbed")
-def train_testbed_cmd(
-    seed: int = typer.Option(0, help="Training seed (selects the training mazes and the noise)."),
-    steps: int = typer.Option(5000, help="Optimiser steps."),
-    batch_size: int = typer.Option(64, help="Mazes per step."),
-    device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
-    threads: int = typer.Option(2, help="CPU threads for torch."),
-    checkpoint: Path = typer.Option(Path("checkpoints/testbed"), help="Checkpoint folder (resumed if present)."),
-    export: Path | None = typer.Option(None, help="Write the final weights here as a diffusers model folder."),
-    export_weights_choice: str = typer.Option(
-        "best", "--export-weights", help="ema, raw, or best (the more accurate on validation mazes)."
-    ),
-) -> None:
-    """Train the maze testbed with flow matching; rerun the same command to resume."""
-    from dataclasses import asdict
-
-    from tqdm.auto import tqdm
-
-    from interp.experiments.base import Manifest
-    from interp.models.testbed import SamplingDefaults
-    from interp.training import TrainConfig, export_weights, train_testbed
-
-    if export_weights_choice not in ("ema", "raw", "best"):
-        raise UsageError(f"--export-weights must be ema, raw or best, got {export_weights_choice!r}")
-    set_threads(threads)
-    cfg = TrainConfig(seed=seed, steps=steps, batch_size=batch_size)
-    train_testbed(cfg, checkpoint, device=device, log=tqdm.write, progress=True)
-    manifest = Manifest("train", f"training {checkpoint.name}", "training", {"experiment": "train", **asdict(cfg)})
-    manifest.add(checkpoint / "state.json", "data", "the checkpoint's step and config (resumable)")
-    manifest.add(checkpoint.with_name(checkpoint.name + ".log.jsonl"), "data", "loss and validation log")
-    if export is not None:
-        defaults = SamplingDefaults(num_steps=cfg.sample_steps, frames=cfg.frames, size=cfg.size)
-        export_weights(checkpoint, export, defaults, which=export_weights_choice)
-        manifest.add(export / "training.json", "data", f"exported weights: {export}")
-        typer.echo(f"exported weights to {export}")
-    manifest.write(checkpoint.parent, checkpoint.name)
 
 
 @app.command()

@@ -38,6 +38,9 @@ from probes.fit import DEFAULT_ALPHAS, DEFAULT_CS, Head, fit_fast
 from probes.intervals import probe_intervals
 from probes.labels import CLASS, LabelProvider, Labels, labels_from_array, load_label_file
 from probes.reference import fit_sklearn_predict
+from probes.tables import read_results, save_results, write_into_store
+
+__all__ = ["COLUMNS", "ProbeConfig", "Split", "read_results", "run_probes", "save_results", "split_videos"]
 
 METHODS = ("fast", "sklearn")
 COLUMNS = (
@@ -374,39 +377,7 @@ def run_probes(
                 )
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     if write:
-        try:
-            _write_store(table, store_path, cfg)
-        except OSError as err:  # a read-only store: keep the fitted table rather than lose it
-            warnings.warn(f"probe table not written into {store_path}: {err}", stacklevel=2)
+        problem = write_into_store(table, store_path, cfg)
+        if problem:  # a read-only store, a full disk, a writer past the wait: the table is still returned
+            warnings.warn(problem, stacklevel=2)
     return table
-
-
-def _write_store(table, store_path: str | Path, cfg: ProbeConfig) -> None:
-    from activations.results import write_table
-
-    columns = {c: table[c].to_numpy() for c in table.columns}
-    write_table(store_path, "probes", cfg.name, columns, {"config": asdict(cfg), "store": str(store_path)})
-
-
-def save_results(table, store_path: str | Path, cfg: ProbeConfig, out_dir: str | Path | None) -> dict[str, Path]:
-    """The table as CSV (and the config as JSON) in ``out_dir``, and inside the store."""
-    _write_store(table, store_path, cfg)
-    paths: dict[str, Path] = {}
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths["table"] = out / f"{cfg.name}.csv"
-        table.to_csv(paths["table"], index=False)
-        paths["config"] = out / f"{cfg.name}.config.json"
-        paths["config"].write_text(cfg.to_json())
-    return paths
-
-
-def read_results(store_path: str | Path, name: str = "probes"):
-    """A probing table stored inside a store, as a pandas DataFrame."""
-    import pandas as pd
-
-    from activations.results import read_table
-
-    columns, _ = read_table(store_path, "probes", name)
-    return pd.DataFrame(columns)

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -72,7 +73,7 @@ def test_demo_writes_every_artefact_and_prints_headlines(demo_run):
 def test_report_links_every_artefact(demo_run):
     out, _ = demo_run
     page = (out / "report.html").read_text()
-    links = set(re.findall(r'href="([^"#][^"]*)"', page))
+    links = {unquote(h.removeprefix("./")) for h in re.findall(r'href="([^"#][^"]*)"', page)}  # ./ + percent-encoded
     embedded = set(re.findall(r'data-file="([^"]*)"', page))
     for path in ARTEFACTS[:-1]:
         assert _resolve(out, path) in links, f"{path} not linked"
@@ -155,7 +156,7 @@ def test_organism_demo_writes_its_artefacts_and_both_testbeds_show_side_by_side(
     assert "held-out 6x6 mazes:" in result.output and "early selection 6x6: one seed" in result.output
     assert "testbed-mixed 6x6: final" in result.output
     page = (out / "report.html").read_text()
-    links = set(re.findall(r'href="([^"#][^"]*)"', page))
+    links = {unquote(h.removeprefix("./")) for h in re.findall(r'href="([^"#][^"]*)"', page)}  # ./ + percent-encoded
     for path in ORGANISM_ARTEFACTS[:-1]:
         assert _resolve(out, path) in links, f"{path} not linked"
     assert "early-step selection beats one seed" in page and "multi-path exploration then convergence" in page

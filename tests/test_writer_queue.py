@@ -56,7 +56,7 @@ def test_a_slow_disk_makes_the_sampler_wait_within_the_byte_bound(tmp_path, monk
     assert peak < 6 * slab  # host memory: the bound plus the slab in hand, not every slab (12)
     monkeypatch.undo()
     unbounded, _, _ = _write(tmp_path / "u.h5", 1 << 40)
-    assert unbounded.peak_queued_bytes <= STEPS * slab
+    assert unbounded.peak_queued_bytes <= STEPS * slab + 4 * int(np.prod(GRID)) * 4  # every slab and the final
     with ActivationStore(tmp_path / "b.h5") as a, ActivationStore(tmp_path / "u.h5") as b:
         assert np.array_equal(a.activations("blocks.0"), b.activations("blocks.0"))  # same bytes either way
 

@@ -103,10 +103,85 @@ class Manifest:
 
     @classmethod
     def read(cls, path: str | Path) -> Manifest:
-        data = json.loads(Path(path).read_text())
-        data["files"] = [FileEntry(**f) for f in data.get("files", [])]
-        data["tables"] = [Table(**t) for t in data.get("tables", [])]
-        return cls(**data)
+        """A manifest from its file, every field's type checked: a run folder may come from someone
+        else, so what the report renders is what this says it is (``ManifestError``, one line)."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ManifestError(f"{path}: not a readable JSON manifest ({err})") from err
+        return cls(**_checked(data, path))
+
+
+class ManifestError(ValueError):
+    """A run manifest whose content is not what the toolkit writes."""
+
+
+def _checked(data, path) -> dict:
+    """The fields of a manifest with their types checked (cells of tables and claims: any JSON value,
+    which the report shows escaped)."""
+
+    def fail(what: str) -> None:
+        raise ManifestError(f"{path}: {what}")
+
+    def text(value, what: str) -> str:
+        if not isinstance(value, str):
+            fail(f"{what} must be a string, got {type(value).__name__}")
+        return value
+
+    def texts(value, what: str) -> list[str]:
+        if not isinstance(value, list):
+            fail(f"{what} must be a list of strings")
+        return [text(v, what) for v in value]
+
+    def obj(value, what: str) -> dict:
+        if not isinstance(value, dict):
+            fail(f"{what} must be an object")
+        return value
+
+    if not isinstance(data, dict):
+        fail("a manifest must be a JSON object")
+    unknown = sorted(set(data) - {f.name for f in fields(Manifest)})
+    if unknown:
+        fail(f"unknown field {unknown[0]!r}")
+    for name in ("kind", "title", "section", "config"):
+        if name not in data:
+            fail(f"missing field {name!r}")
+    out = {name: text(data[name], name) for name in ("kind", "title", "section")}
+    if not isinstance(data["config"], dict):
+        fail("config must be an object")
+    out["config"] = data["config"]
+    out["headline"] = texts(data.get("headline", []), "headline")
+    out["notes"] = texts(data.get("notes", []), "notes")
+    files = data.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        fail("files must be a list of objects")
+    out["files"] = []
+    for f in files:
+        if set(f) - {"path", "role", "caption"} or "path" not in f or "role" not in f:
+            fail("a file entry has path, role and caption")
+        out["files"].append(FileEntry(text(f["path"], "a file's path"), text(f["role"], "a file's role"),
+                                      text(f.get("caption", ""), "a file's caption")))  # fmt: skip
+    tables = data.get("tables", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        fail("tables must be a list of objects")
+    out["tables"] = []
+    for t in tables:
+        if set(t) - {"title", "columns", "rows", "formats"} or not {"title", "columns", "rows"} <= set(t):
+            fail("a table has title, columns, rows and formats")
+        rows = t["rows"]
+        if not isinstance(rows, list):
+            fail("a table's rows must be a list")
+        formats = obj(t.get("formats", {}), "a table's formats")
+        out["tables"].append(Table(text(t["title"], "a table's title"), texts(t["columns"], "a table's columns"),
+                                   [obj(r, "a table row") for r in rows],
+                                   {k: text(v, "a format") for k, v in formats.items()}))  # fmt: skip
+    claims = data.get("claims", [])
+    if not isinstance(claims, list):
+        fail("claims must be a list of objects")
+    out["claims"] = [obj(c, "a claim") for c in claims]
+    if any(not isinstance(c.get("claim"), str) for c in out["claims"]):
+        fail("every claim names its claim")
+    return out
 
 
 def _json_default(value):

@@ -100,7 +100,10 @@ def save_probes(table, cfg: ProbeConfig, store_path: str | Path, out) -> Manifes
     rows = best_rows(table)
     manifest.tables.append(Table("best selectivity per target", COLUMNS, rows, {c: ".3f" for c in COLUMNS[4:-2]}))
     manifest.headline += [headline(r, 3) for r in rows]
-    manifest.headline.append(f"table also in {store_path} at results/probes/{cfg.name}")
+    if "store_problem" in paths:  # said where the headline is read, not only in a log
+        manifest.headline.append(paths["store_problem"])
+    else:
+        manifest.headline.append(f"table also in {store_path} at results/probes/{cfg.name}")
     manifest.write(out, cfg.name)
     return manifest
 

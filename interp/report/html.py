@@ -6,20 +6,29 @@ nothing and guesses nothing from file names) and renders each in its section: he
 tables, figures embedded as data URIs (the page works when moved or mailed), every other listed
 file linked. Files of the folder no manifest lists are linked under "Other files", so nothing a run
 wrote is hidden. Links are relative to the page, which is written into the run folder.
+
+A run folder may come from someone else, so the page is built as if every manifest, file name and
+cell were hostile: all text and attributes are escaped; links are ``./``-relative, percent-encoded
+paths inside the folder (never a scheme such as ``javascript:``); files outside the folder (a link
+out of it) are named, not linked; section anchors are sanitised; a manifest that is not what the
+toolkit writes is named with its reason instead of rendered; and a Content-Security-Policy lets
+only the page's own script (by hash) and embedded ``data:`` images run or load.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
-import mimetypes
+import re
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
-from interp.experiments.base import Manifest, is_manifest
+from interp.experiments.base import Manifest, ManifestError, is_manifest
 
 _SKIP_DIRS = {".parts"}
 MAX_VIDEOS = 12  # GIFs shown inline per manifest; the rest are linked
@@ -48,6 +57,16 @@ window.addEventListener('load', function () {
 """
 
 
+_CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    f"script-src 'sha256-{base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()}'"
+)
+# What the page embeds as images, by suffix: the MIME type is ours, never guessed from a hostile name.
+_IMAGE_TYPES = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                ".svg": "image/svg+xml"}  # fmt: skip
+MAX_CELL = 200  # characters of a formatted table cell
+
+
 class _Page:
     """Collects sections and remembers which files the page links or embeds."""
 
@@ -56,24 +75,33 @@ class _Page:
         self.sections: list[tuple[str, str, str]] = []  # (anchor, title, body)
         self.linked: set[Path] = set()
 
-    def rel(self, path: Path) -> str:
-        return path.resolve().relative_to(self.root.resolve()).as_posix()
+    def rel(self, path: Path) -> str | None:
+        """The path relative to the run folder; None for a file outside it (a link out of the folder)."""
+        resolved, root = path.resolve(), self.root.resolve()
+        return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else None
+
+    def name(self, path: Path) -> str:
+        """How the page names a file: its path in the folder, or where it lies outside."""
+        rel = self.rel(path)
+        return rel if rel is not None else f"outside this folder: {path.resolve()}"
 
     def link(self, path: Path, text: str | None = None) -> str:
         self.linked.add(path.resolve())
         rel = self.rel(path)
-        return f'<a href="{html.escape(rel)}">{html.escape(text or rel)}</a>'
+        if rel is None:  # shown, not linked: a link out of a shared folder is not followed from the page
+            return html.escape(text or self.name(path))
+        return f'<a href="./{html.escape(quote(rel))}">{html.escape(text or rel)}</a>'
 
     def image(self, path: Path, caption: str = "") -> str:
         self.linked.add(path.resolve())
-        mime = mimetypes.guess_type(path.name)[0] or "image/png"
+        mime = _IMAGE_TYPES[path.suffix.lower()]
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        rel = html.escape(self.rel(path))
+        rel = html.escape(self.name(path))
         cap = f"<figcaption>{html.escape(caption)} ({self.link(path)})</figcaption>"
         return f'<figure><img src="data:{mime};base64,{data}" alt="{rel}" data-file="{rel}">{cap}</figure>'
 
     def files(self, paths: Iterable[Path]) -> str:
-        links = [self.link(p) for p in sorted(paths) if p.is_file()]
+        links = [self.link(p) for p in sorted(paths) if p.is_file() or self.rel(p) is None]
         return f'<p class="files">files: {", ".join(links)}</p>' if links else ""
 
     def add(self, anchor: str, title: str, body: str) -> None:
@@ -91,10 +119,27 @@ def _table(rows: list[dict], columns: list[str], formats: dict[str, str] | None 
             if isinstance(v, float) and not np.isfinite(v):
                 v = ""
             elif c in formats and v not in ("", None):
-                v = format(v, formats[c])
+                v = _formatted(v, formats[c])
             cells.append(f"<td>{html.escape(str(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _formatted(value, spec: str) -> str:
+    """A cell in its manifest's format; the plain value where the format does not apply (or would
+    blow the cell up: a format comes from the manifest, which may be someone else's)."""
+    try:
+        text = format(value, spec) if isinstance(value, (int, float)) and len(spec) <= 12 else str(value)
+    except (ValueError, TypeError):
+        text = str(value)
+    return text if len(text) <= MAX_CELL else str(value)[:MAX_CELL]
+
+
+def _anchor(section: str) -> str:
+    """A section's id: as it is when made of letters, digits, ``_`` and ``-``; otherwise reduced to those."""
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,39}", section):
+        return section
+    return "section-" + (re.sub(r"[^A-Za-z0-9_-]", "_", section)[:40] or "_")
 
 
 def _pre_json(obj) -> str:
@@ -102,12 +147,16 @@ def _pre_json(obj) -> str:
 
 
 def _walk(root: Path, max_depth: int = 4) -> list[Path]:
-    """Files under ``root``, skipping store part folders and the report itself."""
+    """Files under ``root``, skipping store part folders and the report itself; a link that leads out
+    of the folder is listed (the page names it as outside) and not followed."""
     found: list[Path] = []
+    inside = root.resolve()
 
     def visit(folder: Path, depth: int) -> None:
         for entry in sorted(folder.iterdir()):
-            if entry.is_dir():
+            if entry.is_symlink() and not entry.resolve().is_relative_to(inside):
+                found.append(entry)
+            elif entry.is_dir():
                 if depth < max_depth and not any(entry.name.endswith(s) for s in _SKIP_DIRS):
                     visit(entry, depth + 1)
             elif entry.is_file():
@@ -131,7 +180,7 @@ SECTIONS = [
 def _manifest_body(page: _Page, path: Path, manifest: Manifest) -> str:
     """One manifest: its headline, notes, tables, figures (embedded) and every other file (linked)."""
     folder = path.parent
-    parts = [f"<h3>{html.escape(manifest.title)} <small>({page.link(path, page.rel(folder) or '.')})</small></h3>"]
+    parts = [f"<h3>{html.escape(manifest.title)} <small>({page.link(path, page.name(folder) or '.')})</small></h3>"]
     if manifest.headline:
         items = "".join(f"<li>{html.escape(x)}</li>" for x in manifest.headline)
         parts.append(f'<ul class="headline">{items}</ul>')
@@ -159,7 +208,7 @@ def _manifest_body(page: _Page, path: Path, manifest: Manifest) -> str:
 
 def _claims(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
     """The study's claims first: each with its measurement, control and verdict, from the runs."""
-    rows = [{**c, "run": page.rel(p.parent) or "."} for p, m in manifests for c in m.claims]
+    rows = [{**c, "run": page.name(p.parent) or "."} for p, m in manifests for c in m.claims]
     if rows:
         cols = ["claim", "verdict", "measurement", "control", "why", "run"]
         body = ("<p>Each verdict is computed from this folder's results against its control; the thresholds "
@@ -172,12 +221,13 @@ def _side_by_side(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
     studies = sorted({p.parent for p, m in manifests if m.kind == "study"}, key=lambda f: f.as_posix())
     if len(studies) < 2:
         return
-    names = {f: Manifest.read(f / "run.json").config.get("model", page.rel(f)) for f in studies}
+    read = {p.resolve(): m for p, m in manifests}
+    names = {f: str(read[(f / "run.json").resolve()].config.get("model", page.name(f))) for f in studies}
     cells: dict[str, dict[str, str]] = {}
     for path, manifest in manifests:
         owner = next((f for f in studies if path.resolve().is_relative_to(f.resolve())), None)
         for c in manifest.claims if owner is not None else ():
-            cells.setdefault(c["claim"], {})[names[owner]] = f"{c['verdict']}: {c['measurement']}"
+            cells.setdefault(c["claim"], {})[names[owner]] = f"{c.get('verdict')}: {c.get('measurement')}"
     rows = [{"claim": claim, **{names[f]: by.get(names[f], "not run") for f in studies}} for claim, by in cells.items()]
     body = "<p>Each study's verdicts, from its own folder; 'not run' where a study did not measure it.</p>"
     body += _table(rows, ["claim", *names.values()])
@@ -185,7 +235,7 @@ def _side_by_side(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
 
 
 def _configs(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
-    body = [f"<details><summary>{html.escape(page.rel(p))}: {html.escape(m.kind)}</summary>{_pre_json(m.config)}"
+    body = [f"<details><summary>{html.escape(page.name(p))}: {html.escape(m.kind)}</summary>{_pre_json(m.config)}"
             "</details>" for p, m in manifests]  # fmt: skip
     if body:
         page.add("config", "The run's configuration", "".join(body))
@@ -193,7 +243,7 @@ def _configs(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
 
 def embedded_as(role: str, file: Path, videos_so_far: int) -> str | None:
     """How the page shows a manifest's file: embedded as a figure, as a playing video, or linked (None)."""
-    if role == "figure" and file.suffix.lower() in (".png", ".gif", ".jpg", ".jpeg", ".svg"):
+    if role == "figure" and file.suffix.lower() in _IMAGE_TYPES:
         return "figure"
     if role == "video" and file.suffix.lower() == ".gif" and videos_so_far < MAX_VIDEOS:
         return "video"
@@ -204,7 +254,10 @@ def embedded_files(run_dir: str | Path) -> list[Path]:
     """The files a report of ``run_dir`` embeds (what ``interp.plans`` counts before writing it)."""
     root, embedded = Path(run_dir), []
     for path in (p for p in _walk(root) if is_manifest(p)):
-        manifest, videos = Manifest.read(path), 0
+        try:
+            manifest, videos = Manifest.read(path), 0
+        except ManifestError:  # the report names it and embeds nothing of it
+            continue
         for entry in manifest.files:
             file = path.parent / entry.path
             kind = embedded_as(entry.role, file, videos) if file.is_file() else None
@@ -224,7 +277,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, title: str 
     except ValueError as err:
         raise ValueError(f"the report must be written inside {root} so its links resolve, got {out}") from err
     files = [p for p in _walk(root) if p.resolve() != out.resolve()]
-    manifests = [(p, Manifest.read(p)) for p in files if is_manifest(p)]
+    manifests, unreadable = [], []
+    for p in files:
+        if is_manifest(p):
+            try:
+                manifests.append((p, Manifest.read(p)))
+            except ManifestError as err:
+                unreadable.append(str(err))
     page = _Page(root)
     order = {sid: i for i, (sid, _) in enumerate(SECTIONS)}
     titles = dict(SECTIONS)
@@ -237,6 +296,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, title: str 
         body = "".join(f'<div class="strip">{b}</div>' for b in bodies) if grid else "".join(bodies)
         page.add(sid, titles.get(sid, sid), f'<div class="grid">{body}</div>' if grid else body)
     _configs(page, manifests)
+    if unreadable:
+        items = "".join(f"<li>{html.escape(reason)}</li>" for reason in unreadable)
+        note = "<p>Not rendered: not what the toolkit writes.</p>"
+        page.add("unreadable", "Unreadable run manifests", f"{note}<ul>{items}</ul>")
     _claims(page, manifests)
     _side_by_side(page, manifests)
     if not page.sections:
@@ -244,11 +307,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, title: str 
     rest = [p for p in files if p.resolve() not in page.linked and p.suffix != ".tmp"]
     if rest:
         page.add("files", "Other files", page.files(rest))
-    nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in page.sections)
-    sections = "".join(f'<section id="{a}"><h2>{html.escape(t)}</h2>{b}</section>' for a, t, b in page.sections)
+    nav = "".join(f'<a href="#{html.escape(_anchor(a))}">{html.escape(t)}</a>' for a, t, _ in page.sections)
+    sections = "".join(f'<section id="{html.escape(_anchor(a))}"><h2>{html.escape(t)}</h2>{b}</section>'
+                       for a, t, b in page.sections)  # fmt: skip
     title = title or f"Interpretability report: {root.resolve().name}"
     doc = (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}"><title>{html.escape(title)}</title>'
         f"<style>{_CSS}</style><script>{_SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
         f"<nav>{nav}</nav>{sections}</body></html>"
     )
