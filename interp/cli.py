@@ -259,6 +259,7 @@ def chain(
     formed_share: float = typer.Option(0.5, help="An answer is formed when this share of the path length is lit."),
     threshold: float = typer.Option(0.1, help="Any model: a frame commits once x0_hat stays this close to the end."),
     scorer: str | None = typer.Option(None, help="module:function of decoded frames (T, H, W, 3) -> a number."),
+    scorer_timeout: float | None = typer.Option(None, help="Seconds one scorer call may take (default: no limit)."),
     model: str | None = typer.Option(None, help="With --scorer: the store's model, to decode x0_hat."),
     device: str = typer.Option("cpu", help="With --scorer: torch device of the decoder."),
     torch_dtype: str | None = typer.Option(None, help="With --scorer: float32 (default on CPU), bfloat16."),
@@ -271,7 +272,8 @@ def chain(
         raise UsageError(f"no activation store at {store}")
     cfg = ChainRunConfig(store=str(store), min_branches=min_branches, superposition_share=superposition_share,
                          superposition_extra=superposition_extra, formed_share=formed_share, threshold=threshold,
-                         scorer=scorer, model=model, device=device, torch_dtype=torch_dtype)  # fmt: skip
+                         scorer=scorer, scorer_timeout=scorer_timeout, model=model, device=device,
+                         torch_dtype=torch_dtype)  # fmt: skip
     echo_manifest(save_chain(run_chain(cfg), cfg, out), out)
 
 

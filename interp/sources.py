@@ -28,18 +28,30 @@ class Sample:
 
 
 def read_samples(folder: str | Path) -> list[Sample]:
-    """Every sub-folder with a prompt.txt, sorted by name; a clear error when there is none."""
+    """Every sub-folder is a sample (``prompt.txt``, optional ``first_frame.png``), sorted by name;
+    hidden ones (``.name``) are skipped. A sample that cannot be read is an error naming it: a
+    missing, non-regular or unreadable prompt never drops the sample silently."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"--data {folder}: no such folder")
-    samples = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        prompt = sub / "prompt.txt"
-        if prompt.is_file():
-            frame = sub / "first_frame.png"
-            samples.append(Sample(sub.name, prompt.read_text().strip(), frame if frame.is_file() else None))
-    if not samples:
+    subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not any((sub / "prompt.txt").exists() for sub in subs):  # not a samples folder at all
         raise ValueError(f"--data {folder}: no sample folders with a prompt.txt")
+    samples = []
+    for sub in subs:
+        prompt, frame = sub / "prompt.txt", sub / "first_frame.png"
+        if not prompt.exists():
+            raise ValueError(f"--data {folder}: sample {sub.name!r} has no prompt.txt")
+        if not prompt.is_file():  # a folder, a FIFO (opening it would wait forever), a device
+            raise ValueError(f"--data {folder}: sample {sub.name!r}: prompt.txt is not a regular file")
+        try:
+            text = prompt.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else "not UTF-8 text"
+            raise ValueError(f"--data {folder}: sample {sub.name!r}: cannot read prompt.txt ({reason})") from None
+        if frame.exists() and not frame.is_file():
+            raise ValueError(f"--data {folder}: sample {sub.name!r}: first_frame.png is not a regular file")
+        samples.append(Sample(sub.name, text, frame if frame.exists() else None))
     return samples
 
 

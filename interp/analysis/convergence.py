@@ -11,25 +11,13 @@ VBVR-Bench rule), the score of every step's decoded x0_hat.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from itertools import combinations
 
 import numpy as np
 
+from interp.analysis.scorers import load_scorer
 
-def load_scorer(spec: str) -> Callable[[np.ndarray], float]:
-    """``module:function``: a Python function of decoded frames (T, H, W, 3) uint8 returning a number."""
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"--scorer takes module:function, got {spec!r}")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"--scorer {spec}: cannot import it ({err})") from err
-    if not callable(fn):
-        raise ValueError(f"--scorer {spec}: not a function")
-    return fn
+__all__ = ["analyse_convergence", "commit_steps", "load_scorer", "seed_spread", "trajectory_distances"]
 
 
 def _frames_first(latent: np.ndarray, frame_axis: int | None) -> np.ndarray:
@@ -82,14 +70,18 @@ def sample_groups(store) -> dict[str, list[int]]:
     return groups
 
 
-def analyse_convergence(store, threshold: float = 0.1, scorer=None, decode=None) -> dict:
-    """The verifier-free chain-of-steps record of a store (see the module docstring)."""
+def analyse_convergence(store, threshold: float = 0.1, scorer=None, decode=None, progress: bool = False) -> dict:
+    """The verifier-free chain-of-steps record of a store (see the module docstring); ``progress``: a
+    bar over the videos while a scorer runs (it decodes and scores every stored step)."""
+    from tqdm.auto import tqdm
+
     if not 0 < threshold:
         raise ValueError(f"threshold must be positive, got {threshold}")
     steps = list(store.steps)
     frame_axis = store.layout.extra.get("latent_frame_axis", 1)  # None: packed latents (LTX)
     videos, totals, frames_d = [], [], []
-    for v in store.completed_videos:
+    bar = tqdm(store.completed_videos, disable=not (progress and scorer is not None), desc="scoring videos")
+    for v in bar:
         x0 = np.asarray(store.x0_hat(videos=[v])[0], np.float64)
         final = np.asarray(store.final(videos=[v])[0], np.float64)
         total, per_frame = trajectory_distances(x0, final, frame_axis)
@@ -97,7 +89,9 @@ def analyse_convergence(store, threshold: float = 0.1, scorer=None, decode=None)
                   "distance_per_frame": per_frame.tolist(), "commit_step_per_frame": commit_steps(per_frame, steps,
                   threshold)}  # fmt: skip
         if scorer is not None:
-            record["score"] = [float(scorer(decode(x[None])[0])) for x in x0] + [float(scorer(decode(final[None])[0]))]
+            name = f"video {v} ({store.layout.video_keys[v]})"
+            record["score"] = [scorer(decode(x[None])[0], f"{name}, step {s}") for s, x in zip(steps, x0)]
+            record["score"].append(scorer(decode(final[None])[0], f"{name}, final sample"))
         videos.append(record)
         totals.append(total)
         frames_d.append(per_frame)

@@ -23,6 +23,7 @@ class ChainRunConfig(ExperimentConfig, ChainConfig):  # the detector thresholds 
     store: str = ""
     threshold: float = 0.1  # a frame has committed once x0_hat stays this close to the final (relative L2)
     scorer: str | None = None  # module:function of decoded frames -> number (needs ``model`` to decode)
+    scorer_timeout: float | None = None  # seconds one scorer call may take (None: no limit)
     model: str | None = None  # what decodes x0_hat for the scorer: a testbed name or a pipeline folder
     device: str = "cpu"
     torch_dtype: str | None = None
@@ -55,7 +56,8 @@ def run_chain(cfg: ChainRunConfig, progress: bool = True) -> ChainResult:
 
         from interp.models.registry import load_model
 
-        scorer, adapter = load_scorer(cfg.scorer), load_model(cfg.model, torch_dtype=cfg.torch_dtype, device=cfg.device)
+        scorer = load_scorer(cfg.scorer, cfg.scorer_timeout)
+        adapter = load_model(cfg.model, torch_dtype=cfg.torch_dtype, device=cfg.device)
         dtype = next(adapter.transformer.parameters()).dtype
 
         def decode(latents):
@@ -64,7 +66,7 @@ def run_chain(cfg: ChainRunConfig, progress: bool = True) -> ChainResult:
 
     with ActivationStore(cfg.store) as store:
         maze = analyse_store(store, cfg.thresholds()) if _is_maze_store(store) else None
-        return ChainResult(maze, analyse_convergence(store, cfg.threshold, scorer, decode))
+        return ChainResult(maze, analyse_convergence(store, cfg.threshold, scorer, decode, progress))
 
 
 def save_chain(result: ChainResult, cfg: ChainRunConfig, out) -> Manifest:

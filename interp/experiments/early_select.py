@@ -36,7 +36,7 @@ BUILT_IN = {"verifier": verifier_score, "connectivity": connectivity_score}
 NOISE_STRIDE = 1_000_003  # noise seed of seed i of a maze: maze seed + i * stride (as the ensemble)
 
 
-def load_score(spec: str):
+def load_score(spec: str, timeout: float | None = None):
     """A score of (x0_hat latent, maze) -> number: a built-in name, or module:function of decoded frames."""
     if spec in BUILT_IN:
         return BUILT_IN[spec], False
@@ -44,7 +44,7 @@ def load_score(spec: str):
 
     if ":" not in spec:
         raise ValueError(f"score {spec!r}: one of {', '.join(BUILT_IN)} or module:function")
-    return load_scorer(spec), True
+    return load_scorer(spec, timeout), True
 
 
 @dataclass
@@ -58,6 +58,7 @@ class EarlySelectConfig(ExperimentConfig):
     seeds: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # N
     ks: list[int] = field(default_factory=lambda: [1, 2, 4])
     scores: list[str] = field(default_factory=lambda: ["verifier", "connectivity"])
+    scorer_timeout: float | None = None  # seconds one call of a module:function score may take
     num_steps: int | None = None
     batch_size: int = 128
 
@@ -68,6 +69,7 @@ class EarlySelectConfig(ExperimentConfig):
         "seeds": "Seeds run per maze, N; repeatable.",
         "ks": "Steps run before choosing, k; repeatable.",
         "scores": "verifier, connectivity (verifier-free) or module:function of decoded frames; repeatable.",
+        "scorer_timeout": "Seconds one call of a module:function score may take (default: no limit).",
     }
     cli_flags = {"n": ("-n", "--n"), "sizes": ("--size",), "ks": ("--k",), "scores": ("--score",)}
 
@@ -84,7 +86,7 @@ class EarlySelectConfig(ExperimentConfig):
 def _scores(fn, decoded: bool, x0: np.ndarray, mazes, adapter) -> np.ndarray:
     if decoded:
         videos = adapter.decode(torch.as_tensor(x0, dtype=adapter.dtype, device=adapter.device))
-        return np.array([float(fn(v)) for v in videos])
+        return np.array([fn(v, f"candidate {i}") for i, v in enumerate(videos)])
     return np.array([float(fn(z, m)) for z, m in zip(x0, mazes)])
 
 
@@ -120,7 +122,7 @@ def run_early_select(cfg: EarlySelectConfig, adapter=None, progress: bool = True
     num_steps = cfg.num_steps or adapter.defaults.num_steps
     if max(cfg.ks) > num_steps:
         raise ValueError(f"k must be at most the {num_steps} denoising steps, got {max(cfg.ks)}")
-    scores = {spec: load_score(spec) for spec in cfg.scores}
+    scores = {spec: load_score(spec, cfg.scorer_timeout) for spec in cfg.scores}
     n_max, rows = max(cfg.seeds), []
     for size in tqdm(cfg.sizes, disable=not progress, desc="early selection"):
         mazes = [maze_task.generate_maze(size, cfg.first_seed + i) for i in range(cfg.n)]

@@ -61,6 +61,7 @@ class EnsembleConfig(ExperimentConfig):
     num_steps: int | None = None
     pipeline: dict | None = None
     scorer: str | None = None  # pipeline models: module:function of the decoded video -> a score per variant
+    scorer_timeout: float | None = None  # seconds one scorer call may take (None: no limit)
 
     cli_help = {
         "model": "A shipped testbed (testbed, testbed-mixed), a folder of testbed weights, or a pipeline folder.",
@@ -74,6 +75,7 @@ class EnsembleConfig(ExperimentConfig):
         "temperatures": "Control: initial-noise scales; repeatable.",
         "num_steps": "Denoising steps; default: the model's (50 for pipeline models).",
         "scorer": "Pipeline models: module:function of decoded frames (T, H, W, 3) -> a score for every variant.",
+        "scorer_timeout": "Seconds one scorer call may take (default: no limit).",
     }
     cli_flags = {"n": ("-n", "--n"), "sizes": ("--size",), "ks": ("--k",), "merges": ("--merge",),
                  "temperatures": ("--temperature",)}  # fmt: skip
@@ -252,7 +254,7 @@ def run_pipeline_ensemble(cfg: EnsembleConfig, out, progress: bool = True) -> li
     if cfg.scorer is not None:
         from interp.analysis.convergence import load_scorer
 
-        scorer = load_scorer(cfg.scorer)
+        scorer = load_scorer(cfg.scorer, cfg.scorer_timeout)
     if adapter.prediction != "flow" and set(cfg.merges) - {"mean"}:
         raise ValueError(f"{adapter.name} is not a flow-matching model: only the 'mean' merge applies")
     shape = p.latent_shape(adapter)
@@ -294,7 +296,7 @@ def run_pipeline_ensemble(cfg: EnsembleConfig, out, progress: bool = True) -> li
                     video = adapter.decode(final[None].to(device))[0]
                 save_gif(video, folder / f"{name}.gif", scale=1)
                 if scorer is not None:
-                    rows[-1]["score"] = float(scorer(video))
+                    rows[-1]["score"] = scorer(video, f"sample {item.name}, {name}")
     save_file(finals, str(out / "finals.safetensors"))
     return rows
 
