@@ -235,6 +235,8 @@ class StoreWriter:
             self.peak_queued_bytes = max(self.peak_queued_bytes, self._queued_bytes)
 
     def _raise_if_failed(self) -> None:
+        if isinstance(self._error, KeyboardInterrupt):  # Ctrl-C while a write ran: an interruption, not a failure
+            raise KeyboardInterrupt
         if isinstance(self._error, StoreError):
             raise StoreError(str(self._error)) from self._error
         if self._error is not None:

@@ -1,6 +1,6 @@
 """``python -m interp``: the same command line as the ``interp`` script."""
 
-from interp.cli import main
+from interp.entry import main
 
 if __name__ == "__main__":
     main()

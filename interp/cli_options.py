@@ -257,6 +257,15 @@ def verify_command(
         raise typer.Exit(1)
 
 
+def _end_progress_bars() -> None:
+    """Clear the bars an error interrupted, so the error line starts on its own line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.leave = False  # closing erases the bar's line instead of printing it again
+        bar.close()
+
+
 def run_app(app: typer.Typer) -> None:
     """Run the CLI: a bad input is one ``interp: error:`` line (exit 2); anything else validation
     missed is one line with a hint (exit 1); ``--debug`` shows the traceback instead."""
@@ -278,12 +287,14 @@ def run_app(app: typer.Typer) -> None:
             raise
         typer.echo(f"interp: error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
-    except Abort:
+    except (Abort, KeyboardInterrupt):
+        _end_progress_bars()
         typer.echo("interp: interrupted", err=True)
         sys.exit(130)
     except (UsageError, FileNotFoundError, ValueError) as err:
         if debug:
             raise
+        _end_progress_bars()
         typer.echo(f"interp: error: {err}", err=True)
         sys.exit(2)
     except Exception as err:  # what validation missed: one line, the traceback on request
@@ -291,9 +302,13 @@ def run_app(app: typer.Typer) -> None:
             raise
         from activations.schema import checksum_message, is_checksum_failure
 
+        _end_progress_bars()
         if is_checksum_failure(err):  # a read outside the store's checked reads (e.g. streamed probes)
             typer.echo(f"interp: error: {checksum_message('STORE')}", err=True)
             sys.exit(2)
         typer.echo(f"interp: error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
+        _end_progress_bars()
+        typer.echo("interp: interrupted", err=True)
     sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,45 @@
+"""Ctrl-C: during start-up or mid-trace, the command ends with one line (exit 130), no traceback,
+and the store it was writing is resumable: the same command finishes it."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+INTERP = [str(Path(sys.executable).parent / "interp")]
+
+
+def _interrupt(cmd: list[str], when) -> tuple[int, str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not when() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    started = time.monotonic()
+    code, err = _interrupt([*INTERP, "trace", "-n", "4", "--out", str(tmp_path / "t.h5")],
+                           lambda: time.monotonic() - started > 0.4)  # fmt: skip
+    assert code == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "interp: interrupted"
+
+
+def test_ctrl_c_mid_trace_leaves_a_resumable_store(tmp_path):
+    from activations import ActivationStore
+
+    store = tmp_path / "t.h5"
+    cmd = [*INTERP, "trace", "-n", "24", "--batch-size", "4", "--layers", "0", "--steps", "0,5", "--out", str(store)]
+    parts = tmp_path / "t.h5.parts"
+    code, err = _interrupt(cmd, lambda: store.is_file() and parts.is_dir() and any(parts.glob("part_*.h5")))
+    assert code == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "interp: interrupted"
+    with ActivationStore(store) as s:  # readable, listing what finished
+        assert len(s.completed_videos) < 24
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with ActivationStore(store) as s:
+        assert s.completed_videos == list(range(24))
