@@ -104,3 +104,24 @@ def labels_from_array(
         raise ValueError(f"labels {name!r}: class labels must be whole numbers")
     values[~store.complete] = np.nan
     return Labels(name, kind, values, source)
+
+
+def standardised(values: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
+    """Regression labels centred and scaled by their training rows' mean and standard deviation (in
+    float64, the deviation taken in units of its largest value so that neither 1e-300 nor an offset
+    of 1e9 loses the signal): a target's scale or offset never changes a score (R^2 is invariant,
+    the fits are not). Unlabelled rows (NaN) stay NaN; a constant target is only centred."""
+    y = np.asarray(values, dtype=np.float64)
+    train = y[train_rows]
+    train = train[np.isfinite(train)]
+    if not len(train):
+        return y
+    centre = float(np.mean(train))
+    if not np.isfinite(centre):  # values near the float64 limit: average their halves
+        centre = float(np.mean(train / 2) * 2)
+    deviation = train - centre
+    unit = float(np.max(np.abs(deviation)))
+    if not unit > 0 or not np.isfinite(unit):
+        return y - centre
+    spread = float(np.std(deviation / unit)) * unit
+    return (y - centre) / unit / (spread / unit)

@@ -36,7 +36,7 @@ from probes.budget import check_max_tokens
 from probes.features import CONDITION_TYPES, condition_tokens, token_types, x_t_tokens
 from probes.fit import DEFAULT_ALPHAS, DEFAULT_CS, Head, fit_fast
 from probes.intervals import probe_intervals
-from probes.labels import CLASS, LabelProvider, Labels, labels_from_array, load_label_file
+from probes.labels import CLASS, REGRESSION, LabelProvider, Labels, labels_from_array, load_label_file, standardised
 from probes.reference import fit_sklearn_predict
 from probes.tables import read_results, save_results, write_into_store
 
@@ -179,6 +179,8 @@ def _prepare_target(labels: Labels, split: Split, types: np.ndarray, seed: int) 
     if len(rows_train) == 0 or len(rows_test) == 0:
         raise ValueError(f"target {labels.name!r} has no labels on the training or the test videos")
     y = flat.reshape(-1)
+    if labels.kind == REGRESSION:
+        y = standardised(y, rows_train)
     fold_of_video = np.array([split.fold[v] for v in split.train])
     folds = fold_of_video[rows_train // n_tok]
     rng = np.random.default_rng(seed)

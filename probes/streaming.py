@@ -34,7 +34,7 @@ from activations import ActivationStore
 from probes.budget import GramRidge, token_selection
 from probes.features import FIT_ROWS, ConditionSummary, condition_tokens, x_t_tokens
 from probes.fit import Head, fit_fast
-from probes.labels import CLASS, REGRESSION, Labels
+from probes.labels import CLASS, REGRESSION, Labels, standardised
 from probes.run import ProbeConfig, Split, _control_labels, _groups, _Target, sklearn_scores, target_intervals
 
 BLOCK_ROWS = 8192  # selected rows of a block of videos: 48 MB of float32 at hidden 1536
@@ -153,6 +153,8 @@ def _prepare(labels: Labels, split: Split, picks, union, types, seed: int) -> Bu
     n_train_rows = int(offsets[n_tr])
     if n_train_rows == 0 or n_train_rows == len(y):
         raise ValueError(f"target {labels.name!r} has no labels on the training or the test videos")
+    if labels.kind == REGRESSION:
+        y = standardised(y, np.arange(n_train_rows))
     folds = np.repeat([split.fold[v] for v in split.train], counts[:n_tr])
     control = _control_labels(y, row_types.astype(np.int64), np.arange(n_train_rows), np.random.default_rng(seed))
     majority = float("nan")
