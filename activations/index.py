@@ -18,7 +18,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from activations.integrity import PartRecord, contents_problem, file_sha256, listed_parts, one_line, span
+from activations.integrity import (
+    STORE_ID,
+    PartRecord,
+    contents_problem,
+    file_sha256,
+    listed_parts,
+    one_line,
+    span,
+)
 from activations.pooling import Pooling
 from activations.schema import (
     FORMAT,
@@ -52,12 +60,16 @@ def resolve_sources(path: Path, layout: StoreLayout, records: list[PartRecord], 
     return mem
 
 
-def _build(path: Path, layout: StoreLayout, records: list[PartRecord], metas: dict[int, str], folder: str) -> bytes:
+def _build(
+    path: Path, layout: StoreLayout, records: list[PartRecord], metas: dict[int, str], folder: str, store_id: str | None
+) -> bytes:
     lay, n_v = layout, layout.n_videos
     pooling = Pooling.from_json(lay.pooling)
     with h5py.File(f"{path}.index.{next(_NAMES)}", "w", driver="core", backing_store=False, libver="latest") as f:
         f.attrs["format"] = FORMAT
         f.attrs["schema_version"] = SCHEMA_VERSION
+        if store_id is not None:
+            f.attrs[STORE_ID] = store_id
         f.attrs["layout"] = lay.to_json()
         for key in ("model", "adapter", "dtype", "cfg_branch", "num_steps", "n_videos"):
             f.attrs[key] = getattr(lay, key)
@@ -99,10 +111,17 @@ def _write_file(tmp: Path, image: bytes) -> None:
         os.fsync(out.fileno())
 
 
-def write_index(path: Path, layout: StoreLayout, records: list[PartRecord], metas: dict[int, str], folder: str) -> None:
+def write_index(
+    path: Path,
+    layout: StoreLayout,
+    records: list[PartRecord],
+    metas: dict[int, str],
+    folder: str,
+    store_id: str | None = None,
+) -> None:
     """Rebuild the main file at ``path`` atomically; on a full disk raise one StoreError, old index intact."""
     records = sorted(records, key=lambda r: r.first)
-    image = _build(path, layout, records, metas, folder)
+    image = _build(path, layout, records, metas, folder, store_id)
     tmp = path.with_name(path.name + ".tmp")
     try:
         _write_file(tmp, image)
@@ -126,8 +145,9 @@ def known_records(path: Path) -> dict[str, PartRecord]:
 
 
 def scan_parts(
-    parts: Path, layout: StoreLayout, known: dict[str, PartRecord], sha256: bool, store: Path
-) -> tuple[dict[Path, PartRecord], dict[int, str]]:
+    parts: Path, layout: StoreLayout, known: dict[str, PartRecord], sha256: bool, store: Path,
+    store_id: str | None = None,
+) -> tuple[dict[Path, PartRecord], dict[int, str]]:  # fmt: skip
     """Every finished part in ``parts``, checked against the layout: (records, metadata per video).
     Sizes and SHA-256s come from ``known`` where the file still has its recorded size; with ``sha256``,
     a part that is not listed yet (published just before a kill, or by a shard writer) is hashed now."""
@@ -141,7 +161,7 @@ def scan_parts(
             with h5py.File(part, "r") as f:
                 videos = [int(v) for v in f.attrs.get("video_indices", [])]
                 record = PartRecord(part.name, videos[0] if videos else 0, len(videos), size, sha)
-                reason = contents_problem(f, layout, record) if videos else "holds no videos"
+                reason = contents_problem(f, layout, record, store_id) if videos else "holds no videos"
                 if reason is None:
                     metas.update(zip(videos, f["meta"].asstr()[()]))
         except Exception as err:  # whatever damaged bytes make h5py raise

@@ -25,6 +25,15 @@ import numpy as np
 from activations.schema import PARTS, StoreError, StoreLayout, data_shapes
 
 LOCK_NAME = "writer.lock"  # inside NAME.h5.parts/: travels with the store, never matches part_*.h5
+# A store's identity: a random id written into the index and into every part when the store is created.
+# It lives inside the files, so a rename or copy keeps it; an index beside another store's parts fails it.
+STORE_ID = "store_id"
+
+
+def store_id_of(f: h5py.File) -> str | None:
+    """The id a main file or part carries (None: written before stores had ids)."""
+    value = f.attrs.get(STORE_ID)
+    return None if value is None else str(value)
 
 
 def one_line(err: BaseException) -> str:
@@ -101,7 +110,13 @@ def listed_parts(f: h5py.File) -> list[PartRecord] | None:
     return records
 
 
-def contents_problem(f: h5py.File, layout: StoreLayout, record: PartRecord) -> str | None:
+def contents_problem(f: h5py.File, layout: StoreLayout, record: PartRecord, store_id: str | None = None) -> str | None:
+    """Why an open part is not the one ``record`` lists for a store of ``layout`` (and id ``store_id``,
+    where the store has one), or None."""
+    if store_id is not None and store_id_of(f) != store_id:
+        theirs = store_id_of(f)
+        return ("carries no store id: it was not written for this store" if theirs is None else
+                f"belongs to another store (id {theirs[:12]}, this store's {store_id[:12]})")  # fmt: skip
     held = [int(v) for v in f.attrs.get("video_indices", [])]
     if held != record.videos:
         return f"holds videos {span(held)}, the index says {span(record.videos)}"
@@ -131,7 +146,9 @@ def chunk_problem(f: h5py.File) -> str | None:
     return None
 
 
-def part_problem(path: Path, layout: StoreLayout, record: PartRecord, checksum: bool = False) -> str | None:
+def part_problem(
+    path: Path, layout: StoreLayout, record: PartRecord, checksum: bool = False, store_id: str | None = None
+) -> str | None:
     """Why the part at ``path`` is not the one ``record`` lists, or None. ``checksum``: also read every
     chunk (HDF5 checks each one's Fletcher-32) and compare the file's SHA-256 where one was recorded."""
     if not path.is_file():
@@ -141,7 +158,7 @@ def part_problem(path: Path, layout: StoreLayout, record: PartRecord, checksum: 
         return f"is {size} bytes, {record.nbytes} when written (truncated or overwritten)"
     try:
         with h5py.File(path, "r") as f:
-            reason = contents_problem(f, layout, record)
+            reason = contents_problem(f, layout, record, store_id)
             if reason is None and checksum:
                 reason = chunk_problem(f)
     except Exception as err:  # whatever damaged bytes make h5py raise
@@ -162,6 +179,8 @@ def index_problems(f: h5py.File, layout: StoreLayout) -> list[Problem]:
             problems.append(Problem("index", [], f"has no {name}"))
         elif shape is not None and ds.shape != shape:
             problems.append(Problem("index", [], f"{name} has shape {list(ds.shape)}, the layout says {list(shape)}"))
+        elif shape is not None and name != "videos/complete" and name != "videos/meta" and ds.dtype != layout.dtype:
+            problems.append(Problem("index", [], f"{name} is {ds.dtype}, the layout says {layout.dtype}"))
     return problems
 
 

@@ -22,6 +22,7 @@ from activations.integrity import (
     listed_parts,
     one_line,
     part_problem,
+    store_id_of,
 )
 from activations.pooling import Pooling
 from activations.schema import (
@@ -73,8 +74,9 @@ class ActivationStore:
         parts = parts_dir(self.path)
         if records is not None:
             self.complete = f["videos/complete"][()].astype(bool)
+            store_id = store_id_of(f)
             for r in records:
-                reason = part_problem(parts / r.name, layout, r)
+                reason = part_problem(parts / r.name, layout, r, store_id=store_id)
                 if reason is not None:
                     problems.append(Problem(r.name, r.videos, reason))
             problems += coverage_problems(self.complete, records)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from activations.index import known_records, scan_parts, write_index
 from activations.integrity import (
@@ -25,6 +26,7 @@ from activations.integrity import (
     one_line,
     part_problem,
     span,
+    store_id_of,
 )
 from activations.nonfinite import nonfinite_counts
 from activations.schema import StoreError, check_header, check_store_path, parts_dir, vds_file_name
@@ -88,13 +90,13 @@ def _spans(videos: list[int]) -> str:
     return ",".join(span(r) for r in runs) or "none"
 
 
-def _unindexed_problem(part: Path, layout) -> tuple[list[int], str | None]:
+def _unindexed_problem(part: Path, layout, store_id: str | None = None) -> tuple[list[int], str | None]:
     try:
         with h5py.File(part, "r") as f:
             videos = [int(v) for v in f.attrs.get("video_indices", [])]
             if not videos:
                 return [], "holds no videos"
-            return videos, contents_problem(f, layout, PartRecord(part.name, videos[0], len(videos)))
+            return videos, contents_problem(f, layout, PartRecord(part.name, videos[0], len(videos)), store_id)
     except Exception as err:  # whatever damaged bytes make h5py raise
         return [], f"does not open as a part ({one_line(err)})"
 
@@ -130,10 +132,16 @@ def verify_store(path: str | Path, checksums: bool = False) -> VerifyReport:
             records = []
             problems.append(Problem("index", [], f"its list of parts does not read ({one_line(err)})"))
         if records is None:  # consolidated: one self-contained file, no parts
-            return VerifyReport(path, layout.n_videos, n_complete, 0, problems, checksums=checksums)
+            report = VerifyReport(path, layout.n_videos, n_complete, 0, problems, checksums=checksums)
+            if checksums and not problems:
+                found, lines = data_nonfinite(path)
+                report.problems += found
+                report.notes += lines
+            return report
         report = VerifyReport(path, layout.n_videos, n_complete, len(records), problems, checksums=checksums)
+        store_id = store_id_of(f)
         for r in records:
-            reason = part_problem(parts / r.name, layout, r, checksum=checksums)
+            reason = part_problem(parts / r.name, layout, r, checksum=checksums, store_id=store_id)
             if reason is not None:
                 problems.append(Problem(r.name, r.videos, reason))
             report.unhashed += int(checksums and not r.sha256)
@@ -149,7 +157,7 @@ def verify_store(path: str | Path, checksums: bool = False) -> VerifyReport:
     for part in sorted(parts.glob("part_*.h5")):
         if part.name in listed:
             continue
-        videos, reason = _unindexed_problem(part, layout)
+        videos, reason = _unindexed_problem(part, layout, store_id)
         if reason is None:
             report.unindexed.append(part.name)
         else:
@@ -160,6 +168,10 @@ def verify_store(path: str | Path, checksums: bool = False) -> VerifyReport:
                             "rerunning the trace (or --repair) adds them")  # fmt: skip
     if checksums and report.unhashed:
         report.notes.append(f"{report.unhashed} parts have no recorded checksum (written before checksums)")
+    if checksums and not problems:  # what the data holds, read back: a complete video is finite where computed
+        found, lines = data_nonfinite(path)
+        problems += found
+        report.notes += lines
     if not problems and records:  # the NaN / Inf / overflow the writer counted at capture (activations.nonfinite)
         rows = nonfinite_counts(path)
         report.notes += [f"non-finite activations at {r.site} step {r.step}: {r.nan} nan, {r.inf} inf, {r.overflow} "
@@ -167,6 +179,45 @@ def verify_store(path: str | Path, checksums: bool = False) -> VerifyReport:
         if len(rows) > 20:
             report.notes.append(f"... and {len(rows) - 20} more (site, step) pairs (activations.nonfinite)")
     return report
+
+
+def data_nonfinite(path: Path, max_lines: int = 20) -> tuple[list[Problem], list[str]]:
+    """Non-finite values of the complete videos, read back (``verify --checksums``): x0_hat, x_t or
+    the final latent not finite, or a site with no value at any step, is a problem (the writer always
+    computes them); NaN or Inf inside a (site, step) is counted in a note. A site NaN at a whole step
+    is a step it did not run at (a two-expert model runs one expert per step): counted apart."""
+    from activations.reader import ActivationStore
+
+    problems, lines, idle = [], [], 0
+    with ActivationStore(path) as store:
+        videos, layout = store.completed_videos, store.layout
+        if not videos:
+            return [], []
+        for name in ("x0_hat", "x_t", "final"):
+            ds = store.dataset(name)
+            bad = [v for v in videos if not np.isfinite(ds[v]).all()]
+            if bad:
+                problems.append(Problem("data", bad, f"{name} holds NaN or Inf for videos listed complete"))
+        for site in layout.sites:
+            ds, ran = store.dataset(f"sites/{site}"), 0
+            for pos, step in enumerate(layout.steps):
+                nan = inf = size = 0
+                for v in videos:
+                    x = ds[v, pos]
+                    nan, inf, size = nan + int(np.isnan(x).sum()), inf + int(np.isinf(x).sum()), size + x.size
+                if nan == size:
+                    idle += 1
+                    continue
+                ran += 1
+                if nan or inf:
+                    lines.append(f"non-finite values read at {site} step {step}: {nan} nan, {inf} inf")
+            if not ran:
+                problems.append(Problem("data", list(videos), f"sites/{site} holds no value at any step"))
+    if len(lines) > max_lines:
+        lines = [*lines[:max_lines], f"... and {len(lines) - max_lines} more (site, step) pairs with NaN or Inf"]
+    if idle:
+        lines.append(f"{idle} (site, step) slabs are NaN throughout: steps those sites did not run at")
+    return problems, lines
 
 
 def _move_aside(part: Path) -> Path:
@@ -185,6 +236,7 @@ def repair_store(path: str | Path, checksums: bool = False) -> VerifyReport:
     path = Path(path)
     with _open(path) as f:  # refuses what is not a store at all, before anything is created
         layout = check_header(f.attrs, path)
+        store_id = store_id_of(f)
     parts = parts_dir(path)
     parts.mkdir(exist_ok=True)
     lock = WriterLock(parts, path)
@@ -197,8 +249,8 @@ def repair_store(path: str | Path, checksums: bool = False) -> VerifyReport:
         for stale in parts.glob("*.tmp"):
             stale.unlink()
         known = {n: r for n, r in known_records(path).items() if (parts / n).is_file()}
-        records, metas = scan_parts(parts, layout, known, True, path)
-        write_index(path, layout, list(records.values()), metas, parts.name)
+        records, metas = scan_parts(parts, layout, known, True, path, store_id)
+        write_index(path, layout, list(records.values()), metas, parts.name, store_id)
     finally:
         lock.release()
     report.repaired = True

@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import threading
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ import h5py
 import numpy as np
 
 from activations.index import known_records, scan_parts, write_index
-from activations.integrity import PartRecord, WriterLock, file_sha256, one_line
+from activations.integrity import STORE_ID, PartRecord, WriterLock, file_sha256, one_line, store_id_of
 from activations.schema import CHECKED, StoreError, StoreLayout, check_header, parts_dir
 from activations.slabs import SlabWriter, site_chunks
 from activations.staging import NONFINITE_COLUMNS, HostStager
@@ -82,10 +83,12 @@ class StoreWriter:
         if self.path.is_dir():
             raise StoreError(f"{self.path} is a directory, not a store file")
         self.parts = parts_dir(self.path)
+        self.store_id: str | None = uuid.uuid4().hex  # a new store's identity (integrity.STORE_ID)
         if self.path.exists():
             try:
                 with h5py.File(self.path, "r") as f:
                     existing = check_header(f.attrs, self.path)
+                    self.store_id = store_id_of(f)  # resumed: its own (None: a store from before ids)
             except OSError as err:
                 raise StoreError(f"{self.path} exists and is not a readable HDF5 file ({one_line(err)})") from err
             diffs = existing.differences(layout)
@@ -136,7 +139,7 @@ class StoreWriter:
         for stale in self.parts.glob("*.tmp"):  # half-written parts of an interrupted run (we hold the lock)
             stale.unlink()
         known = known_records(self.path) if self.path.exists() else {}
-        self._records, self._meta = scan_parts(self.parts, self.layout, known, self.sha256, self.path)
+        self._records, self._meta = scan_parts(self.parts, self.layout, known, self.sha256, self.path, self.store_id)
         self._write_index()
 
     # -- public API ---------------------------------------------------------------------------
@@ -282,7 +285,7 @@ class StoreWriter:
         """Rebuild the main file from the finished parts, atomically (``activations.index``)."""
         with self._lock:
             records, metas = list(self._records.values()), dict(self._meta)
-        write_index(self.path, self.layout, records, metas, self.parts.name)
+        write_index(self.path, self.layout, records, metas, self.parts.name, self.store_id)
 
 
 class PartWriter:
@@ -305,6 +308,8 @@ class PartWriter:
             store._open_parts.add(self)
             f = h5py.File(self._tmp_path, "w")
             f.attrs["video_indices"] = np.asarray(videos, dtype=np.int64)
+            if store.store_id is not None:
+                f.attrs[STORE_ID] = store.store_id
             for site in lay.sites:
                 shape = (b, n_s, lay.n_tokens, lay.hidden[site])
                 chunks = site_chunks(b, lay.n_tokens, lay.hidden[site], np.dtype(lay.dtype).itemsize)

@@ -257,6 +257,11 @@ def verify_command(
         raise typer.Exit(1)
 
 
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line (a message from a library or user code may span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def _end_progress_bars() -> None:
     """Clear the bars an error interrupted, so the error line starts on its own line."""
     from tqdm import tqdm
@@ -295,7 +300,7 @@ def run_app(app: typer.Typer) -> None:
         if debug:
             raise
         _end_progress_bars()
-        typer.echo(f"interp: error: {err}", err=True)
+        typer.echo(f"interp: error: {_one_line(err)}", err=True)
         sys.exit(2)
     except Exception as err:  # what validation missed: one line, the traceback on request
         if debug:
@@ -306,7 +311,8 @@ def run_app(app: typer.Typer) -> None:
         if is_checksum_failure(err):  # a read outside the store's checked reads (e.g. streamed probes)
             typer.echo(f"interp: error: {checksum_message('STORE')}", err=True)
             sys.exit(2)
-        typer.echo(f"interp: error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", err=True)
+        typer.echo(f"interp: error: {type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback)",
+                   err=True)  # fmt: skip
         sys.exit(1)
     if code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
         _end_progress_bars()

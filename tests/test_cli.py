@@ -25,10 +25,23 @@ def test_impossible_arguments_give_one_clear_line(run_cli, args, message):
     assert "Traceback" not in err
 
 
-def test_what_validation_missed_is_one_line_with_a_hint_and_debug_shows_the_traceback(run_cli, tmp_path):
-    (tmp_path / "run.json").write_text('{"kind": "x"}')  # a damaged manifest: fields missing
+def test_what_validation_missed_is_one_line_with_a_hint_and_debug_shows_the_traceback(run_cli, tmp_path, monkeypatch):
+    from interp.report import html
+
+    def broken(*_args, **_kwargs):  # a defect in the toolkit itself, not in the user's input
+        raise TypeError("an internal error\nsecond line")
+
+    monkeypatch.setattr(html, "write_report", broken)
     code, _, err = run_cli("report", tmp_path)
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and "rerun with --debug" in lines[0] and "Traceback" not in err
     with pytest.raises(TypeError):
         run_cli("report", tmp_path, "--debug")
+
+
+def test_a_damaged_manifest_is_named_in_the_report_not_a_crash(run_cli, tmp_path):
+    (tmp_path / "run.json").write_text('{"kind": "x"}')  # fields missing
+    code, out, err = run_cli("report", tmp_path)
+    assert code == 0, err
+    page = (tmp_path / "report.html").read_text()
+    assert "Unreadable run manifests" in page and "run.json: missing field &#x27;title&#x27;" in page

@@ -331,3 +331,73 @@ def test_the_direct_chunk_checksum_equals_hdf5s_own(tmp_path):
             ds[...] = a
             _, raw = ds.id.read_direct_chunk((0, 0, 0))
         assert raw == a.tobytes() + fletcher32(a.tobytes())
+
+
+def test_an_index_beside_another_stores_parts_is_refused_by_every_reader(reference, tmp_path, run_cli):
+    """Two stores of the same settings: the index of one beside the parts of the other serves nothing."""
+    cfg, ref = reference
+    other = run_trace(TraceConfig(**{**cfg.__dict__, "first_seed": 100}), tmp_path / "other" / "ref.h5",
+                      progress=False)  # fmt: skip
+    mixed = _copy(ref, tmp_path / "mixed" / "ref.h5")
+    shutil.rmtree(mixed.with_name("ref.h5.parts"))
+    shutil.copytree(other.with_name("ref.h5.parts"), mixed.with_name("ref.h5.parts"))
+    with pytest.raises(StoreError, match="belongs to another store") as refused:
+        ActivationStore(mixed)
+    assert "\n" not in str(refused.value)
+    code, out, err = run_cli("verify", mixed, "--checksums")
+    assert code != 0 and "belongs to another store" in out + err
+    code, _, err = run_cli("chain", mixed, "--out", tmp_path / "chain")
+    assert code == 2 and "belongs to another store" in err and not (tmp_path / "chain" / "convergence.json").exists()
+    with pytest.raises(StoreError, match="belongs to another store"):  # a resume does not adopt them either
+        StoreWriter(mixed, ActivationStore(ref).layout)
+    # A foreign part dropped beside a store's own: verify names it.
+    stray = _copy(ref, tmp_path / "stray" / "ref.h5")
+    foreign = _parts(other)[0]
+    shutil.copyfile(foreign, stray.with_name("ref.h5.parts") / "part_0000099_0001.h5")
+    code, out, err = run_cli("verify", stray)
+    assert code != 0 and "part_0000099_0001.h5" in out + err and "belongs to another store" in out + err
+
+
+def test_the_store_id_survives_a_rename_a_copy_and_consolidation(reference, tmp_path):
+    _, ref = reference
+    with h5py.File(ref, "r") as f:
+        store_id = f.attrs["store_id"]
+    assert isinstance(store_id, str) and len(store_id) == 32
+    for part in _parts(ref):
+        with h5py.File(part, "r") as f:
+            assert f.attrs["store_id"] == store_id
+    renamed = _copy(ref, tmp_path / "copy" / "renamed.h5")
+    with ActivationStore(renamed) as s:  # opens: the id is in the files, not the names
+        assert len(s.completed_videos) == 6
+    with h5py.File(consolidate_store(renamed, tmp_path / "one.h5"), "r") as f:
+        assert f.attrs["store_id"] == store_id
+    legacy = _copy(ref, tmp_path / "legacy" / "ref.h5")  # written before ids: still opens, and resumes
+    for path in (legacy, *_parts(legacy)):
+        with h5py.File(path, "a") as f:
+            del f.attrs["store_id"]
+    with ActivationStore(legacy) as s:
+        assert len(s.completed_videos) == 6
+
+
+def test_verify_checks_dtypes_and_reads_back_non_finite_values(reference, tmp_path, run_cli):
+    _, ref = reference
+    one = consolidate_store(ref, tmp_path / "one.h5")
+    code, out, _ = run_cli("verify", one, "--checksums")
+    assert code == 0 and "ok" in out and "non-finite values read" not in out
+    nan_acts = consolidate_store(ref, tmp_path / "nan_acts.h5")
+    with h5py.File(nan_acts, "a") as f:
+        f["sites/blocks.0"][0, 1, :3] = np.nan  # three tokens of video 0 at step 1
+    code, out, _ = run_cli("verify", nan_acts, "--checksums")
+    assert code == 0 and "non-finite values read at blocks.0 step 1: 48 nan, 0 inf" in out  # 3 tokens x 16 hidden
+    nan_x0 = consolidate_store(ref, tmp_path / "nan_x0.h5")
+    with h5py.File(nan_x0, "a") as f:
+        f["x0_hat"][2] = np.nan  # all-NaN data for a video marked complete
+    code, out, err = run_cli("verify", nan_x0, "--checksums")
+    assert code != 0 and "data (videos 2): x0_hat holds NaN or Inf for videos listed complete" in out + err
+    foreign = consolidate_store(ref, tmp_path / "int8.h5")
+    with h5py.File(foreign, "a") as f:  # a foreign file: int8 data under a float32 layout
+        shape = f["sites/blocks.1"].shape
+        del f["sites/blocks.1"]
+        f.create_dataset("sites/blocks.1", data=np.zeros(shape, np.int8))
+    code, out, err = run_cli("verify", foreign)
+    assert code != 0 and "sites/blocks.1 is int8, the layout says float32" in out + err
