@@ -154,6 +154,11 @@ def parts_dir(path: str | Path) -> Path:
     return path.with_name(path.name + ".parts")
 
 
+def part_path(parts: Path, videos: list[int]) -> Path:
+    """The finished part file of a contiguous run of videos."""
+    return parts / f"part_{videos[0]:07d}_{len(videos):04d}.h5"
+
+
 def data_shapes(layout: StoreLayout, n_videos: int | None = None) -> dict[str, tuple[int, ...]]:
     """Shape of every per-video dataset: in the main file (``n_videos`` None) or in a part of that many."""
     n_v, n_s = layout.n_videos if n_videos is None else n_videos, len(layout.steps)

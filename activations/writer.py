@@ -23,7 +23,7 @@ import numpy as np
 
 from activations.index import known_records, scan_parts, write_index
 from activations.integrity import STORE_ID, PartRecord, WriterLock, file_sha256, one_line, store_id_of
-from activations.schema import CHECKED, StoreError, StoreLayout, check_header, parts_dir
+from activations.schema import CHECKED, StoreError, StoreLayout, check_header, part_path, parts_dir
 from activations.slabs import SlabWriter, site_chunks
 from activations.staging import NONFINITE_COLUMNS, HostStager
 
@@ -35,11 +35,6 @@ DEFAULT_QUEUE_BYTES = 2 << 30
 
 class NonFiniteWarning(UserWarning):
     """Activations held NaN, Inf or values beyond the store dtype's range (counted before the cast)."""
-
-
-def part_path(parts: Path, videos: Sequence[int]) -> Path:
-    """The finished part file of a contiguous run of videos."""
-    return parts / f"part_{videos[0]:07d}_{len(videos):04d}.h5"
 
 
 class StoreWriter:
@@ -57,11 +52,9 @@ class StoreWriter:
     fast disk) for what the chunk checksums already guard.
     """
 
-    # ``background=False`` runs every write in the caller's thread, at once, with no writer thread. On a
-    # CPU whose cores all run torch's intra-op threads a writer thread has no core of its own: each slice
-    # of its work preempts one of torch's threads mid parallel region, and the others wait at the barrier
-    # (2 cores, benchmarks/trace_overhead.py: 1.25x untraced with the thread, 1.11x inline). A model on a
-    # GPU keeps the thread: there the host's cores are free while the device computes.
+    # ``background=False`` writes in the caller's thread: on a CPU whose cores all run torch, a writer thread
+    # preempts them mid parallel region (2 cores, benchmarks/trace_overhead.py: 1.25x untraced with it, 1.11x
+    # inline). A model on a GPU keeps the thread: the host's cores are free while the device computes.
 
     def __init__(
         self,

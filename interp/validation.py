@@ -39,6 +39,7 @@ MAX_SIZE = 64  # maze cells per side and frames: the testbed's rotary embedding 
 MAX_SEED = 2**63 - 1
 MAX_PIXELS = 8192  # pipeline height / width
 MAX_THREADS = 1024
+MAX_SHIFT = 1000.0  # flow shift: released models use 1-17; past this every sigma rounds to 1
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ RULES: dict[str, Rule] = {
     "num_steps": int_range(1, MAX_STEPS),
     "sample_steps": int_range(1, MAX_STEPS),
     "first_seed": SEED, "seed": SEED, "noise_seed": SEED, "seeds": each(SEED, 1),
-    "shift": number(0, lo_open=True),
+    "shift": number(0, MAX_SHIFT, lo_open=True),
     "steps": Rule(lambda x: 1 <= x <= MAX_STEPS if isinstance(x, int) else is_index_spec(x),
                   f"a number of steps from 1 to {MAX_STEPS}, or a step selection like 'all', '0-9,19', '0-19:2'"),
     "layers": INDEX_SPEC, "inject_steps": INDEX_SPEC, "patch_steps": INDEX_SPEC, "cka_steps": INDEX_SPEC,

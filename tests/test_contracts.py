@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import torch
@@ -98,7 +99,7 @@ def test_a_new_experiment_gets_its_command_report_section_and_demo_step(tmp_path
         assert "counted to 5" in out
         assert "count" in [e.kind for e in demo_steps()]
         page = write_report(tmp_path).read_text()
-        assert '<section id="counting">' in page and 'href="c/count.json"' in page
+        assert '<section id="counting">' in page and 'href="./c/count.json"' in page
         code, _, err = run_cli("count", "--config", tmp_path / "c" / "run.json", "--out", tmp_path / "d")
         assert code == 0 and json.loads((tmp_path / "d" / "count.json").read_text()) == [0, 1, 2, 3, 4]
     finally:
@@ -158,7 +159,8 @@ def test_every_command_writes_a_manifest_and_the_report_shows_every_listed_file(
     code, out, err = run_cli("report", run)
     assert code == 0, err
     page = (run / "report.html").read_text()
-    links = set(re.findall(r'href="([^"#][^"]*)"', page)) | set(re.findall(r'data-file="([^"]*)"', page))
+    links = {unquote(h.removeprefix("./")) for h in re.findall(r'href="([^"#][^"]*)"', page)}  # ./ + percent-encoded
+    links |= set(re.findall(r'data-file="([^"]*)"', page))
     for path in manifests:
         manifest = Manifest.read(path)
         for entry in manifest.files:

@@ -3,6 +3,7 @@ from the CLI, with the same flags everywhere, into one run folder and one report
 
 import json
 import re
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -75,7 +76,8 @@ def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):
     code, _, err = run_cli("report", run)
     assert code == 0, err
     page = (run / "report.html").read_text()
-    links = set(re.findall(r'href="([^"#][^"]*)"', page)) | set(re.findall(r'data-file="([^"]*)"', page))
+    links = {unquote(h.removeprefix("./")) for h in re.findall(r'href="([^"#][^"]*)"', page)}  # ./ + percent-encoded
+    links |= set(re.findall(r'data-file="([^"]*)"', page))
     for path in (p for p in run.rglob("*") if is_manifest(p)):
         for entry in Manifest.read(path).files:
             assert (path.parent / entry.path).relative_to(run).as_posix() in links, entry.path

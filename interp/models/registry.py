@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,11 +80,47 @@ def is_pipeline_folder(model: str | Path) -> bool:
     return Path(model, "model_index.json").is_file()
 
 
+# Libraries a model_index.json may name without the user's opt-in: any other is a module that importing
+# would run (a .py shipped beside the weights, or whatever else that name finds on sys.path).
+TRUSTED_LIBRARIES = ("diffusers", "transformers")
+TRUST_ENV = "INTERP_TRUST_REMOTE_CODE"
+
+
 def pipeline_class_name(folder: str | Path) -> str:
+    """The pipeline class a folder's model_index.json names, after checking that every component comes
+    from diffusers or transformers (``check_component_libraries``)."""
     index = Path(folder, "model_index.json")
     if not index.is_file():
         raise ValueError(f"--model {folder}: not a diffusers pipeline folder (no model_index.json)")
-    return str(json.loads(index.read_text()).get("_class_name"))
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--model {folder}: model_index.json does not read as JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--model {folder}: model_index.json must be a JSON object")
+    check_component_libraries(folder, data)
+    from interp.models.config_checks import check_pipeline_folder
+
+    check_pipeline_folder(Path(folder), data)
+    return str(data.get("_class_name"))
+
+
+def check_component_libraries(folder: str | Path, index: dict) -> None:
+    """Refuse, before anything is imported, a component whose library is not diffusers or transformers:
+    loading it would import and run that module. A user who trusts the folder opts in with
+    ``INTERP_TRUST_REMOTE_CODE=1`` (as diffusers' ``trust_remote_code``)."""
+    if os.environ.get(TRUST_ENV, "") == "1":
+        return
+    for key, value in index.items():
+        if key.startswith("_") or not (isinstance(value, list) and len(value) == 2):
+            continue
+        library = value[0]
+        if library is not None and library not in TRUSTED_LIBRARIES:
+            raise ValueError(
+                f"--model {folder}: model_index.json loads {key!r} from the module {library!r}, which would run "
+                f"its code; the toolkit loads diffusers and transformers components only (set {TRUST_ENV}=1 to "
+                "allow it, if you trust the folder)"
+            )
 
 
 def load_pipeline_adapter(

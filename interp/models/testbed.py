@@ -69,17 +69,44 @@ def load_transformer(path: str | Path | None = None) -> WanTransformer3DModel:
             f"no testbed weights at {folder} (expected config.json and a .safetensors file); "
             "train them with `interp train testbed`"
         )
+    _check_weights_folder(folder)
     model = WanTransformer3DModel.from_pretrained(folder, use_safetensors=True, local_files_only=True)
     return model.eval()
 
 
+def _check_weights_folder(folder: Path) -> None:
+    """config.json's sizes bounded, and its layer count the number of blocks the weights hold, before
+    a model is built from it (a config asking for 1e8 layers would hang)."""
+    from interp.models.config_checks import check_model_config, read_config, weight_block_count
+    from interp.validation import UsageError
+
+    path = folder / "config.json"
+    config = read_config(path)
+    check_model_config(path, config)
+    held = weight_block_count(folder, TestbedAdapter.blocks_attr)
+    layers = config.get("num_layers", DEFAULT_CONFIG["num_layers"])
+    if held is not None and layers != held:
+        raise UsageError(f"{path}: num_layers is {layers}, the weights beside it hold {held} blocks")
+
+
 def load_sampling_defaults(path: str | Path | None = None) -> SamplingDefaults:
+    """``sampling.json`` beside the weights, every field checked (``interp.validation``: a shift of -2
+    or 1e300, 0 steps, a string) with one line naming the file and the field; defaults where absent."""
+    from interp.validation import check_fields
+
     folder = Path(path) if path is not None else WEIGHTS_DIR
     meta = folder / "sampling.json"
     if not meta.is_file():
         return SamplingDefaults()
-    fields = json.loads(meta.read_text())
-    return SamplingDefaults(**{k: fields[k] for k in SamplingDefaults.__dataclass_fields__ if k in fields})
+    try:
+        fields = json.loads(meta.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{meta}: not readable JSON ({err})") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{meta}: must be a JSON object of {', '.join(SamplingDefaults.__dataclass_fields__)}")
+    known = {k: fields[k] for k in SamplingDefaults.__dataclass_fields__ if k in fields}  # other keys: notes
+    check_fields(SamplingDefaults, known, str(meta))
+    return SamplingDefaults(**known)
 
 
 def load_named(model: str) -> TestbedAdapter:
