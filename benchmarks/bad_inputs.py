@@ -116,7 +116,67 @@ def make_fixtures(root: Path) -> dict[str, Path]:
     for name, body in configs.items():
         (root / f"cfg_{name}.json").write_text(json.dumps(body))
     (root / "cfg_notjson.json").write_text("{not json")
+    hostile_fixtures(f, root, good)
     return f
+
+
+def hostile_fixtures(f: dict[str, Path], root: Path, good: Path) -> None:
+    """Issue 28's families: mixed stores, NaN data, damaged samples, scorers that do not answer, a model
+    folder whose files lie (sampling.json, config.json) or name a module to import, a crafted run folder."""
+    import h5py
+    import numpy as np
+    import torch
+
+    from activations.consolidate import consolidate_store
+    from activations.schema import parts_dir
+    from interp.experiments.trace import TraceConfig, run_trace
+    from interp.models import testbed
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_pipelines import build_tiny_wan, write_samples
+
+    other = run_trace(TraceConfig(n=4, batch_size=2, layers="0-1", num_steps=4, first_seed=100), root / "other.h5",
+                      progress=False)  # fmt: skip
+    f["mixed"] = root / "mixed.h5"
+    shutil.copy(good, f["mixed"])
+    shutil.copytree(parts_dir(other), parts_dir(f["mixed"]))
+    f["nan_x0"] = consolidate_store(good, root / "nan_x0.h5")
+    with h5py.File(f["nan_x0"], "a") as h:
+        h["x0_hat"][1] = np.nan
+    (root / "hostile_scorers.py").write_text(
+        "import sys\ndef exits(frames):\n    sys.exit(0)\ndef nan(frames):\n    return float('nan')\n"
+        "def text(frames):\n    return 'good'\n"
+    )
+    sys.path.insert(0, str(root))  # forked cases import the scorers from here
+    f["wan"] = build_tiny_wan(root / "wan")
+    f["samples_fifo"] = write_samples(root / "samples_fifo", n=2)
+    (f["samples_fifo"] / "sample_001" / "prompt.txt").unlink()
+    os.mkfifo(f["samples_fifo"] / "sample_001" / "prompt.txt")
+    f["samples_good"] = write_samples(root / "samples_good", n=1)
+    f["samples_missing"] = write_samples(root / "samples_missing", n=2)
+    (f["samples_missing"] / "sample_001" / "prompt.txt").unlink()
+    f["evil"] = build_tiny_wan(root / "evil")
+    (f["evil"] / "evil_component.py").write_text(f"open({str(root / 'evil_ran')!r}, 'w')\nclass Evil: pass\n")
+    index = json.loads((f["evil"] / "model_index.json").read_text())
+    (f["evil"] / "model_index.json").write_text(json.dumps({**index, "transformer": ["evil_component", "Evil"]}))
+    torch.manual_seed(0)
+    tiny = {"num_layers": 2, "ffn_dim": 32, "num_attention_heads": 2, "attention_head_dim": 8}
+    for name, sampling, config in [("shift_neg", {"shift": -2}, {}), ("layers_huge", {}, {"num_layers": 10**8}),
+                                   ("layers_more", {}, {"num_layers": 3})]:  # fmt: skip
+        folder = root / f"testbed_{name}"
+        testbed.build_transformer(tiny).eval().save_pretrained(folder, safe_serialization=True)
+        (folder / "sampling.json").write_text(json.dumps(sampling))
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, **config}))
+        f[f"testbed_{name}"] = folder
+    run = root / "crafted_run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"kind": "x", "title": "<img src=x onerror=alert(1)>",
+                                              "section": '"><script>alert(1)</script>', "config": {},
+                                              "files": [{"path": "javascript:alert(1)", "role": "data"}]}))  # fmt: skip
+    (run / "javascript:alert(1)").write_text("x")
+    (run / "bad.run.json").write_text(json.dumps({"kind": 1}))
+    f["crafted_run"] = run
 
 
 def cases(f: dict[str, Path], root: Path) -> list[tuple[str, list[str], tuple[int, ...]]]:
@@ -273,6 +333,23 @@ def cases(f: dict[str, Path], root: Path) -> list[tuple[str, list[str], tuple[in
         )
     add("no such command", "frobnicate")
     add("generate --out a file", "generate", "--out", f["file"])
+    # issue 28's families (names start "hostile:")
+    pipe = ["--height", 32, "--width", 32, "--num-frames", 5, "--num-steps", 2]
+    add("hostile: index beside another store's parts (verify)", "verify", f["mixed"], codes=(1, 2))
+    add("hostile: index beside another store's parts (chain)", "chain", f["mixed"], "--out", out)
+    add("hostile: NaN x0_hat marked complete (verify --checksums)", "verify", f["nan_x0"], "--checksums", codes=(1,))
+    for scorer in ("exits", "nan", "text"):
+        add(f"hostile: scorer {scorer}", "chain", f["good"], "--scorer", f"hostile_scorers:{scorer}", "--model",
+            "testbed", "--out", out)  # fmt: skip
+    for name in ("samples_fifo", "samples_missing"):
+        add(f"hostile: {name}", "trace", "--model", f["wan"], "--data", f[name], *pipe, "--out", root / f"{name}.h5")
+    add("hostile: model_index names a module (dry run)", "trace", "--model", f["evil"], "--data", f["samples_good"],
+        *pipe, "--dry-run", "--out", root / "evil.h5")  # fmt: skip
+    for name in ("shift_neg", "layers_huge", "layers_more"):
+        add(f"hostile: testbed {name} (dry run)", "trace", "--model", f[f"testbed_{name}"], "-n", 2, "--dry-run",
+            "--out", root / f"{name}.h5")  # fmt: skip
+    add("hostile: --shift 1e300", "generate", "--shift", "1e300", "--out", out)
+    add("hostile: crafted run folder (report renders it escaped)", "report", f["crafted_run"], codes=(0,))
     return c
 
 
