@@ -262,6 +262,20 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def _silence_progress_bars() -> None:
+    """``--quiet`` or ``TQDM_DISABLE=1``: no progress bar at all. tqdm reads its environment for defaults
+    only, and the toolkit's bars pass ``disable=`` explicitly, so the flag is applied here, once."""
+    from tqdm import std
+
+    init = std.tqdm.__init__
+
+    def quiet_init(self, *args, **kwargs):
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    std.tqdm.__init__ = quiet_init
+
+
 def _end_progress_bars() -> None:
     """Clear the bars an error interrupted, so the error line starts on its own line."""
     from tqdm import tqdm
@@ -274,11 +288,14 @@ def _end_progress_bars() -> None:
 def run_app(app: typer.Typer) -> None:
     """Run the CLI: a bad input is one ``interp: error:`` line (exit 2); anything else validation
     missed is one line with a hint (exit 1); ``--debug`` shows the traceback instead."""
+    import os
     import sys
 
     add_experiment_commands(app)  # experiments registered after import (a user's own)
     debug = "--debug" in sys.argv
-    sys.argv = [x for x in sys.argv if x != "--debug"]
+    if "--quiet" in sys.argv or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+        _silence_progress_bars()
+    sys.argv = [x for x in sys.argv if x not in ("--debug", "--quiet")]
     from typer._click import exceptions as click  # typer 0.29 vendors click (pinned in pyproject)
     from typer.exceptions import Abort
 

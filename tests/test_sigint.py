@@ -1,5 +1,6 @@
 """Ctrl-C: during start-up or mid-trace, the command ends with one line (exit 130), no traceback,
-and the store it was writing is resumable: the same command finishes it."""
+and the store it was writing is resumable: the same command finishes it. ``--quiet`` and
+``TQDM_DISABLE=1`` hide every progress bar."""
 
 import signal
 import subprocess
@@ -43,3 +44,16 @@ def test_ctrl_c_mid_trace_leaves_a_resumable_store(tmp_path):
     assert done.returncode == 0, done.stderr
     with ActivationStore(store) as s:
         assert s.completed_videos == list(range(24))
+
+
+def test_quiet_and_tqdm_disable_hide_every_progress_bar(tmp_path):
+    import os
+
+    cmd = [*INTERP, "trace", "-n", "2", "--layers", "0", "--steps", "0", "--out"]
+    loud = subprocess.run([*cmd, str(tmp_path / "a.h5")], capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0 and "it/s" in loud.stderr  # the bar the others must hide
+    quiet = subprocess.run([*cmd, str(tmp_path / "b.h5"), "--quiet"], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    by_env = subprocess.run([*cmd, str(tmp_path / "c.h5")], capture_output=True, text=True, timeout=300, env=env)
+    for done in (quiet, by_env):
+        assert done.returncode == 0 and "it/s" not in done.stderr and "%|" not in done.stderr, done.stderr
