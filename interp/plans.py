@@ -303,10 +303,10 @@ def _pipeline_experiment_plan(kind: str, cfg, spec: dict, out: Path) -> Plan:
     dtype = default_dtype(inputs.device, inputs.torch_dtype)
     adapter, samples = inputs.load(skeleton=True)
     if kind == "ensemble":  # every variant's final sample of every sample, kept and decoded to a GIF
-        from interp.experiments.ensemble import _variants
+        from interp.experiments.ensemble_runs import variants
 
         flow = adapter.prediction == "flow"
-        runs = max(cfg.seeds) + len(list(_variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures, flow)))
+        runs = max(cfg.seeds) + len(list(variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures, flow)))
         latent = math.prod(inputs.latent_shape(adapter))
         kept = len(samples) * runs * (inputs.num_frames * inputs.height * inputs.width + latent * FLOAT32)
         what = f"{count(len(samples), 'sample')} x {runs} runs (seeds, ensembles, controls), each final kept and a GIF"

@@ -8,7 +8,7 @@ pipelines). Nothing is fetched from a hub.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -169,3 +169,9 @@ def maze_inputs(adapter, mazes: list[maze_task.Maze], frames: int) -> tuple[torc
     noise = initial_noise([m.seed for m in mazes], adapter.latent_shape(mazes[0].size, frames), adapter.device,
                           adapter.dtype)  # fmt: skip
     return noise, adapter.conditioning(mazes, frames)
+
+
+def pipeline_field():
+    """A config's ``pipeline`` field: a dict of ``PipelineInputs`` fields (or None: the testbed). The
+    validation layer checks the dict against the class named in the field's metadata."""
+    return field(default=None, metadata={"fields": PipelineInputs})

@@ -268,10 +268,10 @@ def check_fields(cls: type, data: dict, where: str = "") -> None:
         rule = rules.get(name)
         if rule is not None and value is not None and not rule.check(value):
             raise UsageError(f"{where}: {name} must be {rule.allowed}, got {_show(value)}")
-    if isinstance(values.get("pipeline"), dict):
-        from interp.sources import PipelineInputs
-
-        check_fields(PipelineInputs, values["pipeline"], f"{where}: pipeline")
+    for f in fields(cls):  # a dict of another dataclass's fields (``pipeline``): checked as that class
+        nested = f.metadata.get("fields")
+        if nested is not None and isinstance(values.get(f.name), dict):
+            check_fields(nested, values[f.name], f"{where}: {f.name}")
 
 
 def _show(value) -> str:

@@ -20,10 +20,8 @@ heads are fitted from accumulated Gram sums (``probes.streaming``): memory is bo
 
 from __future__ import annotations
 
-import json
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +31,15 @@ from tqdm.auto import tqdm
 from activations import ActivationStore, parse_index_spec
 from activations.axes import parse_site
 from probes.budget import check_max_tokens
-from probes.features import CONDITION_TYPES, condition_tokens, token_types, x_t_tokens
-from probes.fit import DEFAULT_ALPHAS, DEFAULT_CS, Head, fit_fast
-from probes.intervals import probe_intervals
-from probes.labels import CLASS, REGRESSION, LabelProvider, Labels, labels_from_array, load_label_file, standardised
-from probes.reference import fit_sklearn_predict
+from probes.config import METHODS, ProbeConfig, Split, split_videos
+from probes.features import condition_tokens, token_types, x_t_tokens
+from probes.fit import fit_fast
+from probes.labels import CLASS, LabelProvider, Labels, labels_from_array, load_label_file
 from probes.tables import read_results, save_results, write_into_store
+from probes.targets import Target, groups, prepare_target, sklearn_scores, target_intervals
 
 __all__ = ["COLUMNS", "ProbeConfig", "Split", "read_results", "run_probes", "save_results", "split_videos"]
 
-METHODS = ("fast", "sklearn")
 COLUMNS = (
     "target", "kind", "site", "layer", "step", "sigma", "metric", "value", "control", "selectivity",
     "control_types", "majority_rate", "x_t", "condition", "regularisation", "n_train_videos", "n_test_videos", "method",
@@ -50,74 +47,6 @@ COLUMNS = (
 )  # fmt: skip
 # value_lo/hi, selectivity_lo/hi: 95% bootstrap intervals over the test videos (probes.intervals).
 # control_types: how many token types the control task drew labels for (probes.features.token_types).
-
-
-@dataclass
-class ProbeConfig:
-    targets: list[str] = field(default_factory=lambda: ["on_path"])
-    labels: dict[str, str] = field(default_factory=dict)  # name -> .npy file of user labels
-    layers: str = "all"
-    steps: str = "all"
-    method: str = "fast"
-    test_fraction: float = 0.25
-    folds: int = 3
-    seed: int = 0
-    cs: list[float] = field(default_factory=lambda: list(DEFAULT_CS))
-    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
-    tol: float = 1e-4  # logistic fits stop when the largest gradient entry is below this (scikit-learn's)
-    max_iter: int = 1000  # and after at most this many iterations per C (scikit-learn's lbfgs default here)
-    patience: int = 10  # fast path: or once no predicted class changed for this many iterations (0: never)
-    group: int = 4  # slabs fitted together by the fast path (on a GPU, more pay)
-    device: str = "cpu"
-    name: str = "probes"  # table name inside the store: /results/probes/<name>
-    # At most this many tokens per video (and target), chosen once per video, read in blocks
-    # (probes.streaming); None: every token, each slab read whole (the original path, unchanged).
-    max_tokens: int | None = None
-    # The control task's token types: position x at most this many summaries of the conditioning
-    # (probes.features.ConditionSummary; stores without a conditioning latent: position alone).
-    control_condition_types: int = CONDITION_TYPES
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ProbeConfig:
-        return cls(**json.loads(text))
-
-
-@dataclass
-class Split:
-    train: list[int]  # video indices
-    test: list[int]
-    fold: dict[int, int]  # training video -> cross-validation fold
-
-
-def split_videos(videos: list[int], test_fraction: float, folds: int, seed: int) -> Split:
-    """Held-out videos and cross-validation folds, by video: no video is on two sides."""
-    rng = np.random.default_rng(seed)
-    order = [int(v) for v in rng.permutation(videos)]
-    n_test = max(1, int(round(test_fraction * len(order))))
-    train, test = sorted(order[n_test:]), sorted(order[:n_test])
-    if len(train) < folds:
-        raise ValueError(
-            f"{len(videos)} labelled videos leave {len(train)} for training, fewer than the {folds} folds; "
-            "trace more videos or lower --folds / --test-fraction"
-        )
-    shuffled = [int(v) for v in rng.permutation(train)]
-    return Split(train, test, {v: i % folds for i, v in enumerate(shuffled)})
-
-
-@dataclass
-class _Target:
-    labels: Labels
-    rows_train: np.ndarray  # (n,) flat indices into (videos_train x tokens) of labelled rows
-    rows_test: np.ndarray
-    head: Head
-    control: Head
-    folds: np.ndarray  # (n_train_rows,) fold of each training row
-    majority_rate: float
-    test_video: np.ndarray | None = None  # (n_test_rows,) test video (0..) of each test row: for intervals
-    control_types: int = 0  # distinct token types among the target's rows
 
 
 def _check_config(cfg: ProbeConfig, store: ActivationStore, arrays: int = 0) -> tuple[list[str], list[int]]:
@@ -159,53 +88,6 @@ def _check_config(cfg: ProbeConfig, store: ActivationStore, arrays: int = 0) -> 
     return sites, steps
 
 
-def _control_labels(labels: np.ndarray, types: np.ndarray, train_rows: np.ndarray, rng) -> np.ndarray:
-    """Hewitt and Liang's control task: one label per type, drawn from the training labels."""
-    values = labels[train_rows]
-    per_type = rng.choice(values, size=int(types.max()) + 1, replace=True)
-    return per_type[types]
-
-
-def _prepare_target(labels: Labels, split: Split, types: np.ndarray, seed: int) -> _Target:
-    videos = split.train + split.test
-    n_tr = len(split.train)
-    values = labels.values[videos]  # (V,) or (V, tokens)
-    flat = values.reshape(len(videos), -1)
-    n_tok = flat.shape[1]
-    valid = np.isfinite(flat).reshape(-1)
-    is_train = np.repeat(np.arange(len(videos)) < n_tr, n_tok)
-    rows_train = np.flatnonzero(valid & is_train)
-    rows_test = np.flatnonzero(valid & ~is_train)
-    if len(rows_train) == 0 or len(rows_test) == 0:
-        raise ValueError(f"target {labels.name!r} has no labels on the training or the test videos")
-    y = flat.reshape(-1)
-    if labels.kind == REGRESSION:
-        y = standardised(y, rows_train)
-    fold_of_video = np.array([split.fold[v] for v in split.train])
-    folds = fold_of_video[rows_train // n_tok]
-    rng = np.random.default_rng(seed)
-    if labels.per_video:  # one label per video: each video is its own type
-        type_ids = np.arange(len(videos))
-    else:
-        type_ids = types.reshape(-1)
-    control = _control_labels(y, type_ids, rows_train, rng)
-    majority = float("nan")
-    if labels.kind == CLASS:
-        classes, counts = np.unique(y[rows_train], return_counts=True)
-        majority = float(np.mean(y[rows_test] == classes[np.argmax(counts)]))
-    return _Target(
-        labels,
-        rows_train,
-        rows_test,
-        Head(y[rows_train], y[rows_test]),
-        Head(control[rows_train], control[rows_test]),
-        folds,
-        majority,
-        rows_test // n_tok - n_tr,
-        len(np.unique(type_ids[np.concatenate([rows_train, rows_test])])),
-    )
-
-
 def _rows(features: np.ndarray, per_video: bool) -> np.ndarray:
     """(V, tokens, d) -> rows (V*tokens, d), or per-video means (V, d) for per-video targets."""
     return features.mean(1) if per_video else features.reshape(-1, features.shape[-1])
@@ -214,7 +96,7 @@ def _rows(features: np.ndarray, per_video: bool) -> np.ndarray:
 class Prober:
     """Fits every target on a sequence of feature slabs with the configured method."""
 
-    def __init__(self, cfg: ProbeConfig, targets: list[_Target]):
+    def __init__(self, cfg: ProbeConfig, targets: list[Target]):
         self.cfg = cfg
         self.targets = targets
         self.device = torch.device(cfg.device)
@@ -242,25 +124,6 @@ class Prober:
         return out
 
 
-def target_intervals(t: _Target, pred: np.ndarray, control_pred: np.ndarray, video: np.ndarray, seed: int) -> tuple:
-    """The intervals of a target's probe and selectivity from both heads' test predictions (``video``: the
-    test video of each test row)."""
-    return probe_intervals(pred, control_pred, t.head.y_test, t.control.y_test, video, t.labels.kind, seed)
-
-
-def sklearn_scores(x_train: np.ndarray, x_test: np.ndarray, t: _Target, video: np.ndarray, cfg: ProbeConfig) -> tuple:
-    """(score, control score, C or alpha, intervals) of scikit-learn's reference on one slab's rows."""
-    args = (t.labels.kind, t.folds, tuple(cfg.cs), tuple(cfg.alphas), cfg.max_iter, cfg.tol)
-    value, reg, pred = fit_sklearn_predict(x_train, x_test, t.head, *args)
-    control, _, control_pred = fit_sklearn_predict(x_train, x_test, t.control, *args)
-    return value, control, reg, target_intervals(t, pred, control_pred, video, cfg.seed)
-
-
-def _groups(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def load_targets(
     store: ActivationStore, cfg: ProbeConfig, providers: Sequence[LabelProvider] = (), arrays: dict | None = None
 ) -> list[Labels]:
@@ -284,16 +147,16 @@ def load_targets(
 
 def _probe_whole(
     store: ActivationStore, cfg: ProbeConfig, all_labels: list[Labels], split: Split, slabs: list, steps: list, progress
-) -> tuple[list[_Target], dict, dict, dict]:
+) -> tuple[list[Target], dict, dict, dict]:
     """Every token: each (step, site) slab of every video read whole, ``group`` slabs at a time."""
     videos = split.train + split.test
     condition = condition_tokens(store, videos) if store.has_condition else None
     types = token_types(store, videos, condition, cfg.control_condition_types, cfg.seed)
-    targets = [_prepare_target(lab, split, types, cfg.seed + i) for i, lab in enumerate(all_labels)]
+    targets = [prepare_target(lab, split, types, cfg.seed + i) for i, lab in enumerate(all_labels)]
     prober = Prober(cfg, targets)
     results: dict[tuple[str, int], dict] = {}
     bar = tqdm(total=len(slabs) + len(steps) + 1, disable=not progress, desc="probing slabs")
-    for group in _groups(slabs, cfg.group if cfg.method == "fast" else 1):
+    for group in groups(slabs, cfg.group if cfg.method == "fast" else 1):
         data = [store.activations(site, videos=videos, steps=[step])[:, 0].astype(np.float32) for site, step in group]
         # A slab never computed (all NaN: a multi-expert model runs one expert per step) has no probe.
         kept = [(key, x) for key, x in zip(group, data) if not np.isnan(x).all()]
@@ -302,7 +165,7 @@ def _probe_whole(
                 results[key] = scores
         bar.update(len(group))
     x_t_scores: dict[int, dict] = {}
-    for group in _groups(steps, cfg.group if cfg.method == "fast" else 1):
+    for group in groups(steps, cfg.group if cfg.method == "fast" else 1):
         for step, scores in zip(group, prober.scores([x_t_tokens(store, videos, s) for s in group])):
             x_t_scores[step] = scores
         bar.update(len(group))

@@ -32,10 +32,11 @@ from tqdm.auto import tqdm
 
 from activations import ActivationStore
 from probes.budget import GramRidge, token_selection
+from probes.config import ProbeConfig, Split
 from probes.features import FIT_ROWS, ConditionSummary, condition_tokens, x_t_tokens
 from probes.fit import Head, fit_fast
 from probes.labels import CLASS, REGRESSION, Labels, standardised
-from probes.run import ProbeConfig, Split, _control_labels, _groups, _Target, sklearn_scores, target_intervals
+from probes.targets import Target, control_labels, groups, sklearn_scores, target_intervals
 
 BLOCK_ROWS = 8192  # selected rows of a block of videos: 48 MB of float32 at hidden 1536
 WINDOW_TOKENS = 4096  # tokens per read of one video's slab: 12 MB of fp16 at hidden 1536
@@ -85,7 +86,7 @@ class BudgetTarget:
     """A target's rows under the budget: row order is video order (training videos first), each
     video's chosen tokens in token order; ``local[j]`` indexes video j's union read."""
 
-    target: _Target
+    target: Target
     local: list[np.ndarray]
     offsets: np.ndarray  # (V + 1,) first row of each video
     n_train_rows: int
@@ -156,7 +157,7 @@ def _prepare(labels: Labels, split: Split, picks, union, types, seed: int) -> Bu
     if labels.kind == REGRESSION:
         y = standardised(y, np.arange(n_train_rows))
     folds = np.repeat([split.fold[v] for v in split.train], counts[:n_tr])
-    control = _control_labels(y, row_types.astype(np.int64), np.arange(n_train_rows), np.random.default_rng(seed))
+    control = control_labels(y, row_types.astype(np.int64), np.arange(n_train_rows), np.random.default_rng(seed))
     majority = float("nan")
     if labels.kind == CLASS:
         classes, class_counts = np.unique(y[:n_train_rows], return_counts=True)
@@ -164,7 +165,7 @@ def _prepare(labels: Labels, split: Split, picks, union, types, seed: int) -> Bu
     head = Head(y[:n_train_rows], y[n_train_rows:])
     control_head = Head(control[:n_train_rows], control[n_train_rows:])
     rows = np.arange(len(y))
-    target = _Target(labels, rows[:n_train_rows], rows[n_train_rows:], head, control_head, folds, majority,
+    target = Target(labels, rows[:n_train_rows], rows[n_train_rows:], head, control_head, folds, majority,
                      control_types=len(np.unique(row_types)))  # fmt: skip
     return BudgetTarget(target, local, offsets, n_train_rows, np.stack([y, control], 1))
 
@@ -272,19 +273,19 @@ def probe_budgeted(
     slabs: list[tuple[str, int]],
     steps: list[int],
     progress: bool = True,
-) -> tuple[list[_Target], dict, dict, dict]:
+) -> tuple[list[Target], dict, dict, dict]:
     """(targets, scores per (site, step), x_t scores per step, condition scores) under the budget."""
     prober = BudgetProber(store, cfg, all_labels, split)
     size = cfg.group if cfg.method == "fast" else 1
     results: dict[tuple[str, int], dict] = {}
     bar = tqdm(total=len(slabs) + len(steps) + 1, disable=not progress, desc="probing slabs (token budget)")
-    for group in _groups(slabs, size):
+    for group in groups(slabs, size):
         for key, scores in zip(group, prober.scores([prober.site_source(site, step) for site, step in group])):
             if scores:
                 results[key] = scores
         bar.update(len(group))
     x_t_scores: dict[int, dict] = {}
-    for group in _groups(steps, size):
+    for group in groups(steps, size):
         sources = [prober.input_source(lambda vs, s=s: x_t_tokens(store, vs, s)) for s in group]
         for step, scores in zip(group, prober.scores(sources, skip_empty=False)):
             x_t_scores[step] = scores

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from activations.schema import StoreError
-
-if TYPE_CHECKING:
-    from probes.run import ProbeConfig
+from probes.config import ProbeConfig
 
 
 def write_into_store(table, store_path: str | Path, cfg: ProbeConfig) -> str | None:

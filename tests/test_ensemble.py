@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from interp.execution.loop import StepHook, StepState, initial_noise, sample
-from interp.experiments.ensemble import SeedMerge, ShrunkNoise, _sample_groups
+from interp.execution.seed_merge import SeedMerge, ShrunkNoise
+from interp.experiments.ensemble_runs import sample_groups
 from interp.tasks import maze as M
 
 
@@ -20,15 +21,15 @@ def _inputs(adapter, n_mazes=2, n_seeds=3):
 
 def test_ensemble_of_one_seed_equals_plain_sampling(tiny_adapter):
     mazes, noises, cond = _inputs(tiny_adapter, n_seeds=1)
-    merged = _sample_groups(tiny_adapter, noises, cond, 1, 6, [SeedMerge(1, 3, "rescaled")])
+    merged = sample_groups(tiny_adapter, noises, cond, 1, 6, [SeedMerge(1, 3, "rescaled")])
     plain = sample(tiny_adapter, noises[:, 0], cond, 6).latents
     torch.testing.assert_close(merged[:, 0], plain, rtol=0, atol=0)
 
 
 def test_merge_rules(tiny_adapter):
     mazes, noises, cond = _inputs(tiny_adapter)
-    mean = _sample_groups(tiny_adapter, noises, cond, 3, 6, [SeedMerge(3, 2, "mean")])
-    x0 = _sample_groups(tiny_adapter, noises, cond, 3, 6, [SeedMerge(3, 2, "x0")])
+    mean = sample_groups(tiny_adapter, noises, cond, 3, 6, [SeedMerge(3, 2, "mean")])
+    x0 = sample_groups(tiny_adapter, noises, cond, 3, 6, [SeedMerge(3, 2, "x0")])
     # Merged latents make one deterministic trajectory; merging x0_hat only keeps the seeds apart.
     torch.testing.assert_close(mean[:, 0], mean[:, 1], rtol=0, atol=1e-6)
     assert not torch.allclose(x0[:, 0], x0[:, 1], atol=1e-3)

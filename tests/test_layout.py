@@ -83,3 +83,66 @@ def test_trace_configs_round_trip_through_json():
 
     pcfg = PipelineTraceConfig(model="/m", data="/d", seeds=[1, 2], negative_prompt=None)
     assert PipelineTraceConfig(**json.loads(json.dumps(asdict(pcfg)))) == pcfg
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the toolkit's modules it imports anywhere (inside functions too; ``from a import b``
+    counts ``a.b`` where that is a module), packages' own ``__init__`` left out as targets."""
+    modules = {_module_name(p): p for pkg in PACKAGES for p in _modules(pkg)}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            named = []
+            if isinstance(node, ast.Import):
+                named = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                named = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            for target in named:
+                parts = target.split(".")
+                while parts and ".".join(parts) not in modules:
+                    parts.pop()
+                found = ".".join(parts)
+                if len(parts) > 1 and found != name and not name.startswith(found + "."):
+                    targets.add(found)
+        graph[name] = targets
+    return graph
+
+
+def test_no_import_cycle_anywhere():
+    """No module reaches itself through imports, lazy ones included (Tarjan's strongly connected components)."""
+    graph = _module_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+    assert "interp.validation" in graph and graph["interp.experiments.ensemble"]  # the graph is read at all

@@ -134,7 +134,7 @@ def test_rows_of_one_video_stay_in_one_fold(synthetic, monkeypatch):
     import probes.run as run
 
     seen = {}
-    original = run._prepare_target
+    original = run.prepare_target
 
     def spy(labels, split, types, seed):
         target = original(labels, split, types, seed)
@@ -145,7 +145,7 @@ def test_rows_of_one_video_stay_in_one_fold(synthetic, monkeypatch):
         assert (target.rows_test >= len(split.train) * n_tok).all()
         return target
 
-    monkeypatch.setattr(run, "_prepare_target", spy)
+    monkeypatch.setattr(run, "prepare_target", spy)
     store, label_file, _ = synthetic
     run_probes(store, ProbeConfig(targets=[], labels={"planted": str(label_file)}, layers="0", steps="0"), False)
     assert len(seen) == 30

@@ -71,7 +71,7 @@ def save_examples(cfg, out: Path, manifest: Manifest, adapter=None, mazes_tried:
     control on the first ``mazes_tried`` mazes (the same noise and hooks as the sweep, so the same
     runs); one maze where they differ is decoded and saved as GIFs and a side-by-side figure."""
     from interp.experiments._causal import save_videos
-    from interp.experiments.ensemble import _prepare, _sample_groups, _solved
+    from interp.experiments.ensemble_runs import prepare, sample_groups, verdicts
     from interp.tasks.maze import PALETTE
 
     ensemble = next((v for v in _variants_of(cfg) if v[2] > 1 and v[1]["method"].startswith("ensemble")), None)
@@ -79,16 +79,16 @@ def save_examples(cfg, out: Path, manifest: Manifest, adapter=None, mazes_tried:
     if ensemble is None or control is None:
         return
     small = dataclasses.replace(cfg, sizes=[max(cfg.sizes)], n=min(cfg.n, mazes_tried))
-    r = _prepare(small, adapter)
+    r = prepare(small, adapter)
     mazes, cond, noises = r.inputs[0]
     finals = {
-        "one seed": _sample_groups(r.adapter, noises, cond, 1, r.num_steps)[:, 0],
-        _label(ensemble[1]): _sample_groups(
+        "one seed": sample_groups(r.adapter, noises, cond, 1, r.num_steps)[:, 0],
+        _label(ensemble[1]): sample_groups(
             r.adapter, noises, cond, ensemble[2], r.num_steps, ensemble[3], ensemble[4])[:, 0],
-        f"temperature {control[4]:g}": _sample_groups(r.adapter, noises, cond, 1, r.num_steps, control[3],
+        f"temperature {control[4]:g}": sample_groups(r.adapter, noises, cond, 1, r.num_steps, control[3],
                                                       control[4])[:, 0],
     }  # fmt: skip
-    solved = {name: _solved(r.adapter, latents, mazes) for name, latents in finals.items()}
+    solved = {name: verdicts(r.adapter, latents, mazes) for name, latents in finals.items()}
     i = _pick(solved)
     with torch.no_grad():
         videos = {f"{name} ({'solved' if solved[name][i] else 'failed'})": r.adapter.decode(latents[i : i + 1])[0]
@@ -99,6 +99,6 @@ def save_examples(cfg, out: Path, manifest: Manifest, adapter=None, mazes_tried:
 
 
 def _variants_of(cfg):
-    from interp.experiments.ensemble import _variants
+    from interp.experiments.ensemble_runs import variants
 
-    return list(_variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures))
+    return list(variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures))

@@ -29,16 +29,16 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.analysis.claims import ensemble_gain
-from interp.evaluation import verify_latents, wilson_interval
+from interp.evaluation import wilson_interval
 from interp.execution.loop import initial_noise, sample
 from interp.execution.patching import repeat_conditioning
-from interp.execution.seed_merge import MERGES, SeedMerge, ShrunkNoise, sample_merged
 from interp.experiments._ensemble_examples import add_paired, save_examples
 from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
+from interp.experiments.ensemble_runs import MazeSeeds, check_sweep, prepare, sample_groups, verdicts
+from interp.experiments.ensemble_runs import variants as variant_runs
 from interp.experiments.executors import LocalExecutor, Sweep, executor_or_local
 from interp.report.ensemble_figures import plot_rows, text_table
-from interp.sources import PipelineInputs, load_testbed
-from interp.tasks import maze as maze_task
+from interp.sources import PipelineInputs, pipeline_field
 
 
 @dataclass
@@ -59,7 +59,7 @@ class EnsembleConfig(ExperimentConfig):
     merges: list[str] = field(default_factory=lambda: ["mean", "rescaled", "x0"])
     temperatures: list[float] = field(default_factory=lambda: [0.8, 0.6])
     num_steps: int | None = None
-    pipeline: dict | None = None
+    pipeline: dict | None = pipeline_field()
     scorer: str | None = None  # pipeline models: module:function of the decoded video -> a score per variant
     scorer_timeout: float | None = None  # seconds one scorer call may take (None: no limit)
 
@@ -81,51 +81,10 @@ class EnsembleConfig(ExperimentConfig):
                  "temperatures": ("--temperature",)}  # fmt: skip
 
 
-def _sample_groups(adapter, noises, cond, n_seeds: int, num_steps: int, hooks=(), scale: float = 1.0):
-    """Sample the first ``n_seeds`` noises of every input: (inputs, n_seeds, *latent)."""
-    x = (noises[:, :n_seeds] * scale).flatten(0, 1)
-    c = cond.repeat_interleave(n_seeds, 0)
-    scheduler = adapter.make_scheduler(None)
-    with torch.no_grad():
-        if len(hooks) == 1 and isinstance(hooks[0], SeedMerge):  # one trajectory per group once merged
-            out = sample_merged(adapter, x, c, num_steps, hooks[0], scheduler=scheduler)
-        else:
-            out = sample(adapter, x, c, num_steps, hooks=list(hooks), scheduler=scheduler).latents
-    return out.reshape(noises.shape[0], n_seeds, *noises.shape[2:])
-
-
-def _solved(adapter, latents, mazes) -> np.ndarray:
-    return np.array([v.solved for v in verify_latents(adapter, latents, mazes)])
-
-
 def _row(name: str, size: int, solved: np.ndarray, **extra) -> dict:
     lo, hi = wilson_interval(int(solved.sum()), len(solved))
     row = {"size": size, "method": name, "accuracy": float(solved.mean()), "ci95": [lo, hi], "n": len(solved)}
     return {**row, **extra, "solved": solved.astype(int).tolist()}  # per maze: for paired tests
-
-
-def _check_sweep(seeds: list[int], ks: list[int], merges: list[str], num_steps: int) -> None:
-    bad = [m for m in merges if m not in MERGES]
-    if bad:
-        raise ValueError(f"merge rule must be one of {MERGES}, got {bad[0]!r}")
-    if not seeds or min(seeds) < 1 or min(ks, default=0) < 0 or max(ks, default=0) > num_steps:
-        raise ValueError(f"seeds must be >= 1 and K within 0-{num_steps}")
-
-
-def _variants(seeds: list[int], ks: list[int], merges: list[str], temperatures: list[float], flow: bool = True):
-    """The runs a sweep makes beside the independent seeds, in report order:
-    (name, row fields, seeds sampled, hooks, initial-noise scale)."""
-    for n in (n for n in seeds if n > 1):
-        for k in ks:
-            for rule in merges:
-                info = {"method": f"ensemble ({rule})", "n_seeds": n, "k": k}
-                yield f"ensemble_{rule}_N{n}_K{k}", info, n, [SeedMerge(n, k, rule)], 1.0
-    for n in (n for n in seeds if n > 1 and flow):  # the shrunk-noise control reads flow matching's x_s
-        for k in ks:
-            info = {"method": "control: noise x 1/sqrt(N)", "n_seeds": n, "k": k}
-            yield f"control_shrunk_N{n}_K{k}", info, 1, [ShrunkNoise(n**-0.5, k)], n**-0.5
-    for t in temperatures:
-        yield f"control_temperature_{t:g}", {"method": "control: temperature", "scale": t}, 1, [], t
 
 
 def _write_rows(rows: list[dict], cfg, out):
@@ -140,17 +99,6 @@ def _write_rows(rows: list[dict], cfg, out):
     return out, table
 
 
-@dataclass
-class MazeSeeds:
-    """What every variant is computed from: per maze size its mazes, conditioning and N seeds' noise."""
-
-    cfg: EnsembleConfig
-    adapter: object
-    num_steps: int
-    inputs: list[tuple[list, torch.Tensor, torch.Tensor]]  # per size: (mazes, conditioning, noises (mazes, N, ...))
-    variants: list  # _variants(...) of the config
-
-
 def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True, out=None, executor=None) -> list[dict]:
     """Accuracy rows: single seed, best-of-N oracle, ensembles (N, K, rule), shrunk-noise and
     temperature controls, per maze size. The seeds of one maze: maze seed + 1,000,003 * i.
@@ -162,7 +110,7 @@ def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True, out=N
         if executor is not None and not isinstance(executor, LocalExecutor):
             raise ValueError("the pipeline ensemble (videos per sample) runs in one process: drop --ray")
         return run_pipeline_ensemble(cfg, out, progress)
-    r = _prepare(cfg, adapter)
+    r = prepare(cfg, adapter)
     units = [(i, v) for i in range(len(cfg.sizes)) for v in [None, *range(len(r.variants))]]
     solved = dict(zip(units, executor_or_local(executor).map(SWEEP, cfg, r, units, progress, "ensembles")))
     rows: list[dict] = []
@@ -178,27 +126,14 @@ def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True, out=N
     return rows
 
 
-def _prepare(cfg: EnsembleConfig, adapter) -> MazeSeeds:
-    adapter = adapter or load_testbed(cfg.model)
-    num_steps = cfg.num_steps or adapter.defaults.num_steps
-    _check_sweep(cfg.seeds, cfg.ks, cfg.merges, num_steps)
-    inputs = []
-    for size in cfg.sizes:
-        mazes = [maze_task.generate_maze(size, cfg.first_seed + i) for i in range(cfg.n)]
-        seeds = [[m.seed + 1_000_003 * i for i in range(max(cfg.seeds))] for m in mazes]
-        noises = torch.stack([initial_noise(s, adapter.latent_shape(size, cfg.frames)) for s in seeds])
-        inputs.append((mazes, adapter.conditioning(mazes, cfg.frames), noises))  # noises: (mazes, N, ...)
-    return MazeSeeds(cfg, adapter, num_steps, inputs, list(_variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures)))
-
-
 def _solved_of(r: MazeSeeds, unit: tuple[int, int | None]) -> np.ndarray:
     """The unit of work: size unit[0]'s independent seeds (solved per maze, seed) or its variant unit[1]."""
     mazes, cond, noises = r.inputs[unit[0]]
     if unit[1] is None:
-        independent = _sample_groups(r.adapter, noises, cond, noises.shape[1], r.num_steps)
-        return np.stack([_solved(r.adapter, independent[:, i], mazes) for i in range(noises.shape[1])], 1)
+        independent = sample_groups(r.adapter, noises, cond, noises.shape[1], r.num_steps)
+        return np.stack([verdicts(r.adapter, independent[:, i], mazes) for i in range(noises.shape[1])], 1)
     _, _, n_seeds, hooks, scale = r.variants[unit[1]]
-    return _solved(r.adapter, _sample_groups(r.adapter, noises, cond, n_seeds, r.num_steps, hooks, scale)[:, 0], mazes)
+    return verdicts(r.adapter, sample_groups(r.adapter, noises, cond, n_seeds, r.num_steps, hooks, scale)[:, 0], mazes)
 
 
 def save_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
@@ -248,7 +183,7 @@ def run_pipeline_ensemble(cfg: EnsembleConfig, out, progress: bool = True) -> li
     if not isinstance(cfg.pipeline, dict):
         raise ValueError(f"pipeline must be an object of PipelineInputs fields, got {type(cfg.pipeline).__name__}")
     p = PipelineInputs(**cfg.pipeline)
-    _check_sweep(cfg.seeds, cfg.ks, cfg.merges, p.num_steps)
+    check_sweep(cfg.seeds, cfg.ks, cfg.merges, p.num_steps)
     adapter, samples = p.load()
     scorer = None
     if cfg.scorer is not None:
@@ -281,7 +216,7 @@ def run_pipeline_ensemble(cfg: EnsembleConfig, out, progress: bool = True) -> li
         for i in range(n_max):
             variants[f"seed{i}"] = (independent[i], {"method": "single seed", "seed": cfg.first_seed + i})
         flow = adapter.prediction == "flow"
-        for name, info, n_seeds, hooks, scale in _variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures, flow):
+        for name, info, n_seeds, hooks, scale in variant_runs(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures, flow):
             variants[name] = (run(n_seeds, hooks, scale)[0], info)
         reference = independent[0]
         spread = float(reference.float().std())
@@ -348,7 +283,7 @@ def demo(ctx) -> None:
     )
 
 
-SWEEP = Sweep("ensemble", EnsembleConfig, _prepare, _solved_of)
+SWEEP = Sweep("ensemble", EnsembleConfig, prepare, _solved_of)
 EXPERIMENT = register(
     Experiment("ensemble", EnsembleConfig, run_ensemble, save_ensemble, run_writes=True, demo=demo, demo_order=70)
 )

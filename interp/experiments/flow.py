@@ -18,6 +18,7 @@ from interp.experiments._causal import CausalConfig, finite_or_none, maze_runs, 
 from interp.experiments.base import Experiment, register
 from interp.experiments.executors import Sweep, executor_or_local
 from interp.experiments.perturb import fresh_noise
+from interp.sources import pipeline_field
 from interp.tasks import maze as maze_task
 
 
@@ -30,7 +31,7 @@ class FlowConfig(CausalConfig):
     layers: str = "all"
     strength: float = 1.0  # x_s <- sqrt(1 - a^2) x_s + a * fresh noise; 1.0 replaces x_s
     noise_seed: int = 12345
-    pipeline: dict | None = None  # a real model instead of the testbed: PipelineInputs fields
+    pipeline: dict | None = pipeline_field()  # a real model instead of the testbed: PipelineInputs fields
     backend: str = "hooks"
 
     cli_help = {

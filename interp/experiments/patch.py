@@ -27,6 +27,7 @@ from interp.experiments._causal import (
 )
 from interp.experiments.base import Experiment, register
 from interp.experiments.executors import Sweep, executor_or_local
+from interp.sources import pipeline_field
 from interp.tasks import maze_scoring
 
 DIRECTIONS = ("denoising", "noising")
@@ -46,7 +47,7 @@ class PatchConfig(CausalConfig):
     direction: str = "denoising"
     metric: str = "maze"
     span: str = "step"  # step: patch that step only; onward: that step and every later one
-    pipeline: dict | None = None  # a real model instead of the testbed: PipelineInputs fields, 2 samples
+    pipeline: dict | None = pipeline_field()  # a real model instead of the testbed: PipelineInputs fields, 2 samples
     backend: str = "hooks"
     max_batch: int | None = None  # rows (pairs x layers) per model call within a step; None: all of them
 

@@ -24,6 +24,7 @@ from interp.execution.loop import StepHook, sample
 from interp.experiments._causal import CausalConfig, example_videos, maze_runs, pipeline_runs, save_videos, write_record
 from interp.experiments.base import Experiment, Table, register
 from interp.experiments.executors import Sweep, executor_or_local
+from interp.sources import pipeline_field
 from interp.tasks import maze as maze_task
 
 
@@ -35,7 +36,7 @@ class PerturbConfig(CausalConfig):
     steps: str = "all"
     frames_to_noise: str = "all"
     noise_seed: int = 12345
-    pipeline: dict | None = None  # a real model: PipelineInputs fields; scored by similarity, not accuracy
+    pipeline: dict | None = pipeline_field()  # a real model: PipelineInputs fields; scored by similarity, not accuracy
 
     cli_help = {
         **CausalConfig.cli_help,

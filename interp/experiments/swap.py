@@ -25,6 +25,7 @@ from interp.experiments._causal import (
 )
 from interp.experiments.base import Experiment, register
 from interp.experiments.executors import Sweep, executor_or_local
+from interp.sources import pipeline_field
 from interp.tasks import maze as maze_task
 from interp.tasks import maze_scoring
 
@@ -37,7 +38,7 @@ class SwapConfig(CausalConfig):
     steps: str = "0"  # the study swaps at the first step
     layers: str = "all"
     other: str = "rewired"  # rewired (same maze, one wall moved) or an integer seed offset, e.g. "1000"
-    pipeline: dict | None = None  # a real model: PipelineInputs fields with samples [base, other]
+    pipeline: dict | None = pipeline_field()  # a real model: PipelineInputs fields with samples [base, other]
     backend: str = "hooks"
     max_batch: int | None = None  # rows (pairs x layers) per model call within a step; None: all of them
 
