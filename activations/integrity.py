@@ -25,6 +25,7 @@ import numpy as np
 from activations.schema import PARTS, StoreError, StoreLayout, data_shapes
 
 LOCK_NAME = "writer.lock"  # inside NAME.h5.parts/: travels with the store, never matches part_*.h5
+WRITER_WAIT = 2.0  # seconds a writer waits for the lock: enough for a result table's copy of the main file
 # A store's identity: a random id written into the index and into every part when the store is created.
 # It lives inside the files, so a rename or copy keeps it; an index beside another store's parts fails it.
 STORE_ID = "store_id"
@@ -204,14 +205,14 @@ class WriterLock:
     once). Released on ``release`` and by the kernel when the process dies; filesystems without
     locks (some network mounts) run unlocked."""
 
-    def __init__(self, parts: Path, store: Path, shared: bool = False, wait: float = 0.0):
+    def __init__(self, parts: Path, store: Path, shared: bool = False, wait: float = 0.0, name: str = LOCK_NAME):
         self._fd: int | None = None
         try:
             import fcntl
         except ImportError:  # Windows: no flock
             return
         try:
-            fd = os.open(parts / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(parts / name, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise StoreError(f"cannot write {store}: {parts} is not writable ({one_line(err)})") from None
@@ -228,7 +229,7 @@ class WriterLock:
                 os.close(fd)
                 if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise StoreError(
-                        f"another process is writing {store} (it holds {parts / LOCK_NAME}); "
+                        f"another process is writing {store} (it holds {parts / name}); "
                         "wait for it to finish, or write to another path"
                     ) from None
                 if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):

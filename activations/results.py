@@ -45,7 +45,10 @@ def write_table(
     with h5py.File(path, "r") as f:
         check_header(f.attrs, path)
     parts = parts_dir(path)
-    lock = WriterLock(parts if parts.is_dir() else path.parent, path, wait=wait)
+    if parts.is_dir():
+        lock = WriterLock(parts, path, wait=wait)
+    else:  # a consolidated store: no parts folder to hold the lock, a hidden file beside it does
+        lock = WriterLock(path.parent, path, wait=wait, name=f".{path.name}.lock")
     try:
         _copy_with_table(path, tool, name, columns, config)
     finally:

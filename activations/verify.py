@@ -16,6 +16,7 @@ import numpy as np
 
 from activations.index import known_records, scan_parts, write_index
 from activations.integrity import (
+    WRITER_WAIT,
     PartRecord,
     Problem,
     WriterLock,
@@ -185,10 +186,13 @@ def data_nonfinite(path: Path, max_lines: int = 20) -> tuple[list[Problem], list
     """Non-finite values of the complete videos, read back (``verify --checksums``): x0_hat, x_t or
     the final latent not finite, or a site with no value at any step, is a problem (the writer always
     computes them); NaN or Inf inside a (site, step) is counted in a note. A site NaN at a whole step
-    is a step it did not run at (a two-expert model runs one expert per step): counted apart."""
+    is a step it did not run at (a two-expert model runs one expert per step): counted apart, and an
+    expert's site with no value at any stored step is a note (Wan 2.2 traced at high-noise steps
+    only), unless no site has any value."""
+    from activations.axes import parse_site
     from activations.reader import ActivationStore
 
-    problems, lines, idle = [], [], 0
+    problems, lines, idle, unused = [], [], 0, []
     with ActivationStore(path) as store:
         videos, layout = store.completed_videos, store.layout
         if not videos:
@@ -211,12 +215,18 @@ def data_nonfinite(path: Path, max_lines: int = 20) -> tuple[list[Problem], list
                 ran += 1
                 if nan or inf:
                     lines.append(f"non-finite values read at {site} step {step}: {nan} nan, {inf} inf")
-            if not ran:
+            if not ran and parse_site(site)[0] is None:
                 problems.append(Problem("data", list(videos), f"sites/{site} holds no value at any step"))
+            elif not ran:
+                unused.append(site)
     if len(lines) > max_lines:
         lines = [*lines[:max_lines], f"... and {len(lines) - max_lines} more (site, step) pairs with NaN or Inf"]
     if idle:
         lines.append(f"{idle} (site, step) slabs are NaN throughout: steps those sites did not run at")
+    if unused and len(unused) == len(layout.sites):
+        problems.append(Problem("data", list(videos), "no site holds a value at any step"))
+    elif unused:
+        lines.append(f"{len(unused)} expert sites never ran at the stored steps (first: {unused[0]})")
     return problems, lines
 
 
@@ -239,7 +249,7 @@ def repair_store(path: str | Path, checksums: bool = False) -> VerifyReport:
         store_id = store_id_of(f)
     parts = parts_dir(path)
     parts.mkdir(exist_ok=True)
-    lock = WriterLock(parts, path)
+    lock = WriterLock(parts, path, wait=WRITER_WAIT)
     try:
         report = verify_store(path, checksums)  # under the lock: no writer changes the store meanwhile
         for problem in report.problems:

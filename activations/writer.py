@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from activations.index import known_records, scan_parts, write_index
-from activations.integrity import STORE_ID, PartRecord, WriterLock, file_sha256, one_line, store_id_of
+from activations.integrity import STORE_ID, WRITER_WAIT, PartRecord, WriterLock, file_sha256, one_line, store_id_of
 from activations.schema import CHECKED, StoreError, StoreLayout, check_header, part_path, parts_dir
 from activations.slabs import SlabWriter, site_chunks
 from activations.staging import NONFINITE_COLUMNS, HostStager
@@ -99,7 +99,7 @@ class StoreWriter:
         self.parts.mkdir(parents=True, exist_ok=True)
         self._open_parts: set[PartWriter] = set()  # closed and removed if the writer thread fails
         self._lock = threading.Lock()  # the writer thread adds finished parts while the sampler reads them
-        self._store_lock = WriterLock(self.parts, self.path, shared=not index)  # before anything is removed
+        self._store_lock = WriterLock(self.parts, self.path, shared=not index, wait=WRITER_WAIT)  # before any removal
         try:
             self._load_parts()
         except BaseException:

@@ -34,8 +34,12 @@ def read_samples(folder: str | Path) -> list[Sample]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"--data {folder}: no such folder")
-    subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not any((sub / "prompt.txt").exists() for sub in subs):  # not a samples folder at all
+    try:
+        subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        has_prompt = [(sub / "prompt.txt").exists() for sub in subs]
+    except OSError as err:  # an unreadable sub-folder (mode 000)
+        raise ValueError(f"--data {folder}: cannot read {err.filename or folder} ({err.strerror or err})") from None
+    if not any(has_prompt):  # not a samples folder at all
         raise ValueError(f"--data {folder}: no sample folders with a prompt.txt")
     samples = []
     for sub in subs:
@@ -49,6 +53,8 @@ def read_samples(folder: str | Path) -> list[Sample]:
         except (OSError, UnicodeDecodeError) as err:
             reason = err.strerror if isinstance(err, OSError) and err.strerror else "not UTF-8 text"
             raise ValueError(f"--data {folder}: sample {sub.name!r}: cannot read prompt.txt ({reason})") from None
+        if frame.is_symlink() and not frame.exists():  # a dangling link: never read as "no frame" (text only)
+            raise ValueError(f"--data {folder}: sample {sub.name!r}: first_frame.png is a broken link")
         if frame.exists() and not frame.is_file():
             raise ValueError(f"--data {folder}: sample {sub.name!r}: first_frame.png is not a regular file")
         samples.append(Sample(sub.name, text, frame if frame.exists() else None))

@@ -21,7 +21,7 @@ import torch
 
 from probes.fit import DEFAULT_ALPHAS, DEFAULT_CS, Head, fit_fast
 from probes.intervals import bootstrap_scores, interval
-from probes.labels import CLASS, REGRESSION
+from probes.labels import CLASS, REGRESSION, standardisation
 
 
 @dataclass
@@ -120,13 +120,15 @@ def fit_probe(
     if not len(y_tr) or not len(y_te):
         raise ValueError("no labelled rows on the training or the test videos")
     fold = np.array([split.fold[v] for v in split.train])[v_tr]
-    fit = fit_fast(torch.from_numpy(x_tr)[None], torch.from_numpy(x_te)[None], [Head(y_tr, y_te)], kind, fold,
+    centre, scale = standardisation(y_tr, np.arange(len(y_tr))) if kind == REGRESSION else (0.0, 1.0)
+    head = Head((y_tr - centre) / scale, (y_te - centre) / scale)  # scale-free fits; weights back in label units
+    fit = fit_fast(torch.from_numpy(x_tr)[None], torch.from_numpy(x_te)[None], [head], kind, fold,
                    tuple(cs), tuple(alphas))  # fmt: skip
     w = fit.weights[0, 0]  # (columns, d + 1) on standardised features
     std, mean = fit.std[0], fit.mean[0]
-    weights = w[:, :-1] / std
-    bias = w[:, -1] - weights @ mean
-    boot = bootstrap_scores([fit.predictions[0, 0]], [y_te], v_te, kind, seed=seed)[:, 0]
+    weights = w[:, :-1] / std * scale
+    bias = (w[:, -1] - (w[:, :-1] / std) @ mean) * scale + centre
+    boot = bootstrap_scores([fit.predictions[0, 0]], [head.y_test], v_te, kind, seed=seed)[:, 0]
     classes = np.unique(y_tr) if kind == CLASS else np.zeros(0)
     return Probe(kind, weights.astype(np.float64), bias.astype(np.float64), classes, float(fit.scores[0, 0]),
                  interval(boot), float(fit.regularisation[0, 0]), len(split.test))  # fmt: skip

@@ -106,22 +106,26 @@ def labels_from_array(
     return Labels(name, kind, values, source)
 
 
-def standardised(values: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
-    """Regression labels centred and scaled by their training rows' mean and standard deviation (in
-    float64, the deviation taken in units of its largest value so that neither 1e-300 nor an offset
-    of 1e9 loses the signal): a target's scale or offset never changes a score (R^2 is invariant,
-    the fits are not). Unlabelled rows (NaN) stay NaN; a constant target is only centred."""
-    y = np.asarray(values, dtype=np.float64)
-    train = y[train_rows]
+def standardisation(values: np.ndarray, train_rows: np.ndarray) -> tuple[float, float]:
+    """(centre, scale) of regression labels from their training rows, in float64; the deviation is
+    taken in units of its largest value, so that neither 1e-300 nor an offset of 1e9 loses the signal.
+    A constant (or unlabelled) target has scale 1: it is only centred."""
+    train = np.asarray(values, dtype=np.float64)[train_rows]
     train = train[np.isfinite(train)]
     if not len(train):
-        return y
+        return 0.0, 1.0
     centre = float(np.mean(train))
     if not np.isfinite(centre):  # values near the float64 limit: average their halves
         centre = float(np.mean(train / 2) * 2)
     deviation = train - centre
     unit = float(np.max(np.abs(deviation)))
     if not unit > 0 or not np.isfinite(unit):
-        return y - centre
-    spread = float(np.std(deviation / unit)) * unit
-    return (y - centre) / unit / (spread / unit)
+        return centre, 1.0
+    return centre, float(np.std(deviation / unit)) * unit
+
+
+def standardised(values: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
+    """Regression labels centred and scaled by their training rows (``standardisation``): a target's
+    scale or offset never changes a score (R^2 is invariant, the fits are not). NaN rows stay NaN."""
+    centre, scale = standardisation(values, train_rows)
+    return (np.asarray(values, dtype=np.float64) - centre) / scale

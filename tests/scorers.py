@@ -32,3 +32,14 @@ def slow(frames: np.ndarray) -> float:
 
     time.sleep(5)
     return 0.0
+
+
+def swallows(frames: np.ndarray) -> float:
+    """A slow scorer that turns any exception into a fallback answer."""
+    import time
+
+    try:
+        time.sleep(5)
+        return 1.0
+    except Exception:  # noqa: BLE001 - the pattern under test
+        return 0.0

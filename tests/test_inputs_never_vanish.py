@@ -28,6 +28,7 @@ def _sample(folder, name, prompt="solve the maze"):
         (lambda s: ((s / "prompt.txt").unlink(), os.mkfifo(s / "prompt.txt")), "not a regular file"),
         (lambda s: (s / "prompt.txt").write_bytes(b"\xff\xfe\x00bad"), "not UTF-8"),
         (lambda s: (s / "first_frame.png").mkdir(), "first_frame.png is not a regular file"),
+        (lambda s: os.symlink(s / "gone.png", s / "first_frame.png"), "first_frame.png is a broken link"),
     ],
 )
 def test_a_damaged_sample_is_an_error_naming_it(tmp_path, damage, message):
@@ -61,8 +62,11 @@ def test_a_scorer_past_its_time_limit_is_an_error_and_numbers_pass():
         load_scorer("scorers:slow", timeout=0.2)(np.zeros((1, 2, 2, 3), np.uint8), "sample_001")
     frames = np.full((1, 2, 2, 3), 255, np.uint8)
     assert load_scorer("scorers:mean_red", timeout=5)(frames) == 1.0
-    with pytest.raises(ValueError, match="positive number of seconds"):
-        load_scorer("scorers:mean_red", timeout=-1)
+    with pytest.raises(ScorerError, match="took longer than 0.2 s"):  # its fallback answer is not a score
+        load_scorer("scorers:swallows", timeout=0.2)(np.zeros((1, 2, 2, 3), np.uint8), "sample_001")
+    for bad in (-1, 1e12, float("inf")):
+        with pytest.raises(ValueError, match="positive number of seconds"):
+            load_scorer("scorers:mean_red", timeout=bad)
 
 
 def test_chain_with_an_exiting_scorer_fails_with_one_line(tmp_path, run_cli):

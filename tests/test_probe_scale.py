@@ -32,3 +32,18 @@ def test_standardised_keeps_the_signal_at_any_scale():
         np.testing.assert_allclose(standardised(a * y + b, rows), np.sign(a) * expected, rtol=1e-6, atol=1e-6)
     assert np.isnan(standardised(y, rows)[3])
     assert (standardised(np.full(4, 1e9), np.arange(4)) == 0).all()  # a constant target: centred only
+
+
+def test_fit_probe_scores_a_target_at_any_scale_and_predicts_in_its_units():
+    from probes.arrays import fit_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 16, 8)).astype(np.float32)
+    y = x[..., :2].sum(-1).astype(np.float64) + 0.3 * rng.standard_normal((24, 16))
+    plain = fit_probe(x, y)
+    assert plain.score > 0.5
+    for scale, shift in ((1e-300, 0.0), (1.0, 1e9), (-1e6, 3.0)):
+        probe = fit_probe(x, scale * y + shift)
+        assert probe.score == pytest.approx(plain.score, abs=1e-6)
+        np.testing.assert_allclose(probe.predict(x[:2]), scale * plain.predict(x[:2]) + shift, rtol=1e-5,
+                                   atol=1e-5 * abs(scale))  # fmt: skip

@@ -113,3 +113,18 @@ def test_the_hostile_page_runs_no_injected_code_in_chromium(tmp_path):
     assert "data-pwned" not in body and "data-pwned" not in dom.split("</h1>")[0]
     assert body.get("data-images") == "1" and body.get("data-images-loaded") == "1"  # the page's own script ran
     assert not re.search(r'href="javascript:', dom, re.IGNORECASE)
+
+
+def test_formats_and_json_that_would_exhaust_the_report_are_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    table = {"title": "t", "columns": ["a", "b"], "rows": [{"a": 1.5, "b": 2}], "formats": {"a": "999999999d",
+             "b": ".999999999f"}}  # fmt: skip
+    (run / "run.json").write_text(json.dumps({"kind": "k", "title": "t", "section": "s", "config": {},
+                                              "tables": [table]}))  # fmt: skip
+    (run / "deep.run.json").write_text("[" * 200_000 + "]" * 200_000)
+    (run / "digits.run.json").write_text('{"kind": ' + "9" * 5000 + "}")
+    page = write_report(run).read_text()
+    assert "<td>1.5</td><td>2</td>" in page  # the plain values: no gigabyte-wide cells
+    assert "deep.run.json: not a readable JSON manifest (RecursionError)" in page
+    assert "digits.run.json: not a readable JSON manifest (ValueError)" in page

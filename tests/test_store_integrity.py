@@ -401,3 +401,24 @@ def test_verify_checks_dtypes_and_reads_back_non_finite_values(reference, tmp_pa
         f.create_dataset("sites/blocks.1", data=np.zeros(shape, np.int8))
     code, out, err = run_cli("verify", foreign)
     assert code != 0 and "sites/blocks.1 is int8, the layout says float32" in out + err
+
+
+def test_verify_reads_an_expert_that_never_ran_as_a_note(tmp_path, run_cli):
+    """Wan 2.2 traced at high-noise steps only: the low-noise expert's sites are NaN throughout."""
+    sites = ["high.blocks.0", "low.blocks.0"]
+    layout = StoreLayout(
+        model="synthetic", adapter="none", num_steps=2, steps=[0, 1], timesteps=[1000.0, 500.0],
+        sigmas=[1.0, 0.5, 0.0], sites=sites, hidden={s: 4 for s in sites}, token_grid=(1, 2, 2),
+        pooling=json.dumps({"kind": "none", "factor": 1, "count": 0, "seed": 0}), n_tokens=4,
+        latent_shape=(4, 1, 2, 2), n_videos=2, video_keys=["a", "b"], dtype="float32",
+    )  # fmt: skip
+    with StoreWriter(tmp_path / "s.h5", layout) as writer:
+        part = writer.begin_part([0, 1])
+        for step in (0, 1):
+            part.write_site("high.blocks.0", step, np.ones((2, 4, 4), np.float32))  # low never runs
+            part.write_x0_hat(step, np.zeros((2, 4, 1, 2, 2), np.float32))
+            part.write_x_t(step, np.zeros((2, 4, 1, 2, 2), np.float32))
+        part.finish(np.zeros((2, 4, 1, 2, 2), np.float32), [{}, {}])
+    code, out, err = run_cli("verify", tmp_path / "s.h5", "--checksums")
+    assert code == 0, out + err
+    assert "1 expert sites never ran at the stored steps (first: low.blocks.0)" in out

@@ -107,8 +107,8 @@ class Manifest:
         else, so what the report renders is what this says it is (``ManifestError``, one line)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ManifestError(f"{path}: not a readable JSON manifest ({err})") from err
+        except (OSError, ValueError, RecursionError) as err:  # JSON errors, 4300+ digit numbers, deep nesting
+            raise ManifestError(f"{path}: not a readable JSON manifest ({type(err).__name__})") from None
         return cls(**_checked(data, path))
 
 

@@ -20,8 +20,12 @@ MODEL_LIMITS = [
     (re.compile(r"(\w+_)?head_dim$"), 4096),
     (re.compile(r"patch_size(_t)?$"), 64),
     (re.compile(r"(in|out)_channels$"), 16384),
-    (re.compile(r"(ffn_dim|inner_dim|cross_attn_dim|text_dim|freq_dim)$"), 1 << 17),
-]
+    (re.compile(r"(ffn_dim|inner_dim|cross_attn_dim|text_dim|freq_dim|cross_attention_dim|caption_channels)$"),
+     1 << 17),
+    (re.compile(r"(rope_max_seq_len|sample_(width|height|frames|size)|max_position_embeddings)$"), 1 << 16),
+    (re.compile(r"(layers_per_block|num_res_blocks)$"), 64),
+    (re.compile(r"block_out_channels$"), 16384),
+]  # fmt: skip
 SCHEDULER_SHIFTS = ("shift", "flow_shift", "base_shift", "max_shift")
 
 
@@ -63,8 +67,8 @@ def check_scheduler_config(path: Path, config: dict) -> None:
 def read_config(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path}: not readable JSON ({err})") from None
+    except (OSError, ValueError, RecursionError) as err:  # JSON errors, huge numbers, deep nesting
+        raise UsageError(f"{path}: not readable JSON ({type(err).__name__})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: must be a JSON object")
     return data
@@ -99,6 +103,6 @@ def weight_block_count(folder: Path, blocks_attr: str) -> int | None:
                 keys = list(f.keys())
         except Exception as err:  # noqa: BLE001 - a damaged header, in whatever way the reader reports it
             raise UsageError(f"{file}: not a readable safetensors file ({' '.join(str(err).split())})") from None
-        indices |= {int(k[len(prefix):].split(".", 1)[0]) for k in keys
-                    if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit()}  # fmt: skip
+        found = (re.fullmatch(r"[0-9]+", k[len(prefix):].split(".", 1)[0]) for k in keys if k.startswith(prefix))
+        indices |= {int(m.group()) for m in found if m}
     return len(indices)

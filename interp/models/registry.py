@@ -94,8 +94,8 @@ def pipeline_class_name(folder: str | Path) -> str:
         raise ValueError(f"--model {folder}: not a diffusers pipeline folder (no model_index.json)")
     try:
         data = json.loads(index.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"--model {folder}: model_index.json does not read as JSON ({err})") from None
+    except (OSError, ValueError, RecursionError) as err:  # JSON errors, huge numbers, deep nesting
+        raise ValueError(f"--model {folder}: model_index.json does not read as JSON ({type(err).__name__})") from None
     if not isinstance(data, dict):
         raise ValueError(f"--model {folder}: model_index.json must be a JSON object")
     check_component_libraries(folder, data)

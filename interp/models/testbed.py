@@ -100,8 +100,8 @@ def load_sampling_defaults(path: str | Path | None = None) -> SamplingDefaults:
         return SamplingDefaults()
     try:
         fields = json.loads(meta.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{meta}: not readable JSON ({err})") from None
+    except (OSError, ValueError, RecursionError) as err:  # JSON errors, huge numbers, deep nesting
+        raise ValueError(f"{meta}: not readable JSON ({type(err).__name__})") from None
     if not isinstance(fields, dict):
         raise ValueError(f"{meta}: must be a JSON object of {', '.join(SamplingDefaults.__dataclass_fields__)}")
     known = {k: fields[k] for k in SamplingDefaults.__dataclass_fields__ if k in fields}  # other keys: notes

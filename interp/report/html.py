@@ -128,9 +128,11 @@ def _table(rows: list[dict], columns: list[str], formats: dict[str, str] | None 
 def _formatted(value, spec: str) -> str:
     """A cell in its manifest's format; the plain value where the format does not apply (or would
     blow the cell up: a format comes from the manifest, which may be someone else's)."""
+    sizes = [int(n) for n in re.findall(r"\d+", spec)]  # width and precision: bounded before formatting
     try:
-        text = format(value, spec) if isinstance(value, (int, float)) and len(spec) <= 12 else str(value)
-    except (ValueError, TypeError):
+        plain = not isinstance(value, (int, float)) or len(spec) > 12 or max(sizes, default=0) > 50
+        text = str(value) if plain else format(value, spec)
+    except (ValueError, TypeError, OverflowError):
         text = str(value)
     return text if len(text) <= MAX_CELL else str(value)[:MAX_CELL]
 
@@ -222,7 +224,11 @@ def _side_by_side(page: _Page, manifests: list[tuple[Path, Manifest]]) -> None:
     if len(studies) < 2:
         return
     read = {p.resolve(): m for p, m in manifests}
-    names = {f: str(read[(f / "run.json").resolve()].config.get("model", page.name(f))) for f in studies}
+    names = {}
+    for f in studies:  # a column per study folder, named by its model (and folder where two share one)
+        own = read.get((f / "run.json").resolve())
+        model = str(own.config.get("model", page.name(f))) if own is not None else page.name(f)
+        names[f] = model if model not in names.values() else f"{model} ({page.name(f)})"
     cells: dict[str, dict[str, str]] = {}
     for path, manifest in manifests:
         owner = next((f for f in studies if path.resolve().is_relative_to(f.resolve())), None)
