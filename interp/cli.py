@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from interp.cli_data import data_app
 from interp.cli_options import add_experiment_commands, check_maze, echo_manifest, run_app, set_threads, testbed
 from interp.cli_train import train_app
 from interp.plans import pipeline_generate_plan, show
@@ -19,6 +20,7 @@ from interp.validation import UsageError, parse_labels
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 app.add_typer(train_app, name="train")
+app.add_typer(data_app, name="data")
 MODEL_HELP = "A shipped testbed (testbed, testbed-mixed) or a folder of testbed weights."
 
 
@@ -226,7 +228,7 @@ def probe(
     device: str = typer.Option("cpu", help="torch device of the fast path: cpu, cuda, ..."),
     name: str = typer.Option("probes", help="Name of the run: NAME.csv, results/probes/NAME in the store."),
     max_tokens: int = typer.Option(None, help="Tokens read per video (stratified by label): bounded memory."),
-    control_condition_types: int = typer.Option(32, help="Control task: at most this many conditioning categories."),
+    control_condition_types: int = typer.Option(64, help="Control task: at most this many conditioning categories."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
 ) -> None:
     """Linear probes per (step, layer) with controls: control task, x_t alone, conditioning alone, majority."""

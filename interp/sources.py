@@ -25,6 +25,7 @@ class Sample:
     name: str
     prompt: str
     first_frame: Path | None
+    folder: Path | None = None  # where it was read from (a scorer such as ``maze`` reads its truth there)
 
 
 def read_samples(folder: str | Path) -> list[Sample]:
@@ -57,7 +58,7 @@ def read_samples(folder: str | Path) -> list[Sample]:
             raise ValueError(f"--data {folder}: sample {sub.name!r}: first_frame.png is a broken link")
         if frame.exists() and not frame.is_file():
             raise ValueError(f"--data {folder}: sample {sub.name!r}: first_frame.png is not a regular file")
-        samples.append(Sample(sub.name, text, frame if frame.exists() else None))
+        samples.append(Sample(sub.name, text, frame if frame.exists() else None, sub))
     return samples
 
 

@@ -59,7 +59,7 @@ def condition_tokens(store: ActivationStore, videos: list[int]) -> np.ndarray:
     return _pool(store, tokens)
 
 
-CONDITION_TYPES = 32  # default: the most categories of the conditioning a token type may carry
+CONDITION_TYPES = 64  # default: the most categories of the conditioning a token type may carry
 FIT_ROWS = 5_000  # conditioning rows the summary is fitted on (a seeded sample when there are more)
 TIGHT = 0.25  # categories: every cluster's RMS radius below this share of the distance to its nearest neighbour
 
@@ -68,14 +68,16 @@ class ConditionSummary:
     """What the given frame shows at a token, as one of at most ``max_types`` categories: the control
     task's memorisable identity beside the token's position.
 
-    The conditioning enters a token's type only where it is categorical: its tokens (rounded to
-    0.1) take at most ``max_types`` distinct values (the maze's cells), or for some k up to
-    ``max_types`` their k-means clusters (scikit-learn, seeded) are tight (``TIGHT``: a VAE-encoded
-    discrete image). A continuous image, the frame of a real I2V model, is left out (one category):
-    random labels per (position, cluster of a continuous latent) are a task no linear read of the
-    model can memorise, so such a control would understate memorisation and inflate every
-    selectivity (a target of position alone would score well above 0). The content of a continuous
-    frame is what the ``condition`` control, the probe on the conditioning alone, measures.
+    The conditioning enters a token's type only where it is categorical: for some k up to
+    ``max_types``, fewer than its distinct values, its tokens' k-means clusters (scikit-learn,
+    seeded) are tight (``TIGHT``: a VAE-encoded discrete image, a few codes with noise); or else
+    its tokens (rounded to 0.1) take at most ``max_types`` distinct values, none a neighbour of
+    another on the rounding grid (discrete codes: the maze's cells). A
+    continuous image, the frame of a real I2V model, is left out (one category): random labels per
+    (position, cluster of a continuous latent) are a task no linear read of the model can memorise,
+    so such a control would understate memorisation and inflate every selectivity (a target of
+    position alone would score well above 0). The content of a continuous frame is what the
+    ``condition`` control, the probe on the conditioning alone, measures.
     ``kind``: "values", "clusters" or "none".
     """
 
@@ -92,14 +94,18 @@ class ConditionSummary:
         if len(rows) > FIT_ROWS:
             rows = rows[np.random.default_rng(seed).choice(len(rows), FIT_ROWS, replace=False)]
         values = np.unique(np.round(rows, 1), axis=0)
-        if len(values) <= max_types:
+        if len(values) == 1:
             return cls(values, "values")
         from sklearn.cluster import KMeans
 
-        for k in range(2, min(max_types, len(values)) + 1):
+        # Fewer tight clusters than distinct values: categories with a little noise (a VAE's codes),
+        # which rounding alone would split. Otherwise the distinct values, if few enough.
+        for k in range(2, min(max_types, len(values) - 1) + 1):
             kmeans = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(rows)
             if _tight(rows, kmeans.labels_, kmeans.cluster_centers_):
                 return cls(kmeans.cluster_centers_, "clusters")
+        if len(values) <= max_types and _apart(values):
+            return cls(values, "values")
         return cls(rows.mean(0, keepdims=True), "none")
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
@@ -113,6 +119,14 @@ class ConditionSummary:
             block = flat[start : start + 65_536]
             out[start : start + len(block)] = np.argmin(centres_sq[None] - 2 * block @ self.centres.T, axis=1)
         return out.reshape(rows.shape[:-1])
+
+
+def _apart(values: np.ndarray) -> bool:
+    """No two distinct rounded values are neighbours on the 0.1 grid: discrete codes, not a continuous
+    input that rounding happened to leave with few values (one channel rounds to a few dozen)."""
+    gaps = np.sqrt(((values[:, None] - values[None]) ** 2).sum(-1))
+    np.fill_diagonal(gaps, np.inf)
+    return bool(gaps.min() > 0.15)
 
 
 def _tight(rows: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> bool:

@@ -57,3 +57,31 @@ def test_quiet_and_tqdm_disable_hide_every_progress_bar(tmp_path):
     by_env = subprocess.run([*cmd, str(tmp_path / "c.h5")], capture_output=True, text=True, timeout=300, env=env)
     for done in (quiet, by_env):
         assert done.returncode == 0 and "it/s" not in done.stderr and "%|" not in done.stderr, done.stderr
+
+
+def test_a_ctrl_c_swallowed_by_a_garbage_collection_callback_still_stops_the_command():
+    """Python prints "Exception ignored" for a KeyboardInterrupt raised inside a weakref callback and
+    goes on; the entry point's hook hands it back to the main thread."""
+    import weakref
+
+    import pytest
+
+    from interp.entry import _redeliver_interrupts
+
+    class Thing:
+        pass
+
+    def interrupted(_ref):
+        raise KeyboardInterrupt
+
+    previous = sys.unraisablehook
+    sys.unraisablehook = _redeliver_interrupts
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            thing = Thing()
+            ref = weakref.ref(thing, interrupted)  # noqa: F841 - kept alive so its callback runs
+            del thing  # the callback raises; Python would swallow it
+            for _ in range(10_000_000):  # the interrupt arrives at the next check of the main thread
+                pass
+    finally:
+        sys.unraisablehook = previous

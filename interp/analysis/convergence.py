@@ -60,6 +60,16 @@ def seed_spread(x0s: list[np.ndarray], finals: list[np.ndarray]) -> np.ndarray:
     )
 
 
+def sample_folder(store, video: int):
+    """The sample folder a pipeline store's video was traced from (its trace config's ``data`` and the
+    video's ``sample``), where a built-in scorer such as ``maze`` reads its truth; None otherwise."""
+    from pathlib import Path
+
+    data = store.layout.extra.get("pipeline_trace_config", {}).get("data")
+    name = store.meta(video).get("sample")
+    return Path(data) / name if isinstance(data, str) and isinstance(name, str) else None
+
+
 def sample_groups(store) -> dict[str, list[int]]:
     """Complete videos by the sample they show (pipeline stores: metadata ``sample``; testbed: the maze)."""
     groups: dict[str, list[int]] = {}
@@ -89,9 +99,9 @@ def analyse_convergence(store, threshold: float = 0.1, scorer=None, decode=None,
                   "distance_per_frame": per_frame.tolist(), "commit_step_per_frame": commit_steps(per_frame, steps,
                   threshold)}  # fmt: skip
         if scorer is not None:
-            name = f"video {v} ({store.layout.video_keys[v]})"
-            record["score"] = [scorer(decode(x[None])[0], f"{name}, step {s}") for s, x in zip(steps, x0)]
-            record["score"].append(scorer(decode(final[None])[0], f"{name}, final sample"))
+            name, folder = f"video {v} ({store.layout.video_keys[v]})", sample_folder(store, v)
+            record["score"] = [scorer(decode(x[None])[0], f"{name}, step {s}", folder) for s, x in zip(steps, x0)]
+            record["score"].append(scorer(decode(final[None])[0], f"{name}, final sample", folder))
         videos.append(record)
         totals.append(total)
         frames_d.append(per_frame)

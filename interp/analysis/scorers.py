@@ -10,6 +10,7 @@ import math
 import numbers
 import signal
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -26,16 +27,19 @@ class _Expired(BaseException):
 
 
 class Scorer:
+    needs_sample = False  # a built-in that reads the sample's truth (``maze``) sets this
+
     def __init__(self, spec: str, function, timeout: float | None = None):
         self.spec, self.function, self.timeout = spec, function, timeout
 
-    def __call__(self, frames: np.ndarray, what: str = "a video") -> float:
-        """The score of ``frames``; ``what`` names the sample in an error."""
+    def __call__(self, frames: np.ndarray, what: str = "a video", sample: Path | None = None) -> float:
+        """The score of ``frames``; ``what`` names the sample in an error; ``sample``: its folder (what a
+        built-in such as ``maze`` reads its truth from; a user's ``module:function`` gets frames only)."""
         late = ScorerError(f"--scorer {self.spec} took longer than {self.timeout or 0:g} s on {what}")
         limit = _TimeLimit(self.timeout)
         try:
             with limit:
-                value = self.function(frames)
+                value = self.function(frames, sample) if self.needs_sample else self.function(frames)
         except _Expired:
             raise late from None
         except SystemExit as err:  # the scorer tried to end the program: an error, never an answer
@@ -92,14 +96,39 @@ class _TimeLimit:
         return False
 
 
+class MazeScorer(Scorer):
+    """``--scorer maze``: the maze verifier on decoded frames of any size, against the sample folder's
+    ``maze.json`` (``interp data maze``): 1 solved, 0 not."""
+
+    needs_sample = True
+
+    def __init__(self, timeout: float | None = None):
+        super().__init__("maze", self._score, timeout)
+        self._mazes: dict[Path, object] = {}
+
+    def _score(self, frames: np.ndarray, sample: Path | None) -> float:
+        from interp.tasks.maze_data import maze_score, read_maze
+
+        if sample is None:
+            raise ValueError("the maze scorer needs the sample's folder (its maze.json): samples read with --data")
+        if sample not in self._mazes:
+            self._mazes[sample] = read_maze(sample)
+        return maze_score(frames, self._mazes[sample])
+
+
+BUILT_IN = {"maze": MazeScorer}
+
+
 def load_scorer(spec: str, timeout: float | None = None) -> Scorer:
-    """``module:function``: a Python function of decoded frames (T, H, W, 3) uint8 returning a number;
-    ``timeout``: seconds one call may take (None: no limit)."""
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"--scorer takes module:function, got {spec!r}")
+    """``module:function``: a Python function of decoded frames (T, H, W, 3) uint8 returning a number,
+    or a built-in (``maze``); ``timeout``: seconds one call may take (None: no limit)."""
     if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= MAX_TIMEOUT):
         raise ValueError(f"--scorer-timeout must be a positive number of seconds, at most {MAX_TIMEOUT:g}: {timeout!r}")
+    if spec in BUILT_IN:
+        return BUILT_IN[spec](timeout)
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"--scorer takes module:function or one of {', '.join(BUILT_IN)}, got {spec!r}")
     try:
         fn = getattr(importlib.import_module(module), name)
     except SystemExit as err:

@@ -231,7 +231,7 @@ def run_pipeline_ensemble(cfg: EnsembleConfig, out, progress: bool = True) -> li
                     video = adapter.decode(final[None].to(device))[0]
                 save_gif(video, folder / f"{name}.gif", scale=1)
                 if scorer is not None:
-                    rows[-1]["score"] = scorer(video, f"sample {item.name}, {name}")
+                    rows[-1]["score"] = scorer(video, f"sample {item.name}, {name}", item.folder)
     save_file(finals, str(out / "finals.safetensors"))
     return rows
 

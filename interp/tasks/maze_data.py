@@ -1,0 +1,129 @@
+"""Mazes as a data set like any other: VBVR-style sample folders any model can take, and the maze
+verifier as a scorer over decoded frames, so a real pipeline and the testbed can be put on the same
+mazes with the same verdicts.
+
+A sample folder (``interp data maze``): ``first_frame.png`` (the puzzle, the maze's grid of
+(2N+1)^2 squares drawn at ``pixels`` x ``pixels``), ``final_frame.png`` (the solved maze),
+``ground_truth.gif`` (the solution video, the agent walking one cell per frame), ``prompt.txt``
+(the instruction) and ``maze.json`` (the maze's truth: size, seed, open sides, start, goal, path).
+``read_maze`` rebuilds the maze from ``maze.json`` with every field checked; ``to_grid`` reads a
+decoded video of any size back onto the maze's grid (the centre pixel of each square), which
+``maze.verify`` judges.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from interp.tasks import maze as maze_task
+
+PROMPT = (
+    "A maze seen from above: black walls, white corridors, a green start and a red goal. A blue walker moves "
+    "from the green square along the corridors to the red square, one square per frame, leaving a yellow "
+    "trail; it never crosses a wall."
+)
+TRUTH = "maze.json"
+
+
+def maze_record(maze: maze_task.Maze) -> dict:
+    """What ``maze.json`` holds: enough to rebuild the maze and verify any video of it."""
+    return {
+        "task": "maze", "size": maze.size, "seed": maze.seed, "open_sides": maze.open_sides.astype(int).tolist(),
+        "start": list(maze.start), "goal": list(maze.goal), "path": [list(p) for p in maze.path],
+    }  # fmt: skip
+
+
+def maze_from_record(data, where: str) -> maze_task.Maze:
+    """The maze a record describes, every field checked (one ValueError naming ``where``)."""
+
+    def fail(what: str):
+        raise ValueError(f"{where}: {what}")
+
+    if not isinstance(data, dict) or data.get("task") != "maze":
+        fail('not a maze record (needs "task": "maze")')
+    size, seed = data.get("size"), data.get("seed")
+    if not isinstance(size, int) or isinstance(size, bool) or not maze_task.MIN_SIZE <= size <= 64:
+        fail(f"size must be an integer from {maze_task.MIN_SIZE} to 64, got {size!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        fail(f"seed must be an integer, got {seed!r}")
+    try:
+        open_sides = np.asarray(data.get("open_sides"), dtype=np.int64)
+        start, goal = tuple(int(v) for v in data["start"]), tuple(int(v) for v in data["goal"])
+        path = tuple(tuple(int(v) for v in p) for p in data["path"])
+    except (KeyError, TypeError, ValueError):
+        fail("open_sides, start, goal and path must be integer lists")
+    if open_sides.shape != (size, size, 4) or not np.isin(open_sides, (0, 1)).all():
+        fail(f"open_sides must be a ({size}, {size}, 4) array of 0 and 1")
+    if not path or path[0] != start or path[-1] != goal:
+        fail("path must run from start to goal")
+    for (r0, c0), (r1, c1) in zip(path, path[1:]):
+        step = (r1 - r0, c1 - c0)
+        if step not in maze_task.DIRECTIONS or not open_sides[r0, c0, maze_task.DIRECTIONS.index(step)]:
+            fail(f"path steps from {(r0, c0)} to {(r1, c1)} through a wall")
+    if any(not (0 <= r < size and 0 <= c < size) for r, c in path):
+        fail("path leaves the maze")
+    sides = open_sides.astype(bool)
+    dist, _ = maze_task._tree_distances(sides, goal)
+    return maze_task.Maze(size, seed, sides, start, goal, path, dist)
+
+
+def read_maze(sample: str | Path) -> maze_task.Maze:
+    """The maze of a sample folder (its ``maze.json``)."""
+    path = Path(sample) / TRUTH
+    if not path.is_file():
+        raise ValueError(f"{Path(sample)}: no {TRUTH} (not a maze sample: write them with `interp data maze`)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: not readable JSON ({type(err).__name__})") from None
+    return maze_from_record(data, str(path))
+
+
+def render_frames(maze: maze_task.Maze, frames: int, pixels: int) -> np.ndarray:
+    """The solution video (T, pixels, pixels, 3) uint8: the maze's grid drawn large, square by square."""
+    grid = maze_task.render(maze_task.encode(maze, frames))  # (T, 2N+1, 2N+1, 3)
+    return np.stack([np.asarray(Image.fromarray(f).resize((pixels, pixels), Image.NEAREST)) for f in grid])
+
+
+def to_grid(video: np.ndarray, size: int) -> np.ndarray:
+    """A decoded video (T, H, W, 3) of any size read back onto a maze's (2N+1)^2 grid: the centre pixel
+    of each square (away from the blur a model or a VAE leaves at square edges)."""
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"expected an RGB video (T, H, W, 3), got shape {video.shape}")
+    side = 2 * size + 1
+    rows = ((np.arange(side) + 0.5) * video.shape[1] / side).astype(int)
+    cols = ((np.arange(side) + 0.5) * video.shape[2] / side).astype(int)
+    return video[:, rows][:, :, cols]
+
+
+def maze_score(video: np.ndarray, maze: maze_task.Maze) -> float:
+    """1 if the verifier finds the video solves the maze, else 0 (``maze.verify`` on its grid)."""
+    return float(maze_task.verify(to_grid(video, maze.size), maze).solved)
+
+
+def write_maze_samples(out: str | Path, size: int, n: int, first_seed: int, frames: int, pixels: int) -> list[Path]:
+    """``n`` maze sample folders in ``out`` (seeds first_seed..): returns their paths."""
+    if not maze_task.MIN_SIZE <= size <= 64 or n < 1 or frames < maze_task.MIN_FRAMES or not 2 * size + 1 <= pixels:
+        raise ValueError(f"size {size}, n {n}, frames {frames}, pixels {pixels}: need size 2-64, n >= 1, "
+                         f"frames >= 2 and pixels >= 2 x size + 1")  # fmt: skip
+    from interp.report.filmstrip import save_gif
+
+    out = Path(out)
+    folders = []
+    for i in range(n):
+        maze = maze_task.generate_maze(size, first_seed + i)
+        folder = out / f"maze{size}_seed{maze.seed:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        video = render_frames(maze, frames, pixels)
+        Image.fromarray(video[0]).save(folder / "first_frame.png")
+        Image.fromarray(video[-1]).save(folder / "final_frame.png")
+        save_gif(video, folder / "ground_truth.gif", scale=1)
+        (folder / "prompt.txt").write_text(PROMPT + "\n")
+        (folder / TRUTH).write_text(json.dumps(maze_record(maze), indent=1))
+        folders.append(folder)
+    return folders

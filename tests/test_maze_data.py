@@ -1,0 +1,66 @@
+"""Mazes as a data set: `interp data maze` writes sample folders a pipeline reads with --data, and
+`--scorer maze` judges any model's decoded video against the sample's maze.json with the maze verifier."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageSequence
+
+from interp.analysis.scorers import ScorerError, load_scorer
+from interp.tasks import maze as maze_task
+from interp.tasks.maze_data import maze_from_record, maze_record, read_maze, render_frames, to_grid
+
+
+def _gif(path) -> np.ndarray:
+    return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(path))])
+
+
+def test_maze_samples_read_back_and_the_verifier_judges_their_videos(tmp_path, run_cli):
+    code, out, err = run_cli("data", "maze", "--size", 4, "-n", 2, "--frames", 5, "--pixels", 96, "--out", tmp_path)
+    assert code == 0, err
+    folders = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [p.name for p in folders] == ["maze4_seed000000", "maze4_seed000001"]
+    for name in ("first_frame.png", "final_frame.png", "ground_truth.gif", "prompt.txt", "maze.json"):
+        assert (folders[0] / name).is_file(), name
+    maze = read_maze(folders[0])
+    reference = maze_task.generate_maze(4, 0)
+    assert maze.path == reference.path and np.array_equal(maze.open_sides, reference.open_sides)
+    assert np.array_equal(maze.dist_to_goal, reference.dist_to_goal)
+    assert Image.open(folders[0] / "first_frame.png").size == (96, 96)
+    scorer = load_scorer("maze")
+    truth = _gif(folders[0] / "ground_truth.gif")
+    assert scorer(truth, "maze 0", folders[0]) == 1.0
+    assert scorer(truth[::-1].copy(), "maze 0", folders[0]) == 0.0  # the walk backwards is not a solution
+    assert scorer(truth, "maze 1 with maze 0's video", folders[1]) == 0.0
+    wide = np.stack([np.asarray(Image.fromarray(f).resize((832, 480), Image.BILINEAR)) for f in truth])
+    assert scorer(wide, "maze 0 at 480x832", folders[0]) == 1.0  # another model's frame size, smoothed edges
+    assert np.array_equal(to_grid(render_frames(maze, 5, 480), 4), maze_task.render(maze_task.encode(maze, 5)))
+    with pytest.raises(ScorerError, match="needs the sample's folder"):
+        scorer(truth, "a video without its sample")
+
+
+def test_a_maze_record_that_lies_is_one_line(tmp_path):
+    record = maze_record(maze_task.generate_maze(4, 3))
+    assert maze_from_record(json.loads(json.dumps(record)), "m").path == maze_task.generate_maze(4, 3).path
+    walled = {**record, "open_sides": np.zeros((4, 4, 4), int).tolist()}
+    for bad, message in ((walled, "through a wall"), ({**record, "size": 10**9}, "size must be an integer"),
+                         ({**record, "path": [[0, 0]]}, "path must run from start to goal"),
+                         ({**record, "task": "sudoku"}, "not a maze record")):  # fmt: skip
+        with pytest.raises(ValueError, match=message) as err:
+            maze_from_record(bad, "x/maze.json")
+        assert str(err.value).startswith("x/maze.json: ")
+
+
+def test_a_pipeline_ensemble_is_scored_by_the_maze_verifier(tmp_path, run_cli):
+    from tiny_pipelines import build_tiny_wan
+
+    model = build_tiny_wan(tmp_path / "wan", image_to_video=True)
+    code, _, err = run_cli("data", "maze", "--size", 4, "-n", 1, "--pixels", 32, "--out", tmp_path / "mazes")
+    assert code == 0, err
+    code, _, err = run_cli("ensemble", "--model", model, "--data", tmp_path / "mazes", "--height", 32, "--width", 32,
+                           "--num-frames", 5, "--num-steps", 2, "--seeds", 2, "--k", 1, "--scorer", "maze",
+                           "--out", tmp_path / "ens")  # fmt: skip
+    assert code == 0, err
+    rows = json.loads((tmp_path / "ens" / "ensemble.json").read_text())["rows"]
+    assert rows and all(r["score"] in (0.0, 1.0) for r in rows)  # a random model: judged, not solved
