@@ -123,7 +123,7 @@ def evaluate(
 @app.command()
 def trace(
     model: str = typer.Option("testbed", help="A shipped testbed, a folder of testbed weights, or a pipeline folder."),
-    data: Path | None = typer.Option(None, help="Pipeline models: folder of samples (prompt.txt, first_frame.png)."),
+    data: Path | None = typer.Option(None, help="Folder of samples (prompt.txt, first_frame.png); the testbed: mazes."),
     height: int = typer.Option(480, help="Pipeline models: video height."),
     width: int = typer.Option(832, help="Pipeline models: video width."),
     num_frames: int = typer.Option(81, help="Pipeline models: frames."),
@@ -175,11 +175,14 @@ def trace(
             torch_dtype=torch_dtype, samples=[x for item in samples for x in item.split(",") if x] or None,
         )  # fmt: skip
     else:
-        if data is not None:
-            raise UsageError("--data is for pipeline models; the testbed generates its own mazes")
+        if data is not None:  # maze sample folders (interp data maze): the store takes their number and size
+            from interp.tasks.maze_data import read_maze_samples
+
+            read = read_maze_samples(data)
+            n, size = len(read), read[0][1].size
         check_maze(task, size, frames, num_steps)
         cfg = TraceConfig(model, task, size, frames, n, first_seed, steps, layers, list(sub), pooling, dtype,
-                          batch_size, num_steps, backend=backend)  # fmt: skip
+                          batch_size, num_steps, backend=backend, data=None if data is None else str(data))  # fmt: skip
         adapter = testbed(model)
     job = make_job(cfg, adapter, skeleton=adapter is None)  # every check first; a pipeline's from its configs
     writer_options = {"queue_bytes": queue_mb << 20, "sha256": sha256}

@@ -64,3 +64,31 @@ def test_a_pipeline_ensemble_is_scored_by_the_maze_verifier(tmp_path, run_cli):
     assert code == 0, err
     rows = json.loads((tmp_path / "ens" / "ensemble.json").read_text())["rows"]
     assert rows and all(r["score"] in (0.0, 1.0) for r in rows)  # a random model: judged, not solved
+
+
+def test_the_testbed_traces_a_maze_data_set_and_the_maze_scorer_reads_it_back(tmp_path, run_cli):
+    """The same sample folders a pipeline takes: the testbed's store holds their mazes, named by sample,
+    and `chain --scorer maze` judges the testbed's decoded x0_hat against each sample's maze.json."""
+    from activations import ActivationStore
+
+    code, _, err = run_cli("data", "maze", "--size", 4, "-n", 3, "--first-seed", 7, "--pixels", 64,
+                           "--out", tmp_path / "mazes")  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli("trace", "--data", tmp_path / "mazes", "--layers", "0", "--num-steps", 4,
+                           "--out", tmp_path / "t.h5")  # fmt: skip
+    assert code == 0, err
+    with ActivationStore(tmp_path / "t.h5") as store:
+        assert store.layout.video_keys == ["maze4_seed000007", "maze4_seed000008", "maze4_seed000009"]
+        metas = [store.meta(v) for v in store.completed_videos]
+    assert [m["maze_seed"] for m in metas] == [7, 8, 9] and all(m["sample"].startswith("maze4_") for m in metas)
+    code, _, err = run_cli("chain", tmp_path / "t.h5", "--scorer", "maze", "--model", "testbed",
+                           "--out", tmp_path / "chain")  # fmt: skip
+    assert code == 0, err
+    chain = json.loads((tmp_path / "chain" / "convergence.json").read_text())
+    final_scores = [v["score"][-1] for v in chain["videos"]]
+    verdicts = [float(m["verdict"]["solved"]) for m in metas]
+    assert final_scores == verdicts  # the scorer on decoded frames agrees with the testbed's own verifier
+    bad = tmp_path / "mazes" / "maze4_seed000008" / "first_frame.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(bad)
+    code, _, err = run_cli("trace", "--data", tmp_path / "mazes", "--out", tmp_path / "t2.h5")
+    assert code == 2 and "does not show the maze its maze.json describes" in err

@@ -65,7 +65,8 @@ def sample_folder(store, video: int):
     video's ``sample``), where a built-in scorer such as ``maze`` reads its truth; None otherwise."""
     from pathlib import Path
 
-    data = store.layout.extra.get("pipeline_trace_config", {}).get("data")
+    extra = store.layout.extra
+    data = (extra.get("pipeline_trace_config") or extra.get("trace_config") or {}).get("data")
     name = store.meta(video).get("sample")
     return Path(data) / name if isinstance(data, str) and isinstance(name, str) else None
 

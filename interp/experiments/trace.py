@@ -49,6 +49,9 @@ class TraceConfig(ExperimentConfig):
     shift: float | None = None
     backend: str = "nnsight"
     branch: str = "cond"
+    # A folder of maze samples (``interp data maze``): their mazes, in name order, instead of seeds;
+    # then ``n`` and ``size`` are the folder's.
+    data: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -121,6 +124,7 @@ class TracePlan:
     layout: StoreLayout
     num_steps: int
     shift: float
+    samples: list | None = None  # (name, maze, prompt) per video when the mazes come from ``data``
 
 
 def plan_trace(cfg: TraceConfig, adapter) -> TracePlan:
@@ -140,13 +144,23 @@ def plan_trace(cfg: TraceConfig, adapter) -> TracePlan:
     maze_task.encode(maze_task.generate_maze(cfg.size, cfg.first_seed), cfg.frames)  # validates size, frames
     sites = adapter.site_names(layers, tuple(cfg.subs))
     keys = [f"{cfg.task}{cfg.size}-f{cfg.frames}-seed{s}" for s in range(cfg.first_seed, cfg.first_seed + cfg.n)]
+    samples = None
+    if cfg.data is not None:
+        from interp.tasks.maze_data import read_maze_samples
+
+        samples = read_maze_samples(cfg.data)
+        sizes = sorted({maze.size for _, maze, _ in samples})
+        if sizes != [cfg.size] or len(samples) != cfg.n:
+            found = f"{len(samples)} mazes of size {', '.join(map(str, sizes))}"
+            raise ValueError(f"--data {cfg.data}: {found}; the config says {cfg.n} of size {cfg.size}")
+        keys = [name for name, _, _ in samples]
     layout = build_layout(
         adapter, model=cfg.model, latent_shape=adapter.latent_shape(cfg.size, cfg.frames), num_steps=num_steps,
         shift=shift, steps=steps, sites=sites, pooling=pooling, video_keys=keys, dtype=cfg.dtype, branch=cfg.branch,
         extra={"trace_config": asdict(cfg)},
     )  # fmt: skip
     pooling.check(layout.token_grid)
-    return TracePlan(cfg, steps, sites, pooling, layout, num_steps, shift)
+    return TracePlan(cfg, steps, sites, pooling, layout, num_steps, shift, samples)
 
 
 class TestbedTraceJob:
@@ -164,18 +178,23 @@ class TestbedTraceJob:
     def trace_part(self, writer: StoreWriter, videos: list[int]) -> None:
         """Trace a contiguous run of videos into one part of ``writer``'s store."""
         cfg, adapter, plan = self.cfg, self.adapter, self.plan
-        mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + v) for v in videos]
+        if plan.samples is not None:  # mazes read from sample folders
+            mazes = [plan.samples[v][1] for v in videos]
+        else:
+            mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + v) for v in videos]
         part = writer.begin_part(videos)
         noise, conditioning = maze_inputs(adapter, mazes, cfg.frames)
         result = trace_batch(adapter, part, plan.layout, noise, conditioning, plan.shift, cfg.backend)
         metas = []
-        for maze, rgb in zip(mazes, adapter.decode(result.latents)):
+        for v, maze, rgb in zip(videos, mazes, adapter.decode(result.latents)):
             metas.append({
                 "task": cfg.task, "size": cfg.size, "frames": cfg.frames, "maze_seed": maze.seed,
                 "noise_seed": maze.seed,
                 "prompt": f"Solve the {cfg.size}x{cfg.size} maze: walk from the green start to the red goal.",
                 "verdict": asdict(maze_task.verify(rgb, maze)),
             })  # fmt: skip
+            if plan.samples is not None:
+                metas[-1].update(sample=plan.samples[v][0], prompt=plan.samples[v][2])
         part.finish(result.latents, metas)
 
 

@@ -127,3 +127,33 @@ def write_maze_samples(out: str | Path, size: int, n: int, first_seed: int, fram
         (folder / TRUTH).write_text(json.dumps(maze_record(maze), indent=1))
         folders.append(folder)
     return folders
+
+
+def read_maze_samples(folder: str | Path, names: list[str] | None = None) -> list[tuple[str, maze_task.Maze, str]]:
+    """(name, maze, prompt) of every maze sample in ``folder`` (or the ``names`` chosen), in name order.
+    The conditioning a model gets is the first frame: each ``first_frame.png`` must show the maze its
+    ``maze.json`` describes (read back onto the grid), or the sample is refused."""
+    from interp.sources import read_samples
+
+    samples = read_samples(folder)
+    if names is not None:
+        by_name = {s.name: s for s in samples}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ValueError(f"--data {folder}: no sample {missing[0]!r}")
+        samples = [by_name[n] for n in names]
+    out = []
+    for sample in samples:
+        maze = read_maze(sample.folder)
+        if sample.first_frame is None:
+            raise ValueError(f"{sample.folder}: no first_frame.png (the puzzle the model is given)")
+        try:
+            frame = np.asarray(Image.open(sample.first_frame).convert("RGB"))
+        except OSError as err:
+            raise ValueError(f"{sample.first_frame}: not a readable image ({err})") from None
+        shown = maze_task.classify_pixels(to_grid(frame[None], maze.size))[0]
+        expected = maze_task.classify_pixels(maze_task.render(maze_task.encode(maze, 2))[:1])[0]
+        if not np.array_equal(shown, expected):
+            raise ValueError(f"{sample.first_frame}: does not show the maze its {TRUTH} describes")
+        out.append((sample.name, maze, sample.prompt))
+    return out
