@@ -182,7 +182,8 @@ def trace(
             n, size = len(read), read[0][1].size
         check_maze(task, size, frames, num_steps)
         cfg = TraceConfig(model, task, size, frames, n, first_seed, steps, layers, list(sub), pooling, dtype,
-                          batch_size, num_steps, backend=backend, data=None if data is None else str(data))  # fmt: skip
+                          batch_size, num_steps, backend=backend,
+                          data=None if data is None else str(data.resolve()))  # fmt: skip
         adapter = testbed(model)
     job = make_job(cfg, adapter, skeleton=adapter is None)  # every check first; a pipeline's from its configs
     writer_options = {"queue_bytes": queue_mb << 20, "sha256": sha256}

@@ -167,7 +167,7 @@ RULES: dict[str, Rule] = {
     "cs": each(number(0, lo_open=True), 1), "alphas": each(number(0, lo_open=True), 1),
     "tol": number(0, lo_open=True), "max_iter": int_range(1), "patience": int_range(0), "group": int_range(1),
     "name": NAME, "probes": NAME,
-    "max_tokens": int_range(1), "control_condition_types": int_range(1, 4096),
+    "max_tokens": int_range(1), "control_condition_types": int_range(1, 256),
     "scorer_timeout": number(0, 1e6, lo_open=True),
     "lr": number(0, lo_open=True), "min_lr_ratio": number(0, 1), "warmup": int_range(0),
     "weight_decay": number(0), "ema_decay": number(0, 1), "grad_clip": number(0, lo_open=True),

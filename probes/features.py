@@ -61,6 +61,7 @@ def condition_tokens(store: ActivationStore, videos: list[int]) -> np.ndarray:
 
 CONDITION_TYPES = 64  # default: the most categories of the conditioning a token type may carry
 FIT_ROWS = 5_000  # conditioning rows the summary is fitted on (a seeded sample when there are more)
+SEARCH_ROWS, SEARCH_K = 1_000, 32  # the search for tight clusters: rows and the most clusters tried
 TIGHT = 0.25  # categories: every cluster's RMS radius below this share of the distance to its nearest neighbour
 
 
@@ -68,11 +69,11 @@ class ConditionSummary:
     """What the given frame shows at a token, as one of at most ``max_types`` categories: the control
     task's memorisable identity beside the token's position.
 
-    The conditioning enters a token's type only where it is categorical: for some k up to
-    ``max_types``, fewer than its distinct values, its tokens' k-means clusters (scikit-learn,
-    seeded) are tight (``TIGHT``: a VAE-encoded discrete image, a few codes with noise); or else
-    its tokens (rounded to 0.1) take at most ``max_types`` distinct values, none a neighbour of
-    another on the rounding grid (discrete codes: the maze's cells). A
+    The conditioning enters a token's type only where it is categorical: its tokens (rounded to
+    0.1) take at most ``max_types`` distinct values, none a neighbour of another on the rounding
+    grid (discrete codes: the maze's cells); or else, for some k up to ``min(max_types, SEARCH_K)``,
+    fewer than its distinct values, its tokens' k-means clusters (scikit-learn, seeded) are tight
+    (``TIGHT``: a VAE-encoded discrete image, a few codes with noise). A
     continuous image, the frame of a real I2V model, is left out (one category): random labels per
     (position, cluster of a continuous latent) are a task no linear read of the model can memorise,
     so such a control would understate memorisation and inflate every selectivity (a target of
@@ -94,18 +95,18 @@ class ConditionSummary:
         if len(rows) > FIT_ROWS:
             rows = rows[np.random.default_rng(seed).choice(len(rows), FIT_ROWS, replace=False)]
         values = np.unique(np.round(rows, 1), axis=0)
-        if len(values) == 1:
+        if len(values) <= max_types and _apart(values):  # discrete codes, exactly (the maze's cells)
             return cls(values, "values")
         from sklearn.cluster import KMeans
 
-        # Fewer tight clusters than distinct values: categories with a little noise (a VAE's codes),
-        # which rounding alone would split. Otherwise the distinct values, if few enough.
-        for k in range(2, min(max_types, len(values) - 1) + 1):
-            kmeans = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(rows)
-            if _tight(rows, kmeans.labels_, kmeans.cluster_centers_):
-                return cls(kmeans.cluster_centers_, "clusters")
-        if len(values) <= max_types and _apart(values):
-            return cls(values, "values")
+        # Codes with a little noise (a VAE's), which rounding splits: some k tight clusters, searched
+        # on a seeded sample of SEARCH_ROWS rows (at most SEARCH_K fits), the chosen k refitted on all.
+        search = rows[np.random.default_rng(seed).choice(len(rows), min(len(rows), SEARCH_ROWS), replace=False)]
+        for k in range(2, min(max_types, SEARCH_K, len(values) - 1) + 1):
+            if _tight(search, *_kmeans(KMeans, k, seed, search)):
+                labels, centres = _kmeans(KMeans, k, seed, rows)
+                if _tight(rows, labels, centres):
+                    return cls(centres, "clusters")
         return cls(rows.mean(0, keepdims=True), "none")
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
@@ -119,6 +120,11 @@ class ConditionSummary:
             block = flat[start : start + 65_536]
             out[start : start + len(block)] = np.argmin(centres_sq[None] - 2 * block @ self.centres.T, axis=1)
         return out.reshape(rows.shape[:-1])
+
+
+def _kmeans(kmeans_class, k: int, seed: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    fit = kmeans_class(n_clusters=k, n_init=2, random_state=seed).fit(rows)
+    return fit.labels_, fit.cluster_centers_
 
 
 def _apart(values: np.ndarray) -> bool:

@@ -44,8 +44,15 @@ def test_a_maze_record_that_lies_is_one_line(tmp_path):
     record = maze_record(maze_task.generate_maze(4, 3))
     assert maze_from_record(json.loads(json.dumps(record)), "m").path == maze_task.generate_maze(4, 3).path
     walled = {**record, "open_sides": np.zeros((4, 4, 4), int).tolist()}
-    for bad, message in ((walled, "through a wall"), ({**record, "size": 10**9}, "size must be an integer"),
-                         ({**record, "path": [[0, 0]]}, "path must run from start to goal"),
+    outside = {**record, "start": [5, 0], "goal": [6, 0], "path": [[5, 0], [6, 0]]}
+    for bad, message in ((walled, "open_sides is not that of the maze seed 3"),
+                         ({**record, "seed": 7}, "open_sides is not that of the maze seed 7"),  # another maze's seed
+                         ({**record, "seed": -1}, "seed must be an integer from 0"),
+                         ({**record, "seed": 2**64}, "seed must be an integer from 0"),
+                         ({**record, "size": 10**9}, "size must be an integer"),
+                         (outside, "start is not that of the maze"),
+                         ({**record, "path": [[0, 0]]}, "path is not that of the maze"),
+                         ({**record, "open_sides": [[2**70]]}, "open_sides is not"),
                          ({**record, "task": "sudoku"}, "not a maze record")):  # fmt: skip
         with pytest.raises(ValueError, match=message) as err:
             maze_from_record(bad, "x/maze.json")

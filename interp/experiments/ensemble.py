@@ -190,6 +190,11 @@ def run_pipeline_ensemble(cfg: EnsembleConfig, out, progress: bool = True) -> li
         from interp.analysis.convergence import load_scorer
 
         scorer = load_scorer(cfg.scorer, cfg.scorer_timeout)
+        if scorer.needs_sample:  # its truth read now, before any sample is run (``maze``: maze.json)
+            from interp.tasks.maze_data import read_maze
+
+            for item in samples:
+                read_maze(item.folder)
     if adapter.prediction != "flow" and set(cfg.merges) - {"mean"}:
         raise ValueError(f"{adapter.name} is not a flow-matching model: only the 'mean' merge applies")
     shape = p.latent_shape(adapter)

@@ -157,7 +157,8 @@ def plan_trace(cfg: TraceConfig, adapter) -> TracePlan:
     layout = build_layout(
         adapter, model=cfg.model, latent_shape=adapter.latent_shape(cfg.size, cfg.frames), num_steps=num_steps,
         shift=shift, steps=steps, sites=sites, pooling=pooling, video_keys=keys, dtype=cfg.dtype, branch=cfg.branch,
-        extra={"trace_config": asdict(cfg)},
+        # ``data`` only where given: a store traced before the field existed still resumes
+        extra={"trace_config": {k: v for k, v in asdict(cfg).items() if k != "data" or v is not None}},
     )  # fmt: skip
     pooling.check(layout.token_grid)
     return TracePlan(cfg, steps, sites, pooling, layout, num_steps, shift, samples)

@@ -128,9 +128,9 @@ def _table(rows: list[dict], columns: list[str], formats: dict[str, str] | None 
 def _formatted(value, spec: str) -> str:
     """A cell in its manifest's format; the plain value where the format does not apply (or would
     blow the cell up: a format comes from the manifest, which may be someone else's)."""
-    sizes = [int(n) for n in re.findall(r"\d+", spec)]  # width and precision: bounded before formatting
-    try:
-        plain = not isinstance(value, (int, float)) or len(spec) > 12 or max(sizes, default=0) > 50
+    try:  # width and precision bounded before formatting (a 12-character spec holds no huge number)
+        sizes = [int(n) for n in re.findall(r"\d+", spec)] if len(spec) <= 12 else [10**9]
+        plain = not isinstance(value, (int, float)) or max(sizes, default=0) > 50
         text = str(value) if plain else format(value, spec)
     except (ValueError, TypeError, OverflowError):
         text = str(value)
