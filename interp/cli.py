@@ -178,6 +178,9 @@ def trace(
         if data is not None:  # maze sample folders (interp data maze): the store takes their number and size
             from interp.tasks.maze_data import read_maze_samples
 
+            if samples or (n, size, first_seed) != (16, 4, 0):
+                raise UsageError("with --data the folder's mazes are traced, all of them: "
+                                 "drop -n, --size, --first-seed and --samples")  # fmt: skip
             read = read_maze_samples(data)
             n, size = len(read), read[0][1].size
         check_maze(task, size, frames, num_steps)

@@ -95,6 +95,8 @@ def test_the_testbed_traces_a_maze_data_set_and_the_maze_scorer_reads_it_back(tm
     final_scores = [v["score"][-1] for v in chain["videos"]]
     verdicts = [float(m["verdict"]["solved"]) for m in metas]
     assert final_scores == verdicts  # the scorer on decoded frames agrees with the testbed's own verifier
+    code, _, err = run_cli("trace", "--data", tmp_path / "mazes", "-n", 2, "--out", tmp_path / "t3.h5")
+    assert code == 2 and "drop -n, --size, --first-seed and --samples" in err  # the folder decides, not a flag
     bad = tmp_path / "mazes" / "maze4_seed000008" / "first_frame.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(bad)
     code, _, err = run_cli("trace", "--data", tmp_path / "mazes", "--out", tmp_path / "t2.h5")
