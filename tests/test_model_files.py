@@ -98,3 +98,13 @@ def test_a_module_named_by_the_model_folder_is_never_imported(tiny_wan, tmp_path
         line = _one_error_line(err)
         assert code == 2 and "'evil_component', which would run its code" in line and "INTERP_TRUST_REMOTE_CODE" in line
     assert not marker.exists() and not os.path.exists(tmp_path / "t.h5")
+
+
+def test_a_text_encoder_asking_for_1e8_layers_is_refused_before_it_loads(tiny_wan, tmp_path, run_cli):
+    model, data = tiny_wan
+    config = model / "text_encoder" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "num_layers": 10**8}))
+    pipe = ["--model", model, "--data", data, "--height", 32, "--width", 32, "--num-frames", 5, "--num-steps", 2]
+    code, _, err = run_cli("trace", *pipe, "--out", tmp_path / "t.h5")
+    line = _one_error_line(err)
+    assert code == 2 and "text_encoder/config.json: num_layers must be an integer from 0 to 1000" in line

@@ -22,7 +22,8 @@ MODEL_LIMITS = [
     (re.compile(r"(in|out)_channels$"), 16384),
     (re.compile(r"(ffn_dim|inner_dim|cross_attn_dim|text_dim|freq_dim|cross_attention_dim|caption_channels)$"),
      1 << 17),
-    (re.compile(r"(rope_max_seq_len|sample_(width|height|frames|size)|max_position_embeddings)$"), 1 << 16),
+    (re.compile(r"(rope_max_seq_len|sample_(width|height|frames|size))$"), 1 << 16),
+    (re.compile(r"max_position_embeddings$"), 1 << 22),  # text encoders: Llama 3.1 takes 131,072
     (re.compile(r"(layers_per_block|num_res_blocks)$"), 64),
     (re.compile(r"block_out_channels$"), 16384),
 ]  # fmt: skip
@@ -39,6 +40,9 @@ def check_model_config(path: Path, config: dict) -> None:
     if not isinstance(config, dict):
         raise UsageError(f"{path}: must be a JSON object")
     for name, value in config.items():
+        if isinstance(value, dict):  # a composite model's sub-configs (Llava's text_config, vision_config)
+            check_model_config(path, value)
+            continue
         for pattern, limit in MODEL_LIMITS:
             if not pattern.match(name) or value is None:
                 continue
@@ -75,11 +79,13 @@ def read_config(path: Path) -> dict:
 
 
 def check_pipeline_folder(folder: Path, index: dict) -> None:
-    """Every component config a pipeline folder's model_index.json names, before anything is built."""
+    """Every component config a pipeline folder's model_index.json names, before anything is built: the
+    diffusers models and schedulers, and the transformers text and image encoders (a T5 asking for 1e8
+    layers would hang its load as well)."""
     for key, value in index.items():
         if key.startswith("_") or not (isinstance(value, list) and len(value) == 2):
             continue
-        if value[0] != "diffusers":
+        if value[0] not in ("diffusers", "transformers"):  # others are refused before (registry)
             continue
         for name, check in (("config.json", check_model_config), ("scheduler_config.json", check_scheduler_config)):
             path = folder / key / name
