@@ -30,7 +30,7 @@ def train_testbed_cmd(
 
     from tqdm.auto import tqdm
 
-    from interp.experiments.base import Manifest
+    from interp.manifest import Manifest
     from interp.models.testbed import SamplingDefaults
     from interp.training import TrainConfig, export_weights, train_testbed
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from interp.experiments.base import Manifest, experiments
+from interp.experiments.base import experiments
+from interp.manifest import Manifest
 
 DEFAULTS = {
     "n_filmstrips": 6, "n_accuracy": 200, "n_trace": 32, "probe_target": ["on_path", "wall", "dist_to_goal"],

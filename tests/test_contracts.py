@@ -11,7 +11,8 @@ from urllib.parse import unquote
 import pytest
 import torch
 
-from interp.experiments.base import Experiment, ExperimentConfig, Manifest, experiments, is_manifest, register
+from interp.experiments.base import Experiment, ExperimentConfig, experiments, register
+from interp.manifest import Manifest, is_manifest
 from interp.models import testbed
 
 TINY = {"num_layers": 2, "ffn_dim": 64, "num_attention_heads": 2, "attention_head_dim": 16}

@@ -74,7 +74,7 @@ def test_one_test_video_gives_no_interval(n_videos):
 
 
 def test_pair_intervals_cover_the_mean_and_need_two_pairs():
-    from interp.report.causal_figures import pair_intervals
+    from interp.analysis.bootstrap import pair_intervals
 
     per_pair = np.array([[[0.0, 1.0]], [[1.0, 1.0]], [[0.5, np.nan]]])  # (pairs, steps, layers)
     low, high = pair_intervals(per_pair)

@@ -146,3 +146,17 @@ def test_no_import_cycle_anywhere():
             visit(v)
     assert not cycles, cycles
     assert "interp.validation" in graph and graph["interp.experiments.ensemble"]  # the graph is read at all
+
+
+def test_the_report_and_the_analyses_import_no_experiment():
+    """Rooms: the report reads manifests (``interp.manifest``) and the analyses compute statistics
+    without importing any experiment, and the analyses import no figure code."""
+    graph = _module_graph()
+    wrong = []
+    for module, targets in graph.items():
+        if module.startswith(("interp.report", "interp.analysis")):
+            wrong += [f"{module} -> {t}" for t in targets if t.startswith("interp.experiments")]
+        if module.startswith("interp.analysis"):
+            wrong += [f"{module} -> {t}" for t in targets if t.startswith("interp.report")]
+    assert not wrong, wrong
+    assert "interp.manifest" in graph["interp.report.html"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from activations import ActivationStore
-from interp.experiments.base import Manifest, is_manifest
+from interp.manifest import Manifest, is_manifest
 
 
 def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):

@@ -119,7 +119,7 @@ def bootstrap_profile(name: str, layers: list[int], per_unit: np.ndarray, seed: 
     """A profile from (units, layers) values (videos or pairs): their mean, 95% bootstrap over units."""
     import warnings
 
-    from interp.report.causal_figures import pair_intervals
+    from interp.analysis.bootstrap import pair_intervals
 
     per_unit = np.asarray(per_unit, dtype=float)
     low, high = pair_intervals(per_unit, seed=seed)

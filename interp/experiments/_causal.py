@@ -11,7 +11,8 @@ import numpy as np
 
 from interp.execution.patching import RunCache, record_run
 from interp.execution.runner import BACKENDS
-from interp.experiments.base import ExperimentConfig, Manifest, Table
+from interp.experiments.base import ExperimentConfig
+from interp.manifest import Manifest, Table
 from interp.sources import PipelineInputs, load_testbed, maze_inputs
 from interp.tasks import maze as maze_task
 
@@ -190,7 +191,7 @@ def save_grid(result: GridResult, out: str | Path, kind: str, title: str, figure
 
 def _pair_intervals(result: GridResult, manifest: Manifest) -> None:
     """Per step, the layer-mean score with a 95% bootstrap interval over pairs, and the best cell's."""
-    from interp.report.causal_figures import pair_intervals
+    from interp.analysis.bootstrap import pair_intervals
 
     per_pair = np.asarray(result.per_pair, dtype=float)
     n_pairs = int(np.isfinite(per_pair).any(axis=(1, 2)).sum()) if per_pair.ndim == 3 else 0

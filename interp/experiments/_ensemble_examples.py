@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp.experiments.base import Manifest, Table
+from interp.manifest import Manifest, Table
 
 
 def _label(r: dict) -> str:

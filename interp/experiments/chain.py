@@ -14,7 +14,8 @@ from activations.reader import ActivationStore
 from interp.analysis.chain_of_steps import Chain, ChainConfig, analyse_store, write_chain_report
 from interp.analysis.claims import behaviour_share
 from interp.analysis.convergence import analyse_convergence, load_scorer
-from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
+from interp.experiments.base import Experiment, ExperimentConfig, register
+from interp.manifest import Manifest, Table
 
 
 @dataclass

@@ -27,7 +27,8 @@ from interp.analysis.claims import CANNOT_TELL, NOT_SHOWN, SHOWS, claim, mcnemar
 from interp.evaluation import verify_latents, wilson_interval
 from interp.execution.loop import KeepX0, initial_noise, sample, select_scheduler_rows
 from interp.execution.seed_merge import SeedMerge, sample_merged
-from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
+from interp.experiments.base import Experiment, ExperimentConfig, register
+from interp.manifest import Manifest, Table
 from interp.sources import load_testbed
 from interp.tasks import maze as maze_task
 from interp.tasks.maze_scoring import connectivity_score, verifier_score

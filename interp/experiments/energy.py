@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from activations.reader import ActivationStore
-from interp.experiments.base import Experiment, ExperimentConfig, Manifest, register
+from interp.experiments.base import Experiment, ExperimentConfig, register
+from interp.manifest import Manifest
 
 CAPTIONS = {
     "energy_layers_frames.png": "mean token energy, layers x frames",

@@ -33,10 +33,11 @@ from interp.evaluation import wilson_interval
 from interp.execution.loop import initial_noise, sample
 from interp.execution.patching import repeat_conditioning
 from interp.experiments._ensemble_examples import add_paired, save_examples
-from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
+from interp.experiments.base import Experiment, ExperimentConfig, register
 from interp.experiments.ensemble_runs import MazeSeeds, check_sweep, prepare, sample_groups, verdicts
 from interp.experiments.ensemble_runs import variants as variant_runs
 from interp.experiments.executors import LocalExecutor, Sweep, executor_or_local
+from interp.manifest import Manifest, Table
 from interp.report.ensemble_figures import plot_rows, text_table
 from interp.sources import PipelineInputs, pipeline_field
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from interp.evaluation import MazeEvaluation, evaluate_mazes
-from interp.experiments.base import Experiment, ExperimentConfig, Manifest, register
+from interp.experiments.base import Experiment, ExperimentConfig, register
+from interp.manifest import Manifest
 from interp.sources import load_testbed
 from interp.tasks.splits import held_out_seeds
 

@@ -21,7 +21,8 @@ from interp.analysis.chain_of_steps import Chain, ChainConfig, analyse_trajector
 from interp.analysis.claims import CANNOT_TELL, NOT_SHOWN, SHOWS, claim
 from interp.evaluation import wilson_interval
 from interp.execution.loop import KeepX0, initial_noise, sample
-from interp.experiments.base import Experiment, ExperimentConfig, Manifest, Table, register
+from interp.experiments.base import Experiment, ExperimentConfig, register
+from interp.manifest import Manifest, Table
 from interp.sources import load_testbed
 from interp.tasks import maze as maze_task
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from interp.experiments.base import Experiment, ExperimentConfig, Manifest, register
+from interp.experiments.base import Experiment, ExperimentConfig, register
 from interp.generation import Generated, generate_mazes, write_generated
+from interp.manifest import Manifest
 from interp.sources import load_testbed
 from interp.tasks import maze as maze_task
 

@@ -29,7 +29,8 @@ from interp.analysis.layer_roles import Profile, bootstrap_profile, probe_profil
 from interp.analysis.similarity import linear_cka
 from interp.experiments import sweep
 from interp.experiments._causal import CausalConfig, finite_or_none
-from interp.experiments.base import Experiment, Manifest, Table, register
+from interp.experiments.base import Experiment, register
+from interp.manifest import Manifest, Table
 
 VIDEO_CHUNK = 8  # videos read per (site, step): bounds host memory on a store at real width
 

@@ -22,8 +22,9 @@ from activations.selection import parse_index_spec
 from interp.evaluation import verify_latents, wilson_interval
 from interp.execution.loop import StepHook, sample
 from interp.experiments._causal import CausalConfig, example_videos, maze_runs, pipeline_runs, save_videos, write_record
-from interp.experiments.base import Experiment, Table, register
+from interp.experiments.base import Experiment, register
 from interp.experiments.executors import Sweep, executor_or_local
+from interp.manifest import Table
 from interp.sources import pipeline_field
 from interp.tasks import maze as maze_task
 

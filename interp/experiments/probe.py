@@ -7,7 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from activations.reader import ActivationStore
-from interp.experiments.base import Experiment, Manifest, Table, register
+from interp.experiments.base import Experiment, register
+from interp.manifest import Manifest, Table
 from probes.labels import LabelProvider
 from probes.plots import plot_all
 from probes.run import ProbeConfig, run_probes, save_results

@@ -19,7 +19,8 @@ import torch
 from activations.reader import ActivationStore
 from activations.selection import parse_index_spec
 from interp.execution.loop import KeepX0, sample
-from interp.experiments.base import Experiment, ExperimentConfig, Manifest, register
+from interp.experiments.base import Experiment, ExperimentConfig, register
+from interp.manifest import Manifest
 from interp.report.step_videos import write_step_videos
 from interp.sources import PipelineInputs, default_dtype
 

@@ -22,7 +22,8 @@ from activations.selection import parse_index_spec
 from activations.writer import DEFAULT_QUEUE_BYTES, StoreWriter
 from interp.execution.capture import build_layout, trace_batch
 from interp.execution.runner import BACKENDS
-from interp.experiments.base import Experiment, ExperimentConfig, Manifest, register
+from interp.experiments.base import Experiment, ExperimentConfig, register
+from interp.manifest import Manifest
 from interp.models.base import SUB_MODULES
 from interp.sources import PipelineInputs, default_dtype, load_testbed, maze_inputs
 from interp.tasks import maze as maze_task

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from interp.experiments.base import Manifest, ManifestError, is_manifest
+from interp.manifest import Manifest, ManifestError, is_manifest
 
 _SKIP_DIRS = {".parts"}
 MAX_VIDEOS = 12  # GIFs shown inline per manifest; the rest are linked
