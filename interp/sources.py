@@ -18,6 +18,7 @@ from interp.execution.patching import stack_conditioning
 from interp.models.base import PipelineSpec, VideoDiTAdapter
 from interp.models.registry import load_pipeline_adapter
 from interp.tasks import maze as maze_task
+from interp.validation import SEED
 
 
 @dataclass
@@ -74,6 +75,8 @@ def default_dtype(device: str, torch_dtype: str | None) -> str:
 @dataclass
 class PipelineInputs:
     """A local diffusers pipeline folder and VBVR-style samples (``prompt.txt``, ``first_frame.png``)."""
+
+    field_rules = {"seed": SEED}  # one noise seed (``seed`` elsewhere may be a maze's)
 
     model: str
     data: str

@@ -30,10 +30,13 @@ from interp.execution.loop import initial_noise, sample
 from interp.models import testbed
 from interp.tasks import maze as maze_task
 from interp.tasks.splits import IN_DISTRIBUTION, TRAIN_SEED_START, validation_seeds
+from interp.validation import MAX_SIZE, each, int_range
 
 
 @dataclass
 class TrainConfig:
+    field_rules = {"steps": int_range(1, 10**8), "sizes": each(int_range(2, MAX_SIZE))}  # optimiser steps
+
     seed: int = 0
     size: int = IN_DISTRIBUTION["size"]
     frames: int = IN_DISTRIBUTION["frames"]

@@ -4,8 +4,8 @@
   integer, no ``null`` where a value is needed, no list or string where an object belongs); unknown fields
   are refused with the allowed names; NaN and Inf are refused in every number.
 - Ranges and choices: ``RULES``, one table by field name (a name means the same thing in every config:
-  ``n`` is always a count of mazes, ``num_steps`` of denoising steps), with ``CLASS_RULES`` where a class
-  differs.
+  ``n`` is always a count of mazes, ``num_steps`` of denoising steps); a class where a name means
+  something else declares its own ``field_rules`` (kept by subclasses and renames).
 - Output places: ``check_output`` (the folder or file can be made and written, before compute).
 
 Every failure is one ``UsageError`` (a ``ValueError``) naming the field and what is allowed; it is the
@@ -175,15 +175,8 @@ RULES: dict[str, Rule] = {
     "size_weights": each(number(0)),
 }
 # Where a field of the same name means something else.
-CLASS_RULES: dict[str, dict[str, Rule]] = {
-    "TrainConfig": {"steps": int_range(1, 10**8), "sizes": each(int_range(2, MAX_SIZE))},  # optimiser steps
-    "PipelineInputs": {"seed": SEED},
-    # seeds = N, the seeds merged (not seed values); K = 0 merges nothing (the sweep's own baseline)
-    "EnsembleConfig": {"seeds": each(int_range(1, MAX_VIDEOS), 1), "ks": each(int_range(0, MAX_STEPS)),
-                       "temperatures": each(number(0, lo_open=True))},
-    "EarlySelectConfig": {"seeds": each(int_range(1, MAX_VIDEOS), 1)},
-    "FlowConfig": {"strength": number(0, 1, lo_open=True)},
-}
+# Where a field of a class means something else, the class says so itself: a class attribute
+# ``field_rules`` (a dict of field name -> Rule) overrides these for that class and its subclasses.
 
 
 def _describe(annotation) -> str:
@@ -263,7 +256,7 @@ def check_fields(cls: type, data: dict, where: str = "") -> None:
         name = str(first["loc"][0])
         allowed = _describe(hints[name]) + (" (no NaN or Inf)" if first["type"] == "finite_number" else "")
         raise UsageError(f"{where}: {name} must be {allowed}, got {_show(values[name])}") from None
-    rules = {**RULES, **CLASS_RULES.get(cls.__name__, {})}
+    rules = {**RULES, **getattr(cls, "field_rules", {})}
     for name, value in values.items():
         rule = rules.get(name)
         if rule is not None and value is not None and not rule.check(value):

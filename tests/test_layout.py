@@ -160,3 +160,19 @@ def test_the_report_and_the_analyses_import_no_experiment():
             wrong += [f"{module} -> {t}" for t in targets if t.startswith("interp.report")]
     assert not wrong, wrong
     assert "interp.manifest" in graph["interp.report.html"]
+
+
+def test_a_config_keeps_its_own_rules_when_renamed():
+    """A class's field rules live on the class (``field_rules``), not under its name in a table: a
+    subclass under another name checks what its parent checks."""
+    from interp.experiments.flow import FlowConfig
+    from interp.validation import UsageError, build
+
+    renamed = type("MyFlow", (FlowConfig,), {})
+    for cls in (FlowConfig, renamed):
+        try:
+            build(cls, {"strength": 2.0})
+        except UsageError as err:
+            assert "strength must be a finite number > 0 and <= 1" in str(err)
+        else:
+            raise AssertionError(f"{cls.__name__} accepted strength 2")

@@ -32,6 +32,7 @@ from interp.manifest import Manifest, Table
 from interp.sources import load_testbed
 from interp.tasks import maze as maze_task
 from interp.tasks.maze_scoring import connectivity_score, verifier_score
+from interp.validation import MAX_VIDEOS, each, int_range
 
 BUILT_IN = {"verifier": verifier_score, "connectivity": connectivity_score}
 NOISE_STRIDE = 1_000_003  # noise seed of seed i of a maze: maze seed + i * stride (as the ensemble)
@@ -50,6 +51,7 @@ def load_score(spec: str, timeout: float | None = None):
 
 @dataclass
 class EarlySelectConfig(ExperimentConfig):
+    field_rules = {"seeds": each(int_range(1, MAX_VIDEOS), 1)}  # seeds = N, the seeds run per maze
     experiment = "early_select"
     model: str = "testbed"
     sizes: list[int] = field(default_factory=lambda: [6])

@@ -40,10 +40,14 @@ from interp.experiments.executors import LocalExecutor, Sweep, executor_or_local
 from interp.manifest import Manifest, Table
 from interp.report.ensemble_figures import plot_rows, text_table
 from interp.sources import PipelineInputs, pipeline_field
+from interp.validation import MAX_STEPS, MAX_VIDEOS, each, int_range, number
 
 
 @dataclass
 class EnsembleConfig(ExperimentConfig):
+    # seeds = N, the seeds merged (not seed values); K = 0 merges nothing (the sweep's own baseline)
+    field_rules = {"seeds": each(int_range(1, MAX_VIDEOS), 1), "ks": each(int_range(0, MAX_STEPS)),
+                   "temperatures": each(number(0, lo_open=True))}  # fmt: skip
     """On the testbed: accuracy over held-out mazes of each size. With ``pipeline`` (PipelineInputs
     fields), on a user's model: with no verifier, every variant's video is written for the user's own
     scorer, with statistics that need none (similarity to seed 0's output; the final latent's spread

@@ -20,10 +20,12 @@ from interp.experiments.executors import Sweep, executor_or_local
 from interp.experiments.perturb import fresh_noise
 from interp.sources import pipeline_field
 from interp.tasks import maze as maze_task
+from interp.validation import number
 
 
 @dataclass
 class FlowConfig(CausalConfig):
+    field_rules = {"strength": number(0, 1, lo_open=True)}
     experiment = "flow"
     n: int = 8
     first_seed: int = 0
