@@ -176,13 +176,14 @@ def trace(
         )  # fmt: skip
     else:
         if data is not None:  # maze sample folders (interp data maze): the store takes their number and size
-            from interp.tasks.maze_data import read_maze_samples
+            from interp.sources import read_samples
+            from interp.tasks.maze_data import read_maze
 
             if samples or (n, size, first_seed) != (16, 4, 0):
                 raise UsageError("with --data the folder's mazes are traced, all of them: "
                                  "drop -n, --size, --first-seed and --samples")  # fmt: skip
-            read = read_maze_samples(data)
-            n, size = len(read), read[0][1].size
+            found = read_samples(data)  # the plan reads every maze and checks its first frame
+            n, size = len(found), read_maze(found[0].folder).size
         check_maze(task, size, frames, num_steps)
         cfg = TraceConfig(model, task, size, frames, n, first_seed, steps, layers, list(sub), pooling, dtype,
                           batch_size, num_steps, backend=backend,

@@ -39,6 +39,7 @@ MAX_SIZE = 64  # maze cells per side and frames: the testbed's rotary embedding 
 MAX_SEED = 2**63 - 1
 MAX_PIXELS = 8192  # pipeline height / width
 MAX_THREADS = 1024
+MAX_SCORER_TIMEOUT = 1e6  # seconds (11.6 days): what setitimer takes on every platform
 MAX_SHIFT = 1000.0  # flow shift: released models use 1-17; past this every sigma rounds to 1
 
 
@@ -168,7 +169,7 @@ RULES: dict[str, Rule] = {
     "tol": number(0, lo_open=True), "max_iter": int_range(1), "patience": int_range(0), "group": int_range(1),
     "name": NAME, "probes": NAME,
     "max_tokens": int_range(1), "control_condition_types": int_range(1, 256),
-    "scorer_timeout": number(0, 1e6, lo_open=True),
+    "scorer_timeout": number(0, MAX_SCORER_TIMEOUT, lo_open=True),
     "lr": number(0, lo_open=True), "min_lr_ratio": number(0, 1), "warmup": int_range(0),
     "weight_decay": number(0), "ema_decay": number(0, 1), "grad_clip": number(0, lo_open=True),
     "checkpoint_every": int_range(1), "eval_every": int_range(1), "eval_mazes": int_range(0),

@@ -69,6 +69,7 @@ def check_scheduler_config(path: Path, config: dict) -> None:
 
 
 def read_config(path: Path) -> dict:
+    """A JSON object from a file a model or data folder ships, or one UsageError naming the file."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError) as err:  # JSON errors, huge numbers, deep nesting

@@ -14,7 +14,6 @@ of testbed weights load through ``interp.models.testbed``.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import pkgutil
 from dataclasses import dataclass
@@ -92,15 +91,10 @@ def pipeline_class_name(folder: str | Path) -> str:
     index = Path(folder, "model_index.json")
     if not index.is_file():
         raise ValueError(f"--model {folder}: not a diffusers pipeline folder (no model_index.json)")
-    try:
-        data = json.loads(index.read_text())
-    except (OSError, ValueError, RecursionError) as err:  # JSON errors, huge numbers, deep nesting
-        raise ValueError(f"--model {folder}: model_index.json does not read as JSON ({type(err).__name__})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"--model {folder}: model_index.json must be a JSON object")
-    check_component_libraries(folder, data)
-    from interp.models.config_checks import check_pipeline_folder
+    from interp.models.config_checks import check_pipeline_folder, read_config
 
+    data = read_config(index)
+    check_component_libraries(folder, data)
     check_pipeline_folder(Path(folder), data)
     return str(data.get("_class_name"))
 

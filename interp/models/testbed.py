@@ -8,7 +8,6 @@ The prompt is a fixed all-zero text embedding of one token (the testbed has one 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,18 +91,14 @@ def _check_weights_folder(folder: Path) -> None:
 def load_sampling_defaults(path: str | Path | None = None) -> SamplingDefaults:
     """``sampling.json`` beside the weights, every field checked (``interp.validation``: a shift of -2
     or 1e300, 0 steps, a string) with one line naming the file and the field; defaults where absent."""
+    from interp.models.config_checks import read_config
     from interp.validation import check_fields
 
     folder = Path(path) if path is not None else WEIGHTS_DIR
     meta = folder / "sampling.json"
     if not meta.is_file():
         return SamplingDefaults()
-    try:
-        fields = json.loads(meta.read_text())
-    except (OSError, ValueError, RecursionError) as err:  # JSON errors, huge numbers, deep nesting
-        raise ValueError(f"{meta}: not readable JSON ({type(err).__name__})") from None
-    if not isinstance(fields, dict):
-        raise ValueError(f"{meta}: must be a JSON object of {', '.join(SamplingDefaults.__dataclass_fields__)}")
+    fields = read_config(meta)
     known = {k: fields[k] for k in SamplingDefaults.__dataclass_fields__ if k in fields}  # other keys: notes
     check_fields(SamplingDefaults, known, str(meta))
     return SamplingDefaults(**known)

@@ -65,11 +65,9 @@ def read_maze(sample: str | Path) -> maze_task.Maze:
     path = Path(sample) / TRUTH
     if not path.is_file():
         raise ValueError(f"{Path(sample)}: no {TRUTH} (not a maze sample: write them with `interp data maze`)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as err:
-        raise ValueError(f"{path}: not readable JSON ({type(err).__name__})") from None
-    return maze_from_record(data, str(path))
+    from interp.models.config_checks import read_config
+
+    return maze_from_record(read_config(path), str(path))
 
 
 def render_frames(maze: maze_task.Maze, frames: int, pixels: int) -> np.ndarray:
