@@ -9,11 +9,10 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-import torch
+from tiny_pipelines import save_tiny_testbed
 
 from interp.experiments.base import Experiment, ExperimentConfig, experiments, register
 from interp.manifest import Manifest, is_manifest
-from interp.models import testbed
 
 TINY = {"num_layers": 2, "ffn_dim": 64, "num_attention_heads": 2, "attention_head_dim": 16}
 
@@ -21,11 +20,7 @@ TINY = {"num_layers": 2, "ffn_dim": 64, "num_attention_heads": 2, "attention_hea
 @pytest.fixture(scope="module")
 def tiny_testbed(tmp_path_factory):
     """A random testbed with 3 denoising steps: every command runs in seconds on it."""
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny") / "testbed"
-    testbed.build_transformer(TINY).eval().save_pretrained(folder, safe_serialization=True)
-    (folder / "sampling.json").write_text(json.dumps({"num_steps": 3}))
-    return str(folder)
+    return str(save_tiny_testbed(tmp_path_factory.mktemp("tiny") / "testbed", TINY, num_steps=3))
 
 
 def test_a_new_model_family_is_one_class_registered_where_it_is_defined(tmp_path, run_cli):

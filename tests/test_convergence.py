@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from tiny_pipelines import save_tiny_testbed
 
 from interp.analysis.convergence import commit_steps, load_scorer, seed_spread, trajectory_distances
 
@@ -28,13 +28,8 @@ def test_distances_and_commit_steps_on_a_known_trajectory():
 
 
 def test_chain_on_a_testbed_store_reports_both_readings(tmp_path, run_cli):
-    from interp.models import testbed
-
-    torch.manual_seed(0)
-    folder = tmp_path / "tiny"
     cfg = {"num_layers": 2, "ffn_dim": 64, "num_attention_heads": 2, "attention_head_dim": 16}
-    testbed.build_transformer(cfg).eval().save_pretrained(folder, safe_serialization=True)
-    (folder / "sampling.json").write_text(json.dumps({"num_steps": 4}))
+    folder = save_tiny_testbed(tmp_path / "tiny", cfg, num_steps=4)
     code, _, err = run_cli("trace", "--model", folder, "-n", 3, "--layers", "0", "--out", tmp_path / "t.h5")
     assert code == 0, err
     code, out, err = run_cli("chain", tmp_path / "t.h5", "--scorer", "scorers:mean_red", "--model", folder,

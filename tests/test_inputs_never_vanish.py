@@ -2,12 +2,11 @@
 that exits, raises, answers with something other than a finite number or runs past its time limit
 ends the command with one line naming the scorer and the sample, never with exit 0."""
 
-import json
 import os
 
 import numpy as np
 import pytest
-import torch
+from tiny_pipelines import save_tiny_testbed
 
 from interp.analysis.scorers import ScorerError, load_scorer
 from interp.sources import read_samples
@@ -70,13 +69,8 @@ def test_a_scorer_past_its_time_limit_is_an_error_and_numbers_pass():
 
 
 def test_chain_with_an_exiting_scorer_fails_with_one_line(tmp_path, run_cli):
-    from interp.models import testbed
-
-    torch.manual_seed(0)
-    folder = tmp_path / "tiny"
     cfg = {"num_layers": 1, "ffn_dim": 32, "num_attention_heads": 2, "attention_head_dim": 8}
-    testbed.build_transformer(cfg).eval().save_pretrained(folder, safe_serialization=True)
-    (folder / "sampling.json").write_text(json.dumps({"num_steps": 2}))
+    folder = save_tiny_testbed(tmp_path / "tiny", cfg, num_steps=2)
     code, _, err = run_cli("trace", "--model", folder, "-n", 2, "--layers", "0", "--out", tmp_path / "t.h5")
     assert code == 0, err
     for scorer, message in (("exits", "called sys.exit(0) on video 0"), ("slow", "took longer than 0.5 s")):

@@ -6,20 +6,14 @@ import json
 import os
 
 import pytest
-import torch
-from tiny_pipelines import build_tiny_wan, write_samples
-
-from interp.models import testbed
+from tiny_pipelines import build_tiny_wan, save_tiny_testbed, write_samples
 
 TINY = {"num_layers": 2, "ffn_dim": 32, "num_attention_heads": 2, "attention_head_dim": 8}
 
 
 @pytest.fixture
 def tiny_testbed(tmp_path):
-    torch.manual_seed(0)
-    folder = tmp_path / "tiny"
-    testbed.build_transformer(TINY).eval().save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_tiny_testbed(tmp_path / "tiny", TINY)
 
 
 def _one_error_line(err: str) -> str:

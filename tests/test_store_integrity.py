@@ -12,13 +12,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
+from tiny_pipelines import save_tiny_testbed
 
 from activations import ActivationStore, StoreError, StoreLayout, StoreWriter
 from activations.consolidate import consolidate_store
 from activations.integrity import file_sha256
 from interp.experiments.trace import TraceConfig, run_trace
-from interp.models import testbed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"num_layers": 2, "ffn_dim": 32, "num_attention_heads": 2, "attention_head_dim": 8}
@@ -28,10 +27,7 @@ TINY = {"num_layers": 2, "ffn_dim": 32, "num_attention_heads": 2, "attention_hea
 def reference(tmp_path_factory):
     """(config, store) of an untouched 6-video store in 3 parts, traced once for the module."""
     root = tmp_path_factory.mktemp("integrity")
-    torch.manual_seed(0)
-    folder = root / "tiny_weights"
-    testbed.build_transformer(TINY).eval().save_pretrained(folder, safe_serialization=True)
-    (folder / "sampling.json").write_text(json.dumps({"num_steps": 2}))
+    folder = save_tiny_testbed(root / "tiny_weights", TINY, num_steps=2)
     cfg = TraceConfig(model=str(folder), n=6, batch_size=2, dtype="float32")
     return cfg, run_trace(cfg, root / "ref" / "ref.h5", progress=False)
 

@@ -305,3 +305,16 @@ BUILDERS = {
     "ltx": build_tiny_ltx,
     "hunyuanvideo": build_tiny_hunyuan,
 }
+
+
+def save_tiny_testbed(folder: Path, config: dict, num_steps: int | None = None) -> Path:
+    """A random testbed transformer (torch seed 0) saved as a weights folder, with its sampling.json."""
+    import json
+
+    from interp.models import testbed
+
+    torch.manual_seed(0)
+    testbed.build_transformer(config).eval().save_pretrained(folder, safe_serialization=True)
+    if num_steps is not None:
+        (Path(folder) / "sampling.json").write_text(json.dumps({"num_steps": num_steps}))
+    return Path(folder)
