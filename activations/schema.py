@@ -140,13 +140,22 @@ class StoreLayout:
         return cls(**json.loads(text))
 
     def differences(self, other: StoreLayout) -> list[str]:
-        """Fields that differ; in ``extra`` only keys both layouts have (a key one side lacks is a
-        description a newer toolkit records, e.g. ``latent_frame_axis``, not a different setting)."""
+        """Fields that differ; in ``extra``, and in its records (``trace_config``), only keys both layouts
+        have (a key one side lacks is a description a newer toolkit records, e.g. ``latent_frame_axis``, or a
+        config field added since, not a different setting: those are the layout's own fields)."""
         mine, theirs = asdict(self), asdict(other)
-        shared = set(mine["extra"]) & set(theirs["extra"])
-        mine["extra"] = {k: v for k, v in mine["extra"].items() if k in shared}
-        theirs["extra"] = {k: v for k, v in theirs["extra"].items() if k in shared}
+        mine["extra"], theirs["extra"] = _shared(mine["extra"], theirs["extra"])
         return [k for k in mine if json.dumps(mine[k], sort_keys=True) != json.dumps(theirs[k], sort_keys=True)]
+
+
+def _shared(a: dict, b: dict) -> tuple[dict, dict]:
+    """``a`` and ``b`` cut to the keys both have, in nested records too."""
+    keys = set(a) & set(b)
+    a, b = {k: a[k] for k in keys}, {k: b[k] for k in keys}
+    for k in keys:
+        if isinstance(a[k], dict) and isinstance(b[k], dict):
+            a[k], b[k] = _shared(a[k], b[k])
+    return a, b
 
 
 def parts_dir(path: str | Path) -> Path:

@@ -13,7 +13,15 @@ from pathlib import Path
 import typer
 
 from interp.cli_data import data_app
-from interp.cli_options import add_experiment_commands, check_maze, echo_manifest, run_app, set_threads, testbed
+from interp.cli_options import (
+    add_experiment_commands,
+    check_maze,
+    echo_manifest,
+    run_app,
+    set_threads,
+    split_names,
+    testbed,
+)
 from interp.cli_train import train_app
 from interp.plans import pipeline_generate_plan, show
 from interp.validation import UsageError, parse_labels
@@ -56,7 +64,7 @@ def generate(
 
         if data is None:
             raise UsageError("a pipeline model needs --data DIR (sample folders with prompt.txt, first_frame.png)")
-        names = [x for item in samples for x in item.split(",") if x] or None
+        names = split_names(samples)
         cfg = PipelineGenerateConfig(model, str(data), names, list(seed), steps or "all", height, width, num_frames,
                                      num_steps or 50, device, torch_dtype, guidance_scale=guidance_scale,
                                      negative_prompt=negative_prompt, max_sequence_length=max_sequence_length,
@@ -123,30 +131,30 @@ def evaluate(
 @app.command()
 def trace(
     model: str = typer.Option("testbed", help="A shipped testbed, a folder of testbed weights, or a pipeline folder."),
-    data: Path | None = typer.Option(None, help="Folder of samples (prompt.txt, first_frame.png); the testbed: mazes."),
-    height: int = typer.Option(480, help="Pipeline models: video height."),
-    width: int = typer.Option(832, help="Pipeline models: video width."),
-    num_frames: int = typer.Option(81, help="Pipeline models: frames."),
-    seed: list[int] = typer.Option([0], help="Pipeline models: noise seeds per sample (repeatable)."),
-    samples: list[str] = typer.Option([], help="Pipeline models: sample folder names (repeatable or A,B)."),
+    data: Path | None = typer.Option(None, help="Folder of samples (prompt.txt, first_frame.png; interp data maze)."),
+    height: int | None = typer.Option(None, help="Pipeline models: video height (default 480)."),
+    width: int | None = typer.Option(None, help="Pipeline models: video width (default 832)."),
+    num_frames: int | None = typer.Option(None, help="Frames per video; default: the model's (pipelines 81)."),
+    seed: list[int] = typer.Option([], help="Noise seeds per sample (repeatable); default: a maze's own, else 0."),
+    samples: list[str] = typer.Option([], help="Sample folder names of --data (repeatable or A,B)."),
     guidance_scale: float | None = typer.Option(None, help="Pipeline models: guidance scale (default: the family's)."),
     max_sequence_length: int = typer.Option(226, help="Pipeline models: prompt tokens."),
     true_cfg_scale: float | None = typer.Option(None, help="Pipeline models: HunyuanVideo's true CFG scale."),
     negative_prompt: str = typer.Option("", help="Pipeline models: negative prompt of classifier-free guidance."),
-    device: str = typer.Option("cpu", help="Pipeline models: torch device."),
-    torch_dtype: str | None = typer.Option(None, help="Pipeline models: float32 (default on CPU), bfloat16 (CUDA)."),
+    device: str = typer.Option("cpu", help="Torch device."),
+    torch_dtype: str | None = typer.Option(None, help="float32 (default on CPU), bfloat16 (default elsewhere)."),
     task: str = typer.Option("maze", help="Reasoning task."),
-    n: int = typer.Option(16, "-n", "--n", help="Number of videos (maze seeds first-seed .. first-seed+n-1)."),
-    first_seed: int = typer.Option(0, help="First maze seed (held-out mazes: below 500000)."),
-    size: int = typer.Option(4, help="Maze cells per side."),
-    frames: int = typer.Option(4, help="Frames per video."),
+    n: int = typer.Option(16, "-n", "--n", help="Testbed without --data: mazes (seeds first-seed .. first-seed+n-1)."),
+    first_seed: int = typer.Option(0, help="Testbed without --data: first maze seed (held-out: below 500000)."),
+    size: int = typer.Option(4, help="Testbed without --data: maze cells per side."),
+    frames: int | None = typer.Option(None, help="The same as --num-frames."),
     steps: str = typer.Option("all", help="Denoising steps to store: 'all', '0-9,19', '0-19:2'."),
     layers: str = typer.Option("all", help="Blocks to store: 'all', '0-7:2', '3'."),
     sub: list[str] = typer.Option([], help="Also store block sub-modules: attn1, attn2, ffn (repeatable)."),
     pooling: str = typer.Option("none", help="'none', 'frame', 'spatial:K', 'random:K[:SEED]'."),
     dtype: str = typer.Option("float16", help="Storage dtype: float16 or float32."),
-    batch_size: int = typer.Option(16, help="Videos per batch (and per part file)."),
-    num_steps: int | None = typer.Option(None, help="Denoising steps of the sampler; default: the model's."),
+    batch_size: int | None = typer.Option(None, help="Videos per batch and part; default: testbed 16, pipelines 1."),
+    num_steps: int | None = typer.Option(None, help="Denoising steps; default: the model's (pipelines 50)."),
     backend: str = typer.Option("nnsight", help="Capture backend: nnsight or hooks."),
     queue_mb: int = typer.Option(2048, min=1, help="MiB of host copies waiting for the disk; then sampling waits."),
     sha256: bool = typer.Option(False, "--sha256", help="Also record each part's SHA-256 (verify --checksums)."),
@@ -158,38 +166,21 @@ def trace(
     threads_per_worker: int = typer.Option(1, help="With --ray: CPU threads (and Ray CPUs) per worker."),
 ) -> None:
     """Sample videos and store every chosen block's output per (step, layer), resumably."""
-    from interp.experiments.trace import PipelineTraceConfig, TraceConfig, make_job, run_trace
-    from interp.models.registry import is_pipeline_folder
+    from interp.experiments.trace import TraceConfig, make_job, run_trace
     from interp.plans import trace_plan
 
     set_threads(threads)
-    adapter = None
-    if is_pipeline_folder(model):
-        if data is None:
-            raise UsageError("a pipeline model needs --data DIR (sample folders with prompt.txt, first_frame.png)")
-        cfg = PipelineTraceConfig(
-            model=model, data=str(data), height=height, width=width, num_frames=num_frames, seeds=list(seed),
-            steps=steps, layers=layers, subs=list(sub), pooling=pooling, dtype=dtype, num_steps=num_steps or 50,
-            guidance_scale=guidance_scale, device=device, backend=backend, max_sequence_length=max_sequence_length,
-            true_cfg_scale=true_cfg_scale, negative_prompt=negative_prompt,
-            torch_dtype=torch_dtype, samples=[x for item in samples for x in item.split(",") if x] or None,
-        )  # fmt: skip
-    else:
-        if data is not None:  # maze sample folders (interp data maze): the store takes their number and size
-            from interp.sources import read_samples
-            from interp.tasks.maze_data import read_maze
-
-            if samples or (n, size, first_seed) != (16, 4, 0):
-                raise UsageError("with --data the folder's mazes are traced, all of them: "
-                                 "drop -n, --size, --first-seed and --samples")  # fmt: skip
-            found = read_samples(data)  # the plan reads every maze and checks its first frame
-            n, size = len(found), read_maze(found[0].folder).size
-        check_maze(task, size, frames, num_steps)
-        cfg = TraceConfig(model, task, size, frames, n, first_seed, steps, layers, list(sub), pooling, dtype,
-                          batch_size, num_steps, backend=backend,
-                          data=None if data is None else str(data.resolve()))  # fmt: skip
-        adapter = testbed(model)
-    job = make_job(cfg, adapter, skeleton=adapter is None)  # every check first; a pipeline's from its configs
+    if frames is not None and num_frames is not None and frames != num_frames:
+        raise UsageError(f"--frames {frames} and --num-frames {num_frames}: give one")
+    cfg = TraceConfig(
+        model=model, data=None if data is None else str(data.resolve()), samples=split_names(samples),
+        seeds=list(seed) or None, task=task, size=size, n=n, first_seed=first_seed,
+        num_frames=num_frames if num_frames is not None else frames, height=height, width=width, num_steps=num_steps,
+        guidance_scale=guidance_scale, negative_prompt=negative_prompt, max_sequence_length=max_sequence_length,
+        true_cfg_scale=true_cfg_scale, device=device, torch_dtype=torch_dtype, steps=steps, layers=layers,
+        subs=list(sub), pooling=pooling, dtype=dtype, batch_size=batch_size, backend=backend,
+    )  # fmt: skip
+    job = make_job(cfg, skeleton=True)  # every check first; a pipeline's from its configs
     writer_options = {"queue_bytes": queue_mb << 20, "sha256": sha256}
     show(trace_plan(job, out, writer_options["queue_bytes"], workers if ray else 1, ray and ray_address), typer.echo)
     tic = time.time()
@@ -198,7 +189,7 @@ def trace(
 
         typer.echo(run_trace_ray(cfg, out, ray_address, workers, threads_per_worker, **writer_options).table())
     else:
-        run_trace(cfg, out, job=None if adapter is None else job, **writer_options)
+        run_trace(cfg, out, job=None if job.skeleton else job, **writer_options)
     typer.echo(f"stored activations of {model} in {out} [{time.time() - tic:.0f}s]")
 
 

@@ -49,6 +49,11 @@ def check_maze(task: str, size: int, frames: int, steps: int | None) -> None:
         raise UsageError(f"--steps must be at least 1, got {steps}")
 
 
+def split_names(items: list[str]) -> list[str] | None:
+    """Names given as repeated options or ``A,B`` (None: none given)."""
+    return [x for item in items for x in item.split(",") if x] or None
+
+
 def set_threads(threads: int) -> None:
     import torch
 
@@ -84,10 +89,10 @@ def _option(name: str, annotation, default, help_text: str, flags=None) -> inspe
 def _pipeline_spec(values: dict, model: str, num_steps: int | None) -> dict:
     if values["data"] is None:
         raise UsageError("a pipeline model needs --data DIR (sample folders with prompt.txt, first_frame.png)")
-    samples = [s for item in values["samples"] for s in item.split(",") if s]
+    samples = split_names(values["samples"])
     dtype = default_dtype(values["device"], values["torch_dtype"])
     return {
-        "model": model, "data": str(values["data"]), "samples": samples or None, "height": values["height"],
+        "model": model, "data": str(values["data"]), "samples": samples, "height": values["height"],
         "width": values["width"], "num_frames": values["num_frames"], "num_steps": num_steps or 50,
         "device": values["device"], "torch_dtype": dtype, "guidance_scale": values["guidance_scale"],
         "true_cfg_scale": values["true_cfg_scale"], "negative_prompt": values["negative_prompt"],

@@ -8,7 +8,7 @@ pipelines). Nothing is fetched from a hub.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,50 +17,9 @@ from interp.execution.loop import initial_noise
 from interp.execution.patching import stack_conditioning
 from interp.models.base import PipelineSpec, VideoDiTAdapter
 from interp.models.registry import load_pipeline_adapter
+from interp.samples import Sample, Video, choose_samples, read_samples
 from interp.tasks import maze as maze_task
 from interp.validation import SEED
-
-
-@dataclass
-class Sample:
-    name: str
-    prompt: str
-    first_frame: Path | None
-    folder: Path | None = None  # where it was read from (a scorer such as ``maze`` reads its truth there)
-
-
-def read_samples(folder: str | Path) -> list[Sample]:
-    """Every sub-folder is a sample (``prompt.txt``, optional ``first_frame.png``), sorted by name;
-    hidden ones (``.name``) are skipped. A sample that cannot be read is an error naming it: a
-    missing, non-regular or unreadable prompt never drops the sample silently."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"--data {folder}: no such folder")
-    try:
-        subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        has_prompt = [(sub / "prompt.txt").exists() for sub in subs]
-    except OSError as err:  # an unreadable sub-folder (mode 000)
-        raise ValueError(f"--data {folder}: cannot read {err.filename or folder} ({err.strerror or err})") from None
-    if not any(has_prompt):  # not a samples folder at all
-        raise ValueError(f"--data {folder}: no sample folders with a prompt.txt")
-    samples = []
-    for sub in subs:
-        prompt, frame = sub / "prompt.txt", sub / "first_frame.png"
-        if not prompt.exists():
-            raise ValueError(f"--data {folder}: sample {sub.name!r} has no prompt.txt")
-        if not prompt.is_file():  # a folder, a FIFO (opening it would wait forever), a device
-            raise ValueError(f"--data {folder}: sample {sub.name!r}: prompt.txt is not a regular file")
-        try:
-            text = prompt.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as err:
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else "not UTF-8 text"
-            raise ValueError(f"--data {folder}: sample {sub.name!r}: cannot read prompt.txt ({reason})") from None
-        if frame.is_symlink() and not frame.exists():  # a dangling link: never read as "no frame" (text only)
-            raise ValueError(f"--data {folder}: sample {sub.name!r}: first_frame.png is a broken link")
-        if frame.exists() and not frame.is_file():
-            raise ValueError(f"--data {folder}: sample {sub.name!r}: first_frame.png is not a regular file")
-        samples.append(Sample(sub.name, text, frame if frame.exists() else None, sub))
-    return samples
 
 
 def default_dtype(device: str, torch_dtype: str | None) -> str:
@@ -103,13 +62,7 @@ class PipelineInputs:
     def load(self, skeleton: bool = False) -> tuple[VideoDiTAdapter, list[Sample]]:
         """(adapter, chosen samples): the named samples, in order (all if none named). ``skeleton``: the
         adapter from the folder's configs alone (``interp.models.skeleton``: for a plan, no weight read)."""
-        samples = read_samples(self.data)
-        if self.samples is not None:
-            by_name = {x.name: x for x in samples}
-            missing = [name for name in self.samples if name not in by_name]
-            if missing:
-                raise ValueError(f"no sample {missing[0]!r} in {self.data} (samples: {sorted(by_name)})")
-            samples = [by_name[name] for name in self.samples]
+        samples = choose_samples(read_samples(self.data), self.samples, self.data)
         if skeleton:
             from interp.models.skeleton import pipeline_skeleton
 
@@ -143,6 +96,163 @@ class PipelineInputs:
 
     def noise(self, adapter: VideoDiTAdapter, seeds: list[int]) -> torch.Tensor:
         return initial_noise(seeds, self.latent_shape(adapter), adapter.device, torch.float32)
+
+
+@dataclass
+class SourceConfig:
+    """Where a run's videos come from, for every family: a model, its samples, their noise seeds and how
+    they are sampled. A config that samples videos is one of these plus its own fields.
+
+    The family decides what a sample is (``VideoDiTAdapter.task``): a task model (the testbed) takes task
+    instances (mazes: the sample folders of ``data``, or with no ``data`` the generated mazes ``first_seed``
+    .. ``first_seed + n - 1`` of ``size``); a pipeline takes prompts and first frames (``data`` required).
+    ``None`` fields are the family's defaults (``num_frames``, ``num_steps``, ``shift``, ``batch_size``,
+    ``height``/``width``, ``torch_dtype``). This is the one place that asks which kind of family it is.
+    """
+
+    field_rules = {"seed": SEED}
+
+    model: str = "testbed"  # a shipped testbed by name, a folder of testbed weights, or a pipeline folder
+    data: str | None = None  # a folder of samples (prompt.txt, first_frame.png; mazes: ``interp data maze``)
+    samples: list[str] | None = None  # sample folder names; None: every sample
+    seeds: list[int] | None = None  # noise seeds per sample; None: a task sample's own seed, else [0]
+    task: str = "maze"
+    size: int = 4  # the testbed's generated mazes (no ``data``): cells per side
+    n: int = 16  # ... how many
+    first_seed: int = 0  # ... from which maze seed (held-out: below 500000)
+    num_frames: int | None = None
+    height: int | None = None  # pipelines: video size (the testbed's follows the maze)
+    width: int | None = None
+    num_steps: int | None = None
+    shift: float | None = None
+    guidance_scale: float | None = None  # None: the family's default
+    negative_prompt: str | None = ""  # None: no classifier-free guidance
+    max_sequence_length: int = 226
+    true_cfg_scale: float | None = None  # HunyuanVideo's true CFG (None: off)
+    device: str = "cpu"
+    torch_dtype: str | None = None  # None: float32 on CPU, bfloat16 elsewhere (recorded resolved)
+
+    def __post_init__(self):
+        self.torch_dtype = default_dtype(self.device, self.torch_dtype)
+
+    # -- the family's defaults -------------------------------------------------------------------
+    def spec(self) -> PipelineSpec:
+        return PipelineSpec(self.height or 480, self.width or 832, self.num_frames or 81, self.guidance_scale,
+                            self.true_cfg_scale)  # fmt: skip
+
+    def frames_of(self, adapter: VideoDiTAdapter) -> int:
+        return self.num_frames or (adapter.defaults.frames if adapter.task else self.spec().num_frames)
+
+    def num_steps_of(self, adapter: VideoDiTAdapter) -> int:
+        return self.num_steps or (adapter.defaults.num_steps if adapter.task else 50)
+
+    def shift_of(self, adapter: VideoDiTAdapter) -> float | None:
+        """The flow shift; None: the pipeline scheduler's own."""
+        return adapter.defaults.shift if self.shift is None and adapter.task else self.shift
+
+    def batch_of(self, adapter: VideoDiTAdapter, batch_size: int | None) -> int:
+        """Videos per forward: the testbed batches; a pipeline samples one video at a time unless told."""
+        return batch_size or (16 if adapter.task else 1)
+
+    # -- model and videos --------------------------------------------------------------------------
+    def check(self) -> None:
+        """What the fields alone can tell, before any model is read."""
+        from interp.models.registry import is_pipeline_folder
+
+        pipeline = is_pipeline_folder(self.model)
+        if pipeline and self.data is None:
+            raise ValueError(f"model {self.model}: a pipeline model needs --data DIR (sample folders with prompt.txt, "
+                             "first_frame.png)")  # fmt: skip
+        generated = (self.size, self.n, self.first_seed) != (4, 16, 0)
+        if (pipeline or self.data is not None) and generated:
+            raise ValueError("-n, --size and --first-seed choose the testbed's generated mazes; with --data the "
+                             "folder's samples are run, all or those named by --samples")  # fmt: skip
+        if not pipeline and (self.height is not None or self.width is not None):
+            raise ValueError("--height and --width are a pipeline's; the testbed's video size follows the maze")
+
+    def load(self, skeleton: bool = False) -> VideoDiTAdapter:
+        """The model. ``skeleton``: a pipeline's adapter from its folder's configs alone (a plan's; it
+        cannot run); a testbed is small and always loaded."""
+        from interp.models.registry import is_pipeline_folder
+
+        self.check()
+        if not is_pipeline_folder(self.model):
+            adapter = load_testbed(self.model)
+            if (self.device, self.torch_dtype) != ("cpu", "float32"):
+                adapter.transformer.to(self.device, getattr(torch, self.torch_dtype))
+            return adapter
+        if skeleton:
+            from interp.models.skeleton import pipeline_skeleton
+
+            return pipeline_skeleton(self.model, self.spec())
+        return load_pipeline_adapter(self.model, self.spec(), self.torch_dtype, self.device)
+
+    def videos(self, adapter: VideoDiTAdapter) -> list[Video]:
+        """Every video of the run, in store order: each sample with each of its noise seeds."""
+        frames = self.frames_of(adapter)
+        if self.data is None:
+            if not adapter.task:
+                raise ValueError(f"model {self.model}: needs --data DIR (sample folders with prompt.txt)")
+            mazes = [maze_task.generate_maze(self.size, self.first_seed + i) for i in range(self.n)]
+            maze_task.encode(mazes[0], frames)  # size and frames the task can draw
+            prompt = f"Solve the {self.size}x{self.size} maze: walk from the green start to the red goal."
+            samples = [Sample(f"{self.task}{self.size}-f{frames}-seed{m.seed}", prompt, None, None, m) for m in mazes]
+        elif adapter.task:
+            from interp.tasks.maze_data import read_maze_samples
+
+            found = read_maze_samples(self.data, self.samples)  # each first frame checked against its maze
+            samples = [Sample(name, prompt, None, Path(self.data, name), maze) for name, maze, prompt in found]
+            maze_task.encode(samples[0].truth, frames)
+            sizes = sorted({s.truth.size for s in samples})
+            if len(sizes) > 1:
+                raise ValueError(f"--data {self.data}: mazes of sizes {sizes}; one store holds one size")
+        else:
+            samples = choose_samples(read_samples(self.data), self.samples, self.data)
+        if self.seeds is None and all(s.truth is not None for s in samples):
+            return [Video(s.name, s, s.truth.seed) for s in samples]  # a maze's noise seed is its own
+        return [Video(f"{s.name}-seed{seed}", s, seed) for s in samples for seed in (self.seeds or [0])]
+
+    def latent_shape(self, adapter: VideoDiTAdapter, videos: list[Video]) -> tuple[int, ...]:
+        if adapter.task:
+            return adapter.latent_shape(videos[0].sample.truth.size, self.frames_of(adapter))
+        spec = self.spec()
+        return adapter.pipeline_latent_shape(spec.height, spec.width, spec.num_frames)
+
+    def inputs(self, adapter: VideoDiTAdapter, videos: list[Video]) -> tuple[torch.Tensor, object]:
+        """(noise, conditioning) of ``videos``, row i for video i; each row's noise drawn from its seed alone."""
+        shape, seeds = self.latent_shape(adapter, videos), [v.seed for v in videos]
+        if adapter.task:
+            noise = initial_noise(seeds, shape, adapter.device, adapter.dtype)
+            return noise, adapter.conditioning([v.sample.truth for v in videos], self.frames_of(adapter))
+        from PIL import Image
+
+        noise = initial_noise(seeds, shape, adapter.device, torch.float32)
+        spec, conds = self.spec(), []
+        with torch.no_grad():
+            for i, video in enumerate(videos):
+                item = video.sample
+                image = Image.open(item.first_frame).convert("RGB") if item.first_frame else None
+                conds.append(adapter.pipeline_conditioning(
+                    [item.prompt], [image], noise[i : i + 1], self.negative_prompt, spec.height, spec.width,
+                    spec.num_frames, self.max_sequence_length,
+                ))  # fmt: skip
+        return noise, stack_conditioning(conds)
+
+    def metas(self, adapter: VideoDiTAdapter, videos: list[Video], latents: torch.Tensor) -> list[dict]:
+        """What the store records of finished videos: their inputs and, for a task's own model, the
+        verifier's verdict on the decoded video (a pipeline's videos are not decoded here)."""
+        if not adapter.task:
+            return [{"sample": v.sample.name, "prompt": v.sample.prompt, "seed": v.seed, "model": str(self.model)}
+                    for v in videos]  # fmt: skip
+        metas, frames = [], self.frames_of(adapter)
+        for video, rgb in zip(videos, adapter.decode(latents)):
+            maze = video.sample.truth
+            metas.append({"task": self.task, "size": maze.size, "frames": frames, "maze_seed": maze.seed,
+                          "noise_seed": video.seed, "prompt": video.sample.prompt,
+                          "verdict": asdict(maze_task.verify(rgb, maze))})  # fmt: skip
+            if self.data is not None:
+                metas[-1]["sample"] = video.sample.name
+        return metas
 
 
 @dataclass

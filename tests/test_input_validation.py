@@ -130,13 +130,13 @@ def test_what_a_user_legitimately_passes_is_accepted_and_saved_as_plain_json():
 
     from interp.experiments.ensemble import EnsembleConfig
     from interp.experiments.swap import SwapConfig
-    from interp.experiments.trace import PipelineTraceConfig, TraceConfig
+    from interp.experiments.trace import TraceConfig
     from interp.validation import check
     from probes.run import ProbeConfig
 
     cfg = TraceConfig(n=np.int64(8), shift=np.float32(3.0))
     assert type(cfg.n) is int and type(cfg.shift) is float and TraceConfig.from_json(cfg.to_json()) == cfg
-    assert PipelineTraceConfig(model=Path("/m/wan"), data=Path("/d")).model == "/m/wan"
+    assert TraceConfig(model=Path("/m/wan"), data=Path("/d")).model == "/m/wan"
     assert SwapConfig(other="-1000").other == "-1000"
     assert EnsembleConfig(ks=[0, 1], temperatures=[]).ks == [0, 1]
     check(ProbeConfig(name="my run"))

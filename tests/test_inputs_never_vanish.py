@@ -9,7 +9,7 @@ import pytest
 from tiny_pipelines import save_tiny_testbed
 
 from interp.analysis.scorers import ScorerError, load_scorer
-from interp.sources import read_samples
+from interp.samples import read_samples
 
 
 def _sample(folder, name, prompt="solve the maze"):

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from interp.experiments.trace import PipelineTraceConfig, TraceConfig
+from interp.experiments.trace import TraceConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("interp", "activations", "probes")
@@ -81,8 +81,14 @@ def test_trace_configs_round_trip_through_json():
     assert TraceConfig.from_json(cfg.to_json()) == cfg
     from dataclasses import asdict
 
-    pcfg = PipelineTraceConfig(model="/m", data="/d", seeds=[1, 2], negative_prompt=None)
-    assert PipelineTraceConfig(**json.loads(json.dumps(asdict(pcfg)))) == pcfg
+    pcfg = TraceConfig(model="/m", data="/d", seeds=[1, 2], negative_prompt=None)
+    assert TraceConfig(**json.loads(json.dumps(asdict(pcfg)))) == pcfg
+    assert TraceConfig.from_json(pcfg.to_json()) == pcfg
+    # a testbed config written before one shape ("frames"), and a pipeline one, still read back
+    assert TraceConfig.from_dict({"n": 3, "frames": 5, "batch_size": 16}).num_frames == 5
+    old_pipeline = {"model": "/m", "data": "/d", "seeds": [0], "height": 32, "width": 32, "num_frames": 9,
+                    "num_steps": 50, "torch_dtype": "float32", "device": "cpu"}  # fmt: skip
+    assert TraceConfig.from_dict(old_pipeline).height == 32
 
 
 def _module_name(path: Path) -> str:

@@ -96,7 +96,13 @@ def test_the_testbed_traces_a_maze_data_set_and_the_maze_scorer_reads_it_back(tm
     verdicts = [float(m["verdict"]["solved"]) for m in metas]
     assert final_scores == verdicts  # the scorer on decoded frames agrees with the testbed's own verifier
     code, _, err = run_cli("trace", "--data", tmp_path / "mazes", "-n", 2, "--out", tmp_path / "t3.h5")
-    assert code == 2 and "drop -n, --size, --first-seed and --samples" in err  # the folder decides, not a flag
+    assert code == 2 and "with --data the folder's samples are run" in err  # the folder decides, not a flag
+    code, _, err = run_cli("trace", "--data", tmp_path / "mazes", "--samples", "maze4_seed000009,maze4_seed000007",
+                           "--layers", "0", "--num-steps", 2, "--out", tmp_path / "chosen.h5")  # fmt: skip
+    assert code == 0, err  # samples chosen by name, as on a pipeline
+    with ActivationStore(tmp_path / "chosen.h5") as store:
+        assert store.layout.video_keys == ["maze4_seed000009", "maze4_seed000007"]
+        assert [store.meta(v)["maze_seed"] for v in store.completed_videos] == [9, 7]
     bad = tmp_path / "mazes" / "maze4_seed000008" / "first_frame.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(bad)
     code, _, err = run_cli("trace", "--data", tmp_path / "mazes", "--out", tmp_path / "t2.h5")

@@ -149,14 +149,14 @@ def test_a_skeleton_lays_out_every_family_as_the_loaded_pipeline(tmp_path):
 
     from tiny_pipelines_i2v import build_tiny_cogvideox_i2v, build_tiny_ltx_i2v, build_tiny_wan_ti2v
 
-    from interp.experiments.trace import PipelineTraceConfig, make_job
+    from interp.experiments.trace import TraceConfig, make_job
 
     builders = {**BUILDERS, "ti2v": build_tiny_wan_ti2v, "cogvideox-i2v": build_tiny_cogvideox_i2v,
                 "ltx-i2v": build_tiny_ltx_i2v}  # fmt: skip
     data = write_samples(tmp_path / "data", n=2)
     for i, (family, options) in enumerate(SKELETON_CASES):
         model = builders[family](tmp_path / f"{family}-{i}", **options)
-        cfg = PipelineTraceConfig(model=str(model), data=str(data), height=32, width=32, num_frames=9, num_steps=3,
+        cfg = TraceConfig(model=str(model), data=str(data), height=32, width=32, num_frames=9, num_steps=3,
                                   seeds=[0, 1], max_sequence_length=16, layers="0,1", pooling="frame")  # fmt: skip
         skeleton = make_job(cfg, skeleton=True)
         assert next(skeleton.adapter.transformer.parameters()).is_meta  # nothing was loaded
@@ -168,7 +168,7 @@ def test_a_pipeline_trace_is_planned_without_loading_it(tmp_path, run_cli, monke
     once per process that loads them."""
     from diffusers import DiffusionPipeline
 
-    from interp.experiments.trace import PipelineTraceConfig, make_job
+    from interp.experiments.trace import TraceConfig, make_job
     from interp.plans import folder_weight_bytes, human, store_plan, trace_plan
 
     def refuse(*args, **kwargs):
@@ -183,7 +183,7 @@ def test_a_pipeline_trace_is_planned_without_loading_it(tmp_path, run_cli, monke
         assert code == 0 and "plan: trace: 2 videos, 4 denoising steps each" in out, err
         assert f"weights ~{human(folder_weight_bytes(model))} counted, from their safetensors headers" in out
     assert not list(tmp_path.glob("t.h5*"))
-    cfg = PipelineTraceConfig(model=str(model), data=str(data), height=32, width=32, num_frames=9, num_steps=4,
+    cfg = TraceConfig(model=str(model), data=str(data), height=32, width=32, num_frames=9, num_steps=4,
                               max_sequence_length=16)  # fmt: skip
     job = make_job(cfg, skeleton=True)
     lay = job.layout

@@ -23,7 +23,7 @@ def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):
     assert code == 0, err
     with ActivationStore(run / "s.h5") as store:
         assert store.n_videos == 4 and store.completed_videos == [0, 1, 2, 3]
-        assert store.layout.extra["pipeline_trace_config"]["torch_dtype"] == "float32"  # the CPU default, recorded
+        assert store.layout.extra["trace_config"]["torch_dtype"] == "float32"  # the CPU default, recorded
         assert {s.split(".")[0] for s in store.sites} == {"high", "low"}
         tokens = store.layout.n_tokens
     from diffusers import DiffusionPipeline

@@ -42,6 +42,9 @@ class ExperimentConfig:
         if not isinstance(data, dict):
             raise UsageError(f"a {cls.experiment} config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
+        for old, new in getattr(cls, "old_spellings", {}).items():  # a field renamed since the file was written
+            if old in data and new not in data:
+                data[new] = data.pop(old)
         kind = data.pop("experiment", cls.experiment)
         if kind != cls.experiment:
             raise UsageError(f"this is a {kind!r} config, not {cls.experiment!r}")

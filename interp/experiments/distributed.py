@@ -19,48 +19,31 @@ Ray is an optional extra (``pip install .[ray]``); nothing else imports this mod
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from activations.writer import DEFAULT_QUEUE_BYTES, StoreWriter, part_path
 from interp.experiments.executors import claim_marker
 
 # One job per process: the model stays loaded between tasks of the same trace.
-_JOB_CACHE: dict[tuple[str, str], object] = {}
+_JOB_CACHE: dict[str, object] = {}
 
 
-def _make_job(kind: str, cfg_json: str):
-    """The trace job of a config (``testbed`` or ``pipeline``), loaded once per process."""
-    key = (kind, cfg_json)
-    if key not in _JOB_CACHE:
+def _make_job(cfg_json: str):
+    """The trace job of a config, loaded once per process."""
+    if cfg_json not in _JOB_CACHE:
         _JOB_CACHE.clear()  # another trace's model would only hold memory
-        from interp.experiments.trace import PipelineTraceConfig, TraceConfig, make_job
+        from interp.experiments.trace import TraceConfig, make_job
 
-        if kind == "testbed":
-            _JOB_CACHE[key] = make_job(TraceConfig.from_json(cfg_json))
-        elif kind == "pipeline":
-            _JOB_CACHE[key] = make_job(PipelineTraceConfig(**json.loads(cfg_json)))
-        else:
-            raise ValueError(f"unknown trace kind {kind!r}")
-    return _JOB_CACHE[key]
-
-
-def _config_of(cfg) -> tuple[str, str]:
-    from interp.experiments.trace import PipelineTraceConfig, TraceConfig
-
-    if isinstance(cfg, TraceConfig):
-        return "testbed", cfg.to_json()
-    if isinstance(cfg, PipelineTraceConfig):
-        return "pipeline", json.dumps(asdict(cfg), sort_keys=True)
-    raise TypeError(f"expected a TraceConfig or PipelineTraceConfig, got {type(cfg).__name__}")
+        _JOB_CACHE[cfg_json] = make_job(TraceConfig.from_json(cfg_json))
+    return _JOB_CACHE[cfg_json]
 
 
 def trace_shard(
-    kind: str, cfg_json: str, out: str, videos: list[int], threads: int, fail_once: str | None,
+    cfg_json: str, out: str, videos: list[int], threads: int, fail_once: str | None,
     queue_bytes: int = DEFAULT_QUEUE_BYTES,
 ) -> dict:  # fmt: skip
     """A worker's task: trace ``videos`` into their own part of the store at ``out``. The writer thread runs
@@ -73,8 +56,8 @@ def trace_shard(
 
     torch.set_num_threads(threads)
     tic = time.time()
-    loaded = (kind, cfg_json) not in _JOB_CACHE
-    job = _make_job(kind, cfg_json)
+    loaded = cfg_json not in _JOB_CACHE
+    job = _make_job(cfg_json)
     background = torch.device(job.adapter.device).type != "cpu"
     with StoreWriter(out, job.layout, index=False, max_queue_bytes=queue_bytes, background=background) as writer:
         if part_path(writer.parts, videos).exists():  # a retry after the part was published
@@ -130,13 +113,12 @@ def run_trace_ray(
     queue_bytes: int = DEFAULT_QUEUE_BYTES,
     _fail_once: str | None = None,
 ) -> RaySummary:
-    """Trace ``cfg`` (a ``TraceConfig`` or ``PipelineTraceConfig``) on Ray into the store at ``out``.
+    """Trace ``cfg`` (a ``TraceConfig``) on Ray into the store at ``out``.
 
     ``address``: an existing cluster ("auto", "ray://host:port", ...); None starts a local Ray
     instance with ``workers`` CPUs. Every check (config, model, store settings) runs before any
-    task is sent: the layout is planned in this process for the testbed, and by one worker for a
-    pipeline model (so the driver need not load a large model). ``queue_bytes``: each worker's writer
-    queue bound (as ``run_trace``).
+    task is sent: the layout is planned in this process from the model's skeleton (a pipeline's
+    weights are never read here). ``queue_bytes``: each worker's writer queue bound (as ``run_trace``).
     """
     try:
         import ray
@@ -148,7 +130,12 @@ def run_trace_ray(
 
     if workers < 1 or threads_per_worker < 1 or max_retries < 0 or queue_bytes < 1:
         raise ValueError("workers, threads_per_worker and queue_bytes must be >= 1, max_retries >= 0")
-    kind, cfg_json = _config_of(cfg)
+    from interp.experiments.trace import make_job
+
+    cfg_json = cfg.to_json()
+    planned = make_job(cfg, skeleton=True)
+    layout, batch_size = planned.layout, planned.batch_size
+    del planned  # the workers load the model
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     started_here = not ray.is_initialized()
@@ -160,18 +147,13 @@ def run_trace_ray(
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         resources = {"num_cpus": threads_per_worker, "num_gpus": 1 if gpus else 0}
-        if kind == "testbed":
-            layout, batch_size = _make_job(kind, cfg_json).layout, cfg.batch_size
-        else:  # plan where the model will run; that worker keeps it loaded for its first task
-            plan = ray.remote(_plan_remote).options(**resources)
-            layout, batch_size = ray.get(plan.remote(kind, cfg_json))
         with StoreWriter(out, layout) as writer:  # creates or checks the store; clears stale .tmp parts
             pending = writer.pending()
         todo = batches(pending, batch_size)
         task = ray.remote(trace_shard).options(max_retries=max_retries, **resources)
         tic = time.time()
         futures = {
-            task.remote(kind, cfg_json, str(out), videos, threads_per_worker, _fail_once, queue_bytes): videos
+            task.remote(cfg_json, str(out), videos, threads_per_worker, _fail_once, queue_bytes): videos
             for videos in todo
         }
         summary = RaySummary(out, 0, layout.n_videos - len(pending), 0.0)
@@ -207,8 +189,3 @@ def run_trace_ray(
             f"(videos {summary.failed_batches}); the store lists what finished, rerun to complete it"
         ) from first_error
     return summary
-
-
-def _plan_remote(kind: str, cfg_json: str):
-    job = _make_job(kind, cfg_json)
-    return job.layout, job.batch_size

@@ -103,6 +103,10 @@ class VideoDiTAdapter:
     name = "base"
     blocks_attr = "blocks"
     prediction = "flow"
+    # A task model (the testbed: "maze") takes task instances, not prompts and frames, and has a verifier
+    # and sampling ``defaults``; None: a pipeline (``interp.sources.SourceConfig`` asks this, nothing else).
+    task: str | None = None
+    is_skeleton = False  # built from configs alone on the meta device (``interp.models.skeleton``): cannot run
     latent_frame_axis: int | None = 1  # axis of the frames in one video's latent (C, T, H, W); None: packed
     latent_channel_axis: int = 0  # axis of the channels in one video's latent: the features of a latent position
     # Canonical sub-module names (sites ``blocks.K.attn1`` ...) -> this family's attribute names.

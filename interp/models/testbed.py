@@ -120,6 +120,7 @@ class TestbedAdapter(VideoDiTAdapter):
     """Model adapter for the testbed: what the sampler, tracer and interventions need to know."""
 
     name = "testbed"
+    task = "maze"
     blocks_attr = "blocks"
     __test__ = False  # not a pytest test class despite the name
 

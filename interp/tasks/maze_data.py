@@ -120,7 +120,7 @@ def read_maze_samples(folder: str | Path, names: list[str] | None = None) -> lis
     """(name, maze, prompt) of every maze sample in ``folder`` (or the ``names`` chosen), in name order.
     The conditioning a model gets is the first frame: each ``first_frame.png`` must show the maze its
     ``maze.json`` describes (read back onto the grid), or the sample is refused."""
-    from interp.sources import read_samples
+    from interp.samples import read_samples
 
     samples = read_samples(folder)
     if names is not None:
