@@ -189,7 +189,7 @@ def trace(
 
         typer.echo(run_trace_ray(cfg, out, ray_address, workers, threads_per_worker, **writer_options).table())
     else:
-        run_trace(cfg, out, job=None if job.skeleton else job, **writer_options)
+        run_trace(cfg, out, job=job.loaded(), **writer_options)
     typer.echo(f"stored activations of {model} in {out} [{time.time() - tic:.0f}s]")
 
 

@@ -239,3 +239,28 @@ def test_the_plan_of_a_wan_14b_trace_at_full_size_needs_no_weights(tmp_path, run
     assert "plan: trace: 1 video, 50 denoising steps each, 50 steps stored, 40 sites" in out
     assert f"writes ~{expected / 2**30:.1f} GB" in out and "memory ~512.0 MB" in out, out
     assert "32760 tokens stored per site" in out and f"block outputs ~{32760 * 5120 * 40 * 2 / 2**30:.1f} GB" in out
+
+
+def test_the_planned_job_traces_with_its_samples_read_once(tmp_path, monkeypatch):
+    """`interp trace` plans from the skeleton, then loads the weights for that very plan: the samples are read
+    once, the skeleton is not kept beside the loaded model, and the store equals one traced without a plan."""
+    import interp.sources
+    from interp.experiments.trace import TraceConfig, make_job, run_trace
+
+    model = build_tiny_wan(tmp_path / "wan", True)
+    data = write_samples(tmp_path / "data", n=2)
+    cfg = TraceConfig(model=str(model), data=str(data), height=32, width=32, num_frames=5, num_steps=2,
+                      layers="0", dtype="float32")  # fmt: skip
+    reads = []
+    real = interp.sources.read_samples
+    monkeypatch.setattr(interp.sources, "read_samples", lambda folder: reads.append(folder) or real(folder))
+    planned = make_job(cfg, skeleton=True)
+    job = planned.loaded()
+    assert planned.adapter is None and not job.skeleton and job.plan is planned.plan
+    assert not next(job.adapter.transformer.parameters()).is_meta
+    run_trace(cfg, tmp_path / "a.h5", job=job, progress=False)
+    assert len(reads) == 1
+    run_trace(cfg, tmp_path / "b.h5", progress=False)
+    with ActivationStore(tmp_path / "a.h5") as a, ActivationStore(tmp_path / "b.h5") as b:
+        assert np.array_equal(a.activations(a.sites[0]), b.activations(b.sites[0]))
+        assert np.array_equal(a.final(), b.final()) and a.meta(1) == b.meta(1)

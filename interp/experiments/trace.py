@@ -22,13 +22,9 @@ from activations.schema import StoreLayout
 from activations.selection import parse_index_spec
 from activations.writer import DEFAULT_QUEUE_BYTES, StoreWriter
 from interp.execution.capture import build_layout, trace_batch
-from interp.execution.runner import BACKENDS
 from interp.experiments.base import Experiment, ExperimentConfig, register
 from interp.manifest import Manifest
-from interp.models.base import SUB_MODULES
 from interp.sources import SourceConfig, Video
-
-TASKS = ("maze",)
 
 
 @dataclass
@@ -52,16 +48,6 @@ class TraceConfig(SourceConfig, ExperimentConfig):
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-
-def _check_capture(cfg: TraceConfig) -> None:
-    if cfg.task not in TASKS:
-        raise ValueError(f"unknown task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
-    if cfg.backend not in BACKENDS:
-        raise ValueError(f"unknown backend {cfg.backend!r}; choose from {BACKENDS}")
-    bad_subs = [s for s in cfg.subs if s not in SUB_MODULES]
-    if bad_subs:
-        raise ValueError(f"unknown sub-module {bad_subs[0]!r}; choose from {SUB_MODULES}")
 
 
 def batches(pending: list[int], batch_size: int) -> list[list[int]]:
@@ -90,8 +76,8 @@ class TracePlan:
 
 def plan_trace(cfg: TraceConfig, adapter) -> TracePlan:
     """Check every choice against the model before any compute; raise ValueError with the reason. The
-    samples are read here, once (a maze sample's first frame is checked against its maze)."""
-    _check_capture(cfg)
+    samples are read here, once (a maze sample's first frame is checked against its maze). The config's
+    own fields (task, backend, sub-modules, ranges) were checked when it was made (``interp.validation``)."""
     num_steps, shift = cfg.num_steps_of(adapter), cfg.shift_of(adapter)
     steps = parse_index_spec(cfg.steps, num_steps, "step")
     layers = parse_index_spec(cfg.layers, adapter.num_blocks(next(iter(adapter.transformers()))), "layer")
@@ -124,6 +110,17 @@ class TraceJob:
         self.layout = self.plan.layout
         self.batch_size = self.plan.batch_size
 
+    def loaded(self) -> TraceJob:
+        """The job that can trace: a skeleton's plan (its samples and layout, laid out from the model's
+        configs exactly as from the loaded model) with the weights loaded; the skeleton is dropped."""
+        if not self.skeleton:
+            return self
+        job = object.__new__(TraceJob)
+        job.cfg, job.adapter, job.skeleton = self.cfg, self.cfg.load(), False
+        job.plan, job.layout, job.batch_size = self.plan, self.layout, self.batch_size
+        self.adapter = None  # nothing keeps the skeleton beside the loaded model
+        return job
+
     def trace_part(self, writer: StoreWriter, videos: list[int]) -> None:
         """Trace a contiguous run of videos into one part of ``writer``'s store."""
         cfg, adapter, plan = self.cfg, self.adapter, self.plan
@@ -151,7 +148,7 @@ def run_trace(
     """Trace every video of ``cfg`` into the store at ``out``, skipping videos a previous run finished
     (``job``: one ``make_job`` already planned, e.g. for ``interp.plans``). ``queue_bytes``: host memory of
     copies waiting for the disk before sampling waits (not part of the config: it changes no stored byte)."""
-    job = job or make_job(cfg, adapter)
+    job = (job or make_job(cfg, adapter)).loaded()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     background = writer_in_background(job.adapter.device)
