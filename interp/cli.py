@@ -6,7 +6,6 @@ Experiments registered with ``cli=True`` (patch, swap, perturb, flow, ensemble, 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -104,28 +103,6 @@ def filmstrip(
 
     cfg = FilmstripConfig(str(store), model, videos, steps, device=device, torch_dtype=torch_dtype)
     echo_manifest(save_step_videos(run_filmstrip(cfg, out), cfg, out), out)
-
-
-@app.command()
-def evaluate(
-    size: int = typer.Option(4, help="Maze cells per side."),
-    frames: int = typer.Option(4, help="Frames per video."),
-    n: int = typer.Option(500, "-n", "--n", help="Held-out test mazes (seeds 0..n-1)."),
-    steps: int | None = typer.Option(None, help="Denoising steps; default: the model's."),
-    shift: float | None = typer.Option(None, help="Flow shift; default: the model's."),
-    model: str = typer.Option("testbed", help=MODEL_HELP),
-    out: Path = typer.Option(Path("runs/evaluate"), help="Output folder: accuracy.json and its manifest."),
-) -> None:
-    """Exact-match accuracy of a testbed on held-out mazes, with a 95% interval."""
-    from interp.experiments.evaluate import EvaluateConfig, run_evaluate, save_evaluation
-    from interp.plans import sampling_plan
-
-    check_maze("maze", size, frames, steps)
-    cfg, adapter = EvaluateConfig(model, size, frames, n, steps, shift), testbed(model)
-    show(sampling_plan("evaluate", n, steps or adapter.defaults.num_steps, adapter, out), typer.echo)
-    result = run_evaluate(cfg, adapter)
-    save_evaluation(result, cfg, out)
-    typer.echo(json.dumps(result.summary(), indent=2))
 
 
 @app.command()

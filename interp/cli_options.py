@@ -159,6 +159,13 @@ def make_command(experiment: Experiment):
                 raise UsageError(f"{values['config']} is a {cfg.experiment!r} config, not {experiment.kind!r}")
         else:
             chosen = {k: values[k] for k in names}
+            for f in fields(cls):  # a repeatable option given no value is the field's None ("all", "own")
+                if f.default is None and chosen.get(f.name) == []:
+                    chosen[f.name] = None
+            if "samples" in chosen and chosen["samples"]:
+                chosen["samples"] = split_names(chosen["samples"])
+            if isinstance(chosen.get("data"), (str, Path)) and "data" in names and not has_pipeline:
+                chosen["data"] = str(Path(chosen["data"]).resolve())  # recorded where it is, not where we were
             if has_pipeline and is_pipeline_folder(chosen.get("model", "")):
                 chosen["pipeline"] = _pipeline_spec(values, str(chosen["model"]), chosen.get("num_steps"))
             elif has_pipeline and values["data"] is not None:
@@ -208,7 +215,7 @@ def add_experiment_commands(app: typer.Typer) -> None:
 DRY_RUN_OPTION = _option("dry_run", bool, False, "Print the plan (videos, steps, sites, disk, memory) only.",
                          ("--dry-run",))  # fmt: skip
 # written-out commands that print a plan (interp.plans); READERS' (interp.reader_plans) are printed here, first
-PLANNED = ("generate", "evaluate", "trace", "probe", "demo", *READERS)
+PLANNED = ("generate", "trace", "probe", "demo", *READERS)
 FILE_OUTPUTS = {("trace", "out"), ("report", "out")}  # output options that name a file, not a folder
 OUTPUTS = ("out", "checkpoint", "export")
 

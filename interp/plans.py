@@ -264,8 +264,10 @@ def joint_stream_note(adapter, sites) -> list[str]:
 def experiment_plan(kind: str, cfg, out: Path) -> Plan:
     """A registered experiment: causal ones hold recorded runs; sampling ones (ensemble, early selection,
     exploration) hold a batch of latents per step."""
-    from interp.sources import load_testbed
+    from interp.sources import SourceConfig, load_testbed
 
+    if isinstance(cfg, SourceConfig):
+        return source_plan(kind, cfg, out)
     pipeline = getattr(cfg, "pipeline", None)
     if pipeline is not None:
         return _pipeline_experiment_plan(kind, cfg, pipeline, out)
@@ -334,6 +336,18 @@ def _layers(cfg, adapter) -> list[int]:
 
     first = next(iter(adapter.transformers()))  # the first expert's blocks (multi-expert grids are refused)
     return parse_index_spec(getattr(cfg, "layers", "all"), adapter.num_blocks(first), "layer")
+
+
+def source_plan(kind: str, cfg, out: Path) -> Plan:
+    """A sampling experiment over a source (``interp.sources.SourceConfig``): its videos and steps; memory the
+    model's weights (a pipeline's from its safetensors headers, laid out from its configs, nothing loaded)."""
+    adapter = cfg.load(skeleton=True)
+    videos, num_steps = len(cfg.videos(adapter)), cfg.num_steps_of(adapter)
+    if not adapter.is_skeleton:
+        return Plan(kind, Path(out), videos, num_steps, disk_bytes=FIGURES, memory_bytes=model_bytes(adapter))
+    weights = folder_weight_bytes(cfg.model, cfg.torch_dtype)
+    return Plan(kind, Path(out), videos, num_steps, disk_bytes=FIGURES, memory_bytes=weights,
+                details=["pipeline weights counted from their safetensors headers (nothing loaded to plan)"])
 
 
 def sampling_plan(command: str, videos: int, num_steps: int, adapter, out: Path, disk: int = FIGURES) -> Plan:

@@ -111,6 +111,29 @@ class SourceConfig:
     """
 
     field_rules = {"seed": SEED}
+    cli_help = {
+        "model": "A shipped testbed (testbed, testbed-mixed), a folder of testbed weights, or a pipeline folder.",
+        "data": "Folder of samples (prompt.txt, first_frame.png; mazes: interp data maze).",
+        "samples": "Sample folder names of --data (repeatable or A,B); default: all.",
+        "seeds": "Noise seeds per sample (repeatable); default: a maze's own, else 0.",
+        "task": "Reasoning task.",
+        "size": "Testbed without --data: maze cells per side.",
+        "n": "Testbed without --data: mazes (seeds first-seed ..).",
+        "first_seed": "Testbed without --data: first maze seed (held-out: below 500000).",
+        "num_frames": "Frames per video; default: the model's (pipelines 81).",
+        "height": "Pipeline models: video height (default 480).",
+        "width": "Pipeline models: video width (default 832).",
+        "num_steps": "Denoising steps; default: the model's (pipelines 50).",
+        "shift": "Flow shift of the scheduler; default: the model's.",
+        "guidance_scale": "Pipeline models: guidance scale (default: the family's).",
+        "negative_prompt": "Pipeline models: negative prompt of classifier-free guidance.",
+        "max_sequence_length": "Pipeline models: prompt tokens.",
+        "true_cfg_scale": "Pipeline models: HunyuanVideo's true CFG scale.",
+        "device": "Torch device.",
+        "torch_dtype": "float32 (default on CPU), bfloat16 (default elsewhere).",
+        "batch_size": "Videos per forward; default: the family's.",
+    }
+    cli_flags = {"n": ("-n", "--n"), "num_frames": ("--num-frames", "--frames"), "seeds": ("--seed",)}
 
     model: str = "testbed"  # a shipped testbed by name, a folder of testbed weights, or a pipeline folder
     data: str | None = None  # a folder of samples (prompt.txt, first_frame.png; mazes: ``interp data maze``)
@@ -150,9 +173,9 @@ class SourceConfig:
         """The flow shift; None: the pipeline scheduler's own."""
         return adapter.defaults.shift if self.shift is None and adapter.task else self.shift
 
-    def batch_of(self, adapter: VideoDiTAdapter, batch_size: int | None) -> int:
+    def batch_of(self, adapter: VideoDiTAdapter, batch_size: int | None, task_batch: int = 16) -> int:
         """Videos per forward: the testbed batches; a pipeline samples one video at a time unless told."""
-        return batch_size or (16 if adapter.task else 1)
+        return batch_size or (task_batch if adapter.task else 1)
 
     # -- model and videos --------------------------------------------------------------------------
     def check(self) -> None:
@@ -163,7 +186,8 @@ class SourceConfig:
         if pipeline and self.data is None:
             raise ValueError(f"model {self.model}: a pipeline model needs --data DIR (sample folders with prompt.txt, "
                              "first_frame.png)")  # fmt: skip
-        generated = (self.size, self.n, self.first_seed) != (4, 16, 0)
+        defaults = type(self).__dataclass_fields__
+        generated = any(getattr(self, k) != defaults[k].default for k in ("size", "n", "first_seed"))
         if (pipeline or self.data is not None) and generated:
             raise ValueError("-n, --size and --first-seed choose the testbed's generated mazes; with --data the "
                              "folder's samples are run, all or those named by --samples")  # fmt: skip

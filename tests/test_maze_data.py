@@ -107,3 +107,31 @@ def test_the_testbed_traces_a_maze_data_set_and_the_maze_scorer_reads_it_back(tm
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(bad)
     code, _, err = run_cli("trace", "--data", tmp_path / "mazes", "--out", tmp_path / "t2.h5")
     assert code == 2 and "does not show the maze its maze.json describes" in err
+
+
+def test_evaluate_puts_any_model_on_the_same_mazes(tmp_path, run_cli):
+    """`interp evaluate` is one command over one source: the testbed on a maze folder gives the verdicts it gives
+    on the same mazes generated from their seeds, and a pipeline on that folder is judged by the same verifier
+    on its decoded frames (a random tiny Wan solves none)."""
+    from tiny_pipelines import build_tiny_wan
+
+    code, _, err = run_cli("data", "maze", "--size", 4, "-n", 3, "--first-seed", 5, "--pixels", 32,
+                           "--out", tmp_path / "mazes")  # fmt: skip
+    assert code == 0, err
+    common = ["--num-steps", 4, "--frames", 4]
+    code, _, err = run_cli("evaluate", "--data", tmp_path / "mazes", *common, "--out", tmp_path / "from_data")
+    assert code == 0, err
+    code, _, err = run_cli("evaluate", "-n", 3, "--first-seed", 5, *common, "--out", tmp_path / "generated")
+    assert code == 0, err
+    from_data, generated = (json.loads((tmp_path / k / "accuracy.json").read_text()) for k in ("from_data",
+                                                                                                 "generated"))
+    assert from_data == generated and from_data["seeds"] == [5, 7] and from_data["n"] == 3
+    model = build_tiny_wan(tmp_path / "wan", image_to_video=True)
+    code, out, err = run_cli("evaluate", "--model", model, "--data", tmp_path / "mazes", "--height", 32, "--width", 32,
+                             "--num-frames", 5, "--num-steps", 2, "--out", tmp_path / "wan_eval")  # fmt: skip
+    assert code == 0, err
+    assert "pipeline weights counted from their safetensors headers" in out  # planned without loading
+    wan = json.loads((tmp_path / "wan_eval" / "accuracy.json").read_text())
+    assert wan["n"] == 3 and wan["accuracy"] == 0.0 and wan["seeds"] == [5, 7]
+    code, _, err = run_cli("evaluate", "--model", model, "--data", tmp_path / "mazes", "-n", 2, "--out", tmp_path / "x")
+    assert code == 2 and "with --data the folder's samples are run" in err
