@@ -19,7 +19,7 @@ from interp.models.base import PipelineSpec, VideoDiTAdapter
 from interp.models.registry import load_pipeline_adapter
 from interp.samples import Sample, Video, choose_samples, read_samples
 from interp.tasks import maze as maze_task
-from interp.validation import SEED
+from interp.validation import MAX_SIZE, SEED
 
 
 def default_dtype(device: str, torch_dtype: str | None) -> str:
@@ -214,6 +214,8 @@ class SourceConfig:
     def videos(self, adapter: VideoDiTAdapter) -> list[Video]:
         """Every video of the run, in store order: each sample with each of its noise seeds."""
         frames = self.frames_of(adapter)
+        if adapter.task and not 2 <= frames <= MAX_SIZE:  # the puzzle and the solution; the testbed's rotary range
+            raise ValueError(f"num_frames must be from 2 to {MAX_SIZE} for a maze model, got {frames}")
         if self.data is None:
             if not adapter.task:
                 raise ValueError(f"model {self.model}: needs --data DIR (sample folders with prompt.txt)")
