@@ -1,7 +1,8 @@
 """Mechanistic interpretability of video diffusion transformers.
 
 The Python API is ``interp.api`` (its names are also importable from ``interp`` itself, loaded on
-first use so that ``import interp.tasks`` stays light): ``open_model``, ``maze_inputs``, ``run`` (a
+first use so that ``import interp.tasks`` stays light): ``open_model``, ``inputs`` (any model's
+samples, as the commands make them), ``maze_inputs``, ``run`` (a
 cache of named sites), interventions ``copy_from``, ``zero``, ``mean``, ``add_direction`` and
 ``Intervention``, ``block`` (site names) and ``frame_tokens``. Stores are read with
 ``activations.ActivationStore`` (``to_xarray``), probes fitted with ``probes.run_probes`` (tables,
@@ -10,7 +11,7 @@ See ``notebooks/04_python_api.ipynb``.
 """
 
 _API = {
-    "Intervention", "Run", "add_direction", "block", "copy_from", "frame_tokens", "maze_inputs", "mean",
+    "Intervention", "Run", "add_direction", "block", "copy_from", "frame_tokens", "inputs", "maze_inputs", "mean",
     "open_model", "run", "zero",
 }  # fmt: skip
 

@@ -4,7 +4,7 @@ samples, traces or patches by itself):
     from interp.api import open_model, maze_inputs, run, block, copy_from, zero, mean, add_direction
 
     model = open_model("testbed")                      # or a diffusers pipeline folder
-    noise, cond, mazes = maze_inputs(model, n=2)       # testbed mazes; pipelines: interp.sources.PipelineInputs
+    noise, cond, mazes = maze_inputs(model, n=2)       # testbed mazes; any model: inputs(model, data=...)
     clean = run(model, noise, cond, sites=[block(4)])  # a cache of named sites at every step
     acts = clean.activations(block(4))                 # (steps, rows, tokens, hidden)
     steered = run(model, noise, cond, interventions=[add_direction(block(4), probe.direction(), 8.0, steps=[0])])
@@ -36,7 +36,7 @@ from interp.models.base import ForwardCall, VideoDiTAdapter
 block = block_site  # block(4) -> the output of block 4; block(4, "attn1") a sub-module's
 
 __all__ = [
-    "Intervention", "Run", "add_direction", "block", "copy_from", "frame_tokens", "maze_inputs", "mean",
+    "Intervention", "Run", "add_direction", "block", "copy_from", "frame_tokens", "inputs", "maze_inputs", "mean",
     "open_model", "run", "zero",
 ]  # fmt: skip
 
@@ -57,6 +57,20 @@ def maze_inputs(model: VideoDiTAdapter, n: int = 4, size: int = 4, frames: int =
     mazes = [maze_task.generate_maze(size, first_seed + i) for i in range(n)]
     noise, cond = inputs(model, mazes, frames)
     return noise, cond, mazes
+
+
+def inputs(model: VideoDiTAdapter, **source) -> tuple[torch.Tensor, object, list]:
+    """(noise, conditioning, videos) of any model's source, as every command makes them: the fields of
+    ``interp.sources.SourceConfig`` (``data``, ``samples``, ``seeds``, ``num_frames``, ``height``, ``width``,
+    ``negative_prompt``, ...; the testbed without ``data``: ``n``, ``size``, ``first_seed``), checked first.
+    ``videos[i]`` (key, sample, noise seed) goes with row i."""
+    from interp.sources import SourceConfig
+    from interp.validation import build
+
+    cfg = build(SourceConfig, source, "inputs")
+    videos = cfg.videos(model)
+    noise, cond = cfg.inputs(model, videos)
+    return noise, cond, videos
 
 
 @dataclass

@@ -262,8 +262,8 @@ def joint_stream_note(adapter, sites) -> list[str]:
 
 
 def experiment_plan(kind: str, cfg, out: Path) -> Plan:
-    """A registered experiment: causal ones hold recorded runs; sampling ones (ensemble, early selection,
-    exploration) hold a batch of latents per step."""
+    """A registered experiment: one over a source (``source_plan``: causal ones hold recorded runs); the
+    testbed's sampling ones (ensemble, early selection, exploration) hold a batch of latents per step."""
     from interp.sources import SourceConfig, load_testbed
 
     if isinstance(cfg, SourceConfig):
@@ -279,14 +279,6 @@ def experiment_plan(kind: str, cfg, out: Path) -> Plan:
     num_steps = cfg.num_steps or adapter.defaults.num_steps
     sizes = getattr(cfg, "sizes", None) or [cfg.size]
     latent = max(math.prod(adapter.latent_shape(s, cfg.frames)) for s in sizes)
-    if kind in CAUSAL:
-        videos = cfg.n * (1 if kind == "perturb" else 2)
-        layers = len(_layers(cfg, adapter)) if kind != "perturb" else 0
-        tokens = math.prod(adapter.token_grid(adapter.latent_shape(cfg.size, cfg.frames)))
-        per_video = num_steps * (layers * tokens * adapter.hidden_size() + 2 * latent) * FLOAT32
-        memory = model_bytes(adapter) + videos * per_video
-        return Plan(kind, Path(out), videos, num_steps, None, layers, FIGURES, memory,
-                    [f"recorded runs: {layers} layers x {num_steps} steps x {tokens} tokens per video"])  # fmt: skip
     variants = len(getattr(cfg, "seeds", [1])) * len(models)
     videos = cfg.n * len(sizes) * variants
     batch = min(getattr(cfg, "batch_size", cfg.n), cfg.n) * variants
@@ -296,9 +288,8 @@ def experiment_plan(kind: str, cfg, out: Path) -> Plan:
 
 
 def _pipeline_experiment_plan(kind: str, cfg, spec: dict, out: Path) -> Plan:
-    """An experiment on a pipeline folder, laid out from its configs (``interp.models.skeleton``): the weights
-    from the safetensors headers; a causal one also holds one recorded run per sample (every recorded layer's
-    output at every step, in the compute dtype)."""
+    """An experiment with a ``pipeline`` object of fields (the ensemble), laid out from the folder's configs
+    (``interp.models.skeleton``): the weights from the safetensors headers."""
     from interp.sources import PipelineInputs, default_dtype
 
     inputs = PipelineInputs(**spec)
@@ -313,22 +304,7 @@ def _pipeline_experiment_plan(kind: str, cfg, spec: dict, out: Path) -> Plan:
         kept = len(samples) * runs * (inputs.num_frames * inputs.height * inputs.width + latent * FLOAT32)
         what = f"{count(len(samples), 'sample')} x {runs} runs (seeds, ensembles, controls), each final kept and a GIF"
         return pipeline_plan(kind, inputs.model, dtype, len(samples) * runs, inputs.num_steps, out, kept, what)
-    if kind not in CAUSAL:
-        return pipeline_plan(kind, inputs.model, dtype, len(samples), inputs.num_steps, out)
-    latent, expert = inputs.latent_shape(adapter), next(iter(adapter.transformers()))  # one expert runs a step
-    tokens, hidden = math.prod(adapter.token_grid(latent, expert)), adapter.hidden_size(expert)
-    layers = len(_layers(cfg, adapter)) if kind != "perturb" else 0
-    item = dtype_bytes(dtype)
-    branches = 1 if inputs.negative_prompt is None else 2  # every call is recorded: the unconditional one too
-    per_video = inputs.num_steps * (branches * layers * tokens * hidden * item + 2 * math.prod(latent) * FLOAT32)
-    memory = folder_weight_bytes(inputs.model, dtype) + len(samples) * per_video
-    sub = getattr(cfg, "sub", None)
-    sites = adapter.site_names(_layers(cfg, adapter), (sub,)) if sub and kind != "perturb" else []
-    return Plan(kind, Path(out), len(samples), inputs.num_steps, None, layers, FIGURES, memory,
-                [f"recorded run per sample: {layers} layers x {inputs.num_steps} steps x {tokens} tokens x {branches} "
-                 f"guidance branches in {dtype}, "
-                 "and the latents of every step; pipeline weights counted from their safetensors headers",
-                 *joint_stream_note(adapter, sites)])  # fmt: skip
+    return pipeline_plan(kind, inputs.model, dtype, len(samples), inputs.num_steps, out)
 
 
 def _layers(cfg, adapter) -> list[int]:
@@ -339,15 +315,30 @@ def _layers(cfg, adapter) -> list[int]:
 
 
 def source_plan(kind: str, cfg, out: Path) -> Plan:
-    """A sampling experiment over a source (``interp.sources.SourceConfig``): its videos and steps; memory the
-    model's weights (a pipeline's from its safetensors headers, laid out from its configs, nothing loaded)."""
+    """An experiment over a source (``interp.sources.SourceConfig``), laid out from the model's configs (a
+    pipeline's skeleton: nothing loaded; its weights from the safetensors headers): its videos and steps; a
+    causal one also holds its recorded runs (every recorded layer's output at every step, in the compute
+    dtype, both guidance branches where the family runs them)."""
     adapter = cfg.load(skeleton=True)
-    videos, num_steps = len(cfg.videos(adapter)), cfg.num_steps_of(adapter)
-    if not adapter.is_skeleton:
-        return Plan(kind, Path(out), videos, num_steps, disk_bytes=FIGURES, memory_bytes=model_bytes(adapter))
-    weights = folder_weight_bytes(cfg.model, cfg.torch_dtype)
-    return Plan(kind, Path(out), videos, num_steps, disk_bytes=FIGURES, memory_bytes=weights,
-                details=["pipeline weights counted from their safetensors headers (nothing loaded to plan)"])
+    videos, num_steps = cfg.videos(adapter), cfg.num_steps_of(adapter)
+    skeleton = adapter.is_skeleton
+    weights = folder_weight_bytes(cfg.model, cfg.torch_dtype) if skeleton else model_bytes(adapter)
+    note = ["pipeline weights counted from their safetensors headers (nothing loaded to plan)"] if skeleton else []
+    if kind not in CAUSAL:
+        return Plan(kind, Path(out), len(videos), num_steps, disk_bytes=FIGURES, memory_bytes=weights, details=note)
+    runs = len(videos) * (2 if kind in ("patch", "swap", "layers") and cfg.data is None else 1)  # + the other mazes
+    latent, expert = cfg.latent_shape(adapter, videos), next(iter(adapter.transformers()))  # one expert a step
+    tokens, hidden = math.prod(adapter.token_grid(latent, expert)), adapter.hidden_size(expert)
+    layers = len(_layers(cfg, adapter)) if kind != "perturb" else 0
+    item = dtype_bytes(cfg.torch_dtype) if skeleton else next(adapter.transformer.parameters()).element_size()
+    branches = 1 if adapter.task or cfg.negative_prompt is None else 2  # every call is recorded
+    per_video = num_steps * (branches * layers * tokens * hidden * item + 2 * math.prod(latent) * FLOAT32)
+    sub = getattr(cfg, "sub", None)
+    sites = adapter.site_names(_layers(cfg, adapter), (sub,)) if sub and kind != "perturb" else []
+    return Plan(kind, Path(out), runs, num_steps, None, layers, FIGURES, weights + runs * per_video,
+                [f"recorded run per sample: {layers} layers x {num_steps} steps x {tokens} tokens x {branches} "
+                 f"guidance branches in {cfg.torch_dtype}, and the latents of every step", *note,
+                 *joint_stream_note(adapter, sites)])  # fmt: skip
 
 
 def sampling_plan(command: str, videos: int, num_steps: int, adapter, out: Path, disk: int = FIGURES) -> Plan:

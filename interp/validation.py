@@ -152,6 +152,7 @@ RULES: dict[str, Rule] = {
     "temperatures": each(number(0, lo_open=True), 1),
     "strength": number(0, 1),
     "batch_size": int_range(1, 65536),
+    "max_batch": int_range(1),
     "min_branches": int_range(1),
     "superposition_share": SHARE, "formed_share": SHARE,
     "superposition_extra": int_range(0),

@@ -101,3 +101,30 @@ def test_run_probes_writes_the_store_and_takes_label_arrays(small_store):
     assert back["value"].iloc[1] > 0.9 > back["value"].iloc[0]  # planted from layer 3 on
     probe = fit_probe_on_store(store_path, block(4), 1, labels, folds=2)  # the same split and fit as the table's
     assert probe.weights.shape == (1, 16) and abs(probe.score - back["value"].iloc[1]) < 0.02
+
+
+def test_inputs_are_the_commands_inputs_for_any_model(testbed, tmp_path):
+    """`inputs` is the one source the commands use: on the testbed it equals `maze_inputs`; on a pipeline it
+    reads sample folders into rows a run takes, one noise draw per seed; bad fields are one clear error."""
+    from tiny_pipelines import build_tiny_wan, write_samples
+
+    from interp.api import inputs
+    from interp.validation import UsageError
+
+    model, noise, cond, mazes, _ = testbed
+    same_noise, same_cond, videos = inputs(model, n=2)
+    assert torch.equal(same_noise, noise) and torch.equal(same_cond, cond)
+    assert [v.sample.truth.seed for v in videos] == [m.seed for m in mazes]
+    wan = open_model(build_tiny_wan(tmp_path / "wan", image_to_video=True))
+    data = write_samples(tmp_path / "data", n=2)
+    w_noise, w_cond, w_videos = inputs(wan, data=str(data), seeds=[3, 4], height=32, width=32, num_frames=5)
+    assert [v.key for v in w_videos] == ["sample_000-seed3", "sample_000-seed4", "sample_001-seed3", "sample_001-seed4"]
+    assert w_noise.shape[0] == 4 and torch.equal(w_noise[0], w_noise[2])  # a row's noise is its seed's alone
+    one_noise, one_cond, _ = inputs(wan, data=str(data), samples=["sample_000"], seeds=[3], height=32, width=32,
+                                    num_frames=5)  # fmt: skip
+    assert torch.equal(one_noise[0], w_noise[0])
+    out = run(wan, one_noise, one_cond, num_steps=2)
+    assert torch.isfinite(out.final).all()
+    with pytest.raises(UsageError, match="seeds must be"):
+        inputs(wan, data=str(data), seeds=[-1])
+

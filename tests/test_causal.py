@@ -163,34 +163,38 @@ def test_patch_and_flow_run_on_a_local_pipeline_from_their_configs(tmp_path, run
         "num_steps": 3,
         "torch_dtype": "float32",
     }
-    patch_cfg = PatchConfig(pipeline=pipeline, metric="latent", steps="0,2", layers="all", region="frame:1")
-    (tmp_path / "patch.json").write_text(patch_cfg.to_json())
+    # a config written before one source (a ``pipeline`` object, ``frames``) still runs
+    old_style = {"experiment": "patch", "pipeline": {**pipeline, "seed": 0}, "metric": "latent", "steps": "0,2",
+                 "layers": "all", "region": "frame:1", "frames": 4}  # fmt: skip
+    assert PatchConfig.from_dict(old_style) == PatchConfig(**pipeline, seeds=[0], metric="latent", steps="0,2",
+                                                           region="frame:1")  # fmt: skip
+    (tmp_path / "patch.json").write_text(json.dumps({**old_style, "pipeline": {**pipeline, "seed": 0}}))
     code, _, err = run_cli("patch", "--config", tmp_path / "patch.json", "--out", tmp_path / "p")
     assert code == 0, err
     result = json.loads((tmp_path / "p" / "result.json").read_text())
     assert result["coords"] == {"step": [0, 2], "layer": [0, 1]}
     values = np.array(result["values"], dtype=float)
     assert np.isfinite(values).all() and np.abs(values).max() > 0  # patching one frame moves the output
-    flow_cfg = FlowConfig(pipeline=pipeline, inject_steps="1", strength=0.5)
+    flow_cfg = FlowConfig(**pipeline, inject_steps="1", strength=0.5)
     (tmp_path / "flow.json").write_text(flow_cfg.to_json())
     code, _, err = run_cli("flow", "--config", tmp_path / "flow.json", "--out", tmp_path / "f")
     assert code == 0, err
     cka = np.array(json.loads((tmp_path / "f" / "result.json").read_text())["cka"], dtype=float)
     assert cka.shape == (1, 3, 2) and np.isnan(cka[0, 0]).all() and np.isfinite(cka[0, 1:]).all()
-    swap_cfg = SwapConfig(pipeline=pipeline, steps="0", layers="1")
+    swap_cfg = SwapConfig(**pipeline, steps="0", layers="1")
     (tmp_path / "swap.json").write_text(swap_cfg.to_json())
     code, _, err = run_cli("swap", "--config", tmp_path / "swap.json", "--out", tmp_path / "s")
     assert code == 0, err
     swapped = json.loads((tmp_path / "s" / "result.json").read_text())
     assert swapped["config"]["experiment"] == "swap" and np.isfinite(np.array(swapped["values"], float)).all()
-    perturb_cfg = PerturbConfig(pipeline=pipeline, steps="0,2", frames_to_noise="1")
+    perturb_cfg = PerturbConfig(**pipeline, steps="0,2", frames_to_noise="1")
     (tmp_path / "perturb.json").write_text(perturb_cfg.to_json())
     code, stdout, err = run_cli("perturb", "--config", tmp_path / "perturb.json", "--out", tmp_path / "n")
     assert code == 0, err
     noised = json.loads((tmp_path / "n" / "result.json").read_text())
     assert noised["baseline"]["similarity"] == pytest.approx(1.0)
     assert set(noised["at_step"]) == {"0", "2"} and noised["at_frame"]["1"]["similarity"] < 1.0
-    bad = PatchConfig(pipeline=pipeline, metric="maze")
+    bad = PatchConfig(**pipeline, metric="maze")
     (tmp_path / "bad.json").write_text(bad.to_json())
     code, _, err = run_cli("patch", "--config", tmp_path / "bad.json", "--out", tmp_path / "b")
     assert code == 2 and "use metric 'latent'" in err

@@ -37,7 +37,7 @@ def test_flow_compares_the_conditional_rows_and_latent_positions(tmp_path):
     watch = BlockOutputs()
     handle = torch.nn.modules.module.register_module_forward_hook(watch)
     try:
-        result = run_flow(FlowConfig(pipeline=pipeline, inject_steps="1", layers="0", strength=1.0), progress=False)
+        result = run_flow(FlowConfig(**pipeline, inject_steps="1", layers="0", strength=1.0), progress=False)
     finally:
         handle.remove()
     clean, perturbed = watch.outputs[:3], watch.outputs[3:]

@@ -173,7 +173,7 @@ def test_any_field_value_builds_a_valid_config_or_raises_usageerror(data):
         ({"n": 1000000000000}, "n must be an integer from 1 to 1000000"),
         ({"pipeline": [1]}, "pipeline must be an object or null"),
         ({"pipeline": "dir"}, "pipeline must be an object or null"),
-        ({"pipeline": {"model": "a", "data": "b", "height": "480"}}, "pipeline: height must be an integer"),
+        ({"pipeline": {"model": "a", "data": "b", "height": "480"}}, "height must be an integer"),  # read as fields
         ({"layers": None}, "layers must be a string"),
         ({"strength": float("nan")}, "no NaN or Inf"),
         ({"stregth": 1.0}, "unknown field 'stregth'"),

@@ -1,87 +1,118 @@
-"""Pieces every causal experiment shares: its config fields, its inputs (testbed mazes or a
-pipeline's samples, recorded once), and how its files and manifest are written."""
+"""Pieces every causal experiment shares: its config (a source plus its own fields), its recorded runs and
+pairs (from any source: the testbed's mazes or a pipeline's samples), and how its files and manifest are
+written."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from interp.execution.patching import RunCache, record_run
-from interp.execution.runner import BACKENDS
 from interp.experiments.base import ExperimentConfig
 from interp.manifest import Manifest, Table
-from interp.sources import PipelineInputs, load_testbed, maze_inputs
+from interp.samples import Sample, Video
+from interp.sources import SourceConfig
 from interp.tasks import maze as maze_task
 
 
 @dataclass
-class CausalConfig(ExperimentConfig):
-    model: str = "testbed"
-    size: int = 4
-    frames: int = 4
-    num_steps: int | None = None
+class CausalConfig(SourceConfig, ExperimentConfig):
+    """A causal experiment's source (``interp.sources.SourceConfig``: the testbed's generated mazes, or any
+    model's samples) and how sites are read and replaced."""
+
+    old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames"}
+    backend: str = "hooks"
 
     cli_help = {
-        "model": "A shipped testbed (testbed, testbed-mixed), a folder of testbed weights, or a pipeline folder.",
-        "size": "Maze cells per side.",
-        "frames": "Frames per video.",
-        "num_steps": "Denoising steps; default: the model's (50 for pipeline models).",
-        "n": "Mazes (pairs for patching).",
-        "first_seed": "First maze seed (held-out mazes: below 500000).",
+        **SourceConfig.cli_help,
+        "n": "Testbed without --data: mazes (pairs for patching).",
         "backend": "How sites are read and replaced: hooks or nnsight.",
     }
-    cli_flags = {"n": ("-n", "--n")}
+    cli_flags = {**SourceConfig.cli_flags}
 
-    def check_common(self, adapter) -> int:
-        """Testbed checks; the number of denoising steps."""
-        maze_task.encode(maze_task.generate_maze(self.size, 0), self.frames)  # validates size and frames
-        num_steps = self.num_steps or adapter.defaults.num_steps
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-        if getattr(self, "n", 1) < 1:
-            raise ValueError("n must be at least 1")
-        if getattr(self, "backend", "hooks") not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        return num_steps
+    def __post_init__(self):
+        ExperimentConfig.__post_init__(self)  # interp.validation: types and ranges
+        SourceConfig.__post_init__(self)
 
-    def testbed(self, adapter=None):
-        return adapter or load_testbed(self.model)
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        """A config written before one source: its ``pipeline`` object of fields becomes the config's own."""
+        pipeline = data.pop("pipeline", None)
+        if pipeline is not None and not isinstance(pipeline, dict):  # never dropped: it named the model to run
+            from interp.validation import UsageError, plain
 
-
-def maze_runs(adapter, mazes, frames: int, num_steps: int, sites, backend: str = "hooks") -> tuple[RunCache, object]:
-    """A recorded run of testbed mazes (noise seeded by each maze) and its conditioning."""
-    noise, cond = maze_inputs(adapter, mazes, frames)
-    return record_run(adapter, noise, cond, num_steps, sites, backend=backend), cond
+            raise UsageError(f"{cls.experiment} config: pipeline must be an object or null (the fields of a pipeline "
+                             f"source, as written before one source), got {plain(pipeline)!r:.60}")  # fmt: skip
+        if isinstance(pipeline, dict):
+            fields = dict(pipeline)
+            if "seed" in fields:
+                fields["seeds"] = [fields.pop("seed")]
+            data = {**data, **fields}
+        return data
 
 
 @dataclass
-class PipelineRuns:
+class SourceRuns:
+    """One recorded run of a source's videos (one batch), and what it was recorded from."""
+
     adapter: object
+    videos: list[Video]
     run: RunCache
     conditioning: object
-    names: list[str]
     num_steps: int
-    inputs: PipelineInputs
+    latent_shape: tuple[int, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [v.key for v in self.videos]
 
 
-def pipeline_runs(spec: dict, sites_for, backend: str = "hooks") -> PipelineRuns:
-    """Load a pipeline adapter and record one run per chosen sample (same noise seed).
+SitesFor = Callable[[object, int, tuple], list]  # (adapter, num_steps, latent shape) -> sites; checks first
 
-    ``sites_for(adapter, inputs)`` checks the experiment against the model before any compute and
-    returns the sites to record.
-    """
-    if not isinstance(spec, dict):
-        raise ValueError(f"pipeline must be an object of PipelineInputs fields, got {type(spec).__name__}")
-    inputs = PipelineInputs(**spec)
-    adapter, samples = inputs.load()
-    sites = sites_for(adapter, inputs)
-    noise = inputs.noise(adapter, [inputs.seed] * len(samples))
-    cond = inputs.conditioning(adapter, samples, noise)
-    run = record_run(adapter, noise, cond, inputs.num_steps, sites, backend=backend)
-    return PipelineRuns(adapter, run, cond, [x.name for x in samples], inputs.num_steps, inputs)
+
+def source_runs(cfg: CausalConfig, adapter, sites_for: SitesFor, videos: list[Video] | None = None) -> SourceRuns:
+    """Load the model (unless given), check the experiment against it (``sites_for`` raises on a bad
+    choice and returns the sites to record), then record one run of ``videos`` (default: the source's)."""
+    adapter = adapter or cfg.load()
+    videos = cfg.videos(adapter) if videos is None else videos
+    num_steps, shape = cfg.num_steps_of(adapter), cfg.latent_shape(adapter, videos)
+    sites = sites_for(adapter, num_steps, shape)
+    noise, cond = cfg.inputs(adapter, videos)
+    run = record_run(adapter, noise, cond, num_steps, sites, shift=cfg.shift_of(adapter), backend=cfg.backend)
+    return SourceRuns(adapter, videos, run, cond, num_steps, shape)
+
+
+def maze_truths(adapter, videos: list[Video]) -> list[maze_task.Maze] | None:
+    """The mazes of ``videos`` where a maze model's verifier can judge its latents; None otherwise (a
+    pipeline: scored by its latents instead)."""
+    if not adapter.task or any(v.sample.truth is None for v in videos):
+        return None
+    return [v.sample.truth for v in videos]
+
+
+def pair_videos(cfg: CausalConfig, adapter, other: Callable[[maze_task.Maze], maze_task.Maze]) -> tuple[list, list]:
+    """(first, second) videos of each pair. With data: the samples in pairs, in the order named (``samples``
+    A,B[,C,D...]: A with B, ...), each with every seed. Without (the testbed's generated mazes): each maze
+    with ``other(maze)``, noise seeded by the other maze's seed."""
+    videos = cfg.videos(adapter)
+    if cfg.data is None:
+        others = []
+        for video in videos:
+            maze = other(video.sample.truth)
+            sample = Sample(f"{video.sample.name}-other", video.sample.prompt, None, None, maze)
+            others.append(Video(f"{video.key}-other", sample, maze.seed))
+        return videos, others
+    names = list(dict.fromkeys(v.sample.name for v in videos))
+    if len(names) < 2 or len(names) % 2:
+        raise ValueError(f"pairs need an even number of samples, in pairs (--samples A,B), got {len(names)}: "
+                         f"{', '.join(names[:6])}")  # fmt: skip
+    first = set(names[0::2])
+    return [v for v in videos if v.sample.name in first], [v for v in videos if v.sample.name not in first]
 
 
 @dataclass

@@ -45,10 +45,16 @@ class ExperimentConfig:
         for old, new in getattr(cls, "old_spellings", {}).items():  # a field renamed since the file was written
             if old in data and new not in data:
                 data[new] = data.pop(old)
+        data = cls.upgrade(data)
         kind = data.pop("experiment", cls.experiment)
         if kind != cls.experiment:
             raise UsageError(f"this is a {kind!r} config, not {cls.experiment!r}")
         return build(cls, data, f"{cls.experiment} config")
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        """A config file written by an earlier version, in today's fields (default: as it is)."""
+        return data
 
     @classmethod
     def from_json(cls, text: str):

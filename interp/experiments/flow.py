@@ -14,12 +14,10 @@ from activations.selection import parse_index_spec
 from interp.analysis.similarity import linear_cka
 from interp.execution.patching import RunCache, record_run
 from interp.experiments import sweep
-from interp.experiments._causal import CausalConfig, finite_or_none, maze_runs, pipeline_runs, write_record
+from interp.experiments._causal import CausalConfig, finite_or_none, source_runs, write_record
 from interp.experiments.base import Experiment, register
 from interp.experiments.executors import Sweep, executor_or_local
 from interp.experiments.perturb import fresh_noise
-from interp.sources import pipeline_field
-from interp.tasks import maze as maze_task
 from interp.validation import number
 
 
@@ -28,13 +26,10 @@ class FlowConfig(CausalConfig):
     field_rules = {"strength": number(0, 1, lo_open=True)}
     experiment = "flow"
     n: int = 8
-    first_seed: int = 0
     inject_steps: str = "all"
     layers: str = "all"
     strength: float = 1.0  # x_s <- sqrt(1 - a^2) x_s + a * fresh noise; 1.0 replaces x_s
     noise_seed: int = 12345
-    pipeline: dict | None = pipeline_field()  # a real model instead of the testbed: PipelineInputs fields
-    backend: str = "hooks"
 
     cli_help = {
         **CausalConfig.cli_help,
@@ -86,27 +81,16 @@ def run_flow(cfg: FlowConfig, adapter=None, progress: bool = True, executor=None
 
 def _prepare(cfg: FlowConfig, adapter) -> CleanRun:
     """Every check, then the clean run with the compared layers' block outputs."""
-    if not 0 < cfg.strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {cfg.strength}")
-    if cfg.pipeline is not None:
-        chosen: dict = {}
+    chosen: dict = {}
 
-        def sites_for(model, inputs):
-            chosen["injects"] = parse_index_spec(cfg.inject_steps, inputs.num_steps, "step")
-            chosen["layers"] = parse_index_spec(cfg.layers, model.num_blocks(next(iter(model.transformers()))), "layer")
-            return sweep.block_sites(model, chosen["layers"], None)
+    def sites_for(model, num_steps: int, shape: tuple) -> list[str]:
+        chosen["injects"] = parse_index_spec(cfg.inject_steps, num_steps, "step")
+        chosen["layers"] = parse_index_spec(cfg.layers, model.num_blocks(next(iter(model.transformers()))), "layer")
+        return sweep.block_sites(model, chosen["layers"], None)
 
-        runs = pipeline_runs(cfg.pipeline, sites_for, cfg.backend)
-        return CleanRun(cfg, runs.adapter, runs.run, runs.conditioning, runs.num_steps, chosen["injects"],
-                        chosen["layers"])  # fmt: skip
-    adapter = cfg.testbed(adapter)
-    num_steps = cfg.check_common(adapter)
-    injects = parse_index_spec(cfg.inject_steps, num_steps, "step")
-    layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
-    mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + i) for i in range(cfg.n)]
-    clean, cond = maze_runs(adapter, mazes, cfg.frames, num_steps, sweep.block_sites(adapter, layers, None),
-                            cfg.backend)  # fmt: skip
-    return CleanRun(cfg, adapter, clean, cond, num_steps, injects, layers)
+    runs = source_runs(cfg, adapter, sites_for)
+    return CleanRun(cfg, runs.adapter, runs.run, runs.conditioning, runs.num_steps, chosen["injects"],
+                    chosen["layers"])  # fmt: skip
 
 
 def _inject_at(r: CleanRun, s: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +163,8 @@ def save_flow(result: FlowResult, cfg: FlowConfig, out):
 
 def demo(ctx) -> None:
     """The study: noise (strength 0.5) injected at every step, CKA of every later block output."""
-    cfg = FlowConfig(model=ctx.model, n=ctx.options["n_causal"] * 2, size=ctx.size, frames=ctx.frames, strength=0.5)
+    cfg = FlowConfig(model=ctx.model, n=ctx.options["n_causal"] * 2, size=ctx.size, num_frames=ctx.frames,
+                     strength=0.5)
     result = run_flow(cfg, ctx.adapter, progress=False)
     save_flow(result, result.config, ctx.out / "causal" / "flow")
     sens = result.sensitivity

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from interp.experiments import sweep
 from interp.experiments._causal import CausalConfig, finite_or_none
 from interp.experiments.base import Experiment, register
 from interp.manifest import Manifest, Table
+from interp.sources import SourceConfig
 
 VIDEO_CHUNK = 8  # videos read per (site, step): bounds host memory on a store at real width
 
@@ -43,9 +44,7 @@ class LayersConfig(CausalConfig):
     layers: str = "all"
     cka_steps: str = "all"  # stored steps whose CKA to the final sample is averaged
     n: int = 4  # maze pairs patched
-    first_seed: int = 0
     patch_steps: str | None = None  # start steps patched onward; default four spread over the steps
-    backend: str = "hooks"
 
     cli_help = {
         **CausalConfig.cli_help,
@@ -77,9 +76,9 @@ def run_layers(cfg: LayersConfig, adapter=None, progress: bool = True) -> Layers
     from interp.experiments.patch import PatchConfig, run_patch
     from probes.run import read_results
 
-    adapter = cfg.testbed(adapter)
-    num_steps = cfg.check_common(adapter)
-    layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
+    adapter = adapter or cfg.load()
+    num_steps = cfg.num_steps_of(adapter)
+    layers = parse_index_spec(cfg.layers, adapter.num_blocks(next(iter(adapter.transformers()))), "layer")
     if len(layers) < 3:
         raise ValueError(f"layer roles need at least three layers (early, middle, late), got {len(layers)}")
     patch_steps = cfg.patch_steps or default_patch_steps(num_steps)
@@ -101,9 +100,9 @@ def run_layers(cfg: LayersConfig, adapter=None, progress: bool = True) -> Layers
         except (KeyError, ValueError) as err:
             raise ValueError(f"{cfg.store} has no probe table {cfg.probes!r} (run interp probe first): {err}") from None
         cka = cka_to_final(store, sites, cka_steps)
-    patched = run_patch(PatchConfig(model=cfg.model, n=cfg.n, first_seed=cfg.first_seed, size=cfg.size,
-                                    frames=cfg.frames, num_steps=cfg.num_steps, steps=patch_steps, layers=cfg.layers,
-                                    region="diff", span="onward", metric="latent", backend=cfg.backend),
+    source = {f.name: getattr(cfg, f.name) for f in fields(SourceConfig)}  # the same source, every field
+    patched = run_patch(PatchConfig(**source, steps=patch_steps, layers=cfg.layers, region="diff", span="onward",
+                                    metric="latent", backend=cfg.backend),
                         adapter, progress=progress)  # fmt: skip
     with warnings.catch_warnings():  # a pair or video with no value stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -170,7 +169,7 @@ def demo(ctx) -> None:
     """The study: profiles of every block on the demo's store and its probes."""
     ctx.stage("layer specialisation: per-layer profiles of probes, CKA to the final sample, patching")
     cfg = LayersConfig(model=ctx.model, store=str(ctx.store), n=ctx.options["n_causal"] * 2, size=ctx.size,
-                       frames=ctx.frames)  # fmt: skip
+                       num_frames=ctx.frames)  # fmt: skip
     result = run_layers(cfg, ctx.adapter, progress=False)
     manifest = save_layers(result, cfg, ctx.out / "causal" / "layers")
     ctx.headline += manifest.headline

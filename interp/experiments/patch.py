@@ -21,13 +21,14 @@ from interp.experiments._causal import (
     PairRuns,
     first_pair_videos,
     grid,
-    maze_runs,
-    pipeline_runs,
+    maze_truths,
+    pair_videos,
     save_grid,
+    source_runs,
 )
 from interp.experiments.base import Experiment, register
 from interp.experiments.executors import Sweep, executor_or_local
-from interp.sources import pipeline_field
+from interp.tasks import maze as maze_task
 from interp.tasks import maze_scoring
 
 DIRECTIONS = ("denoising", "noising")
@@ -38,8 +39,8 @@ MEANING = "1 = clean behaviour, 0 = corrupted behaviour"
 @dataclass
 class PatchConfig(CausalConfig):
     experiment = "patch"
-    n: int = 4  # maze pairs: clean seeds first_seed .., corrupted = the clean maze rewired
-    first_seed: int = 0
+    n: int = 4  # testbed: maze pairs, clean seeds first_seed .., corrupted = the clean maze rewired; with data:
+    # the samples in pairs (samples A,B: A clean, B corrupted)
     steps: str = "all"
     layers: str = "all"
     sub: str | None = None  # None: block output; attn1, attn2 or ffn: that sub-module's output
@@ -47,8 +48,6 @@ class PatchConfig(CausalConfig):
     direction: str = "denoising"
     metric: str = "maze"
     span: str = "step"  # step: patch that step only; onward: that step and every later one
-    pipeline: dict | None = pipeline_field()  # a real model instead of the testbed: PipelineInputs fields, 2 samples
-    backend: str = "hooks"
     max_batch: int | None = None  # rows (pairs x layers) per model call within a step; None: all of them
 
     cli_help = {
@@ -63,22 +62,10 @@ class PatchConfig(CausalConfig):
         "span": "step (patch one step, then continue) or onward (every later step too).",
     }
 
-    def check(self) -> None:
-        if self.max_batch is not None and self.max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
-        if self.direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if self.span not in ("step", "onward"):
-            raise ValueError(f"span must be 'step' or 'onward', got {self.span!r}")
-        if self.sub is not None and self.sub not in ("attn1", "attn2", "ffn"):
-            raise ValueError(f"sub must be attn1, attn2 or ffn, got {self.sub!r}")
-
 
 def run_patch(cfg: PatchConfig, adapter=None, progress: bool = True, executor=None) -> GridResult:
     """Activation patching; the mean normalised score per (step, layer) and every pair's. The source
-    (testbed mazes or a pipeline's two samples) only decides the runs, the regions and the metric.
+    (testbed mazes or a model's samples in pairs) only decides the runs, the regions and the metric.
     ``executor``: where the steps run (``executors.LocalExecutor`` by default, or a ``RayExecutor``)."""
     context = _prepare(cfg, adapter)
     r = context[1]
@@ -91,9 +78,39 @@ def run_patch(cfg: PatchConfig, adapter=None, progress: bool = True, executor=No
 
 
 def _prepare(cfg: PatchConfig, adapter) -> tuple[PatchConfig, PairRuns]:
-    """Every check, then the recorded runs: what each step's rows are computed from."""
-    cfg.check()
-    return cfg, (_pipeline_pairs(cfg) if cfg.pipeline is not None else _maze_pairs(cfg, adapter))
+    """Every check, then the recorded runs of the clean and the corrupted inputs: what each step's rows are
+    computed from. The source decides the pairs (generated mazes and their rewired twins, or samples in
+    pairs); the maze metric and the ``diff`` region need a maze model's verifier."""
+    adapter = adapter or cfg.load()
+    clean_videos, corr_videos = pair_videos(cfg, adapter, maze_task.rewire)
+    clean_mazes, corr_mazes = maze_truths(adapter, clean_videos), maze_truths(adapter, corr_videos)
+    if cfg.metric == "maze" and (clean_mazes is None or corr_mazes is None):
+        raise ValueError("this model has no maze verifier (a pipeline): use metric 'latent'")
+    if cfg.region == "diff" and (clean_mazes is None or corr_mazes is None):
+        raise ValueError("region 'diff' is for maze pairs; use all, frame:F or a .npy mask")
+    chosen: dict = {}
+
+    def sites_for(model, num_steps: int, shape: tuple) -> list[str]:  # every check before a run is recorded
+        expert = next(iter(model.transformers()))
+        chosen["steps"] = parse_index_spec(cfg.steps, num_steps, "step")
+        chosen["layers"] = parse_index_spec(cfg.layers, model.num_blocks(expert), "layer")
+        chosen["groups"] = sweep.layer_sites(model, chosen["layers"], cfg.sub)  # a layer in every expert
+        grid_shape = model.token_grid(tuple(shape), expert)
+        if cfg.region == "diff":
+            chosen["tokens"] = [sweep.mask_tokens(maze_scoring.diff_region(a, b, grid_shape))
+                                for a, b in zip(clean_mazes, corr_mazes)]  # fmt: skip
+        else:
+            chosen["tokens"] = [sweep.mask_tokens(sweep.region_mask(cfg.region, grid_shape))] * len(clean_videos)
+        chosen["sites"] = [site for group in chosen["groups"] for site in group]
+        return chosen["sites"]
+
+    clean = source_runs(cfg, adapter, sites_for, clean_videos)
+    corr = source_runs(cfg, adapter, lambda *_: chosen["sites"], corr_videos)
+    base, source = (corr, clean) if cfg.direction == "denoising" else (clean, corr)
+    metric = maze_scoring.MazePairMetric(clean_mazes, corr_mazes) if cfg.metric == "maze" else sweep.latent_projection
+    return cfg, PairRuns(adapter, base.run, base.conditioning, source.run, None, clean.run.final, corr.run.final,
+                         clean.num_steps, chosen["steps"], chosen["layers"], chosen["groups"], chosen["tokens"],
+                         metric)  # fmt: skip
 
 
 def _patch_at(context: tuple[PatchConfig, PairRuns], step: int) -> torch.Tensor:
@@ -101,56 +118,6 @@ def _patch_at(context: tuple[PatchConfig, PairRuns], step: int) -> torch.Tensor:
     cfg, r = context
     return sweep.patch_step(r.adapter, r.base, r.base_cond, r.source, step, r.groups, r.tokens, r.num_steps,
                             cfg.span == "onward", r.pairs, cfg.backend, cfg.max_batch)  # fmt: skip
-
-
-def _maze_pairs(cfg: PatchConfig, adapter) -> PairRuns:
-    """Clean testbed mazes and their rewired corruptions, one recorded run each."""
-    adapter = cfg.testbed(adapter)
-    num_steps = cfg.check_common(adapter)
-    steps = parse_index_spec(cfg.steps, num_steps, "step")
-    layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
-    groups = sweep.layer_sites(adapter, layers, cfg.sub)
-    clean, corrupted = maze_scoring.rewired_pairs(cfg.size, cfg.first_seed, cfg.n)
-    grid_shape = adapter.token_grid(adapter.latent_shape(cfg.size, cfg.frames))
-    if cfg.region == "diff":
-        tokens = [sweep.mask_tokens(maze_scoring.diff_region(a, b, grid_shape)) for a, b in zip(clean, corrupted)]
-    else:
-        tokens = [sweep.mask_tokens(sweep.region_mask(cfg.region, grid_shape))] * cfg.n
-    sites = [site for group in groups for site in group]
-    clean_run, clean_cond = maze_runs(adapter, clean, cfg.frames, num_steps, sites, cfg.backend)
-    corr_run, corr_cond = maze_runs(adapter, corrupted, cfg.frames, num_steps, sites, cfg.backend)
-    base, base_cond, source = (corr_run, corr_cond, clean_run) if cfg.direction == "denoising" else \
-        (clean_run, clean_cond, corr_run)  # fmt: skip
-    metric = maze_scoring.MazePairMetric(clean, corrupted) if cfg.metric == "maze" else sweep.latent_projection
-    return PairRuns(adapter, base, base_cond, source, None, clean_run.final, corr_run.final, num_steps, steps, layers,
-                    groups, tokens, metric)  # fmt: skip
-
-
-def _pipeline_pairs(cfg: PatchConfig) -> PairRuns:
-    """A pipeline's samples [clean, corrupted] as two elements of one recorded run; latent metric."""
-    if cfg.metric != "latent":
-        raise ValueError("a pipeline model has no maze verifier: use metric 'latent'")
-    if cfg.region == "diff":
-        raise ValueError("region 'diff' is for maze pairs; use all, frame:F or a .npy mask")
-    if not isinstance(cfg.pipeline, dict) or len(cfg.pipeline.get("samples") or []) != 2:
-        raise ValueError("pipeline patching needs samples: [clean, corrupted] (two sample folder names)")
-    chosen: dict = {}
-
-    def sites_for(adapter, inputs):  # every check before the runs are recorded
-        expert = next(iter(adapter.transformers()))
-        chosen["steps"] = parse_index_spec(cfg.steps, inputs.num_steps, "step")
-        chosen["layers"] = parse_index_spec(cfg.layers, adapter.num_blocks(expert), "layer")
-        chosen["groups"] = sweep.layer_sites(adapter, chosen["layers"], cfg.sub)  # a layer in every expert
-        shape = inputs.latent_shape(adapter)
-        chosen["tokens"] = sweep.mask_tokens(sweep.region_mask(cfg.region, adapter.token_grid(tuple(shape), expert)))
-        return [site for group in chosen["groups"] for site in group]
-
-    runs = pipeline_runs(cfg.pipeline, sites_for, cfg.backend)
-    clean_e, corr_e = (0, 1) if cfg.direction == "denoising" else (1, 0)  # patch the source element into the base
-    run = runs.run
-    return PairRuns(runs.adapter, run, runs.conditioning, run, [(corr_e, clean_e)], run.final[0:1], run.final[1:2],
-                    runs.num_steps, chosen["steps"], chosen["layers"], chosen["groups"], [chosen["tokens"]],
-                    sweep.latent_projection)  # fmt: skip
 
 
 def save_patch(result: GridResult, cfg: PatchConfig, out):
@@ -167,7 +134,7 @@ def demo(ctx) -> None:
     """The study: every block output patched from step s onward, clean into corrupted."""
     n = ctx.options["n_causal"]
     ctx.stage(f"activation patching and latent swapping ({n} pairs), noise at step vs frame, flow")
-    cfg = PatchConfig(model=ctx.model, n=n, size=ctx.size, frames=ctx.frames, steps="0-18:2", span="onward")
+    cfg = PatchConfig(model=ctx.model, n=n, size=ctx.size, num_frames=ctx.frames, steps="0-18:2", span="onward")
     result = run_patch(cfg, ctx.adapter, progress=False)
     title = "activation patching onward (clean into corrupted): 1 = clean answer"
     save_grid(result, ctx.out / "causal" / "patch_onward", "patch", "activation patching onward", title)

@@ -6,8 +6,8 @@ latent, which the loop treats as an edit (``interp.execution.edits``): a multist
 restarts, so step s is first order from the noise (UniPC's corrector would otherwise rebuild x_s
 from the clean run's previous sample and undo the noise). At frame f, that frame of x_t is replaced
 by fresh noise before every step of a full run: every step is an edit, so a multistep solver runs
-at first order throughout. Testbed: accuracy with Wilson intervals (and whether the
-answer, the last frame, is right); a pipeline model: cosine similarity of the final latent to the
+at first order throughout. A maze model: accuracy with Wilson intervals (and whether the
+answer, the last frame, is right); any other model: cosine similarity of the final latent to the
 unperturbed run's.
 """
 
@@ -21,23 +21,26 @@ import torch
 from activations.selection import parse_index_spec
 from interp.evaluation import verify_latents, wilson_interval
 from interp.execution.loop import StepHook, sample
-from interp.experiments._causal import CausalConfig, example_videos, maze_runs, pipeline_runs, save_videos, write_record
+from interp.experiments._causal import (
+    CausalConfig,
+    example_videos,
+    maze_truths,
+    save_videos,
+    source_runs,
+    write_record,
+)
 from interp.experiments.base import Experiment, register
 from interp.experiments.executors import Sweep, executor_or_local
 from interp.manifest import Table
-from interp.sources import pipeline_field
-from interp.tasks import maze as maze_task
 
 
 @dataclass
 class PerturbConfig(CausalConfig):
     experiment = "perturb"
     n: int = 64
-    first_seed: int = 0
     steps: str = "all"
     frames_to_noise: str = "all"
     noise_seed: int = 12345
-    pipeline: dict | None = pipeline_field()  # a real model: PipelineInputs fields; scored by similarity, not accuracy
 
     cli_help = {
         **CausalConfig.cli_help,
@@ -109,46 +112,39 @@ def run_perturb(cfg: PerturbConfig, adapter=None, progress: bool = True, executo
 
 
 def _prepare(cfg: PerturbConfig, adapter) -> NoiseRuns:
-    if cfg.pipeline is not None:
-        return _pipeline_runs(cfg)
-    adapter = cfg.testbed(adapter)
-    num_steps = cfg.check_common(adapter)
-    steps = parse_index_spec(cfg.steps, num_steps, "step")
-    frames = parse_index_spec(cfg.frames_to_noise, cfg.frames, "frame")
-    mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + i) for i in range(cfg.n)]
-    run, cond = maze_runs(adapter, mazes, cfg.frames, num_steps, [])
-
-    def score(latents: torch.Tensor) -> dict:
-        verdicts = verify_latents(adapter, latents, mazes)
-        solved = np.array([v.solved for v in verdicts])
-        final_exact = np.array([v.final_exact for v in verdicts])
-        lo, hi = wilson_interval(int(solved.sum()), len(solved))
-        flo, fhi = wilson_interval(int(final_exact.sum()), len(final_exact))
-        return {
-            "accuracy": float(solved.mean()), "ci95": [lo, hi], "final_exact": float(final_exact.mean()),
-            "final_exact_ci95": [flo, fhi], "n": len(solved),
-        }  # fmt: skip
-
-    return NoiseRuns(cfg, adapter, run, cond, num_steps, steps, frames, score)
-
-
-def _pipeline_runs(cfg: PerturbConfig) -> NoiseRuns:
+    """Every check, then the unperturbed run of the source's videos and how a run's outputs are scored: by a
+    maze model's verifier (accuracy with Wilson intervals), else by the cosine similarity of the final
+    latent to the unperturbed run's."""
     chosen: dict = {}
 
-    def sites_for(adapter, inputs):  # checks before the run is recorded
-        shape = inputs.latent_shape(adapter)
-        if adapter.latent_frame_axis is None:
-            raise ValueError(f"noise at frame needs a frame axis; {adapter.name}'s latent is packed {tuple(shape)}")
-        chosen["steps"] = parse_index_spec(cfg.steps, inputs.num_steps, "step")
-        chosen["frames"] = parse_index_spec(cfg.frames_to_noise, shape[adapter.latent_frame_axis], "latent frame")
+    def sites_for(model, num_steps: int, shape: tuple) -> list:  # checks before the run is recorded
+        if model.latent_frame_axis is None:
+            raise ValueError(f"noise at frame needs a frame axis; {model.name}'s latent is packed {tuple(shape)}")
+        chosen["steps"] = parse_index_spec(cfg.steps, num_steps, "step")
+        chosen["frames"] = parse_index_spec(cfg.frames_to_noise, shape[model.latent_frame_axis], "frame")
         return []
 
-    runs = pipeline_runs(cfg.pipeline, sites_for)
-    reference = runs.run.final.flatten(1).double()
+    runs = source_runs(cfg, adapter, sites_for)
+    mazes = maze_truths(runs.adapter, runs.videos)
+    if mazes is not None:
 
-    def score(final: torch.Tensor) -> dict:
-        sims = torch.nn.functional.cosine_similarity(final.flatten(1).double(), reference, dim=1).tolist()
-        return {"similarity": float(np.mean(sims)), "per_sample": dict(zip(runs.names, sims)), "n": len(sims)}
+        def score(latents: torch.Tensor) -> dict:
+            verdicts = verify_latents(runs.adapter, latents, mazes)
+            solved = np.array([v.solved for v in verdicts])
+            final_exact = np.array([v.final_exact for v in verdicts])
+            lo, hi = wilson_interval(int(solved.sum()), len(solved))
+            flo, fhi = wilson_interval(int(final_exact.sum()), len(final_exact))
+            return {
+                "accuracy": float(solved.mean()), "ci95": [lo, hi], "final_exact": float(final_exact.mean()),
+                "final_exact_ci95": [flo, fhi], "n": len(solved),
+            }  # fmt: skip
+
+    else:
+        reference = runs.run.final.flatten(1).double()
+
+        def score(final: torch.Tensor) -> dict:
+            sims = torch.nn.functional.cosine_similarity(final.flatten(1).double(), reference, dim=1).tolist()
+            return {"similarity": float(np.mean(sims)), "per_sample": dict(zip(runs.names, sims)), "n": len(sims)}
 
     return NoiseRuns(cfg, runs.adapter, runs.run, runs.conditioning, runs.num_steps, chosen["steps"],
                      chosen["frames"], score)  # fmt: skip
@@ -162,7 +158,7 @@ def _noised(r: NoiseRuns, unit: tuple[str, int]) -> torch.Tensor:
         return sample(r.adapter, fresh, r.cond, r.num_steps, start_step=x,
                       resume_scheduler=r.run.schedulers.get(x)).latents  # fmt: skip
     hook = FrameNoise(x, r.cfg.noise_seed, r.adapter.latent_frame_axis)
-    return sample(r.adapter, r.run.latents[0], r.cond, r.num_steps, hooks=[hook]).latents
+    return sample(r.adapter, r.run.latents[0], r.cond, r.num_steps, r.cfg.shift_of(r.adapter), hooks=[hook]).latents
 
 
 def save_perturb(result: PerturbResult, cfg: PerturbConfig, out):
@@ -218,7 +214,8 @@ def save_perturb(result: PerturbResult, cfg: PerturbConfig, out):
 
 def demo(ctx) -> None:
     """The study: noise at every other step against noise at each frame."""
-    cfg = PerturbConfig(model=ctx.model, n=ctx.options["n_noise"], size=ctx.size, frames=ctx.frames, steps="0-18:2")
+    cfg = PerturbConfig(model=ctx.model, n=ctx.options["n_noise"], size=ctx.size, num_frames=ctx.frames,
+                        steps="0-18:2")
     result = run_perturb(cfg, ctx.adapter, progress=False)
     save_perturb(result, result.config, ctx.out / "causal" / "noise")
     accuracy = result.baseline["accuracy"]

@@ -1,6 +1,6 @@
 """The study's layer-wise latent swap: at step s only layer k's tokens come from a run on another
-input; how often the answer becomes the other input's (testbed), or where the output lies between
-the base run's (0) and the other run's (1) final latents (a pipeline model, no verifier)."""
+input; how often the answer becomes the other input's (a maze model), or where the output lies between
+the base run's (0) and the other run's (1) final latents (a model without a verifier)."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ from interp.experiments._causal import (
     finite_or_none,
     first_pair_videos,
     grid,
-    maze_runs,
-    pipeline_runs,
+    maze_truths,
+    pair_videos,
     save_grid,
+    source_runs,
 )
 from interp.experiments.base import Experiment, register
 from interp.experiments.executors import Sweep, executor_or_local
-from interp.sources import pipeline_field
 from interp.tasks import maze as maze_task
 from interp.tasks import maze_scoring
 
@@ -33,13 +33,10 @@ from interp.tasks import maze_scoring
 @dataclass
 class SwapConfig(CausalConfig):
     experiment = "swap"
-    n: int = 8
-    first_seed: int = 0
+    n: int = 8  # testbed: base mazes first_seed ..; with data: the samples in pairs (samples A,B: A base, B other)
     steps: str = "0"  # the study swaps at the first step
     layers: str = "all"
     other: str = "rewired"  # rewired (same maze, one wall moved) or an integer seed offset, e.g. "1000"
-    pipeline: dict | None = pipeline_field()  # a real model: PipelineInputs fields with samples [base, other]
-    backend: str = "hooks"
     max_batch: int | None = None  # rows (pairs x layers) per model call within a step; None: all of them
 
     cli_help = {
@@ -51,16 +48,14 @@ class SwapConfig(CausalConfig):
     }
 
 
-def _others(cfg: SwapConfig, base_mazes):
+def _other(cfg: SwapConfig):
+    """The testbed's other maze of a base maze: rewired, or the maze ``other`` seeds away."""
     if cfg.other == "rewired":
-        return [maze_task.rewire(m) for m in base_mazes]
-    try:
-        offset = int(cfg.other)
-    except ValueError as err:
-        raise ValueError(f"other must be 'rewired' or an integer seed offset, got {cfg.other!r}") from err
+        return maze_task.rewire
+    offset = int(cfg.other)  # the validation layer allows 'rewired' or an integer
     if offset == 0:
         raise ValueError("other = 0 would swap a maze with itself")
-    return [maze_task.generate_maze(cfg.size, m.seed + offset) for m in base_mazes]
+    return lambda maze: maze_task.generate_maze(maze.size, maze.seed + offset)
 
 
 def run_swap(cfg: SwapConfig, adapter=None, progress: bool = True, executor=None) -> GridResult:
@@ -78,10 +73,40 @@ def run_swap(cfg: SwapConfig, adapter=None, progress: bool = True, executor=None
 
 
 def _prepare(cfg: SwapConfig, adapter) -> tuple[SwapConfig, PairRuns, dict]:
-    """Every check, then the recorded base and other runs."""
-    if cfg.max_batch is not None and cfg.max_batch < 1:
-        raise ValueError(f"max_batch must be at least 1, got {cfg.max_batch}")
-    return cfg, *(_pipeline_pairs(cfg) if cfg.pipeline is not None else _maze_pairs(cfg, adapter))
+    """Every check, then the recorded base and other runs. A maze model is scored by its verifier (the
+    share flipped to the other maze's answer, and the mean normalised score); any other model by where its
+    output lies between the base run's (0) and the other run's (1) final latents."""
+    adapter = adapter or cfg.load()
+    base_videos, other_videos = pair_videos(cfg, adapter, _other(cfg))
+    base_mazes, others = maze_truths(adapter, base_videos), maze_truths(adapter, other_videos)
+    chosen: dict = {}
+
+    def sites_for(model, num_steps: int, shape: tuple) -> list[str]:
+        expert = next(iter(model.transformers()))
+        chosen["steps"] = parse_index_spec(cfg.steps, num_steps, "step")
+        chosen["layers"] = parse_index_spec(cfg.layers, model.num_blocks(expert), "layer")
+        chosen["groups"] = sweep.layer_sites(model, chosen["layers"], None)  # a layer in every expert
+        chosen["sites"] = [site for group in chosen["groups"] for site in group]
+        return chosen["sites"]
+
+    base = source_runs(cfg, adapter, sites_for, base_videos)
+    other = source_runs(cfg, adapter, lambda *_: chosen["sites"], other_videos)
+    common = (adapter, base.run, base.conditioning, other.run, None, other.run.final, base.run.final, base.num_steps,
+              chosen["steps"], chosen["layers"], chosen["groups"], [None] * len(base_videos))  # fmt: skip
+    if base_mazes is None or others is None:
+        name = "projection of the output toward the other run's (1) from the base run's (0)"
+        return cfg, PairRuns(*common, sweep.latent_projection, name), {}
+
+    def flipped(finals, other_final, base_final):
+        return maze_scoring.answer_matches(finals, others)
+
+    def mean_score(finals):
+        scores = maze_scoring.MazePairMetric(others, base_mazes)(finals, other.run.final, base.run.final)
+        with warnings.catch_warnings():  # pairs the model answers alike are NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return finite_or_none(np.nanmean(scores, 0))
+
+    return cfg, PairRuns(*common, flipped, "share flipped to the other maze's answer"), {"mean_score": mean_score}
 
 
 def _swap_at(context: tuple[SwapConfig, PairRuns, dict], step: int) -> torch.Tensor:
@@ -91,54 +116,6 @@ def _swap_at(context: tuple[SwapConfig, PairRuns, dict], step: int) -> torch.Ten
                             False, r.pairs, cfg.backend, cfg.max_batch)  # fmt: skip
 
 
-def _maze_pairs(cfg: SwapConfig, adapter) -> tuple[PairRuns, dict]:
-    adapter = cfg.testbed(adapter)
-    num_steps = cfg.check_common(adapter)
-    steps = parse_index_spec(cfg.steps, num_steps, "step")
-    layers = parse_index_spec(cfg.layers, adapter.num_blocks(), "layer")
-    groups = sweep.layer_sites(adapter, layers, None)
-    sites = [site for group in groups for site in group]
-    base_mazes = [maze_task.generate_maze(cfg.size, cfg.first_seed + i) for i in range(cfg.n)]
-    others = _others(cfg, base_mazes)
-    base_run, base_cond = maze_runs(adapter, base_mazes, cfg.frames, num_steps, sites, cfg.backend)
-    other_run, _ = maze_runs(adapter, others, cfg.frames, num_steps, sites, cfg.backend)
-
-    def flipped(finals, other_final, base_final):
-        return maze_scoring.answer_matches(finals, others)
-
-    def mean_score(finals):
-        scores = maze_scoring.MazePairMetric(others, base_mazes)(finals, other_run.final, base_run.final)
-        with warnings.catch_warnings():  # pairs the model answers alike are NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return finite_or_none(np.nanmean(scores, 0))
-
-    runs = PairRuns(adapter, base_run, base_cond, other_run, None, other_run.final, base_run.final, num_steps, steps,
-                    layers, groups, [None] * cfg.n, flipped, "share flipped to the other maze's answer")  # fmt: skip
-    return runs, {"mean_score": mean_score}
-
-
-def _pipeline_pairs(cfg: SwapConfig) -> tuple[PairRuns, dict]:
-    samples = (cfg.pipeline.get("samples") or []) if isinstance(cfg.pipeline, dict) else []
-    if len(samples) != 2:
-        raise ValueError("pipeline swapping needs samples: [base, other] (two sample folder names)")
-    chosen: dict = {}
-
-    def sites_for(adapter, inputs):
-        expert = next(iter(adapter.transformers()))
-        chosen["steps"] = parse_index_spec(cfg.steps, inputs.num_steps, "step")
-        chosen["layers"] = parse_index_spec(cfg.layers, adapter.num_blocks(expert), "layer")
-        chosen["groups"] = sweep.layer_sites(adapter, chosen["layers"], None)  # a layer in every expert
-        return [site for group in chosen["groups"] for site in group]
-
-    runs = pipeline_runs(cfg.pipeline, sites_for, cfg.backend)
-    run = runs.run  # element 0 is the base sample, element 1 the other: the other's sites go into the base
-    name = "projection of the output toward the other run's (1) from the base run's (0)"
-    pairs = PairRuns(runs.adapter, run, runs.conditioning, run, [(0, 1)], run.final[1:2], run.final[0:1],
-                     runs.num_steps, chosen["steps"], chosen["layers"], chosen["groups"], [None],
-                     sweep.latent_projection, name)  # fmt: skip
-    return pairs, {}
-
-
 def save_swap(result: GridResult, cfg: SwapConfig, out):
     title = f"latent swap with {cfg.other} inputs at steps {cfg.steps}"
     return save_grid(result, out, "swap", title, f"latent swap: {result.grid.name}")
@@ -146,7 +123,8 @@ def save_swap(result: GridResult, cfg: SwapConfig, out):
 
 def demo(ctx) -> None:
     """The study: one layer's tokens swapped at one step (0, 5, 10, 15)."""
-    cfg = SwapConfig(model=ctx.model, n=ctx.options["n_causal"] * 2, size=ctx.size, frames=ctx.frames, steps="0-15:5")
+    cfg = SwapConfig(model=ctx.model, n=ctx.options["n_causal"] * 2, size=ctx.size, num_frames=ctx.frames,
+                     steps="0-15:5")
     result = run_swap(cfg, ctx.adapter, progress=False)
     name = result.grid.name
     save_grid(result, ctx.out / "causal" / "swap", "swap", "latent swap", f"latent swap (one step, one layer): {name}")
