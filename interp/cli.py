@@ -14,15 +14,13 @@ import typer
 from interp.cli_data import data_app
 from interp.cli_options import (
     add_experiment_commands,
-    check_maze,
     echo_manifest,
     run_app,
     set_threads,
     split_names,
-    testbed,
 )
 from interp.cli_train import train_app
-from interp.plans import pipeline_generate_plan, show
+from interp.plans import show
 from interp.validation import UsageError, parse_labels
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -33,59 +31,58 @@ MODEL_HELP = "A shipped testbed (testbed, testbed-mixed) or a folder of testbed 
 
 @app.command()
 def generate(
+    model: str = typer.Option("testbed", help=MODEL_HELP + " Or a pipeline folder (with --data)."),
+    data: Path | None = typer.Option(None, help="Folder of samples (prompt.txt, first_frame.png; interp data maze)."),
+    samples: list[str] = typer.Option([], help="Sample folder names of --data (repeatable or A,B)."),
     task: str = typer.Option("maze", help="Reasoning task."),
-    size: int = typer.Option(4, help="Maze cells per side."),
-    frames: int = typer.Option(4, help="Frames of the video (frame 0 is the puzzle)."),
-    seed: list[int] = typer.Option([0], help="Maze seed (testbed; held-out below 500000), or noise seeds (pipelines)."),
-    noise_seed: int | None = typer.Option(None, help="Seed of the initial noise; defaults to --seed."),
-    steps: str | None = typer.Option(None, help="Testbed: denoising steps. Pipelines: steps to decode (all, 0-49:5)."),
+    size: int = typer.Option(4, help="Testbed without --data: maze cells per side."),
+    seed: list[int] = typer.Option([], help="Testbed without --data: the maze's seed (held-out below 500000); "
+                                   "otherwise noise seeds (repeatable)."),
+    noise_seed: int | None = typer.Option(None, help="Testbed without --data: seed of the noise (default the maze's)."),
+    steps: str | None = typer.Option(None, help="Steps whose x0_hat is decoded (all, 0-49:5); the testbed: also "
+                                     "a number, its denoising steps (the old spelling)."),
     num_steps: int | None = typer.Option(None, help="Denoising steps; default: the model's (50 for pipelines)."),
     shift: float | None = typer.Option(None, help="Flow shift of the scheduler; default: the model's."),
-    model: str = typer.Option("testbed", help=MODEL_HELP + " Or a pipeline folder (with --data)."),
-    data: Path | None = typer.Option(None, help="Pipeline models: folder of samples (prompt.txt, first_frame.png)."),
-    samples: list[str] = typer.Option([], help="Pipeline models: sample folder names (repeatable or A,B)."),
-    height: int = typer.Option(480, help="Pipeline models: video height."),
-    width: int = typer.Option(832, help="Pipeline models: video width."),
-    num_frames: int = typer.Option(81, help="Pipeline models: frames."),
-    device: str = typer.Option("cpu", help="Pipeline models: torch device."),
-    torch_dtype: str | None = typer.Option(None, help="Pipeline models: float32 (default on CPU), bfloat16 (CUDA)."),
+    frames: int | None = typer.Option(None, help="The same as --num-frames."),
+    num_frames: int | None = typer.Option(None, help="Frames per video; default: the model's (pipelines 81)."),
+    height: int | None = typer.Option(None, help="Pipeline models: video height (default 480)."),
+    width: int | None = typer.Option(None, help="Pipeline models: video width (default 832)."),
+    device: str = typer.Option("cpu", help="Torch device."),
+    torch_dtype: str | None = typer.Option(None, help="float32 (default on CPU), bfloat16 (default elsewhere)."),
     guidance_scale: float | None = typer.Option(None, help="Pipeline models: guidance scale (default: the family's)."),
     true_cfg_scale: float | None = typer.Option(None, help="Pipeline models: HunyuanVideo's true CFG scale."),
     negative_prompt: str = typer.Option("", help="Pipeline models: negative prompt of classifier-free guidance."),
     max_sequence_length: int = typer.Option(226, help="Pipeline models: prompt tokens."),
-    out: Path = typer.Option(Path("runs/generate"), help="Output folder."),
+    out: Path = typer.Option(Path("runs/generate"), help="Output folder: a folder per video."),
 ) -> None:
     """Generate videos with x0_hat of every step: the video, one video per step and the filmstrip."""
-    from interp.models.registry import is_pipeline_folder
-
-    if is_pipeline_folder(model):
-        from interp.experiments.step_videos import PipelineGenerateConfig, run_pipeline_generate, save_step_videos
-
-        if data is None:
-            raise UsageError("a pipeline model needs --data DIR (sample folders with prompt.txt, first_frame.png)")
-        names = split_names(samples)
-        cfg = PipelineGenerateConfig(model, str(data), names, list(seed), steps or "all", height, width, num_frames,
-                                     num_steps or 50, device, torch_dtype, guidance_scale=guidance_scale,
-                                     negative_prompt=negative_prompt, max_sequence_length=max_sequence_length,
-                                     true_cfg_scale=true_cfg_scale)  # fmt: skip
-        show(pipeline_generate_plan(cfg, out), typer.echo)
-        return echo_manifest(save_step_videos(run_pipeline_generate(cfg, out), cfg, out), out)
     from interp.experiments.generate import GenerateConfig, run_generate, save_generated
-    from interp.plans import sampling_plan
+    from interp.models.registry import is_pipeline_folder
+    from interp.plans import generate_plan
     from interp.tasks.splits import is_training_seed
 
-    if len(seed) > 1 or data is not None or samples:
-        raise UsageError("several --seed, --data and --samples are for pipeline models; the testbed draws one maze")
-    if steps is not None and not steps.isdigit():
-        raise UsageError(f"--steps for the testbed is a number of denoising steps, got {steps!r}")
-    count = num_steps if num_steps is not None else (int(steps) if steps is not None else None)
-    check_maze(task, size, frames, count)
-    adapter = testbed(model)
-    if is_training_seed(seed[0]):
-        typer.echo(f"note: seed {seed[0]} is in the training range; use a seed below 500000 for a held-out maze")
-    cfg = GenerateConfig(model, task, size, frames, seed[0], noise_seed, count, shift)
-    show(sampling_plan("generate", 1, count or adapter.defaults.num_steps, adapter, out), typer.echo)
-    echo_manifest(save_generated(run_generate(cfg, adapter), cfg, out), out)
+    first_seed, seeds = 0, list(seed) or None
+    if not is_pipeline_folder(model) and data is None:  # the testbed draws one maze: --seed is the maze's
+        if len(seed) > 1:
+            raise UsageError("the testbed draws one maze: give one --seed (several mazes: interp data maze, --data)")
+        first_seed, seeds = (seed[0] if seed else 0), (None if noise_seed is None else [noise_seed])
+        if steps is not None and steps.isdigit() and num_steps is None:  # the old spelling: a count of steps
+            num_steps, steps = int(steps), None
+        if is_training_seed(first_seed):
+            typer.echo(f"note: seed {first_seed} is in the training range; use a seed below 500000 for a held-out maze")
+    elif noise_seed is not None:
+        raise UsageError("--noise-seed is for the testbed's one maze; with --data give noise seeds with --seed")
+    if frames is not None and num_frames is not None and frames != num_frames:
+        raise UsageError(f"--frames {frames} and --num-frames {num_frames}: give one")
+    cfg = GenerateConfig(
+        model=model, data=None if data is None else str(data.resolve()), samples=split_names(samples), seeds=seeds,
+        task=task, size=size, first_seed=first_seed, num_frames=num_frames if num_frames is not None else frames,
+        height=height, width=width, num_steps=num_steps, shift=shift, guidance_scale=guidance_scale,
+        negative_prompt=negative_prompt, max_sequence_length=max_sequence_length, true_cfg_scale=true_cfg_scale,
+        device=device, torch_dtype=torch_dtype, steps=steps or "all",
+    )  # fmt: skip
+    show(generate_plan(cfg, out), typer.echo)
+    echo_manifest(save_generated(run_generate(cfg, out), cfg, out), out)
 
 
 @app.command()

@@ -38,17 +38,6 @@ PIPELINE_OPTIONS = {
 }
 
 
-def check_maze(task: str, size: int, frames: int, steps: int | None) -> None:
-    if task != "maze":
-        raise UsageError(f"unknown task {task!r}; known tasks: maze")
-    if size < 2:
-        raise UsageError(f"--size must be at least 2 cells per side, got {size}")
-    if frames < 2:
-        raise UsageError(f"--frames must be at least 2 (the puzzle and the solution), got {frames}")
-    if steps is not None and steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {steps}")
-
-
 def split_names(items: list[str]) -> list[str] | None:
     """Names given as repeated options or ``A,B`` (None: none given)."""
     return [x for item in items for x in item.split(",") if x] or None
@@ -58,15 +47,6 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(check_threads(threads))
-
-
-def testbed(model: str):
-    from interp.models.testbed import NAMED
-    from interp.sources import load_testbed
-
-    if model not in NAMED and not Path(model).is_dir():
-        raise UsageError(f"--model {model}: no such folder (shipped testbeds: {', '.join(NAMED)})")
-    return load_testbed(model)
 
 
 def echo_manifest(manifest, out: Path) -> None:

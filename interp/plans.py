@@ -155,18 +155,22 @@ def pipeline_plan(
                 details=[f"{what}; pipeline weights counted from their safetensors headers"])  # fmt: skip
 
 
-def pipeline_generate_plan(cfg, out: Path) -> Plan:
-    """``interp generate`` on a pipeline folder: per (sample, seed) the decoded video of every chosen step and
-    the final one (GIFs, at most a byte per pixel: palette images), from the config alone, nothing loaded."""
+def generate_plan(cfg, out: Path) -> Plan:
+    """``interp generate``: per video the decoded x0_hat of every chosen step and the final video (GIFs, at most
+    a byte per pixel: palette images), from the config and the model's configs (a pipeline: nothing loaded)."""
     from activations.selection import parse_index_spec
 
-    samples = len(cfg.inputs().load(skeleton=True)[1])
-    decoded = len(parse_index_spec(cfg.steps, cfg.num_steps, "step")) + 1
-    videos = samples * len(cfg.seeds)
-    gifs = videos * decoded * cfg.num_frames * cfg.height * cfg.width
-    what = (f"{videos} videos x {decoded} decoded (x0_hat of {decoded - 1} steps and the final video), "
-            f"{cfg.num_frames} frames of {cfg.height}x{cfg.width} each")  # fmt: skip
-    return pipeline_plan("generate", cfg.model, cfg.torch_dtype, videos, cfg.num_steps, out, gifs, what)
+    adapter = cfg.load(skeleton=True)
+    videos, num_steps = cfg.videos(adapter), cfg.num_steps_of(adapter)
+    decoded = len(parse_index_spec(cfg.steps, num_steps, "step")) + 1
+    frames, (height, width) = cfg.frames_of(adapter), cfg.frame_size(adapter, videos)
+    gifs = len(videos) * decoded * frames * height * width
+    what = (f"{len(videos)} videos x {decoded} decoded (x0_hat of {decoded - 1} steps and the final video), "
+            f"{frames} frames of {height}x{width} each")  # fmt: skip
+    if not adapter.is_skeleton:
+        return Plan("generate", Path(out), len(videos), num_steps, disk_bytes=FIGURES * len(videos) + gifs,
+                    memory_bytes=model_bytes(adapter), details=[what])  # fmt: skip
+    return pipeline_plan("generate", cfg.model, cfg.torch_dtype, len(videos), num_steps, out, gifs, what)
 
 
 def store_plan(

@@ -244,6 +244,14 @@ class SourceConfig:
         spec = self.spec()
         return adapter.pipeline_latent_shape(spec.height, spec.width, spec.num_frames)
 
+    def frame_size(self, adapter: VideoDiTAdapter, videos: list[Video]) -> tuple[int, int]:
+        """(height, width) of a decoded frame: the testbed's renderer draws a maze of N cells in 2N+1 pixels."""
+        if adapter.task:
+            side = 2 * videos[0].sample.truth.size + 1
+            return side, side
+        spec = self.spec()
+        return spec.height, spec.width
+
     def inputs(self, adapter: VideoDiTAdapter, videos: list[Video]) -> tuple[torch.Tensor, object]:
         """(noise, conditioning) of ``videos``, row i for video i; each row's noise drawn from its seed alone."""
         shape, seeds = self.latent_shape(adapter, videos), [v.seed for v in videos]

@@ -4,11 +4,12 @@ import pytest
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["generate", "--size", "1"], "--size must be at least 2"),
-        (["generate", "--frames", "0"], "--frames must be at least 2"),
-        (["generate", "--steps", "0"], "--steps must be at least 1"),
-        (["generate", "--task", "sudoku"], "unknown task 'sudoku'"),
-        (["generate", "--model", "/nonexistent/weights"], "no such folder"),
+        (["generate", "--size", "1"], "size must be an integer from 2 to 64, got 1"),
+        (["generate", "--frames", "0"], "num_frames must be an integer from 1 to 4096, got 0"),
+        (["generate", "--frames", "1"], "num_frames must be from 2 to 64 for a maze model, got 1"),
+        (["generate", "--steps", "0"], "num_steps must be an integer from 1 to 1000, got 0"),
+        (["generate", "--task", "sudoku"], "task must be one of 'maze', got 'sudoku'"),
+        (["generate", "--model", "/nonexistent/weights"], "not a shipped testbed (testbed, testbed-mixed), a folder"),
         (["evaluate", "-n", "0"], "n must be an integer from 1 to"),
         (["trace", "--layers", "99"], "layer 99 is out of range"),
         (["trace", "--steps", "0-20"], "step 20 is out of range"),

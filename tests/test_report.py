@@ -19,7 +19,7 @@ from interp.report.html import write_report
 DEMO_ARGS = ["--n-filmstrips", "1", "--n-accuracy", "8", "--n-trace", "8", "--probe-target", "on_path"]
 DEMO_ARGS += ["--n-causal", "1", "--n-noise", "4", "--n-ensemble", "4"]
 ARTEFACTS = [
-    "maze4_seed*/filmstrip.png",  # the filmstrip maze is chosen to show change: any held-out seed
+    "maze4_seed*/maze4-f4-seed*/filmstrip.png",  # the filmstrip maze is chosen to show change: any held-out seed
     "maze4_seed*/video.gif",
     "accuracy.json",
     "trace.h5",
@@ -141,7 +141,7 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(demo_run, t
 ORGANISM_ARGS = ["--n-filmstrips", "1", "--n-accuracy", "4", "--n-trace", "4", "--probe-target", "on_path"]
 ORGANISM_ARGS += ["--probe-steps", "0-19:10", "--n-causal", "1", "--n-noise", "2", "--n-ensemble", "2"]
 ORGANISM_ARGS += ["--n-exploration", "2", "--n-select", "2"]
-ORGANISM_ARTEFACTS = ["maze6_seed*/filmstrip.png", "trace.h5", "exploration/exploration.png",
+ORGANISM_ARTEFACTS = ["maze6_seed*/maze6-f4-seed*/filmstrip.png", "trace.h5", "exploration/exploration.png",
                       "exploration/exploration.json", "causal/layers/layer_profiles.png",
                       "early_select/early_select.png", "early_select/early_select.json",
                       "ensemble/ensemble.json", "report.html"]  # fmt: skip

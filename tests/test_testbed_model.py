@@ -29,13 +29,14 @@ def test_generate_command_writes_video_filmstrip_and_verdict(tmp_path, run_cli):
     code, out, err = run_cli("generate", "--size", 4, "--seed", 3, "--out", tmp_path)
     assert code == 0, err
     assert "maze 4x4 seed 3:" in out
-    for name in ("video.gif", "filmstrip.png", "verdict.json"):
-        assert (tmp_path / name).stat().st_size > 0
-    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    folder = tmp_path / "maze4-f4-seed3"  # a folder per video, named by its key as in a store
+    for name in ("video.gif", "filmstrip.png", "verdict.json", "step_00.gif", "step_19.gif"):
+        assert (folder / name).stat().st_size > 0
+    verdict = json.loads((folder / "verdict.json").read_text())
     assert verdict["maze_seed"] == 3 and set(verdict["verdict"]) >= {"solved", "final_exact", "frames_valid"}
     from PIL import Image
 
-    strip = np.asarray(Image.open(tmp_path / "filmstrip.png"))
+    strip = np.asarray(Image.open(folder / "filmstrip.png"))
     # 4 frame columns ((1.2 x 4 + 1.5) in at 100 dpi); only the steps where the picture changes, so fewer
     # rows than a strip of all 20 steps would have (the 4x4 testbed commits early)
     assert strip.shape[1] == 630 and strip.shape[0] < 100 * (1.2 * 20 + 0.95)

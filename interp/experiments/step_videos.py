@@ -1,16 +1,12 @@
-"""x0_hat step videos for any adapter: the study's main qualitative tool.
-
-- ``PipelineGenerateConfig`` / ``run_pipeline_generate``: sample each (sample, seed) of a pipeline
-  folder, keep x0_hat of the chosen steps (latents, on the CPU), then decode them one at a time
-  through the pipeline's VAE: per (sample, seed) a folder with ``step_SS.gif``, ``video.gif`` and
-  ``filmstrip.png`` (rows steps, columns frames).
-- ``FilmstripConfig`` / ``run_filmstrip``: the same from a store's saved x0_hat, decoded with the
-  model that made it (a pipeline folder, or the testbed's renderer).
+"""x0_hat step videos from a store (``FilmstripConfig`` / ``run_filmstrip``): the saved x0_hat of chosen
+steps decoded with the model that made it (a pipeline folder, or the testbed's renderer), per video a folder
+with ``step_SS.gif``, ``video.gif`` and ``filmstrip.png`` (rows steps, columns frames). Sampling new videos
+with their step videos is ``interp.experiments.generate``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,65 +14,10 @@ import torch
 
 from activations.reader import ActivationStore
 from activations.selection import parse_index_spec
-from interp.execution.loop import KeepX0, sample
 from interp.experiments.base import Experiment, ExperimentConfig, register
 from interp.manifest import Manifest
 from interp.report.step_videos import write_step_videos
-from interp.sources import PipelineInputs, default_dtype
-
-
-@dataclass
-class PipelineGenerateConfig(ExperimentConfig):
-    experiment = "generate"
-    model: str = ""
-    data: str = ""
-    samples: list[str] | None = None
-    seeds: list[int] = field(default_factory=lambda: [0])
-    steps: str = "all"  # the steps whose x0_hat is decoded
-    height: int = 480
-    width: int = 832
-    num_frames: int = 81
-    num_steps: int = 50
-    device: str = "cpu"
-    torch_dtype: str | None = None
-    max_frames: int = 8  # columns of the filmstrip (evenly spaced frames); every frame is in the GIFs
-    guidance_scale: float | None = None  # None: the family's default
-    negative_prompt: str | None = ""  # None: no classifier-free guidance
-    max_sequence_length: int = 226
-    true_cfg_scale: float | None = None  # HunyuanVideo's true CFG (None: off)
-
-    def __post_init__(self):
-        super().__post_init__()  # interp.validation: types and ranges
-        self.torch_dtype = default_dtype(self.device, self.torch_dtype)
-
-    def inputs(self) -> PipelineInputs:
-        return PipelineInputs(self.model, self.data, self.samples, self.height, self.width, self.num_frames,
-                              num_steps=self.num_steps, device=self.device, torch_dtype=self.torch_dtype,
-                              guidance_scale=self.guidance_scale, negative_prompt=self.negative_prompt,
-                              max_sequence_length=self.max_sequence_length,
-                              true_cfg_scale=self.true_cfg_scale)  # fmt: skip
-
-
-def run_pipeline_generate(cfg: PipelineGenerateConfig, out, progress: bool = True) -> list[dict]:
-    inputs = cfg.inputs()
-    if not cfg.seeds:
-        raise ValueError("need at least one seed")
-    steps = parse_index_spec(cfg.steps, cfg.num_steps, "step")
-    adapter, samples = inputs.load()
-    inputs.latent_shape(adapter)  # validates the video size before any compute
-    made = []
-    for item in samples:
-        for seed in cfg.seeds:
-            noise = inputs.noise(adapter, [seed])
-            cond = inputs.conditioning(adapter, [item], noise)
-            keep = KeepX0(steps)
-            final = sample(adapter, noise, cond, cfg.num_steps, hooks=[keep]).latents
-            folder = Path(out) / f"{item.name}-seed{seed}"
-            x0s = {s: torch.from_numpy(x[0]).to(adapter.device, final.dtype) for s, x in keep.x0.items()}
-            paths = write_step_videos(adapter.decode, x0s, keep.sigmas, final[0], folder, f"{item.name}, seed {seed}",
-                                      cfg.max_frames)  # fmt: skip
-            made.append({"sample": item.name, "seed": seed, "folder": folder, "paths": paths})
-    return made
+from interp.sources import default_dtype
 
 
 @dataclass

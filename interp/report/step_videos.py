@@ -37,10 +37,14 @@ def write_step_videos(
     max_frames: int = 8,
     thumb_width: int = 160,
     gif_scale: int | None = None,
+    legend: dict | None = None,
+    only_changes: bool = False,
 ) -> dict[str, Path]:
     """``step_SS.gif`` per step of ``x0_hats`` (one latent each, the adapter's layout), ``video.gif``
     of ``final`` and ``filmstrip.png``; ``decode`` maps a batch of latents to (B, T, H, W, 3) uint8.
-    ``gif_scale`` None: small videos (the testbed's mazes) are upscaled to about 128 pixels."""
+    ``gif_scale`` None: small videos (the testbed's mazes) are upscaled to about 128 pixels. ``legend``: colour
+    name -> RGB drawn under the filmstrip; ``only_changes``: its rows only the steps whose picture changes (a
+    discrete renderer's picture settles; ``filmstrip.changing_rows``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -62,7 +66,7 @@ def write_step_videos(
     strip = np.stack(rows)
     sig = [sigmas[s] for s in labels] + [0.0]
     paths["filmstrip"] = save_filmstrip(strip, sig, out / "filmstrip.png", steps=[*labels, "final"], title=title,
-                                        frames=frames)  # fmt: skip
+                                        frames=frames, legend=legend, only_changes=only_changes)  # fmt: skip
     return paths
 
 
