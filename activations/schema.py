@@ -144,8 +144,15 @@ class StoreLayout:
         have (a key one side lacks is a description a newer toolkit records, e.g. ``latent_frame_axis``, or a
         config field added since, not a different setting: those are the layout's own fields)."""
         mine, theirs = asdict(self), asdict(other)
-        mine["extra"], theirs["extra"] = _shared(mine["extra"], theirs["extra"])
+        mine["extra"], theirs["extra"] = _shared(_renamed(mine["extra"]), _renamed(theirs["extra"]))
         return [k for k in mine if json.dumps(mine[k], sort_keys=True) != json.dumps(theirs[k], sort_keys=True)]
+
+
+RENAMED_RECORDS = {"pipeline_trace_config": "trace_config"}  # a pipeline's trace config before one source
+
+
+def _renamed(extra: dict) -> dict:
+    return {RENAMED_RECORDS.get(k, k): v for k, v in extra.items()}
 
 
 def _shared(a: dict, b: dict) -> tuple[dict, dict]:

@@ -68,6 +68,7 @@ def inputs(model: VideoDiTAdapter, **source) -> tuple[torch.Tensor, object, list
     from interp.validation import build
 
     cfg = build(SourceConfig, source, "inputs")
+    cfg.check(pipeline=not model.task)  # no field silently ignored
     videos = cfg.videos(model)
     noise, cond = cfg.inputs(model, videos)
     return noise, cond, videos

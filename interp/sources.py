@@ -8,7 +8,7 @@ pipelines). Nothing is fetched from a hub.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -178,21 +178,35 @@ class SourceConfig:
         return batch_size or (task_batch if adapter.task else 1)
 
     # -- model and videos --------------------------------------------------------------------------
-    def check(self) -> None:
-        """What the fields alone can tell, before any model is read."""
+    def is_pipeline(self) -> bool:
         from interp.models.registry import is_pipeline_folder
 
-        pipeline = is_pipeline_folder(self.model)
+        return is_pipeline_folder(self.model)
+
+    def check(self, pipeline: bool | None = None) -> None:
+        """What the fields alone can tell, before any model is read: no field is silently ignored.
+        ``pipeline``: the kind of model (default: whether ``model`` is a pipeline folder)."""
+        pipeline = self.is_pipeline() if pipeline is None else pipeline
+        defaults = type(self).__dataclass_fields__
+        given = {k for k in _SOURCE_FIELDS if getattr(self, k) != defaults[k].default}
         if pipeline and self.data is None:
             raise ValueError(f"model {self.model}: a pipeline model needs --data DIR (sample folders with prompt.txt, "
                              "first_frame.png)")  # fmt: skip
-        defaults = type(self).__dataclass_fields__
-        generated = any(getattr(self, k) != defaults[k].default for k in ("size", "n", "first_seed"))
-        if (pipeline or self.data is not None) and generated:
+        if (pipeline or self.data is not None) and given & {"size", "n", "first_seed"}:
             raise ValueError("-n, --size and --first-seed choose the testbed's generated mazes; with --data the "
                              "folder's samples are run, all or those named by --samples")  # fmt: skip
-        if not pipeline and (self.height is not None or self.width is not None):
-            raise ValueError("--height and --width are a pipeline's; the testbed's video size follows the maze")
+        if self.data is None and self.samples is not None:
+            raise ValueError("--samples names sample folders of --data; give --data DIR")
+        if not pipeline:
+            for_pipelines = given & {"height", "width", "guidance_scale", "negative_prompt", "max_sequence_length",
+                                     "true_cfg_scale"}  # fmt: skip
+            if for_pipelines:
+                flag = "--" + sorted(for_pipelines)[0].replace("_", "-")
+                raise ValueError(f"{flag} is a pipeline's; the testbed has no prompt or guidance, and its video size "
+                                 "follows the maze")  # fmt: skip
+        elif self.shift is not None:
+            raise ValueError("--shift is the testbed's sampler; a pipeline samples with its own scheduler's shift "
+                             "(set in the folder's scheduler_config.json)")  # fmt: skip
 
     def load(self, skeleton: bool = False) -> VideoDiTAdapter:
         """The model. ``skeleton``: a pipeline's adapter from its folder's configs alone (a plan's; it
@@ -329,3 +343,6 @@ def pipeline_field():
     """A config's ``pipeline`` field: a dict of ``PipelineInputs`` fields (or None: the testbed). The
     validation layer checks the dict against the class named in the field's metadata."""
     return field(default=None, metadata={"fields": PipelineInputs})
+
+
+_SOURCE_FIELDS = {f.name for f in fields(SourceConfig)} - {"model", "data", "device", "torch_dtype"}

@@ -87,7 +87,7 @@ def test_a_pipeline_config_without_its_inputs_is_refused_in_one_line(run_cli, wa
     model, data = wan22
     code, _, err = run_cli("patch", "--model", model, "--out", tmp_path / "x")
     assert code == 2 and "needs --data DIR" in err
-    code, _, err = run_cli("patch", "--data", data, "--out", tmp_path / "x")  # the testbed takes maze samples only
+    code, _, err = run_cli("patch", "--data", data, "--samples", "sample_000,sample_001", "--out", tmp_path / "x")
     assert code == 2 and "no maze.json (not a maze sample" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli("trace", "--model", model, "--data", data, "--torch-dtype", "int8", "--out", tmp_path / "y")
     assert code == 2 and "torch_dtype must be" in err

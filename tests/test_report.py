@@ -20,7 +20,7 @@ DEMO_ARGS = ["--n-filmstrips", "1", "--n-accuracy", "8", "--n-trace", "8", "--pr
 DEMO_ARGS += ["--n-causal", "1", "--n-noise", "4", "--n-ensemble", "4"]
 ARTEFACTS = [
     "maze4_seed*/maze4-f4-seed*/filmstrip.png",  # the filmstrip maze is chosen to show change: any held-out seed
-    "maze4_seed*/video.gif",
+    "maze4_seed*/maze4-f4-seed*/video.gif",
     "accuracy.json",
     "trace.h5",
     "energy_step00/energy_maps.png",

@@ -95,24 +95,36 @@ def maze_truths(adapter, videos: list[Video]) -> list[maze_task.Maze] | None:
     return [v.sample.truth for v in videos]
 
 
+def check_pairs(cfg: CausalConfig) -> None:
+    """Before any model is read: with data, the pairs are the samples named in pairs."""
+    names = cfg.samples or []
+    if cfg.data is not None and (len(names) < 2 or len(names) % 2 or len(set(names)) != len(names)):
+        raise ValueError("with --data a pair experiment runs the samples named in pairs: --samples A,B[,C,D...] "
+                         f"(distinct, an even number), got {names or 'none'}")  # fmt: skip
+
+
 def pair_videos(cfg: CausalConfig, adapter, other: Callable[[maze_task.Maze], maze_task.Maze]) -> tuple[list, list]:
-    """(first, second) videos of each pair. With data: the samples in pairs, in the order named (``samples``
-    A,B[,C,D...]: A with B, ...), each with every seed. Without (the testbed's generated mazes): each maze
-    with ``other(maze)``, noise seeded by the other maze's seed."""
+    """(first, second) videos of each pair, the two of a pair on the same noise (they differ only in their
+    input). With data: the samples named in pairs (``samples`` A,B[,C,D...]: A with B, ...), each pair with
+    every seed. Without (the testbed's generated mazes): each maze with ``other(maze)``."""
+    check_pairs(cfg)
     videos = cfg.videos(adapter)
     if cfg.data is None:
         others = []
         for video in videos:
             maze = other(video.sample.truth)
             sample = Sample(f"{video.sample.name}-other", video.sample.prompt, None, None, maze)
-            others.append(Video(f"{video.key}-other", sample, maze.seed))
+            others.append(Video(f"{video.key}-other", sample, video.seed))
         return videos, others
-    names = list(dict.fromkeys(v.sample.name for v in videos))
-    if len(names) < 2 or len(names) % 2:
-        raise ValueError(f"pairs need an even number of samples, in pairs (--samples A,B), got {len(names)}: "
-                         f"{', '.join(names[:6])}")  # fmt: skip
-    first = set(names[0::2])
-    return [v for v in videos if v.sample.name in first], [v for v in videos if v.sample.name not in first]
+    by_name: dict[str, list[Video]] = {}
+    for video in videos:
+        by_name.setdefault(video.sample.name, []).append(video)
+    first, second = [], []
+    for a, b in zip(cfg.samples[0::2], cfg.samples[1::2]):
+        for va, vb in zip(by_name[a], by_name[b]):  # seed by seed; a maze's own seed: the first's for both
+            first.append(va)
+            second.append(Video(vb.key, vb.sample, va.seed))
+    return first, second
 
 
 @dataclass

@@ -39,6 +39,13 @@ class EvaluateConfig(SourceConfig, ExperimentConfig):
 def run_evaluate(cfg: EvaluateConfig, adapter=None, progress: bool = True) -> MazeEvaluation:
     from interp.tasks.maze_data import read_maze, to_grid
 
+    if cfg.data is not None:  # before any model is read: every chosen sample is a maze
+        from interp.samples import choose_samples, read_samples
+
+        for item in choose_samples(read_samples(cfg.data), cfg.samples, cfg.data):
+            if not (item.folder / "maze.json").is_file():
+                raise ValueError(f"sample {item.name!r} has no maze.json: evaluate judges mazes "
+                                 "(write them with `interp data maze`)")  # fmt: skip
     adapter = adapter or cfg.load()
     videos = cfg.videos(adapter)
     mazes = []

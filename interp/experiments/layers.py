@@ -76,6 +76,9 @@ def run_layers(cfg: LayersConfig, adapter=None, progress: bool = True) -> Layers
     from interp.experiments.patch import PatchConfig, run_patch
     from probes.run import read_results
 
+    if adapter is None and cfg.is_pipeline():
+        raise ValueError("layers profiles a maze model (its patching compares maze pairs on the cells where their "
+                         "solutions differ); on a pipeline run probe, patch and flow apart")  # fmt: skip
     adapter = adapter or cfg.load()
     num_steps = cfg.num_steps_of(adapter)
     layers = parse_index_spec(cfg.layers, adapter.num_blocks(next(iter(adapter.transformers()))), "layer")
@@ -91,7 +94,7 @@ def run_layers(cfg: LayersConfig, adapter=None, progress: bool = True) -> Layers
         if missing:
             raise ValueError(f"{cfg.store} holds no {missing[0]!r}: trace every profiled layer's block output")
         sizes = {store.meta(v).get("size") for v in store.completed_videos[:1]} - {None}
-        if sizes and cfg.size not in sizes:
+        if sizes and cfg.data is None and cfg.size not in sizes:
             raise ValueError(f"{cfg.store} holds {min(sizes)}x{min(sizes)} mazes: patch the same size (--size "
                              f"{min(sizes)})")  # fmt: skip
         cka_steps = [store.steps[i] for i in parse_index_spec(cfg.cka_steps, len(store.steps), "stored step")]

@@ -19,6 +19,7 @@ from interp.experiments._causal import (
     CausalConfig,
     GridResult,
     PairRuns,
+    check_pairs,
     first_pair_videos,
     grid,
     maze_truths,
@@ -81,13 +82,13 @@ def _prepare(cfg: PatchConfig, adapter) -> tuple[PatchConfig, PairRuns]:
     """Every check, then the recorded runs of the clean and the corrupted inputs: what each step's rows are
     computed from. The source decides the pairs (generated mazes and their rewired twins, or samples in
     pairs); the maze metric and the ``diff`` region need a maze model's verifier."""
+    check_pairs(cfg)
+    if adapter is None and cfg.is_pipeline():  # refused before a pipeline is loaded
+        _check_maze_choices(cfg, None)
     adapter = adapter or cfg.load()
     clean_videos, corr_videos = pair_videos(cfg, adapter, maze_task.rewire)
     clean_mazes, corr_mazes = maze_truths(adapter, clean_videos), maze_truths(adapter, corr_videos)
-    if cfg.metric == "maze" and (clean_mazes is None or corr_mazes is None):
-        raise ValueError("this model has no maze verifier (a pipeline): use metric 'latent'")
-    if cfg.region == "diff" and (clean_mazes is None or corr_mazes is None):
-        raise ValueError("region 'diff' is for maze pairs; use all, frame:F or a .npy mask")
+    _check_maze_choices(cfg, None if clean_mazes is None or corr_mazes is None else clean_mazes)
     chosen: dict = {}
 
     def sites_for(model, num_steps: int, shape: tuple) -> list[str]:  # every check before a run is recorded
@@ -111,6 +112,14 @@ def _prepare(cfg: PatchConfig, adapter) -> tuple[PatchConfig, PairRuns]:
     return cfg, PairRuns(adapter, base.run, base.conditioning, source.run, None, clean.run.final, corr.run.final,
                          clean.num_steps, chosen["steps"], chosen["layers"], chosen["groups"], chosen["tokens"],
                          metric)  # fmt: skip
+
+
+def _check_maze_choices(cfg: PatchConfig, mazes) -> None:
+    """The maze metric and the ``diff`` region need a maze model's verdicts on maze pairs."""
+    if cfg.metric == "maze" and mazes is None:
+        raise ValueError("this model has no maze verifier (a pipeline): use metric 'latent'")
+    if cfg.region == "diff" and mazes is None:
+        raise ValueError("region 'diff' is for maze pairs; use all, frame:F or a .npy mask")
 
 
 def _patch_at(context: tuple[PatchConfig, PairRuns], step: int) -> torch.Tensor:

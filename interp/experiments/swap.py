@@ -16,6 +16,7 @@ from interp.experiments._causal import (
     CausalConfig,
     GridResult,
     PairRuns,
+    check_pairs,
     finite_or_none,
     first_pair_videos,
     grid,
@@ -76,8 +77,12 @@ def _prepare(cfg: SwapConfig, adapter) -> tuple[SwapConfig, PairRuns, dict]:
     """Every check, then the recorded base and other runs. A maze model is scored by its verifier (the
     share flipped to the other maze's answer, and the mean normalised score); any other model by where its
     output lies between the base run's (0) and the other run's (1) final latents."""
+    check_pairs(cfg)
+    if cfg.data is not None and cfg.other != "rewired":
+        raise ValueError("--other picks the testbed's generated twin; with --data the pairs are the samples named")
+    other_maze = _other(cfg)
     adapter = adapter or cfg.load()
-    base_videos, other_videos = pair_videos(cfg, adapter, _other(cfg))
+    base_videos, other_videos = pair_videos(cfg, adapter, other_maze)
     base_mazes, others = maze_truths(adapter, base_videos), maze_truths(adapter, other_videos)
     chosen: dict = {}
 

@@ -88,7 +88,9 @@ def plan_trace(cfg: TraceConfig, adapter) -> TracePlan:
     videos = cfg.videos(adapter)
     # ``data`` only where given: a testbed store traced before the field existed still resumes
     batch_size = cfg.batch_of(adapter, cfg.batch_size)
-    recorded = {k: v for k, v in asdict(cfg).items() if k != "data" or v is not None} | {"batch_size": batch_size}
+    generated = ("n", "size", "first_seed") if cfg.data is not None else ()  # the folder decides these
+    recorded = {k: v for k, v in asdict(cfg).items() if (k != "data" or v is not None) and k not in generated}
+    recorded["batch_size"] = batch_size
     layout = build_layout(
         adapter, model=str(cfg.model), latent_shape=cfg.latent_shape(adapter, videos), num_steps=num_steps,
         shift=shift, steps=steps, sites=sites, pooling=pooling, video_keys=[v.key for v in videos], dtype=cfg.dtype,

@@ -1,0 +1,105 @@
+"""Cost of frame-attention statistics (issue 30, item 6): a forward with ``FrameAttentionRecorder`` on every
+block's self-attention against the plain forward, interleaved repeats in one process, on this machine.
+
+Cases: the shipped testbed (16 mazes, 8 blocks, 64 tokens) and one Wan block pair at the 1.3B width (12 heads x
+128, 2,340 tokens: 3 latent frames of 30 x 26). Beside each ratio its physical limit: the statistics redo
+Q K^T and the softmax once (2 S^2 D flops per head plus ~5 S^2 elementwise), against the block's own
+attention (4 S^2 D) and projections and feed-forward (2 S (4 d^2 + 2 d f)).
+
+    .venv/bin/python benchmarks/attention_stats.py [--repeats 5] [--out benchmarks/results/attention_stats.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from activations.axes import block_site
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _time(fn) -> float:
+    tic = time.perf_counter()
+    with torch.no_grad():
+        fn()
+    return time.perf_counter() - tic
+
+
+def _case(name: str, forward, modules, repeats: int, flops_ratio: float) -> dict:
+    from interp.execution.attention_stats import FrameAttentionRecorder
+
+    def recorded():
+        with FrameAttentionRecorder(modules):
+            forward()
+
+    forward(), recorded()  # warm up
+    plain, stats = [], []
+    for _ in range(repeats):  # interleaved, so drift hits both alike
+        plain.append(_time(forward))
+        stats.append(_time(recorded))
+    ratio = statistics.median(s / p for s, p in zip(stats, plain))
+    return {"case": name, "plain_s": statistics.median(plain), "with_stats_s": statistics.median(stats),
+            "ratio": ratio, "flops_limit_ratio": 1 + flops_ratio, "repeats": repeats}  # fmt: skip
+
+
+def testbed_case(repeats: int) -> dict:
+    from interp.api import maze_inputs, open_model
+    from interp.execution.attention_stats import TokenLayout
+    from interp.execution.loop import sample
+
+    model = open_model("testbed")
+    noise, cond, _ = maze_inputs(model, n=16)
+    layout = TokenLayout(model.token_grid(tuple(noise.shape[1:])))
+    sites = [block_site(k, "attn1") for k in range(model.num_blocks())]
+    modules = {site: (model.site_module(site), layout) for site in sites}
+    s, d, f, h = 64, 128, 512, 4
+    extra = 2 * s * s * d + 5 * s * s * h
+    block = 4 * s * s * d + 2 * s * (4 * d * d + 2 * d * f) + 2 * s * (2 * d * d)  # + cross-attention projections
+    return _case("testbed, 16 mazes, 1 step, 8 blocks", lambda: sample(model, noise, cond, 1), modules, repeats,
+                 extra / block)  # fmt: skip
+
+
+def wide_case(repeats: int) -> dict:
+    from diffusers import WanTransformer3DModel
+
+    from interp.execution.attention_stats import TokenLayout
+
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                                  out_channels=16, text_dim=64, freq_dim=256, ffn_dim=8960, num_layers=2,
+                                  cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6).eval()  # fmt: skip
+    latents = torch.randn(1, 16, 3, 60, 52)
+    text = torch.randn(1, 16, 64)
+    timestep = torch.tensor([500.0])
+    layout = TokenLayout((3, 30, 26))
+    modules = {block_site(k, "attn1"): (model.blocks[k].attn1, layout) for k in range(2)}
+    s, d, f, h = 2340, 1536, 8960, 12
+    extra = 2 * s * s * d + 5 * s * s * h
+    block = 4 * s * s * d + 2 * s * (4 * d * d + 2 * d * f) + 2 * s * (2 * d * d)
+    return _case("Wan 1.3B width, 2,340 tokens, 2 blocks", lambda: model(latents, timestep, text, return_dict=False),
+                 modules, repeats, extra / block)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "attention_stats.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    rows = [testbed_case(args.repeats), wide_case(args.repeats)]
+    print(f"{'case':<42} {'plain s':>8} {'stats s':>8} {'ratio':>6} {'flops limit':>11}")
+    for r in rows:
+        print(f"{r['case']:<42} {r['plain_s']:>8.3f} {r['with_stats_s']:>8.3f} {r['ratio']:>6.2f} "
+              f"{r['flops_limit_ratio']:>11.2f}")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": "this VM, 2 CPU threads", "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""One source for every family (``interp.sources.SourceConfig``): no field is silently ignored, the two runs
+of a pair differ only in their input, and a store's settings are compared on resume whatever version
+recorded them."""
+
+import pytest
+from tiny_pipelines import build_tiny_wan, write_samples
+
+from activations.schema import StoreLayout
+from interp.experiments._causal import pair_videos
+from interp.experiments.patch import PatchConfig
+from interp.experiments.swap import SwapConfig
+from interp.experiments.trace import TraceConfig
+from interp.sources import load_testbed
+
+
+def test_the_two_runs_of_a_pair_share_their_noise(run_cli, tmp_path):
+    from interp.tasks import maze as maze_task
+
+    testbed = load_testbed("testbed")
+    clean, other = pair_videos(PatchConfig(n=2, seeds=[7, 8]), testbed, maze_task.rewire)
+    assert [v.seed for v in clean] == [v.seed for v in other] == [7, 8, 7, 8]
+    offset = SwapConfig(n=2, other="1000")  # another maze: its own walls, the same noise
+    base, others = pair_videos(offset, testbed, lambda m: maze_task.generate_maze(m.size, m.seed + 1000))
+    assert [v.seed for v in base] == [v.seed for v in others] == [0, 1]
+    assert [v.sample.truth.seed for v in others] == [1000, 1001]
+    code, _, err = run_cli("data", "maze", "-n", 4, "--pixels", 18, "--out", tmp_path / "mazes")
+    assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "mazes").iterdir())
+    pairs = PatchConfig(data=str(tmp_path / "mazes"), samples=[names[3], names[0], names[1], names[2]])
+    first, second = pair_videos(pairs, testbed, maze_task.rewire)
+    assert [v.sample.name for v in first] == [names[3], names[1]] and [v.sample.name for v in second] == [names[0],
+                                                                                                         names[2]]
+    assert [v.seed for v in first] == [v.seed for v in second] == [3, 1]  # each maze's own seed: the first's
+    for samples in ([names[0]], [names[0], names[0]], None):
+        with pytest.raises(ValueError, match="samples named in pairs"):
+            pair_videos(PatchConfig(data=str(tmp_path / "mazes"), samples=samples), testbed, maze_task.rewire)
+
+
+def test_no_source_field_is_silently_ignored(run_cli, tmp_path, monkeypatch):
+    from diffusers import DiffusionPipeline
+
+    model, data = build_tiny_wan(tmp_path / "wan"), write_samples(tmp_path / "data", n=2)
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded before refusing"))
+    cases = [
+        (TraceConfig(samples=["a"]), "--samples names sample folders of --data"),
+        (TraceConfig(guidance_scale=5.0), "--guidance-scale is a pipeline's"),
+        (TraceConfig(negative_prompt="blurry"), "--negative-prompt is a pipeline's"),
+        (TraceConfig(height=64), "--height is a pipeline's"),
+        (TraceConfig(model=str(model), data=str(data), shift=3.0), "--shift is the testbed's sampler"),
+        (TraceConfig(model=str(model), data=str(data), n=3), "-n, --size and --first-seed choose the testbed's"),
+    ]
+    for cfg, message in cases:
+        with pytest.raises(ValueError, match=message):
+            cfg.load(skeleton=True)
+    pipe = ["--model", model, "--data", data, "--samples", "sample_000,sample_001"]
+    code, _, err = run_cli("patch", *pipe, "--out", tmp_path / "p")  # the default metric needs a verifier
+    assert code == 2 and "use metric 'latent'" in err
+    code, _, err = run_cli("patch", *pipe, "--metric", "latent", "--region", "diff", "--out", tmp_path / "p")
+    assert code == 2 and "region 'diff' is for maze pairs" in err
+    code, _, err = run_cli("layers", "--model", model, "--data", data, "--store", tmp_path / "s.h5", "--out",
+                           tmp_path / "l")  # fmt: skip
+    assert code == 2 and "layers profiles a maze model" in err
+    from interp.api import inputs
+
+    with pytest.raises(ValueError, match="--height is a pipeline's"):
+        inputs(load_testbed("testbed"), height=64)
+
+
+def test_a_resumed_store_compares_the_settings_an_older_version_recorded():
+    def layout(extra: dict) -> StoreLayout:
+        return StoreLayout(**{**_LAYOUT, "extra": extra})
+
+    old = layout({"pipeline_trace_config": {"guidance_scale": 5.0, "negative_prompt": ""}})
+    new = layout({"trace_config": {"guidance_scale": 6.0, "negative_prompt": "", "seeds": [0]}})
+    assert old.differences(new) == ["extra"]  # the renamed record is compared: guidance differs
+    same = layout({"trace_config": {"guidance_scale": 5.0, "negative_prompt": "", "seeds": [0]}})
+    assert old.differences(same) == []  # a field the old record lacks is not a different setting
+
+
+_LAYOUT = {
+    "model": "m", "adapter": "wan", "model_config": {}, "steps": [0], "num_steps": 1, "timesteps": [1.0],
+    "sigmas": [1.0, 0.0], "sites": ["blocks.0"], "hidden": {"blocks.0": 4}, "token_grid": [1, 1, 1],
+    "latent_shape": [1, 1, 1, 1], "pooling": "none", "n_tokens": 1, "dtype": "float16", "condition_shape": None,
+    "cfg_branch": "cond", "n_videos": 1, "video_keys": ["a"],
+}  # fmt: skip
