@@ -50,7 +50,7 @@ def _case(name: str, forward, modules, repeats: int, flops_ratio: float) -> dict
 
 def testbed_case(repeats: int) -> dict:
     from interp.api import maze_inputs, open_model
-    from interp.execution.attention_stats import TokenLayout
+    from interp.execution.attention_kernel import TokenLayout
     from interp.execution.loop import sample
 
     model = open_model("testbed")
@@ -68,7 +68,7 @@ def testbed_case(repeats: int) -> dict:
 def wide_case(repeats: int) -> dict:
     from diffusers import WanTransformer3DModel
 
-    from interp.execution.attention_stats import TokenLayout
+    from interp.execution.attention_kernel import TokenLayout
 
     torch.manual_seed(0)
     model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,

@@ -11,8 +11,8 @@ See ``notebooks/04_python_api.ipynb``.
 """
 
 _API = {
-    "Intervention", "Run", "add_direction", "block", "copy_from", "frame_tokens", "inputs", "maze_inputs", "mean",
-    "open_model", "run", "zero",
+    "Intervention", "Run", "add_direction", "block", "copy_from", "frame_tokens", "inputs", "knockout",
+    "maze_inputs", "mean", "open_model", "run", "zero",
 }  # fmt: skip
 
 

@@ -13,7 +13,8 @@ samples, traces or patches by itself):
 Interventions are step hooks (``interp.execution.loop.StepHook``) that replace one site's output:
 ``copy_from`` (another run's values, by the existing patcher), ``zero``, ``mean`` (over the tokens, or
 a reference run's rows), ``add_direction`` (a vector such as a saved probe's, ``probes.arrays.Probe``),
-or ``Intervention(site, fn)`` for any function. Each takes ``steps`` (None: every step) and
+or ``Intervention(site, fn)`` for any function; ``knockout`` removes attention across frames inside
+attention sub-modules. Each takes ``steps`` (None: every step) and
 ``tokens`` (flat token indices of the site's sequence, frame-major; ``frame_tokens`` gives a latent
 frame's). Sites are named as everywhere (``block(k)``, ``activations.axes.block_site``).
 """
@@ -36,8 +37,8 @@ from interp.models.base import ForwardCall, VideoDiTAdapter
 block = block_site  # block(4) -> the output of block 4; block(4, "attn1") a sub-module's
 
 __all__ = [
-    "Intervention", "Run", "add_direction", "block", "copy_from", "frame_tokens", "inputs", "maze_inputs", "mean",
-    "open_model", "run", "zero",
+    "Intervention", "Run", "add_direction", "block", "copy_from", "frame_tokens", "inputs", "knockout",
+    "maze_inputs", "mean", "open_model", "run", "zero",
 ]  # fmt: skip
 
 
@@ -191,6 +192,23 @@ def copy_from(source: Run, site: str, steps=None, tokens=None) -> _CopyFrom:
     """Patch ``site`` with ``source``'s recorded values (row by row) at ``steps`` (None: every step
     recorded there) on ``tokens`` (None: all)."""
     return _CopyFrom(source, site, steps, tokens)
+
+
+class _Knockout:
+    def __init__(self, sites: Sequence[str], rule: str, steps):
+        self.sites, self.rule, self.steps = list(sites), rule, steps
+
+    def bind(self, model: VideoDiTAdapter, batch: int) -> StepHook:
+        from interp.execution.frame_knockout import FrameKnockout
+
+        return FrameKnockout(model, self.sites, self.rule, self.steps)
+
+
+def knockout(sites: str | Sequence[str], rule: str = "cross", steps=None) -> _Knockout:
+    """Attention knockout across frames in attention sub-modules (``block(k, "attn1")``) at ``steps`` (None:
+    every step): ``rule`` ``cross`` (no attention between different frames), ``causal`` (no frame sees a
+    later one), ``anticausal`` or ``to_first`` (``interp.execution.frame_knockout``)."""
+    return _Knockout([sites] if isinstance(sites, str) else sites, rule, steps)
 
 
 def frame_tokens(model: VideoDiTAdapter, latent: torch.Tensor, frames: Sequence[int]) -> list[int]:

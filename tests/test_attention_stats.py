@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from tiny_pipelines import BUILDERS
 
 from interp.api import maze_inputs, open_model
-from interp.execution.attention_stats import FrameAttentionRecorder, TokenLayout, frame_statistics
+from interp.execution.attention_kernel import TokenLayout
+from interp.execution.attention_stats import FrameAttentionRecorder, frame_statistics
 from interp.execution.loop import sample
 from interp.models.base import PipelineSpec
 from interp.models.registry import load_pipeline_adapter
@@ -99,7 +100,8 @@ def test_frame_statistics_are_the_processors_attention_on_every_family(tmp_path,
     expert = next(iter(adapter.transformers()))
     prefix = f"{expert}." if expert else ""
     module = adapter.site_module(f"{prefix}blocks.0.attn1")
-    layout = TokenLayout(adapter.token_grid(tuple(shape), expert), TEXT[family])
+    assert adapter.attention_text == TEXT[family]  # the family's declaration, checked against the calls below
+    layout = TokenLayout(adapter.token_grid(tuple(shape), expert), adapter.attention_text)
     recorder = _check(adapter, module, layout, noise, cond, monkeypatch)
     text = recorder.records["attn"][0].text
     assert (text > 0).all() if TEXT[family] else (text == 0).all()  # joint streams attend to their text rows

@@ -106,6 +106,9 @@ class VideoDiTAdapter:
     # A task model (the testbed: "maze") takes task instances, not prompts and frames, and has a verifier
     # and sampling ``defaults``; None: a pipeline (``interp.sources.SourceConfig`` asks this, nothing else).
     task: str | None = None
+    # Where a block's self-attention keys hold text rows beside the video tokens (a joint stream): "before",
+    # "after" or None (``interp.execution.attention_kernel.TokenLayout``).
+    attention_text: str | None = None
     is_skeleton = False  # built from configs alone on the meta device (``interp.models.skeleton``): cannot run
     latent_frame_axis: int | None = 1  # axis of the frames in one video's latent (C, T, H, W); None: packed
     latent_channel_axis: int = 0  # axis of the channels in one video's latent: the features of a latent position

@@ -51,6 +51,7 @@ class CogVideoXAdapter(VideoDiTAdapter):
     latent_frame_axis = 0  # latents are (T, C, H, W)
     latent_channel_axis = 1
     blocks_attr = "transformer_blocks"
+    attention_text = "before"  # the self-attention runs on the joint stream
     sub_modules = {"attn1": "attn1", "ffn": "ff"}
 
     def __init__(

@@ -44,6 +44,7 @@ class HunyuanConditioning:
 class HunyuanVideoAdapter(VideoDiTAdapter):
     name = "hunyuanvideo"
     blocks_attr = "transformer_blocks"
+    attention_text = "after"  # the self-attention runs on the joint stream
     sub_modules = {"attn1": "attn", "ffn": "ff"}
 
     def __init__(

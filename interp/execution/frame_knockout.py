@@ -1,0 +1,98 @@
+"""Attention knockout across frames (issue 30, item 3): at chosen steps, inside chosen attention modules,
+the attention between chosen (query frame, key frame) pairs is removed and every row renormalised: the
+kernel runs on the processor's own q, k, v with those entries masked (``-inf`` before the softmax), in
+chunks of query rows so the mask is never larger than one chunk x every key. Text rows of a joint stream
+(CogVideoX, HunyuanVideo) are never masked, as queries or as keys.
+
+Rules (``removed_pairs``): ``cross`` (no attention between different frames), ``causal`` (no frame sees a
+later one: what a Chain-of-Frames would need), ``anticausal`` (no frame sees an earlier one), ``to_first``
+(no later frame sees the first one). A frame always keeps itself, so no row is left without keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from interp.execution.attention_kernel import KernelCall, TokenLayout, intercepting
+from interp.execution.loop import StepHook, StepState
+
+RULES = ("cross", "causal", "anticausal", "to_first")
+DEFAULT_CHUNK_ROWS = 4096
+
+
+def removed_pairs(rule: str, frames: int) -> torch.Tensor:
+    """(query frame, key frame) -> True where ``rule`` removes that attention."""
+    q, k = torch.arange(frames)[:, None], torch.arange(frames)[None, :]
+    if rule == "cross":
+        return q != k
+    if rule == "causal":
+        return k > q
+    if rule == "anticausal":
+        return k < q
+    if rule == "to_first":
+        return (k == 0) & (q != 0)
+    raise ValueError(f"unknown knockout rule {rule!r}; choose from {', '.join(RULES)}")
+
+
+def knocked_attention(call: KernelCall, removed: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
+    """The kernel on the call's own arguments with the ``removed`` (query frame, key frame) entries masked out,
+    (B, H, S, D); chunks of ``chunk_rows`` query rows."""
+    length, keys = call.query.shape[2], call.key.shape[2]
+    device = call.query.device
+    frame_q, frame_k = call.layout.frame_of(length, device), call.layout.frame_of(keys, device)
+    removed = removed.to(device)
+    outs = []
+    for start in range(0, length, chunk_rows):
+        stop = min(start + chunk_rows, length)
+        fq = frame_q[start:stop]
+        cut = removed[fq.clamp_min(0)][:, frame_k.clamp_min(0)] & (fq[:, None] >= 0) & (frame_k[None, :] >= 0)
+        outs.append(call.run(call.query[:, :, start:stop], call.key, call.value,
+                             _with(call.attn_mask, ~cut, start, stop, length)))  # fmt: skip
+    return torch.cat(outs, 2)
+
+
+def _with(mask: torch.Tensor | None, allowed: torch.Tensor, start: int, stop: int, length: int) -> torch.Tensor:
+    """The kernel's own mask for query rows ``start:stop`` combined with ``allowed`` (rows x keys)."""
+    if mask is None:
+        return allowed[None, None]
+    rows = mask[..., start:stop, :] if mask.ndim >= 2 and mask.shape[-2] == length else mask
+    if rows.dtype == torch.bool:
+        return rows & allowed
+    return rows.masked_fill(~allowed, float("-inf"))
+
+
+class FrameKnockout(StepHook):
+    """Remove ``rule``'s frame-to-frame attention in ``sites`` (attention sub-modules, e.g. ``blocks.3.attn1``)
+    at ``steps`` (None: every step) of a run of ``model``. A step hook: ``run(..., hooks=[knockout])``; the
+    interception is installed for those steps' model calls only."""
+
+    def __init__(self, model, sites: Sequence[str], rule: str, steps: Sequence[int] | None = None,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS):  # fmt: skip
+        self.model, self.sites, self.rule, self.chunk_rows = model, list(sites), rule, chunk_rows
+        self.steps = None if steps is None else {int(s) for s in steps}
+        removed_pairs(rule, 1)  # the rule is checked before any run
+        for site in self.sites:
+            model.site_module(site)  # site names checked before any run
+        self._context = None
+
+    def before_model(self, state: StepState) -> None:
+        if self.steps is not None and state.step not in self.steps:
+            return None
+        grid = self.model.token_grid(tuple(state.latents.shape[1:]), next(iter(self.model.transformers())))
+        layout = TokenLayout(tuple(int(g) for g in grid), self.model.attention_text)
+        removed = removed_pairs(self.rule, layout.grid[0])
+        modules = {site: (self.model.site_module(site), layout) for site in self.sites}
+        self._context = intercepting(modules, lambda call: knocked_attention(call, removed, self.chunk_rows))
+        self._context.__enter__()
+        return None
+
+    def after_step(self, state: StepState) -> None:
+        self.close()
+        return None
+
+    def close(self) -> None:
+        if self._context is not None:
+            context, self._context = self._context, None
+            context.__exit__(None, None, None)

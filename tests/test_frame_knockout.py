@@ -1,0 +1,106 @@
+"""Attention knockout across frames (issue 30, item 3): the kernel runs on the processor's own q, k, v with the
+rule's (query frame, key frame) entries removed and every row renormalised, equal to a hand-written masked
+softmax; text rows are never masked; a knockout at no step leaves the run exactly as it was; one at step s
+leaves every earlier step alone."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_attention_stats import FRAMES, SIZE, KernelCalls
+from tiny_pipelines import BUILDERS
+
+from interp.api import block, knockout, maze_inputs, open_model, run
+from interp.execution.attention_kernel import KernelCall, TokenLayout
+from interp.execution.frame_knockout import RULES, FrameKnockout, knocked_attention, removed_pairs
+from interp.execution.loop import sample
+from interp.models.base import PipelineSpec
+from interp.models.registry import load_pipeline_adapter
+
+
+def _masked_by_hand(q, k, v, frame_q, frame_k, removed, mask=None, scale=None):
+    logits = q.double() @ k.double().transpose(-1, -2) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    cut = removed[frame_q.clamp_min(0)][:, frame_k.clamp_min(0)] & (frame_q[:, None] >= 0) & (frame_k[None] >= 0)
+    logits = logits.masked_fill(cut, float("-inf"))
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    return torch.softmax(logits, -1) @ v.double(), cut
+
+
+def test_the_rules_remove_what_they_say_and_keep_each_frame_itself():
+    assert removed_pairs("causal", 3).tolist() == [[False, True, True], [False, False, True], [False, False, False]]
+    assert removed_pairs("to_first", 3).tolist() == [[False, False, False], [True, False, False], [True, False, False]]
+    for rule in RULES:
+        assert not removed_pairs(rule, 4).diagonal().any()
+    with pytest.raises(ValueError, match="unknown knockout rule 'sideways'"):
+        removed_pairs("sideways", 3)
+
+
+@pytest.mark.parametrize("text", [None, "before", "after"])
+def test_a_knockout_is_a_masked_softmax_by_hand(text):
+    g = torch.Generator().manual_seed(0)
+    layout = TokenLayout((3, 2, 2), text)
+    length = 12 + (3 if text else 0)
+    q, k, v = (torch.randn(2, 2, length, 8, generator=g) for _ in range(3))
+    padding = torch.ones(1, 1, 1, length, dtype=torch.bool)
+    if text:
+        padding[..., layout.frame_of(length) < 0] = torch.tensor([True, True, False])  # one padded text key
+    frame = layout.frame_of(length)
+
+    def kernel(q_, k_, v_, mask):
+        return F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask)
+
+    for rule in RULES:
+        removed = removed_pairs(rule, 3)
+        expected, cut = _masked_by_hand(q, k, v, frame, frame, removed, padding)
+        for chunk in (1, 5, 100):
+            call = KernelCall(q, k, v, padding, None, "attn", layout, kernel)
+            out = knocked_attention(call, removed, chunk_rows=chunk)
+            torch.testing.assert_close(out.double(), expected, atol=1e-6, rtol=1e-5)
+        assert not cut[frame < 0].any() and not cut[:, frame < 0].any()  # text rows: never cut
+
+
+@pytest.mark.parametrize("family", list(BUILDERS))
+def test_a_knockout_masks_the_processors_own_attention_on_every_family(tmp_path, family, monkeypatch):
+    folder = BUILDERS[family](tmp_path / family)
+    adapter = load_pipeline_adapter(folder, PipelineSpec(height=SIZE, width=SIZE, num_frames=FRAMES), "float32")
+    shape = adapter.pipeline_latent_shape(SIZE, SIZE, FRAMES)
+    noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cond = adapter.pipeline_conditioning(["solve the maze"], [None], noise, "", SIZE, SIZE, FRAMES, 16)
+    expert = next(iter(adapter.transformers()))
+    site = block(0, "attn1", expert)
+    plain = sample(adapter, noise.clone(), cond, 2).latents
+    untouched = sample(adapter, noise.clone(), cond, 2, hooks=[FrameKnockout(adapter, [site], "cross", steps=[])])
+    assert torch.equal(untouched.latents, plain)  # a knockout at no step: the run exactly as it was
+    one_step = sample(adapter, noise.clone(), cond, 1).latents
+    calls = KernelCalls(monkeypatch, adapter.site_module(site))  # sees the knocked calls (one chunk each)
+    knocked = sample(adapter, noise.clone(), cond, 1, hooks=[FrameKnockout(adapter, [site], "causal", steps=[0])])
+    assert not torch.equal(knocked.latents, one_step)
+    layout = TokenLayout(adapter.token_grid(tuple(shape), expert), adapter.attention_text)
+    removed = removed_pairs("causal", layout.grid[0])
+    video_calls = [c for c in calls.calls if c[1].shape[2] >= layout.n_video]
+    assert video_calls
+    for q, k, v, mask, scale, out in video_calls:
+        allowed = (mask if mask.dtype == torch.bool else torch.isfinite(mask)).expand(*q.shape[:3], k.shape[2])
+        expected, _ = _masked_by_hand(q, k, v, layout.frame_of(q.shape[2]), layout.frame_of(k.shape[2]),
+                                      torch.zeros_like(removed), allowed, scale)  # fmt: skip
+        torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-4)  # the kernel obeys its mask
+        rows, keys = layout.video_rows(q.shape[2]), layout.video_rows(k.shape[2])
+        cut = removed.repeat_interleave(layout.grid[1] * layout.grid[2], 0).repeat_interleave(
+            layout.grid[1] * layout.grid[2], 1)  # token x token
+        assert torch.equal(~allowed[0, 0][rows][:, keys], cut)  # exactly the rule's pairs among video tokens
+        if layout.text is not None:  # text queries keep every key they had
+            text_rows = layout.frame_of(q.shape[2]) < 0
+            assert allowed[0, 0][text_rows][:, keys].all()
+
+
+def test_a_knockout_at_step_s_leaves_the_steps_before_it_alone():
+    model = open_model("testbed")
+    noise, cond, mazes = maze_inputs(model, n=2)
+    sites = [block(k, "attn1") for k in range(model.num_blocks())]
+    plain = run(model, noise, cond, num_steps=6)
+    cut = run(model, noise, cond, num_steps=6, interventions=[knockout(sites, "cross", steps=[3])])
+    assert all(torch.equal(cut.cache.latents[s], plain.cache.latents[s]) for s in range(4))  # x_0..x_3
+    assert not torch.equal(cut.final, plain.final)
+    with pytest.raises(ValueError, match="unknown knockout rule"):
+        run(model, noise, cond, num_steps=2, interventions=[knockout(sites, "sideways")])
