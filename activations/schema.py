@@ -184,6 +184,24 @@ def data_shapes(layout: StoreLayout, n_videos: int | None = None) -> dict[str, t
     shapes["final"] = (n_v, *layout.latent_shape)
     if layout.condition_shape is not None:
         shapes["condition"] = (n_v, *layout.condition_shape)
+    shapes.update(attention_shapes(layout, n_v, n_s))
+    return shapes
+
+
+ATTENTION_STATS = ("mass", "text", "entropy")  # per (video, step, head, query frame[, key frame])
+
+
+def attention_shapes(layout: StoreLayout, n_videos: int, n_steps: int) -> dict[str, tuple[int, ...]]:
+    """Frame-attention statistics of the attention sites ``extra["attention"]`` names (``sites``, ``heads``
+    per site, ``frames``): ``attention/<site>/mass`` (videos, steps, heads, query frame, key frame), ``text``
+    and ``entropy`` (videos, steps, heads, query frame)."""
+    spec = layout.extra.get("attention") or {}
+    frames, shapes = spec.get("frames", 0), {}
+    for site in spec.get("sites", []):
+        heads = spec["heads"][site]
+        shapes[f"attention/{site}/mass"] = (n_videos, n_steps, heads, frames, frames)
+        shapes[f"attention/{site}/text"] = (n_videos, n_steps, heads, frames)
+        shapes[f"attention/{site}/entropy"] = (n_videos, n_steps, heads, frames)
     return shapes
 
 

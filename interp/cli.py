@@ -125,6 +125,7 @@ def trace(
     steps: str = typer.Option("all", help="Denoising steps to store: 'all', '0-9,19', '0-19:2'."),
     layers: str = typer.Option("all", help="Blocks to store: 'all', '0-7:2', '3'."),
     sub: list[str] = typer.Option([], help="Also store block sub-modules: attn1, attn2, ffn (repeatable)."),
+    attention: bool = typer.Option(False, "--attention", help="Also store frame-attention statistics per head."),
     pooling: str = typer.Option("none", help="'none', 'frame', 'spatial:K', 'random:K[:SEED]'."),
     dtype: str = typer.Option("float16", help="Storage dtype: float16 or float32."),
     batch_size: int | None = typer.Option(None, help="Videos per batch and part; default: testbed 16, pipelines 1."),
@@ -152,7 +153,7 @@ def trace(
         num_frames=num_frames if num_frames is not None else frames, height=height, width=width, num_steps=num_steps,
         guidance_scale=guidance_scale, negative_prompt=negative_prompt, max_sequence_length=max_sequence_length,
         true_cfg_scale=true_cfg_scale, device=device, torch_dtype=torch_dtype, steps=steps, layers=layers,
-        subs=list(sub), pooling=pooling, dtype=dtype, batch_size=batch_size, backend=backend,
+        subs=list(sub), pooling=pooling, dtype=dtype, batch_size=batch_size, backend=backend, attention=attention,
     )  # fmt: skip
     job = make_job(cfg, skeleton=True)  # every check first; a pipeline's from its configs
     writer_options = {"queue_bytes": queue_mb << 20, "sha256": sha256}

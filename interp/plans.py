@@ -239,6 +239,15 @@ def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1,
         outputs = math.prod(lay.token_grid) * step_width(lay) * job.batch_size * dtype_bytes(job.cfg.torch_dtype)
         plan.details.append(f"device memory: one step's block outputs ~{human(outputs)} beside the weights")
     plan.details.extend(joint_stream_note(job.adapter, lay.sites))
+    spec = lay.extra.get("attention")
+    if spec:  # the statistics' working memory: one chunk of queries x every key, float32
+        from interp.execution.attention_stats import DEFAULT_CHUNK_BYTES
+
+        tokens = math.prod(lay.token_grid)
+        work = min(DEFAULT_CHUNK_BYTES, job.batch_size * max(spec["heads"].values()) * tokens * tokens * FLOAT32)
+        plan.memory_bytes += work * (_device_type(device) == "cpu")
+        plan.details.append(f"frame-attention statistics of {len(spec['sites'])} attention sites: working memory "
+                            f"~{human(work)} (one chunk of queries x every key)")  # fmt: skip
     if getattr(job, "skeleton", False):
         from interp.sources import default_dtype
 

@@ -83,6 +83,7 @@ class FrameAttentionRecorder:
     modules: dict[str, tuple[torch.nn.Module, TokenLayout]]
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     records: dict[str, list[FrameStats]] = field(default_factory=dict)
+    enabled: bool = True  # False: calls go straight to the kernel (a tracer turns it on at stored steps only)
 
     def __enter__(self) -> FrameAttentionRecorder:
         self._context = intercepting(self.modules, self._observe)
@@ -93,7 +94,7 @@ class FrameAttentionRecorder:
         self._context.__exit__(*exc)
 
     def _observe(self, call: KernelCall) -> torch.Tensor:
-        if call.key.shape[2] >= call.layout.n_video:  # not a call over other keys (Wan I2V's image keys)
+        if self.enabled and call.key.shape[2] >= call.layout.n_video:  # not over other keys (Wan I2V's image)
             with torch.no_grad():
                 stats = frame_statistics(call.query, call.key, call.layout, call.attn_mask, call.scale,
                                          self.chunk_bytes)  # fmt: skip

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from activations.axes import parse_site
+from activations.parts import PartWriter
 from activations.pooling import Pooling
 from activations.schema import StoreLayout
-from activations.writer import PartWriter
 from interp.execution.loop import SampleResult, StepHook, StepState, sample, scheduler_sigmas
 from interp.execution.runner import SiteAction
 from interp.models.base import ForwardCall, VideoDiTAdapter
@@ -76,6 +76,38 @@ class StoreSink:
         self.part.write_x_t(state.step, state.latents)
 
 
+class AttentionTracer(StepHook):
+    """On ``steps``, the frame-attention statistics of ``sites`` (attention sub-modules, e.g. ``blocks.3.attn1``)
+    for the rows of guidance ``branch``, handed to ``on_step(state, {site: {stat: (batch, ...)}})``. The
+    recorder (``attention_stats.FrameAttentionRecorder``) keeps one record per kernel call; the calls of a
+    step are matched, in order, to the transformer calls that ran each site's expert."""
+
+    def __init__(self, recorder, steps: Sequence[int], on_step, branch: str = "cond"):
+        self.recorder, self.steps, self.on_step, self.branch = recorder, set(steps), on_step, branch
+        self._calls: list[ForwardCall] = []
+
+    def before_model(self, state: StepState) -> None:
+        self._calls = []
+        self.recorder.records.clear()  # memory: one step's records at most
+        self.recorder.enabled = state.step in self.steps  # the extra Q K^T only where it is kept
+
+    def site_actions(self, state: StepState, index: int, call: ForwardCall) -> dict[str, SiteAction]:
+        self._calls.append(call)
+        return {}
+
+    def after_step(self, state: StepState) -> None:
+        if state.step not in self.steps:
+            return
+        out = {}
+        for site, records in self.recorder.records.items():
+            calls = [c for c in self._calls if c.expert == parse_site(site)[0]]
+            for stats, call in zip(records, calls):
+                rows = call.branches.get(self.branch)
+                if rows is not None:
+                    out[site] = {"mass": stats.mass[rows], "text": stats.text[rows], "entropy": stats.entropy[rows]}
+        self.on_step(state, out)
+
+
 def site_grids(adapter: VideoDiTAdapter, sites: Sequence[str], latent_shape) -> dict[str, tuple[int, int, int]]:
     return {site: adapter.token_grid(latent_shape, parse_site(site)[0]) for site in sites}
 
@@ -94,8 +126,10 @@ def build_layout(
     dtype: str = "float16",
     branch: str = "cond",
     extra: dict | None = None,
+    attention_sites: Sequence[str] = (),
 ) -> StoreLayout:
-    """The store layout of a tracing run; the scheduler gives every step's timestep and sigma."""
+    """The store layout of a tracing run; the scheduler gives every step's timestep and sigma.
+    ``attention_sites``: attention sub-modules whose frame-attention statistics are kept too."""
     grids = set(site_grids(adapter, sites, latent_shape).values())
     if len(grids) != 1:
         raise ValueError(f"sites of one store must share a token grid, got {sorted(grids)}")
@@ -127,8 +161,20 @@ def build_layout(
         extra={
             "shift": shift, "latent_frame_axis": adapter.latent_frame_axis,
             "clean_latent_frames": adapter.clean_latent_frames(tuple(latent_shape)), **(extra or {}),
+            **({"attention": attention_spec(adapter, attention_sites, grid)} if attention_sites else {}),
         },  # fmt: skip
     )
+
+
+def attention_spec(adapter: VideoDiTAdapter, sites: Sequence[str], grid: tuple[int, int, int]) -> dict:
+    """The layout's record of kept frame-attention statistics: sites, heads per site, frames, text rows."""
+    heads = {}
+    for site in sites:
+        module = adapter.site_module(site)
+        if not hasattr(module, "heads") or not hasattr(module, "processor"):
+            raise ValueError(f"site {site!r} is not an attention module (frame attention is read from attn1)")
+        heads[site] = int(module.heads)
+    return {"sites": list(sites), "heads": heads, "frames": int(grid[0]), "text": adapter.attention_text}
 
 
 def trace_batch(
@@ -142,8 +188,23 @@ def trace_batch(
 ) -> SampleResult:
     """Sample one batch, streaming the chosen steps' activations and x0_hat into ``part``."""
     sink = StoreSink(part, Pooling.from_json(layout.pooling), site_grids(adapter, layout.sites, layout.latent_shape))
-    tracer = SiteTracer(layout.sites, layout.steps, sink, layout.cfg_branch)
+    hooks: list[StepHook] = [SiteTracer(layout.sites, layout.steps, sink, layout.cfg_branch)]
     if layout.condition_shape is not None:
         part.write_condition(adapter.condition_latent(conditioning))
     scheduler = adapter.make_scheduler(shift)
-    return sample(adapter, noise, conditioning, layout.num_steps, hooks=[tracer], scheduler=scheduler, backend=backend)
+    spec = layout.extra.get("attention")
+    if not spec:
+        return sample(adapter, noise, conditioning, layout.num_steps, hooks=hooks, scheduler=scheduler, backend=backend)
+    from interp.execution.attention_kernel import TokenLayout
+    from interp.execution.attention_stats import FrameAttentionRecorder
+
+    tokens = TokenLayout(tuple(layout.token_grid), spec.get("text"))
+    recorder = FrameAttentionRecorder({site: (adapter.site_module(site), tokens) for site in spec["sites"]})
+
+    def write(state: StepState, stats: dict) -> None:
+        for site, values in stats.items():
+            part.write_attention(site, state.step, values)
+
+    hooks.append(AttentionTracer(recorder, layout.steps, write, layout.cfg_branch))
+    with recorder:
+        return sample(adapter, noise, conditioning, layout.num_steps, hooks=hooks, scheduler=scheduler, backend=backend)

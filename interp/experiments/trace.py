@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 from tqdm.auto import tqdm
 
+from activations.axes import parse_site
 from activations.pooling import Pooling
 from activations.schema import StoreLayout
 from activations.selection import parse_index_spec
@@ -41,6 +42,7 @@ class TraceConfig(SourceConfig, ExperimentConfig):
     batch_size: int | None = None  # videos per forward and part; None: the family's (testbed 16, pipelines 1)
     backend: str = "nnsight"
     branch: str = "cond"
+    attention: bool = False  # also the frame-attention statistics of each chosen layer's self-attention
 
     def __post_init__(self):
         ExperimentConfig.__post_init__(self)  # interp.validation: types and ranges
@@ -91,10 +93,12 @@ def plan_trace(cfg: TraceConfig, adapter) -> TracePlan:
     generated = ("n", "size", "first_seed") if cfg.data is not None else ()  # the folder decides these
     recorded = {k: v for k, v in asdict(cfg).items() if (k != "data" or v is not None) and k not in generated}
     recorded["batch_size"] = batch_size
+    attention = [s for s in adapter.site_names(layers, ("attn1",)) if parse_site(s)[2] == "attn1"] if cfg.attention \
+        else []  # fmt: skip
     layout = build_layout(
         adapter, model=str(cfg.model), latent_shape=cfg.latent_shape(adapter, videos), num_steps=num_steps,
         shift=shift, steps=steps, sites=sites, pooling=pooling, video_keys=[v.key for v in videos], dtype=cfg.dtype,
-        branch=cfg.branch, extra={"trace_config": recorded},
+        branch=cfg.branch, extra={"trace_config": recorded}, attention_sites=attention,
     )  # fmt: skip
     pooling.check(layout.token_grid)
     return TracePlan(cfg, steps, sites, pooling, layout, num_steps, shift, videos, batch_size)
