@@ -34,7 +34,8 @@ from _record import save_record  # benchmarks/ is the script's folder
 from diffusers import WanTransformer3DModel
 
 from activations.pooling import Pooling
-from activations.writer import DEFAULT_QUEUE_BYTES, StoreWriter, site_chunks
+from activations.slabs import site_chunks
+from activations.writer import DEFAULT_QUEUE_BYTES, StoreWriter
 from interp.execution.capture import build_layout, trace_batch
 from interp.execution.loop import sample
 from interp.experiments.trace import writer_in_background

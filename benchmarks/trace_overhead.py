@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from _record import save_record  # benchmarks/ is the script's folder
 
-from activations.writer import site_chunks
+from activations.slabs import site_chunks
 from interp.evaluation import evaluate_mazes
 from interp.experiments.trace import TraceConfig, run_trace
 from interp.models.testbed import TestbedAdapter

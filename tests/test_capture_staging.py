@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from activations import ActivationStore, StoreLayout, StoreWriter
+from activations import slabs as slabs_module
 from activations import writer as writer_module
 from activations.consolidate import consolidate_store
 from activations.nonfinite import NonFinite, nonfinite_counts
@@ -73,14 +74,14 @@ class DelayedCopyStager(HostStager):
 
 def _write(path, stager=None, slow: float = 0.0, monkeypatch=None, planted: bool = False) -> StoreWriter:
     if slow:
-        original = writer_module.SlabWriter.write
+        original = slabs_module.SlabWriter.write
 
         def slow_write(self, pos, data):
             time.sleep(slow)  # a disk behind the producer, so several buffers are in flight
             original(self, pos, data)
             assert data.ctypes.data not in stager._pool.free, "a buffer went back to the pool before it was written"
 
-        monkeypatch.setattr(writer_module.SlabWriter, "write", slow_write)
+        monkeypatch.setattr(slabs_module.SlabWriter, "write", slow_write)
     rng = torch.Generator().manual_seed(0)
     with StoreWriter(path, _layout(), max_queue_bytes=4 * N_TOKENS * HIDDEN * 2) as writer:
         if stager is not None:

@@ -243,7 +243,7 @@ def test_plan_reports_layout(tiny):
 
 @pytest.mark.parametrize("chunks", [(5, 1, 7, 4), (2, 1, 3, 4), (3, 1, 7, 4), (1, 1, 2, 4), (5, 1, 7, 2)])
 def test_direct_chunk_writes_equal_plain_h5py_writes(tmp_path, chunks):
-    from activations.writer import SlabWriter
+    from activations.slabs import SlabWriter
 
     rng = np.random.default_rng(0)
     data = [rng.standard_normal((5, 7, 4)).astype(np.float16) for _ in range(3)]

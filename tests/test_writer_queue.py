@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from activations import ActivationStore, StoreError, StoreLayout, StoreWriter
-from activations import writer as writer_module
+from activations import slabs as slabs_module
 
 GRID, HIDDEN, STEPS = (2, 8, 8), 256, 12  # one slab: 1 video x 128 tokens x 256 x 4 B = 128 KiB
 
@@ -27,13 +27,13 @@ def _layout(n_videos: int = 1) -> StoreLayout:
 
 def _write(path, bound: int, slow: float = 0.0, monkeypatch=None) -> tuple[StoreWriter, float, int]:
     if slow:
-        original = writer_module.SlabWriter.write
+        original = slabs_module.SlabWriter.write
 
         def slow_write(self, pos, data):
             time.sleep(slow)  # a disk much slower than the producer
             original(self, pos, data)
 
-        monkeypatch.setattr(writer_module.SlabWriter, "write", slow_write)
+        monkeypatch.setattr(slabs_module.SlabWriter, "write", slow_write)
     rng = np.random.default_rng(0)
     tracemalloc.start()
     tic = time.perf_counter()
@@ -87,7 +87,7 @@ def test_an_inline_write_error_is_raised_at_once_and_leaves_no_part(tmp_path, mo
     def broken(self, pos, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(writer_module.SlabWriter, "write", broken)
+    monkeypatch.setattr(slabs_module.SlabWriter, "write", broken)
     writer = StoreWriter(tmp_path / "e.h5", _layout(), background=False)
     part = writer.begin_part([0])
     with pytest.raises(StoreError, match="No space left on device; finished parts are kept"):

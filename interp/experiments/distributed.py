@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from activations.writer import DEFAULT_QUEUE_BYTES, StoreWriter, part_path
+from activations.schema import part_path
+from activations.writer import DEFAULT_QUEUE_BYTES, StoreWriter
 from interp.experiments.executors import claim_marker
 
 # One job per process: the model stays loaded between tasks of the same trace.
