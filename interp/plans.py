@@ -260,7 +260,7 @@ def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1,
     return plan
 
 
-CAUSAL = ("patch", "swap", "flow", "perturb", "layers")
+CAUSAL = ("patch", "swap", "flow", "perturb", "layers", "knockout")
 
 
 def joint_stream_note(adapter, sites) -> list[str]:
@@ -342,12 +342,12 @@ def source_plan(kind: str, cfg, out: Path) -> Plan:
     runs = len(videos) * (2 if kind in ("patch", "swap", "layers") and cfg.data is None else 1)  # + the other mazes
     latent, expert = cfg.latent_shape(adapter, videos), next(iter(adapter.transformers()))  # one expert a step
     tokens, hidden = math.prod(adapter.token_grid(latent, expert)), adapter.hidden_size(expert)
-    layers = len(_layers(cfg, adapter)) if kind != "perturb" else 0
+    layers = len(_layers(cfg, adapter)) if kind not in ("perturb", "knockout") else 0  # these record no sites
     item = dtype_bytes(cfg.torch_dtype) if skeleton else next(adapter.transformer.parameters()).element_size()
     branches = 1 if adapter.task or cfg.negative_prompt is None else 2  # every call is recorded
     per_video = num_steps * (branches * layers * tokens * hidden * item + 2 * math.prod(latent) * FLOAT32)
     sub = getattr(cfg, "sub", None)
-    sites = adapter.site_names(_layers(cfg, adapter), (sub,)) if sub and kind != "perturb" else []
+    sites = adapter.site_names(_layers(cfg, adapter), (sub,)) if sub and kind not in ("perturb", "knockout") else []
     return Plan(kind, Path(out), runs, num_steps, None, layers, FIGURES, weights + runs * per_video,
                 [f"recorded run per sample: {layers} layers x {num_steps} steps x {tokens} tokens x {branches} "
                  f"guidance branches in {cfg.torch_dtype}, and the latents of every step", *note,

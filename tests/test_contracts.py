@@ -139,6 +139,7 @@ def test_every_command_writes_a_manifest_and_the_report_shows_every_listed_file(
         ["swap", *m, "-n", 1, "--out", run / "swap"],
         ["perturb", *m, "-n", 2, "--steps", "1", "--frames-to-noise", "1", "--out", run / "perturb"],
         ["flow", *m, "-n", 2, "--inject-steps", "1", "--out", run / "flow"],
+        ["knockout", *m, "-n", 2, "--steps", "1", "--rule", "cross", "--out", run / "knockout"],
         ["ensemble", *m, "-n", 2, "--size", 4, "--seeds", 2, "--k", 1, "--merge", "mean", "--temperature", 0.8,
          "--out", run / "ensemble"],
     ]  # fmt: skip
@@ -148,7 +149,7 @@ def test_every_command_writes_a_manifest_and_the_report_shows_every_listed_file(
     manifests = [p for p in run.rglob("*") if is_manifest(p)]
     kinds = {Manifest.read(p).kind for p in manifests}
     assert kinds == {"generate", "evaluate", "trace", "energy", "probe", "chain", "filmstrip", "patch", "swap",
-                     "perturb", "flow", "ensemble"}  # fmt: skip
+                     "perturb", "flow", "knockout", "ensemble"}  # fmt: skip
     assert {p.name for p in (run / "probes").iterdir()} >= {
         "probes.csv", "walls.csv", "probe_on_path.png", "walls.probe_wall.png", "probes.run.json", "walls.run.json",
     }  # fmt: skip

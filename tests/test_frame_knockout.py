@@ -104,3 +104,61 @@ def test_a_knockout_at_step_s_leaves_the_steps_before_it_alone():
     assert not torch.equal(cut.final, plain.final)
     with pytest.raises(ValueError, match="unknown knockout rule"):
         run(model, noise, cond, num_steps=2, interventions=[knockout(sites, "sideways")])
+
+
+def test_the_random_control_removes_as_many_entries_per_row_at_random():
+    g = torch.Generator().manual_seed(3)
+    layout = TokenLayout((4, 2, 2), "after")
+    length = 16 + 2
+    q, k, v = (torch.randn(1, 2, length, 8, generator=g) for _ in range(3))
+    seen = []
+
+    def kernel(q_, k_, v_, mask):
+        seen.append(mask[0, 0])
+        return F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask)
+
+    removed = removed_pairs("causal", 4)
+    call = KernelCall(q, k, v, None, None, "attn", layout, kernel)
+    knocked_attention(call, removed, chunk_rows=5, generator=torch.Generator().manual_seed(0))
+    control = ~torch.cat(seen)  # the removed entries, every row
+    seen.clear()
+    knocked_attention(call, removed, chunk_rows=5)
+    rule = ~torch.cat(seen)
+    assert torch.equal(control.sum(1), rule.sum(1))  # as many per row as the rule removes
+    assert not torch.equal(control, rule) and not control.diagonal().any()  # elsewhere, never a row's own token
+    assert not control[16:].any() and not control[:, 16:].any()  # text rows and keys: untouched
+    seen.clear()
+    knocked_attention(call, removed, chunk_rows=5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(~torch.cat(seen), control)  # seeded: the same draws again
+
+
+def test_the_knockout_experiment_decides_its_claims_against_random_removal(tmp_path, run_cli):
+    """`interp knockout`: per (rule, step) the score after the knockout beside its random control, and the two
+    claims with their verdicts, computed from those rows (on a pipeline: similarities, claims cannot tell)."""
+    import json
+
+    from interp.analysis.claims import CANNOT_TELL, NOT_SHOWN, SHOWS, causal_frames_suffice, cross_frames_carry
+
+    code, out, err = run_cli("knockout", "-n", 8, "--steps", "0,10", "--span", "onward", "--num-steps", 12,
+                             "--out", tmp_path / "k")  # fmt: skip
+    assert code == 0, err
+    record = json.loads((tmp_path / "k" / "result.json").read_text())
+    assert [(r["rule"], r["step"]) for r in record["rows"]] == [("cross", 0), ("cross", 10), ("causal", 0),
+                                                                 ("causal", 10)]  # fmt: skip
+    assert all({"accuracy", "ci95"} <= set(r["knocked"]) and "accuracy" in r["control"] for r in record["rows"])
+    assert "cross-frame attention carries the reasoning at early steps:" in out
+    assert (tmp_path / "k" / "knockout.png").stat().st_size > 0
+
+    def row(rule, step, knocked, control):
+        ci = lambda a: [max(0.0, a - 0.1), min(1.0, a + 0.1)]  # noqa: E731
+        return {"rule": rule, "step": step, "knocked": {"accuracy": knocked, "ci95": ci(knocked)},
+                "control": {"accuracy": control, "ci95": ci(control)}}  # fmt: skip
+
+    base = {"accuracy": 0.95, "ci95": [0.85, 1.0]}
+    assert cross_frames_carry(base, [row("cross", 0, 0.2, 0.9)])["verdict"] == SHOWS
+    assert cross_frames_carry(base, [row("cross", 0, 0.9, 0.9)])["verdict"] == NOT_SHOWN
+    assert cross_frames_carry(base, [row("cross", 0, 0.0, 0.0)])["verdict"] == CANNOT_TELL  # both at the floor
+    assert causal_frames_suffice(base, [row("causal", 0, 0.95, 0.3)])["verdict"] == SHOWS
+    assert causal_frames_suffice(base, [row("causal", 0, 0.95, 0.95)])["verdict"] == CANNOT_TELL  # control harmless
+    assert causal_frames_suffice(base, [row("causal", 0, 0.4, 0.3)])["verdict"] == NOT_SHOWN
+    assert cross_frames_carry({"similarity": 1.0}, [row("cross", 0, 0.2, 0.9)])["verdict"] == CANNOT_TELL

@@ -100,3 +100,65 @@ def mcnemar(a, b) -> tuple[int, int, float]:
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+
+
+def _knocked(rows: list[dict], rule: str) -> list[dict]:
+    return sorted((r for r in rows if r["rule"] == rule), key=lambda r: r["step"])
+
+
+def cross_frames_carry(baseline: dict, rows: list[dict]) -> dict:
+    """Cross-frame attention carries the reasoning at early steps: knocking out every attention between
+    different frames at an early step (the first third of the knocked steps) solves clearly fewer mazes
+    than removing as many attention entries at random there."""
+    name = "cross-frame attention carries the reasoning at early steps"
+    cross = _knocked(rows, "cross")
+    if "accuracy" not in baseline or not cross:
+        why = "no verifier for this model" if cross else "no cross-frame knockout was run (--rule cross)"
+        return claim(name, "cosine similarity only" if cross else "none", "none", CANNOT_TELL, why)
+    early = cross[: max(1, len(cross) // 3)]
+    below = [r for r in early if r["knocked"]["ci95"][1] < r["control"]["ci95"][0]]
+    first = below[0] if below else early[0]
+    measurement = (f"cross knockout at step {first['step']}: solved {first['knocked']['accuracy']:.0%} "
+                   f"({_pct(first['knocked']['ci95'])}); clearly below its control at {len(below)} of "
+                   f"{len(early)} early steps ({', '.join(str(r['step']) for r in early)})")  # fmt: skip
+    control = (f"as many entries removed at random at step {first['step']}: {first['control']['accuracy']:.0%} "
+               f"({_pct(first['control']['ci95'])}); no knockout {baseline['accuracy']:.0%}")  # fmt: skip
+    if all(r["knocked"]["ci95"][0] == 0.0 and r["control"]["ci95"][0] == 0.0 for r in early):
+        return claim(name, measurement, control, CANNOT_TELL, "removing as many entries at random breaks the run as "
+                     "fully: the test is saturated (knock out fewer layers or a single step)")  # fmt: skip
+    if 2 * len(below) >= len(early):
+        return claim(name, measurement, control, SHOWS, "at half or more of the early steps the knockout's interval "
+                     "lies below the random control's")  # fmt: skip
+    if all(r["knocked"]["ci95"][1] >= r["control"]["accuracy"] for r in early):
+        return claim(name, measurement, control, NOT_SHOWN, "at every early step the knockout's interval reaches "
+                     "the random control's accuracy")  # fmt: skip
+    return claim(name, measurement, control, CANNOT_TELL, "the intervals neither separate nor agree at most early "
+                 "steps")  # fmt: skip
+
+
+def causal_frames_suffice(baseline: dict, rows: list[dict]) -> dict:
+    """Frame-causal attention suffices (what a Chain-of-Frames would need): removing every attention to
+    later frames, at any one step, leaves the accuracy within the unknocked run's interval, while removing
+    as many entries at random somewhere does not (else the test could not tell anything apart)."""
+    name = "frame-causal attention suffices (what Chain-of-Frames would need)"
+    causal = _knocked(rows, "causal")
+    if "accuracy" not in baseline or not causal:
+        why = "no verifier for this model" if causal else "no frame-causal knockout was run (--rule causal)"
+        return claim(name, "cosine similarity only" if causal else "none", "none", CANNOT_TELL, why)
+    lo = baseline["ci95"][0]
+    dropped = [r for r in causal if r["knocked"]["ci95"][1] < lo]
+    worst = min(causal, key=lambda r: r["knocked"]["accuracy"])
+    control_hurts = [r for r in causal if r["control"]["ci95"][1] < lo]
+    measurement = (f"causal knockout: lowest at step {worst['step']}, solved {worst['knocked']['accuracy']:.0%} "
+                   f"({_pct(worst['knocked']['ci95'])}); clearly below the unknocked run at {len(dropped)} of "
+                   f"{len(causal)} steps")  # fmt: skip
+    control = (f"no knockout {baseline['accuracy']:.0%} ({_pct(baseline['ci95'])}); as many entries at random hurt "
+               f"clearly at {len(control_hurts)} of {len(causal)} steps")  # fmt: skip
+    if dropped:
+        return claim(name, measurement, control, NOT_SHOWN, "at some step the knockout's interval lies below the "
+                     "unknocked run's")  # fmt: skip
+    if not control_hurts:
+        return claim(name, measurement, control, CANNOT_TELL, "removing as many entries at random hurts at no step "
+                     "either: the test cannot tell these entries from any others")  # fmt: skip
+    return claim(name, measurement, control, SHOWS, "at every step the knockout stays within the unknocked run's "
+                 "interval, while removing as many entries at random hurts at some step")  # fmt: skip

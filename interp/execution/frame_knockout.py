@@ -36,9 +36,15 @@ def removed_pairs(rule: str, frames: int) -> torch.Tensor:
     raise ValueError(f"unknown knockout rule {rule!r}; choose from {', '.join(RULES)}")
 
 
-def knocked_attention(call: KernelCall, removed: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
+def knocked_attention(
+    call: KernelCall,
+    removed: torch.Tensor,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """The kernel on the call's own arguments with the ``removed`` (query frame, key frame) entries masked out,
-    (B, H, S, D); chunks of ``chunk_rows`` query rows."""
+    (B, H, S, D); chunks of ``chunk_rows`` query rows. ``generator``: the random control instead: each video
+    query row loses as many video keys as the rule takes from it, drawn at random (never its own token)."""
     length, keys = call.query.shape[2], call.key.shape[2]
     device = call.query.device
     frame_q, frame_k = call.layout.frame_of(length, device), call.layout.frame_of(keys, device)
@@ -47,10 +53,24 @@ def knocked_attention(call: KernelCall, removed: torch.Tensor, chunk_rows: int =
     for start in range(0, length, chunk_rows):
         stop = min(start + chunk_rows, length)
         fq = frame_q[start:stop]
-        cut = removed[fq.clamp_min(0)][:, frame_k.clamp_min(0)] & (fq[:, None] >= 0) & (frame_k[None, :] >= 0)
+        video = (fq[:, None] >= 0) & (frame_k[None, :] >= 0)
+        cut = removed[fq.clamp_min(0)][:, frame_k.clamp_min(0)] & video
+        if generator is not None:
+            cut = _random_cut(cut, video, start, call.layout, length, keys, generator)
         outs.append(call.run(call.query[:, :, start:stop], call.key, call.value,
                              _with(call.attn_mask, ~cut, start, stop, length)))  # fmt: skip
     return torch.cat(outs, 2)
+
+
+def _random_cut(cut, video, start: int, layout: TokenLayout, length: int, keys: int, generator) -> torch.Tensor:
+    """As many video keys per row as ``cut`` removes, drawn at random among the row's video keys but itself."""
+    scores = torch.rand(cut.shape, generator=generator).to(cut.device)
+    rows = torch.arange(start, start + cut.shape[0], device=cut.device)
+    own = rows[:, None] - layout.video_rows(length).start + layout.video_rows(keys).start
+    scores[~video] = float("inf")
+    scores.scatter_(1, own.clamp(0, keys - 1), float("inf"))  # never a row's own token
+    ranks = scores.argsort(1).argsort(1)
+    return (ranks < cut.sum(1, keepdim=True)) & video
 
 
 def _with(mask: torch.Tensor | None, allowed: torch.Tensor, start: int, stop: int, length: int) -> torch.Tensor:
@@ -69,8 +89,10 @@ class FrameKnockout(StepHook):
     interception is installed for those steps' model calls only."""
 
     def __init__(self, model, sites: Sequence[str], rule: str, steps: Sequence[int] | None = None,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS):  # fmt: skip
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, control_seed: int | None = None):  # fmt: skip
+        """``control_seed``: the random control of ``rule`` (as many entries per row, at random, seeded)."""
         self.model, self.sites, self.rule, self.chunk_rows = model, list(sites), rule, chunk_rows
+        self.control_seed = control_seed
         self.steps = None if steps is None else {int(s) for s in steps}
         removed_pairs(rule, 1)  # the rule is checked before any run
         for site in self.sites:
@@ -84,7 +106,11 @@ class FrameKnockout(StepHook):
         layout = TokenLayout(tuple(int(g) for g in grid), self.model.attention_text)
         removed = removed_pairs(self.rule, layout.grid[0])
         modules = {site: (self.model.site_module(site), layout) for site in self.sites}
-        self._context = intercepting(modules, lambda call: knocked_attention(call, removed, self.chunk_rows))
+        generator = None
+        if self.control_seed is not None:  # one stream per (seed, step): the same draws in any process
+            generator = torch.Generator().manual_seed(int(self.control_seed) * 1_000_003 + state.step)
+        self._context = intercepting(modules, lambda call: knocked_attention(call, removed, self.chunk_rows,
+                                                                             generator))  # fmt: skip
         self._context.__enter__()
         return None
 

@@ -95,6 +95,38 @@ def maze_truths(adapter, videos: list[Video]) -> list[maze_task.Maze] | None:
     return [v.sample.truth for v in videos]
 
 
+def outcome_score(runs: SourceRuns) -> Callable:
+    """How a perturbed run's final latents are scored against the unperturbed ``runs``: a maze model's
+    verifier (solved share and whether the answer, the last frame, is right, with Wilson intervals), else
+    the cosine similarity of each final latent to the unperturbed one's."""
+    import torch
+
+    from interp.evaluation import verify_latents, wilson_interval
+
+    mazes = maze_truths(runs.adapter, runs.videos)
+    if mazes is not None:
+
+        def score(latents) -> dict:
+            verdicts = verify_latents(runs.adapter, latents, mazes)
+            solved = np.array([v.solved for v in verdicts])
+            final_exact = np.array([v.final_exact for v in verdicts])
+            lo, hi = wilson_interval(int(solved.sum()), len(solved))
+            flo, fhi = wilson_interval(int(final_exact.sum()), len(final_exact))
+            return {
+                "accuracy": float(solved.mean()), "ci95": [lo, hi], "final_exact": float(final_exact.mean()),
+                "final_exact_ci95": [flo, fhi], "n": len(solved),
+            }  # fmt: skip
+
+        return score
+    reference = runs.run.final.flatten(1).double()
+
+    def similarity(final) -> dict:
+        sims = torch.nn.functional.cosine_similarity(final.flatten(1).double(), reference, dim=1).tolist()
+        return {"similarity": float(np.mean(sims)), "per_sample": dict(zip(runs.names, sims)), "n": len(sims)}
+
+    return similarity
+
+
 def check_pairs(cfg: CausalConfig) -> None:
     """Before any model is read: with data, the pairs are the samples named in pairs."""
     names = cfg.samples or []

@@ -19,12 +19,11 @@ import numpy as np
 import torch
 
 from activations.selection import parse_index_spec
-from interp.evaluation import verify_latents, wilson_interval
 from interp.execution.loop import StepHook, sample
 from interp.experiments._causal import (
     CausalConfig,
     example_videos,
-    maze_truths,
+    outcome_score,
     save_videos,
     source_runs,
     write_record,
@@ -125,27 +124,7 @@ def _prepare(cfg: PerturbConfig, adapter) -> NoiseRuns:
         return []
 
     runs = source_runs(cfg, adapter, sites_for)
-    mazes = maze_truths(runs.adapter, runs.videos)
-    if mazes is not None:
-
-        def score(latents: torch.Tensor) -> dict:
-            verdicts = verify_latents(runs.adapter, latents, mazes)
-            solved = np.array([v.solved for v in verdicts])
-            final_exact = np.array([v.final_exact for v in verdicts])
-            lo, hi = wilson_interval(int(solved.sum()), len(solved))
-            flo, fhi = wilson_interval(int(final_exact.sum()), len(final_exact))
-            return {
-                "accuracy": float(solved.mean()), "ci95": [lo, hi], "final_exact": float(final_exact.mean()),
-                "final_exact_ci95": [flo, fhi], "n": len(solved),
-            }  # fmt: skip
-
-    else:
-        reference = runs.run.final.flatten(1).double()
-
-        def score(final: torch.Tensor) -> dict:
-            sims = torch.nn.functional.cosine_similarity(final.flatten(1).double(), reference, dim=1).tolist()
-            return {"similarity": float(np.mean(sims)), "per_sample": dict(zip(runs.names, sims)), "n": len(sims)}
-
+    score = outcome_score(runs)
     return NoiseRuns(cfg, runs.adapter, runs.run, runs.conditioning, runs.num_steps, chosen["steps"],
                      chosen["frames"], score)  # fmt: skip
 

@@ -95,3 +95,30 @@ def flow_figure(cka, sensitivity: list[float], path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def knockout_curves(baseline: dict, rows: list[dict], path: str | Path) -> Path:
+    """Per rule: the score after a knockout at step s (95% intervals where a verifier scores), its
+    random-removal control, and the unknocked run."""
+    plt = _plt()
+    rules = list(dict.fromkeys(r["rule"] for r in rows)) or ["none"]
+    fig, axes = plt.subplots(1, len(rules), figsize=(4.6 * len(rules), 3.4), sharey=True, squeeze=False)
+    value = "accuracy" if "accuracy" in baseline else "similarity"
+    for ax, rule in zip(axes[0], rules):
+        sel = sorted((r for r in rows if r["rule"] == rule), key=lambda r: r["step"])
+        steps = [r["step"] for r in sel]
+        for key, colour, label in (("knocked", "C3", f"{rule} knockout"), ("control", "C0", "random control")):
+            ax.plot(steps, [r[key][value] for r in sel], "o-", color=colour, label=label)
+            if value == "accuracy":
+                ci = np.array([r[key]["ci95"] for r in sel]).reshape(-1, 2)
+                ax.fill_between(steps, ci[:, 0], ci[:, 1], color=colour, alpha=0.2)
+        ax.axhline(baseline[value] if value == "accuracy" else 1.0, color="grey", ls="--", label="no knockout")
+        ax.set_xlabel("knocked step s")
+        ax.set_title(f"{rule}: attention removed at step s only", fontsize=10)
+        ax.set_ylim(-0.02 if value == "accuracy" else -1.02, 1.02)
+    axes[0][0].set_ylabel("share of mazes solved" if value == "accuracy" else "similarity to the unknocked output")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
