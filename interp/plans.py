@@ -387,7 +387,8 @@ def study_plan(model: str, adapter, options: dict, out: Path, size: int, frames:
     """``interp demo``: the store it writes is the largest cost; every stage's mazes listed."""
     from interp.experiments.trace import TraceConfig, make_job
 
-    job = make_job(TraceConfig(model=model, n=options["n_trace"], size=size, num_frames=frames), adapter)
+    job = make_job(TraceConfig(model=model, n=options["n_trace"], size=size, num_frames=frames, attention=True),
+                   adapter)  # fmt: skip
     store = store_plan("demo", job.layout, Path(out) / "trace.h5", job.batch_size)
     counts = {k[2:]: v for k, v in options.items() if k.startswith("n_") and v}
     store.details = [f"{store.videos} videos traced at {size}x{size}, every block at every step",

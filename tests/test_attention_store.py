@@ -94,3 +94,28 @@ def test_a_guided_pipeline_keeps_its_conditional_rows_and_the_plan_counts_them(t
             np.testing.assert_allclose(stored["mass"].values[:, step], expected.mass[rows].numpy(), atol=1e-6)
             np.testing.assert_allclose(stored["text"].values[:, step], expected.text[rows].numpy(), atol=1e-6)
             assert not np.allclose(expected.mass[rows].numpy(), expected.mass[0:1].numpy())  # the branches differ
+
+
+def test_attention_maps_read_a_store_into_figures_and_locality(tmp_path, run_cli):
+    import json
+
+    code, _, err = run_cli("trace", "-n", 2, "--layers", "0,7", "--steps", "0,10,19", "--attention",
+                           "--out", tmp_path / "t.h5")  # fmt: skip
+    assert code == 0, err
+    code, out, err = run_cli("attention", "--store", tmp_path / "t.h5", "--out", tmp_path / "maps")
+    assert code == 0, err
+    assert "attention across frames (2 videos, 2 layers): own-frame share" in out
+    for name in ("frame_maps.png", "locality.png", "attention.json", "run.json"):
+        assert (tmp_path / "maps" / name).stat().st_size > 0
+    record = json.loads((tmp_path / "maps" / "attention.json").read_text())
+    loc = {k: np.array(v, dtype=float) for k, v in record["locality"].items()}
+    assert loc["same frame"].shape == (2, 3)
+    total = loc["same frame"] + loc["adjacent frames"] + loc["distant frames"] + loc["text"]
+    np.testing.assert_allclose(total, 1.0, atol=2e-3)  # every query frame's attention, all of it (fp16 store)
+    with ActivationStore(tmp_path / "t.h5") as store:
+        mass = store.attention("blocks.7.attn1")["mass"].values.astype(float)
+    np.testing.assert_allclose(np.array(record["mass"], float)[1], mass.mean(axis=(0, 2)), atol=1e-6)
+    code, _, err = run_cli("trace", "-n", 1, "--layers", "0", "--steps", "0", "--out", tmp_path / "plain.h5")
+    assert code == 0, err
+    code, _, err = run_cli("attention", "--store", tmp_path / "plain.h5", "--out", tmp_path / "x")
+    assert code == 2 and "keeps no frame-attention statistics: trace it with --attention" in err

@@ -113,7 +113,7 @@ def save_knockout(result: KnockoutResult, cfg: KnockoutConfig, out):
     from interp.report.causal_figures import knockout_curves
 
     record = {"baseline": result.baseline, "rows": result.rows}
-    manifest = write_record(out, cfg, record, "knockout", "attention knockout across frames", "noise")
+    manifest = write_record(out, cfg, record, "knockout", "attention knockout across frames", "attention")
     figure = knockout_curves(result.baseline, result.rows, Path(out) / "knockout.png")
     manifest.add(figure, "figure", "attention knockout across frames per step, beside its random-removal control")
     verifier = "accuracy" in result.baseline

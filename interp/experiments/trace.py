@@ -200,8 +200,9 @@ def write_trace_files(cfg, out: Path) -> Manifest:
 def demo(ctx) -> None:
     """The study: a store of every block at every step (held-out mazes of the largest trained size)."""
     n = ctx.options["n_trace"]
-    ctx.stage(f"activation store of {n} {ctx.size}x{ctx.size} mazes (every block, every step) and token-energy maps")
-    cfg = TraceConfig(model=ctx.model, n=n, size=ctx.size, num_frames=ctx.frames)
+    ctx.stage(f"activation store of {n} {ctx.size}x{ctx.size} mazes (every block, every step, frame attention) and "
+              "token-energy maps")
+    cfg = TraceConfig(model=ctx.model, n=n, size=ctx.size, num_frames=ctx.frames, attention=True)
     ctx.store = run_trace(cfg, ctx.out / "trace.h5", adapter=ctx.adapter, progress=False)
 
 

@@ -173,6 +173,7 @@ SECTIONS = [
     ("headline", "Headline numbers"), ("filmstrips", "x0_hat filmstrips"),
     ("probes", "Linear probes per (step, layer)"),
     ("patching", "Activation patching and latent swapping"), ("noise", "Noise at step vs noise at frame"),
+    ("attention", "Attention across frames"),
     ("flow", "Information flow (CKA)"), ("layers", "Layer specialisation"),
     ("energy", "Token energy"), ("chain", "Chain of Steps"),
     ("ensemble", "Seed ensemble"), ("stores", "Activation stores"),
