@@ -195,20 +195,20 @@ def copy_from(source: Run, site: str, steps=None, tokens=None) -> _CopyFrom:
 
 
 class _Knockout:
-    def __init__(self, sites: Sequence[str], rule: str, steps):
-        self.sites, self.rule, self.steps = list(sites), rule, steps
+    def __init__(self, sites: Sequence[str], rule: str, steps, heads):
+        self.sites, self.rule, self.steps, self.heads = list(sites), rule, steps, heads
 
     def bind(self, model: VideoDiTAdapter, batch: int) -> StepHook:
         from interp.execution.frame_knockout import FrameKnockout
 
-        return FrameKnockout(model, self.sites, self.rule, self.steps)
+        return FrameKnockout(model, self.sites, self.rule, self.steps, heads=self.heads)
 
 
-def knockout(sites: str | Sequence[str], rule: str = "cross", steps=None) -> _Knockout:
+def knockout(sites: str | Sequence[str], rule: str = "cross", steps=None, heads=None) -> _Knockout:
     """Attention knockout across frames in attention sub-modules (``block(k, "attn1")``) at ``steps`` (None:
-    every step): ``rule`` ``cross`` (no attention between different frames), ``causal`` (no frame sees a
-    later one), ``anticausal`` or ``to_first`` (``interp.execution.frame_knockout``)."""
-    return _Knockout([sites] if isinstance(sites, str) else sites, rule, steps)
+    every step) in ``heads`` (None: all): ``rule`` ``cross`` (no attention between different frames),
+    ``causal`` (no frame sees a later one), ``anticausal`` or ``to_first`` (``interp.execution.frame_knockout``)."""
+    return _Knockout([sites] if isinstance(sites, str) else sites, rule, steps, heads)
 
 
 def frame_tokens(model: VideoDiTAdapter, latent: torch.Tensor, frames: Sequence[int]) -> list[int]:

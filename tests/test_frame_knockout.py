@@ -161,4 +161,27 @@ def test_the_knockout_experiment_decides_its_claims_against_random_removal(tmp_p
     assert causal_frames_suffice(base, [row("causal", 0, 0.95, 0.3)])["verdict"] == SHOWS
     assert causal_frames_suffice(base, [row("causal", 0, 0.95, 0.95)])["verdict"] == CANNOT_TELL  # control harmless
     assert causal_frames_suffice(base, [row("causal", 0, 0.4, 0.3)])["verdict"] == NOT_SHOWN
+    wide = causal_frames_suffice(base, [row("causal", 0, 0.8, 0.3)])  # 0.7-0.9: not below 0.85, not reaching 0.95
+    assert wide["verdict"] == CANNOT_TELL and "more mazes" in wide["why"]
     assert cross_frames_carry({"similarity": 1.0}, [row("cross", 0, 0.2, 0.9)])["verdict"] == CANNOT_TELL
+
+
+def test_a_knockout_in_chosen_heads_leaves_the_other_heads_alone():
+    g = torch.Generator().manual_seed(5)
+    layout = TokenLayout((3, 2, 2))
+    q, k, v = (torch.randn(1, 4, 12, 8, generator=g) for _ in range(3))
+
+    def kernel(q_, k_, v_, mask):
+        return F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask)
+
+    call = KernelCall(q, k, v, None, None, "attn", layout, kernel)
+    plain = kernel(q, k, v, None)
+    every = knocked_attention(call, removed_pairs("cross", 3), chunk_rows=5)
+    some = knocked_attention(call, removed_pairs("cross", 3), chunk_rows=5, heads=[1, 3])
+    torch.testing.assert_close(some[:, [0, 2]], plain[:, [0, 2]])  # untouched heads: the plain attention
+    torch.testing.assert_close(some[:, [1, 3]], every[:, [1, 3]])  # chosen heads: the knockout's
+    with pytest.raises(ValueError, match="this attention has heads 0-3"):
+        knocked_attention(call, removed_pairs("cross", 3), heads=[4])
+    model = open_model("testbed")
+    with pytest.raises(ValueError, match="has heads 0-3"):
+        FrameKnockout(model, [block(0, "attn1")], "cross", heads=[7])

@@ -41,10 +41,14 @@ def knocked_attention(
     removed: torch.Tensor,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     generator: torch.Generator | None = None,
+    heads: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """The kernel on the call's own arguments with the ``removed`` (query frame, key frame) entries masked out,
     (B, H, S, D); chunks of ``chunk_rows`` query rows. ``generator``: the random control instead: each video
-    query row loses as many video keys as the rule takes from it, drawn at random (never its own token)."""
+    query row loses as many video keys as the rule takes from it, drawn at random (never its own token).
+    ``heads``: only these heads lose them (None: every head)."""
+    if heads is not None and any(not 0 <= h < call.query.shape[1] for h in heads):
+        raise ValueError(f"heads {list(heads)}: this attention has heads 0-{call.query.shape[1] - 1}")
     length, keys = call.query.shape[2], call.key.shape[2]
     device = call.query.device
     frame_q, frame_k = call.layout.frame_of(length, device), call.layout.frame_of(keys, device)
@@ -57,6 +61,10 @@ def knocked_attention(
         cut = removed[fq.clamp_min(0)][:, frame_k.clamp_min(0)] & video
         if generator is not None:
             cut = _random_cut(cut, video, start, call.layout, length, keys, generator)
+        if heads is not None:  # (heads, rows, keys): the other heads keep every entry
+            per_head = torch.zeros(call.query.shape[1], *cut.shape, dtype=torch.bool, device=device)
+            per_head[list(heads)] = cut
+            cut = per_head
         outs.append(call.run(call.query[:, :, start:stop], call.key, call.value,
                              _with(call.attn_mask, ~cut, start, stop, length)))  # fmt: skip
     return torch.cat(outs, 2)
@@ -75,8 +83,9 @@ def _random_cut(cut, video, start: int, layout: TokenLayout, length: int, keys: 
 
 def _with(mask: torch.Tensor | None, allowed: torch.Tensor, start: int, stop: int, length: int) -> torch.Tensor:
     """The kernel's own mask for query rows ``start:stop`` combined with ``allowed`` (rows x keys)."""
+    allowed = allowed.reshape((1,) * (4 - allowed.ndim) + tuple(allowed.shape))  # (1, 1 or heads, rows, keys)
     if mask is None:
-        return allowed[None, None]
+        return allowed
     rows = mask[..., start:stop, :] if mask.ndim >= 2 and mask.shape[-2] == length else mask
     if rows.dtype == torch.bool:
         return rows & allowed
@@ -89,14 +98,19 @@ class FrameKnockout(StepHook):
     interception is installed for those steps' model calls only."""
 
     def __init__(self, model, sites: Sequence[str], rule: str, steps: Sequence[int] | None = None,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS, control_seed: int | None = None):  # fmt: skip
-        """``control_seed``: the random control of ``rule`` (as many entries per row, at random, seeded)."""
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, control_seed: int | None = None,
+                 heads: Sequence[int] | None = None):  # fmt: skip
+        """``control_seed``: the random control of ``rule`` (as many entries per row, at random, seeded);
+        ``heads``: only these heads of each site (None: every head)."""
         self.model, self.sites, self.rule, self.chunk_rows = model, list(sites), rule, chunk_rows
-        self.control_seed = control_seed
+        self.control_seed, self.heads = control_seed, None if heads is None else [int(h) for h in heads]
         self.steps = None if steps is None else {int(s) for s in steps}
         removed_pairs(rule, 1)  # the rule is checked before any run
         for site in self.sites:
-            model.site_module(site)  # site names checked before any run
+            module = model.site_module(site)  # site names checked before any run
+            count = getattr(module, "heads", None)
+            if self.heads is not None and count is not None and any(not 0 <= h < count for h in self.heads):
+                raise ValueError(f"heads {self.heads}: {site} has heads 0-{count - 1}")
         self._context = None
 
     def before_model(self, state: StepState) -> None:
@@ -110,7 +124,7 @@ class FrameKnockout(StepHook):
         if self.control_seed is not None:  # one stream per (seed, step): the same draws in any process
             generator = torch.Generator().manual_seed(int(self.control_seed) * 1_000_003 + state.step)
         self._context = intercepting(modules, lambda call: knocked_attention(call, removed, self.chunk_rows,
-                                                                             generator))  # fmt: skip
+                                                                             generator, self.heads))  # fmt: skip
         self._context.__enter__()
         return None
 

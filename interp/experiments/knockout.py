@@ -25,13 +25,14 @@ from interp.validation import Rule, each, int_range
 @dataclass
 class KnockoutConfig(CausalConfig):
     field_rules = {"rules": each(Rule(lambda x: x in RULES, "one of " + ", ".join(RULES)), 1),
-                   "control_seed": int_range(0)}  # fmt: skip
+                   "control_seed": int_range(0), "heads": each(int_range(0), 1)}  # fmt: skip
     experiment = "knockout"
     n: int = 32
     rules: list[str] = field(default_factory=lambda: ["cross", "causal"])
     steps: str = "all"  # start steps, each its own run
     layers: str = "all"  # knocked together at a step
     span: str = "step"  # step: that step only; onward: that step and every later one
+    heads: list[int] | None = None  # heads knocked out in each site (None: every head)
     control_seed: int = 0
 
     cli_help = {
@@ -39,10 +40,11 @@ class KnockoutConfig(CausalConfig):
         "rules": "Frame pairs removed: cross, causal, anticausal, to_first (repeatable).",
         "steps": "Steps knocked out, each its own run, e.g. all, 0-19:2.",
         "span": "step (knock that step only) or onward (that step and every later one).",
+        "heads": "Heads knocked out in each layer (repeatable); default every head.",
         "layers": "Layers whose self-attention is knocked out together.",
         "control_seed": "Seed of the random-removal control.",
     }
-    cli_flags = {**CausalConfig.cli_flags, "rules": ("--rule",)}
+    cli_flags = {**CausalConfig.cli_flags, "rules": ("--rule",), "heads": ("--head",)}
 
 
 @dataclass
@@ -88,6 +90,7 @@ def _prepare(cfg: KnockoutConfig, adapter) -> KnockoutRuns:
         chosen["steps"] = parse_index_spec(cfg.steps, num_steps, "step")
         layers = parse_index_spec(cfg.layers, model.num_blocks(expert), "layer")
         chosen["sites"] = [site for group in sweep.layer_sites(model, layers, "attn1") for site in group]
+        FrameKnockout(model, chosen["sites"], cfg.rules[0], [], heads=cfg.heads)  # heads checked before the run
         return []
 
     runs = source_runs(cfg, adapter, sites_for)
@@ -100,7 +103,8 @@ def _knocked(r: KnockoutRuns, unit: tuple[str, int, bool]):
     later step's) knocked out."""
     rule, s, control = unit
     steps = range(s, r.num_steps) if r.cfg.span == "onward" else [s]
-    knockout = FrameKnockout(r.adapter, r.sites, rule, steps, control_seed=r.cfg.control_seed if control else None)
+    knockout = FrameKnockout(r.adapter, r.sites, rule, steps, control_seed=r.cfg.control_seed if control else None,
+                             heads=r.cfg.heads)  # fmt: skip
     try:
         return sample(r.adapter, r.run.latents[s], r.cond, r.num_steps, start_step=s,
                       resume_scheduler=r.run.schedulers.get(s), hooks=[knockout]).latents  # fmt: skip
