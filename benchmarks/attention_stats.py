@@ -86,6 +86,19 @@ def wide_case(repeats: int) -> dict:
                  modules, repeats, extra / block)  # fmt: skip
 
 
+def planned_14b() -> dict:
+    """Wan 2.1 14B at 480p x 81 frames, from its config alone (nothing run): the working memory of one chunk and
+    the flops the statistics add to a block (40 heads x 128, 5,120 wide, feed-forward 13,824, 32,760 tokens)."""
+    from interp.execution.attention_stats import DEFAULT_CHUNK_BYTES
+
+    s, d, f, h = 32760, 5120, 13824, 40
+    rows = DEFAULT_CHUNK_BYTES // (h * s * 4)  # one guidance branch per call (Wan runs them apart)
+    extra = 2 * s * s * d + 5 * s * s * h
+    block = 4 * s * s * d + 2 * s * (4 * d * d + 2 * d * f) + 2 * s * (2 * d * d)
+    return {"case": "Wan 14B 480p x 81 frames (planned)", "chunk_rows": int(rows), "chunks_per_call": -(-s // rows),
+            "chunk_bytes": DEFAULT_CHUNK_BYTES, "flops_limit_ratio": 1 + extra / block}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
@@ -97,8 +110,11 @@ def main() -> None:
     for r in rows:
         print(f"{r['case']:<42} {r['plain_s']:>8.3f} {r['with_stats_s']:>8.3f} {r['ratio']:>6.2f} "
               f"{r['flops_limit_ratio']:>11.2f}")  # fmt: skip
+    plan = planned_14b()
+    print(f"{plan['case']}: {plan['chunk_rows']} query rows per {plan['chunk_bytes'] >> 20} MiB chunk, "
+          f"{plan['chunks_per_call']} chunks per call, flops limit {plan['flops_limit_ratio']:.2f}x")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": "this VM, 2 CPU threads", "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"machine": "this VM, 2 CPU threads", "rows": rows, "planned": plan}, indent=2))
 
 
 if __name__ == "__main__":

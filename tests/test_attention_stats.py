@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tiny_pipelines import BUILDERS
 
+from activations.axes import block_site
 from interp.api import maze_inputs, open_model
 from interp.execution.attention_kernel import TokenLayout
 from interp.execution.attention_stats import FrameAttentionRecorder, frame_statistics
@@ -98,13 +99,14 @@ def test_frame_statistics_are_the_processors_attention_on_every_family(tmp_path,
     with torch.no_grad():
         cond = adapter.pipeline_conditioning(["solve the maze"], [None], noise, "", SIZE, SIZE, FRAMES, 16)
     expert = next(iter(adapter.transformers()))
-    prefix = f"{expert}." if expert else ""
-    module = adapter.site_module(f"{prefix}blocks.0.attn1")
     assert adapter.attention_text == TEXT[family]  # the family's declaration, checked against the calls below
     layout = TokenLayout(adapter.token_grid(tuple(shape), expert), adapter.attention_text)
-    recorder = _check(adapter, module, layout, noise, cond, monkeypatch)
-    text = recorder.records["attn"][0].text
-    assert (text > 0).all() if TEXT[family] else (text == 0).all()  # joint streams attend to their text rows
+    for index in sorted({0, adapter.num_blocks(expert) - 1}):  # Hunyuan's last block is a single-stream one
+        module = adapter.site_module(block_site(index, "attn1", expert))
+        recorder = _check(adapter, module, layout, noise, cond, monkeypatch)
+        text = recorder.records["attn"][0].text
+        assert (text > 0).all() if TEXT[family] else (text == 0).all()  # joint streams attend to their text rows
+        monkeypatch.undo()
 
 
 def test_the_testbed_attends_across_its_frames(monkeypatch):
