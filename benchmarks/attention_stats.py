@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from activations.axes import block_site
+from interp.execution.attention_stats import DEFAULT_CHUNK_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,8 @@ def testbed_case(repeats: int) -> dict:
                  extra / block)  # fmt: skip
 
 
-def wide_case(repeats: int) -> dict:
+def wide_model():
+    """(forward, modules) of the 1.3B-width case."""
     from diffusers import WanTransformer3DModel
 
     from interp.execution.attention_kernel import TokenLayout
@@ -79,11 +81,43 @@ def wide_case(repeats: int) -> dict:
     timestep = torch.tensor([500.0])
     layout = TokenLayout((3, 30, 26))
     modules = {block_site(k, "attn1"): (model.blocks[k].attn1, layout) for k in range(2)}
+    return (lambda: model(latents, timestep, text, return_dict=False)), modules
+
+
+def wide_case(repeats: int) -> dict:
+    forward, modules = wide_model()
     s, d, f, h = 2340, 1536, 8960, 12
     extra = 2 * s * s * d + 5 * s * s * h
     block = 4 * s * s * d + 2 * s * (4 * d * d + 2 * d * f) + 2 * s * (2 * d * d)
-    return _case("Wan 1.3B width, 2,340 tokens, 2 blocks", lambda: model(latents, timestep, text, return_dict=False),
-                 modules, repeats, extra / block)  # fmt: skip
+    row = _case("Wan 1.3B width, 2,340 tokens, 2 blocks", forward, modules, repeats, extra / block)
+    plain, stats = _peak_rss(False), _peak_rss(True)
+    chunk = min(DEFAULT_CHUNK_BYTES, h * s * s * 4)  # what one chunk of queries x every key may add
+    row.update(peak_rss_plain=plain, peak_rss_stats=stats,
+               peak_extra=stats - plain, one_chunk_bytes=chunk)  # fmt: skip
+    return row
+
+
+def _peak_rss(with_stats: bool) -> int:
+    """Peak resident memory (bytes) of a fresh process making one wide forward, with or without statistics."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import attention_stats as b\n"
+        "forward, modules = b.wide_model()\n"
+        "from interp.execution.attention_stats import FrameAttentionRecorder\n"
+        "with torch.no_grad():\n"
+        f"    if {with_stats!r}:\n"
+        "        with FrameAttentionRecorder(modules):\n"
+        "            forward()\n"
+        "    else:\n"
+        "        forward()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) * 1024  # Linux reports KiB
 
 
 def planned_14b() -> dict:
@@ -110,6 +144,9 @@ def main() -> None:
     for r in rows:
         print(f"{r['case']:<42} {r['plain_s']:>8.3f} {r['with_stats_s']:>8.3f} {r['ratio']:>6.2f} "
               f"{r['flops_limit_ratio']:>11.2f}")  # fmt: skip
+        if "peak_extra" in r:
+            print(f"  peak RSS {r['peak_rss_plain'] / 2**20:.0f} MiB plain, {r['peak_rss_stats'] / 2**20:.0f} MiB with "
+                  f"statistics: +{r['peak_extra'] / 2**20:.0f} MiB (one chunk: {r['one_chunk_bytes'] / 2**20:.0f} MiB)")
     plan = planned_14b()
     print(f"{plan['case']}: {plan['chunk_rows']} query rows per {plan['chunk_bytes'] >> 20} MiB chunk, "
           f"{plan['chunks_per_call']} chunks per call, flops limit {plan['flops_limit_ratio']:.2f}x")  # fmt: skip
