@@ -31,6 +31,22 @@ def default_dtype(device: str, torch_dtype: str | None) -> str:
     return torch_dtype
 
 
+def sample_conditioning(adapter: VideoDiTAdapter, samples: list[Sample], noise: torch.Tensor, spec: PipelineSpec,
+                        negative_prompt: str | None, max_sequence_length: int):  # fmt: skip
+    """A pipeline's batched conditioning of ``samples`` (prompt, first frame), row i with ``noise[i]``."""
+    from PIL import Image
+
+    conds = []
+    with torch.no_grad():
+        for i, item in enumerate(samples):
+            image = Image.open(item.first_frame).convert("RGB") if item.first_frame else None
+            conds.append(adapter.pipeline_conditioning(
+                [item.prompt], [image], noise[i : i + 1], negative_prompt, spec.height, spec.width, spec.num_frames,
+                max_sequence_length,
+            ))  # fmt: skip
+    return stack_conditioning(conds)
+
+
 @dataclass
 class PipelineInputs:
     """A local diffusers pipeline folder and VBVR-style samples (``prompt.txt``, ``first_frame.png``)."""
@@ -74,25 +90,7 @@ class PipelineInputs:
 
     def conditioning(self, adapter: VideoDiTAdapter, samples: list[Sample], noise: torch.Tensor):
         """The batched conditioning of ``samples`` (row i goes with ``noise[i]``)."""
-        from PIL import Image
-
-        conds = []
-        with torch.no_grad():
-            for i, item in enumerate(samples):
-                image = Image.open(item.first_frame).convert("RGB") if item.first_frame else None
-                conds.append(
-                    adapter.pipeline_conditioning(
-                        [item.prompt],
-                        [image],
-                        noise[i : i + 1],
-                        self.negative_prompt,
-                        self.height,
-                        self.width,
-                        self.num_frames,
-                        self.max_sequence_length,
-                    )  # fmt: skip
-                )
-        return stack_conditioning(conds)
+        return sample_conditioning(adapter, samples, noise, self.spec, self.negative_prompt, self.max_sequence_length)
 
     def noise(self, adapter: VideoDiTAdapter, seeds: list[int]) -> torch.Tensor:
         return initial_noise(seeds, self.latent_shape(adapter), adapter.device, torch.float32)
@@ -272,19 +270,10 @@ class SourceConfig:
         if adapter.task:
             noise = initial_noise(seeds, shape, adapter.device, adapter.dtype)
             return noise, adapter.conditioning([v.sample.truth for v in videos], self.frames_of(adapter))
-        from PIL import Image
-
         noise = initial_noise(seeds, shape, adapter.device, torch.float32)
-        spec, conds = self.spec(), []
-        with torch.no_grad():
-            for i, video in enumerate(videos):
-                item = video.sample
-                image = Image.open(item.first_frame).convert("RGB") if item.first_frame else None
-                conds.append(adapter.pipeline_conditioning(
-                    [item.prompt], [image], noise[i : i + 1], self.negative_prompt, spec.height, spec.width,
-                    spec.num_frames, self.max_sequence_length,
-                ))  # fmt: skip
-        return noise, stack_conditioning(conds)
+        samples = [v.sample for v in videos]
+        return noise, sample_conditioning(adapter, samples, noise, self.spec(), self.negative_prompt,
+                                          self.max_sequence_length)  # fmt: skip
 
     def metas(self, adapter: VideoDiTAdapter, videos: list[Video], latents: torch.Tensor) -> list[dict]:
         """What the store records of finished videos: their inputs and, for a task's own model, the

@@ -9,15 +9,13 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_pipelines import BUILDERS
+from tiny_pipelines import family_inputs
 
 from activations.axes import block_site
 from interp.api import maze_inputs, open_model
 from interp.execution.attention_kernel import TokenLayout
 from interp.execution.attention_stats import FrameAttentionRecorder, frame_statistics
 from interp.execution.loop import sample
-from interp.models.base import PipelineSpec
-from interp.models.registry import load_pipeline_adapter
 
 SIZE, FRAMES = 32, 9
 TEXT = {"wan": None, "cogvideox": "before", "ltx": None, "hunyuanvideo": "after"}  # text rows in attn1's keys
@@ -92,12 +90,7 @@ def _check(adapter, module, layout, noise, cond, monkeypatch):
 
 @pytest.mark.parametrize("family", list(TEXT))
 def test_frame_statistics_are_the_processors_attention_on_every_family(tmp_path, family, monkeypatch):
-    folder = BUILDERS[family](tmp_path / family)
-    adapter = load_pipeline_adapter(folder, PipelineSpec(height=SIZE, width=SIZE, num_frames=FRAMES), "float32")
-    shape = adapter.pipeline_latent_shape(SIZE, SIZE, FRAMES)
-    noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        cond = adapter.pipeline_conditioning(["solve the maze"], [None], noise, "", SIZE, SIZE, FRAMES, 16)
+    adapter, shape, noise, cond = family_inputs(family, tmp_path / family, SIZE, FRAMES)
     expert = next(iter(adapter.transformers()))
     assert adapter.attention_text == TEXT[family]  # the family's declaration, checked against the calls below
     layout = TokenLayout(adapter.token_grid(tuple(shape), expert), adapter.attention_text)

@@ -7,14 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_attention_stats import FRAMES, SIZE, KernelCalls
-from tiny_pipelines import BUILDERS
+from tiny_pipelines import BUILDERS, family_inputs
 
 from interp.api import block, knockout, maze_inputs, open_model, run
 from interp.execution.attention_kernel import KernelCall, TokenLayout
 from interp.execution.frame_knockout import RULES, FrameKnockout, knocked_attention, removed_pairs
 from interp.execution.loop import sample
-from interp.models.base import PipelineSpec
-from interp.models.registry import load_pipeline_adapter
 
 
 def _masked_by_hand(q, k, v, frame_q, frame_k, removed, mask=None, scale=None):
@@ -61,12 +59,7 @@ def test_a_knockout_is_a_masked_softmax_by_hand(text):
 
 @pytest.mark.parametrize("family", list(BUILDERS))
 def test_a_knockout_masks_the_processors_own_attention_on_every_family(tmp_path, family, monkeypatch):
-    folder = BUILDERS[family](tmp_path / family)
-    adapter = load_pipeline_adapter(folder, PipelineSpec(height=SIZE, width=SIZE, num_frames=FRAMES), "float32")
-    shape = adapter.pipeline_latent_shape(SIZE, SIZE, FRAMES)
-    noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        cond = adapter.pipeline_conditioning(["solve the maze"], [None], noise, "", SIZE, SIZE, FRAMES, 16)
+    adapter, shape, noise, cond = family_inputs(family, tmp_path / family, SIZE, FRAMES)
     expert = next(iter(adapter.transformers()))
     site = block(0, "attn1", expert)
     plain = sample(adapter, noise.clone(), cond, 2).latents

@@ -5,7 +5,7 @@ by a plain torch hook that runs after the toolkit's, not by the toolkit."""
 
 import pytest
 import torch
-from tiny_pipelines import BUILDERS
+from tiny_pipelines import BUILDERS, family_inputs
 
 from interp import api
 from interp.execution.loop import sample
@@ -50,12 +50,7 @@ def _sites(adapter) -> list[str]:
 
 @pytest.mark.parametrize("family", list(BUILDERS))
 def test_a_frame_region_changes_that_frames_video_tokens_and_nothing_else(tmp_path, family):
-    folder = BUILDERS[family](tmp_path / family)
-    adapter = load_pipeline_adapter(folder, PipelineSpec(height=SIZE, width=SIZE, num_frames=FRAMES), "float32")
-    shape = adapter.pipeline_latent_shape(SIZE, SIZE, FRAMES)
-    noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        cond = adapter.pipeline_conditioning(["solve the maze"], [None], noise, "", SIZE, SIZE, FRAMES, 16)
+    adapter, shape, noise, cond = family_inputs(family, tmp_path / family, SIZE, FRAMES)
     grid = adapter.token_grid(tuple(shape))
     n_video = grid[0] * grid[1] * grid[2]
     frame = grid[0] - 1

@@ -318,3 +318,20 @@ def save_tiny_testbed(folder: Path, config: dict, num_steps: int | None = None) 
     if num_steps is not None:
         (Path(folder) / "sampling.json").write_text(json.dumps({"num_steps": num_steps}))
     return Path(folder)
+
+
+def family_inputs(family: str, folder: Path, size: int = 32, frames: int = 9):
+    """(adapter, latent shape, noise, conditioning) of one video on a tiny pipeline of ``family`` saved to
+    ``folder``, in float32 (a 16-token prompt, seed 0)."""
+    import torch
+
+    from interp.models.base import PipelineSpec
+    from interp.models.registry import load_pipeline_adapter
+
+    adapter = load_pipeline_adapter(BUILDERS[family](folder), PipelineSpec(height=size, width=size,
+                                                                           num_frames=frames), "float32")  # fmt: skip
+    shape = adapter.pipeline_latent_shape(size, size, frames)
+    noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cond = adapter.pipeline_conditioning(["solve the maze"], [None], noise, "", size, size, frames, 16)
+    return adapter, shape, noise, cond

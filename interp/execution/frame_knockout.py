@@ -92,6 +92,14 @@ def _with(mask: torch.Tensor | None, allowed: torch.Tensor, start: int, stop: in
     return rows.masked_fill(~allowed, float("-inf"))
 
 
+def check_sites(model, sites: Sequence[str], heads: Sequence[int] | None) -> None:
+    """Before any run: the sites are the model's, and ``heads`` (None: all) are heads each of them has."""
+    for site in sites:
+        count = getattr(model.site_module(site), "heads", None)
+        if heads is not None and count is not None and any(not 0 <= h < count for h in heads):
+            raise ValueError(f"heads {list(heads)}: {site} has heads 0-{count - 1}")
+
+
 class FrameKnockout(StepHook):
     """Remove ``rule``'s frame-to-frame attention in ``sites`` (attention sub-modules, e.g. ``blocks.3.attn1``)
     at ``steps`` (None: every step) of a run of ``model``. A step hook: ``run(..., hooks=[knockout])``; the
@@ -106,11 +114,7 @@ class FrameKnockout(StepHook):
         self.control_seed, self.heads = control_seed, None if heads is None else [int(h) for h in heads]
         self.steps = None if steps is None else {int(s) for s in steps}
         removed_pairs(rule, 1)  # the rule is checked before any run
-        for site in self.sites:
-            module = model.site_module(site)  # site names checked before any run
-            count = getattr(module, "heads", None)
-            if self.heads is not None and count is not None and any(not 0 <= h < count for h in self.heads):
-                raise ValueError(f"heads {self.heads}: {site} has heads 0-{count - 1}")
+        check_sites(model, self.sites, self.heads)
         self._context = None
 
     def before_model(self, state: StepState) -> None:

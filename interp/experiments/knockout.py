@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from activations.selection import parse_index_spec
-from interp.execution.frame_knockout import RULES, FrameKnockout
+from interp.execution.frame_knockout import RULES, FrameKnockout, check_sites
 from interp.execution.loop import sample
 from interp.experiments import sweep
 from interp.experiments._causal import CausalConfig, outcome_score, source_runs, write_record
@@ -90,7 +90,7 @@ def _prepare(cfg: KnockoutConfig, adapter) -> KnockoutRuns:
         chosen["steps"] = parse_index_spec(cfg.steps, num_steps, "step")
         layers = parse_index_spec(cfg.layers, model.num_blocks(expert), "layer")
         chosen["sites"] = [site for group in sweep.layer_sites(model, layers, "attn1") for site in group]
-        FrameKnockout(model, chosen["sites"], cfg.rules[0], [], heads=cfg.heads)  # heads checked before the run
+        check_sites(model, chosen["sites"], cfg.heads)  # before the run is recorded
         return []
 
     runs = source_runs(cfg, adapter, sites_for)

@@ -7,20 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from activations.axes import parse_site
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from interp.report.mpl import pyplot
 
 
 def frame_map_grid(mass: np.ndarray, sites: list[str], steps: list[int], path: str | Path) -> Path:
     """``mass`` (sites, steps, T, T): one map per (step row, layer column), one colour scale (0-1)."""
-    plt = _plt()
+    plt = pyplot()
     n_sites, n_steps = mass.shape[:2]
     fig, axes = plt.subplots(n_steps, n_sites, figsize=(1.3 * n_sites + 1.2, 1.3 * n_steps + 0.6), squeeze=False)
     image = None
@@ -44,7 +36,7 @@ def frame_map_grid(mass: np.ndarray, sites: list[str], steps: list[int], path: s
 
 def locality_curves(locality: dict, sites: list[str], steps: list[int], path: str | Path) -> Path:
     """One panel per locality kind: its share over the steps, one line per layer."""
-    plt = _plt()
+    plt = pyplot()
     kinds = [k for k in locality if np.nanmax(np.nan_to_num(locality[k], nan=0.0)) > 0 or k != "text"]
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3.0), sharey=True, squeeze=False)
     colours = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(sites), 2)))

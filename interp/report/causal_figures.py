@@ -7,21 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from interp.report.mpl import pyplot
 
 
 def grid_heatmap(grid, path: str | Path, title: str, vmin: float = 0.0, vmax: float = 1.0) -> Path:
     """A (step, layer) DataArray as a layers x steps heatmap."""
     import seaborn as sns
 
-    plt = _plt()
+    plt = pyplot()
     # Wide enough for the title even with one or two steps (a swap at the first step only).
     width = max(1.2 + 0.45 * grid.sizes["step"], 0.075 * max(map(len, title.splitlines())) + 1.0)
     fig, ax = plt.subplots(figsize=(width, 1.4 + 0.35 * grid.sizes["layer"]))
@@ -38,7 +31,7 @@ def grid_heatmap(grid, path: str | Path, title: str, vmin: float = 0.0, vmax: fl
 
 def noise_curves(baseline: dict, at_step: dict, at_frame: dict, path: str | Path) -> Path:
     """Noise at step vs noise at frame: accuracy curves with 95% intervals (or similarities) and the baseline."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, result, label in ((axes[0], at_step, "denoising step s"), (axes[1], at_frame, "latent frame f")):
         xs = sorted(result, key=int)
@@ -76,7 +69,7 @@ def flow_figure(cka, sensitivity: list[float], path: str | Path) -> Path:
     """Sensitivity per injection step, and 1 - CKA (step x layer) averaged over injections."""
     import seaborn as sns
 
-    plt = _plt()
+    plt = pyplot()
     injects = [int(s) for s in cka.inject_step.values]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     axes[0].plot(injects, sensitivity, "o-")
@@ -100,7 +93,7 @@ def flow_figure(cka, sensitivity: list[float], path: str | Path) -> Path:
 def knockout_curves(baseline: dict, rows: list[dict], path: str | Path) -> Path:
     """Per rule: the score after a knockout at step s (95% intervals where a verifier scores), its
     random-removal control, and the unknocked run."""
-    plt = _plt()
+    plt = pyplot()
     rules = list(dict.fromkeys(r["rule"] for r in rows)) or ["none"]
     fig, axes = plt.subplots(1, len(rules), figsize=(4.6 * len(rules), 3.4), sharey=True, squeeze=False)
     value = "accuracy" if "accuracy" in baseline else "similarity"

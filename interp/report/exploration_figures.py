@@ -6,23 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
+from interp.report.mpl import pyplot
+
 BEHAVIOUR_LABELS = {"explore_then_prune": "explore, then prune", "self_correction": "self-correction",
                     "superposition": "superposition"}  # fmt: skip
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def exploration_figure(result: dict, path: Path) -> Path:
     """Left: share of mazes per behaviour, per (size, model), with 95% intervals; right: x0_hat solved
     per step per (model, size)."""
-    plt = _plt()
+    plt = pyplot()
     models = list(result)
     sizes = sorted({s for r in result.values() for s in r})
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
@@ -54,7 +47,7 @@ def exploration_figure(result: dict, path: Path) -> Path:
 
 def selection_figure(rows: list[dict], path: Path) -> Path:
     """Accuracy (95% intervals) against model calls per maze, one line per (method, scorer, k)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     groups: dict[str, list[dict]] = {}
     for r in rows:

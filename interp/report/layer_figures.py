@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from interp.analysis.layer_roles import THIRDS, thirds
-from interp.report.causal_figures import _plt
+from interp.report.mpl import pyplot
 
 
 def _thirds(ax, layers: list[int]) -> None:
@@ -31,7 +31,7 @@ def _band(ax, profile, label: str, **style) -> None:
 def layer_profiles_figure(result, path: str | Path) -> Path:
     """Three panels over layers: probe selectivity per target, CKA to the final sample (mean and a few
     steps), the diff-region patching effect (mean and per start step); 95% intervals as bands."""
-    plt = _plt()
+    plt = pyplot()
     probes = [p for p in result.profiles if p.name.endswith("selectivity")]
     cka, patch = result.profiles[-2], result.profiles[-1]
     layers = cka.layers
