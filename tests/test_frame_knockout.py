@@ -178,3 +178,22 @@ def test_a_knockout_in_chosen_heads_leaves_the_other_heads_alone():
     model = open_model("testbed")
     with pytest.raises(ValueError, match="has heads 0-3"):
         FrameKnockout(model, [block(0, "attn1")], "cross", heads=[7])
+
+
+def test_a_knockout_unit_resumes_exactly_on_a_multistep_scheduler(tmp_path):
+    """On UniPC (a multistep solver with history), the experiment's unit resumes the recorded run at step s: a
+    knockout at no step there returns the recorded final bitwise, a causal knockout changes it."""
+    from tiny_pipelines import build_tiny_wan, write_samples
+
+    from interp.experiments.knockout import KnockoutConfig, _knocked, _prepare
+
+    model, data = build_tiny_wan(tmp_path / "wan", unipc=True), write_samples(tmp_path / "data", n=1)
+    cfg = KnockoutConfig(model=str(model), data=str(data), height=32, width=32, num_frames=5, num_steps=6,
+                         steps="2", layers="0", rules=["causal"])  # fmt: skip
+    r = _prepare(cfg, None)
+    assert type(r.run.schedulers[2]).__name__ == "UniPCMultistepScheduler"
+    noop = FrameKnockout(r.adapter, r.sites, "causal", steps=[])
+    resumed = sample(r.adapter, r.run.latents[2], r.cond, r.num_steps, start_step=2,
+                     resume_scheduler=r.run.schedulers.get(2), hooks=[noop]).latents  # fmt: skip
+    assert torch.equal(resumed, r.run.final)
+    assert not torch.equal(_knocked(r, ("causal", 2, False)), r.run.final)
