@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from activations.integrity import STORE_ID
-from activations.schema import ATTENTION_STATS, CHECKED, attention_shapes, part_path
+from activations.schema import CHECKED, attention_dims, attention_shapes, part_path
 from activations.slabs import SlabWriter, site_chunks
 from activations.staging import NONFINITE_COLUMNS
 
@@ -83,14 +83,14 @@ class PartWriter:
         self.store.submit_array(tokens, write)
 
     def write_attention(self, site: str, step: int, stats: dict) -> None:
-        """Frame-attention statistics of ``site`` at ``step`` for the whole batch: ``mass`` (batch, heads, T, T),
-        ``text`` and ``entropy`` (batch, heads, T)."""
+        """Attention statistics of ``site`` at ``step`` for the whole batch, (batch, heads, *dims) as
+        ``schema.attention_dims`` names them."""
         pos = self._position(step)
         shapes = attention_shapes(self.store.layout, len(self.videos), 1)
-        for stat in ATTENTION_STATS:
+        if f"attention/{site}/entropy" not in shapes:
+            raise ValueError(f"the store keeps no attention statistics of {site!r}")
+        for stat in attention_dims(self.store.layout, site):
             name = f"attention/{site}/{stat}"
-            if name not in shapes:
-                raise ValueError(f"the store keeps no frame-attention statistics of {site!r}")
             if tuple(stats[stat].shape) != shapes[name][:1] + shapes[name][2:]:
                 raise ValueError(f"{name} at step {step}: expected shape {shapes[name][:1] + shapes[name][2:]}, "
                                  f"got {tuple(stats[stat].shape)}")  # fmt: skip

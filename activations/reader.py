@@ -26,9 +26,9 @@ from activations.integrity import (
 )
 from activations.pooling import Pooling
 from activations.schema import (
-    ATTENTION_STATS,
     StoreError,
     StoreLayout,
+    attention_dims,
     check_header,
     check_store_path,
     checked_reads,
@@ -252,26 +252,29 @@ class ActivationStore:
         return list((self.layout.extra.get("attention") or {}).get("sites", []))
 
     def attention(self, site: str, videos=None, steps=None, heads=None):
-        """Frame-attention statistics of ``site`` as an ``xarray.Dataset``: ``mass`` (video, step, head,
-        query_frame, key_frame), ``text`` and ``entropy`` (video, step, head, query_frame); ``heads``: a
-        selection of head indices (None: all)."""
+        """Attention statistics of ``site`` as an ``xarray.Dataset`` with dims (video, step, head, ...): a
+        self-attention's ``mass`` (query_frame, key_frame), ``text`` and ``entropy`` (query_frame); a
+        cross-attention's ``entropy`` and ``norm`` (keys, query_frame), ``keys`` naming its key groups
+        (``schema.attention_dims``). ``heads``: a selection of head indices (None: all)."""
         import xarray as xr
 
         if site not in self.attention_sites:
-            raise ValueError(f"no frame-attention statistics of {site!r} in the store (kept for: "
+            raise ValueError(f"no attention statistics of {site!r} in the store (kept for: "
                              f"{', '.join(self.attention_sites) or 'none: trace with --attention'})")  # fmt: skip
         videos_l, positions = self._select(videos, steps)
         spec = self.layout.extra["attention"]
         head_idx = list(range(spec["heads"][site])) if heads is None else [int(h) for h in heads]
         frames = list(range(spec["frames"]))
         data = {}
-        for stat in ATTENTION_STATS:
+        for stat, dims in attention_dims(self.layout, site).items():
             values = self._read(self._data[f"attention/{site}/{stat}"], videos_l, positions)[:, :, head_idx]
-            dims = (VIDEO, STEP, "head", "query_frame", "key_frame")[: values.ndim]
-            data[stat] = (dims, values)
+            data[stat] = ((VIDEO, STEP, "head", *dims), values)
         coords = {VIDEO: videos_l, STEP: [self.layout.steps[p] for p in positions], "head": head_idx,
                   "query_frame": frames, "key_frame": frames,
                   "sigma": (STEP, [self.layout.sigmas[self.layout.steps[p]] for p in positions])}  # fmt: skip
+        if site in spec.get("context", {}):
+            del coords["key_frame"]
+            coords["keys"] = list(spec["context"][site])
         return xr.Dataset(data, coords=coords, attrs={"site": site, "model": self.layout.model})
 
     def close(self) -> None:

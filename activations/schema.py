@@ -188,20 +188,27 @@ def data_shapes(layout: StoreLayout, n_videos: int | None = None) -> dict[str, t
     return shapes
 
 
-ATTENTION_STATS = ("mass", "text", "entropy")  # per (video, step, head, query frame[, key frame])
+def attention_dims(layout: StoreLayout, site: str) -> dict[str, tuple[str, ...]]:
+    """The kept statistics of an attention site and their dims after (video, step, head): a self-attention's
+    ``mass`` (query_frame, key_frame), ``text`` and ``entropy`` (query_frame); a cross-attention's (a site in
+    ``extra["attention"]["context"]``) ``entropy`` and ``norm`` (keys, query_frame), per key group."""
+    if site in (layout.extra.get("attention") or {}).get("context", {}):
+        return {"entropy": ("keys", "query_frame"), "norm": ("keys", "query_frame")}
+    return {"mass": ("query_frame", "key_frame"), "text": ("query_frame",), "entropy": ("query_frame",)}
 
 
 def attention_shapes(layout: StoreLayout, n_videos: int, n_steps: int) -> dict[str, tuple[int, ...]]:
-    """Frame-attention statistics of the attention sites ``extra["attention"]`` names (``sites``, ``heads``
-    per site, ``frames``): ``attention/<site>/mass`` (videos, steps, heads, query frame, key frame), ``text``
-    and ``entropy`` (videos, steps, heads, query frame)."""
+    """Attention statistics of the sites ``extra["attention"]`` names (``sites``, ``heads`` per site,
+    ``frames``, ``context``: key groups per cross-attention site): ``attention/<site>/<stat>`` (videos, steps,
+    heads, *dims) as ``attention_dims`` names them."""
     spec = layout.extra.get("attention") or {}
-    frames, shapes = spec.get("frames", 0), {}
+    sizes = {"query_frame": spec.get("frames", 0), "key_frame": spec.get("frames", 0)}
+    shapes = {}
     for site in spec.get("sites", []):
-        heads = spec["heads"][site]
-        shapes[f"attention/{site}/mass"] = (n_videos, n_steps, heads, frames, frames)
-        shapes[f"attention/{site}/text"] = (n_videos, n_steps, heads, frames)
-        shapes[f"attention/{site}/entropy"] = (n_videos, n_steps, heads, frames)
+        groups = len(spec.get("context", {}).get(site, ()))
+        for stat, dims in attention_dims(layout, site).items():
+            shapes[f"attention/{site}/{stat}"] = (n_videos, n_steps, spec["heads"][site],
+                                                  *(sizes.get(d, groups) for d in dims))  # fmt: skip
     return shapes
 
 

@@ -52,7 +52,7 @@ def generate(
     guidance_scale: float | None = typer.Option(None, help="Pipeline models: guidance scale (default: the family's)."),
     true_cfg_scale: float | None = typer.Option(None, help="Pipeline models: HunyuanVideo's true CFG scale."),
     negative_prompt: str = typer.Option("", help="Pipeline models: negative prompt of classifier-free guidance."),
-    max_sequence_length: int = typer.Option(226, help="Pipeline models: prompt tokens."),
+    max_sequence_length: int | None = typer.Option(None, help="Pipeline prompt tokens (default: the pipeline's)."),
     out: Path = typer.Option(Path("runs/generate"), help="Output folder: a folder per video."),
 ) -> None:
     """Generate videos with x0_hat of every step: the video, one video per step and the filmstrip."""
@@ -112,7 +112,7 @@ def trace(
     seed: list[int] = typer.Option([], help="Noise seeds per sample (repeatable); default: a maze's own, else 0."),
     samples: list[str] = typer.Option([], help="Sample folder names of --data (repeatable or A,B)."),
     guidance_scale: float | None = typer.Option(None, help="Pipeline models: guidance scale (default: the family's)."),
-    max_sequence_length: int = typer.Option(226, help="Pipeline models: prompt tokens."),
+    max_sequence_length: int | None = typer.Option(None, help="Pipeline prompt tokens (default: the pipeline's)."),
     true_cfg_scale: float | None = typer.Option(None, help="Pipeline models: HunyuanVideo's true CFG scale."),
     negative_prompt: str = typer.Option("", help="Pipeline models: negative prompt of classifier-free guidance."),
     device: str = typer.Option("cpu", help="Torch device."),
@@ -126,6 +126,7 @@ def trace(
     layers: str = typer.Option("all", help="Blocks to store: 'all', '0-7:2', '3'."),
     sub: list[str] = typer.Option([], help="Also store block sub-modules: attn1, attn2, ffn (repeatable)."),
     attention: bool = typer.Option(False, "--attention", help="Also store frame-attention statistics per head."),
+    cross_attention: bool = typer.Option(False, "--cross-attention", help="Also store cross-attention statistics."),
     pooling: str = typer.Option("none", help="'none', 'frame', 'spatial:K', 'random:K[:SEED]'."),
     dtype: str = typer.Option("float16", help="Storage dtype: float16 or float32."),
     batch_size: int | None = typer.Option(None, help="Videos per batch and part; default: testbed 16, pipelines 1."),
@@ -154,6 +155,7 @@ def trace(
         guidance_scale=guidance_scale, negative_prompt=negative_prompt, max_sequence_length=max_sequence_length,
         true_cfg_scale=true_cfg_scale, device=device, torch_dtype=torch_dtype, steps=steps, layers=layers,
         subs=list(sub), pooling=pooling, dtype=dtype, batch_size=batch_size, backend=backend, attention=attention,
+        cross_attention=cross_attention,
     )  # fmt: skip
     job = make_job(cfg, skeleton=True)  # every check first; a pipeline's from its configs
     writer_options = {"queue_bytes": queue_mb << 20, "sha256": sha256}

@@ -34,7 +34,7 @@ PIPELINE_OPTIONS = {
     "guidance_scale": (float | None, None, "Pipeline models: guidance scale (default: the family's)."),
     "true_cfg_scale": (float | None, None, "Pipeline models: HunyuanVideo's true CFG scale (on above 1)."),
     "negative_prompt": (str, "", "Pipeline models: negative prompt of classifier-free guidance."),
-    "max_sequence_length": (int, 226, "Pipeline models: prompt tokens."),
+    "max_sequence_length": (int | None, None, "Pipeline models: prompt tokens (default: the pipeline's)."),
 }
 
 

@@ -65,7 +65,7 @@ class PipelineInputs:
     torch_dtype: str | None = None  # None: float32 on CPU, bfloat16 elsewhere
     guidance_scale: float | None = None
     negative_prompt: str | None = ""
-    max_sequence_length: int = 226
+    max_sequence_length: int | None = None  # None: the pipeline's default
     true_cfg_scale: float | None = None  # HunyuanVideo's true CFG (None: off)
 
     def __post_init__(self):
@@ -90,7 +90,8 @@ class PipelineInputs:
 
     def conditioning(self, adapter: VideoDiTAdapter, samples: list[Sample], noise: torch.Tensor):
         """The batched conditioning of ``samples`` (row i goes with ``noise[i]``)."""
-        return sample_conditioning(adapter, samples, noise, self.spec, self.negative_prompt, self.max_sequence_length)
+        tokens = self.max_sequence_length or adapter.pipeline_default("max_sequence_length")
+        return sample_conditioning(adapter, samples, noise, self.spec, self.negative_prompt, tokens)
 
     def noise(self, adapter: VideoDiTAdapter, seeds: list[int]) -> torch.Tensor:
         return initial_noise(seeds, self.latent_shape(adapter), adapter.device, torch.float32)
@@ -125,7 +126,7 @@ class SourceConfig:
         "shift": "Flow shift of the scheduler; default: the model's.",
         "guidance_scale": "Pipeline models: guidance scale (default: the family's).",
         "negative_prompt": "Pipeline models: negative prompt of classifier-free guidance.",
-        "max_sequence_length": "Pipeline models: prompt tokens.",
+        "max_sequence_length": "Pipeline models: prompt tokens (default: the pipeline's own, e.g. Wan 512).",
         "true_cfg_scale": "Pipeline models: HunyuanVideo's true CFG scale.",
         "device": "Torch device.",
         "torch_dtype": "float32 (default on CPU), bfloat16 (default elsewhere).",
@@ -148,7 +149,7 @@ class SourceConfig:
     shift: float | None = None
     guidance_scale: float | None = None  # None: the family's default
     negative_prompt: str | None = ""  # None: no classifier-free guidance
-    max_sequence_length: int = 226
+    max_sequence_length: int | None = None  # prompt tokens; None: the pipeline's default (Wan 512, CogVideoX 226)
     true_cfg_scale: float | None = None  # HunyuanVideo's true CFG (None: off)
     device: str = "cpu"
     torch_dtype: str | None = None  # None: float32 on CPU, bfloat16 elsewhere (recorded resolved)
@@ -170,6 +171,10 @@ class SourceConfig:
     def shift_of(self, adapter: VideoDiTAdapter) -> float | None:
         """The flow shift; None: the pipeline scheduler's own."""
         return adapter.defaults.shift if self.shift is None and adapter.task else self.shift
+
+    def max_sequence_length_of(self, adapter: VideoDiTAdapter) -> int | None:
+        """Prompt tokens: the user's, else what the pipeline's own call uses (None for a task model)."""
+        return None if adapter.task else self.max_sequence_length or adapter.pipeline_default("max_sequence_length")
 
     def batch_of(self, adapter: VideoDiTAdapter, batch_size: int | None, task_batch: int = 16) -> int:
         """Videos per forward: the testbed batches; a pipeline samples one video at a time unless told."""
@@ -273,7 +278,7 @@ class SourceConfig:
         noise = initial_noise(seeds, shape, adapter.device, torch.float32)
         samples = [v.sample for v in videos]
         return noise, sample_conditioning(adapter, samples, noise, self.spec(), self.negative_prompt,
-                                          self.max_sequence_length)  # fmt: skip
+                                          self.max_sequence_length_of(adapter))  # fmt: skip
 
     def metas(self, adapter: VideoDiTAdapter, videos: list[Video], latents: torch.Tensor) -> list[dict]:
         """What the store records of finished videos: their inputs and, for a task's own model, the

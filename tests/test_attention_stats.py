@@ -127,3 +127,60 @@ def test_a_mask_and_a_chunk_size_change_nothing_but_what_they_should():
     torch.testing.assert_close(masked.mass.sum(-1), torch.ones(1, 2, 3))
     with pytest.raises(ValueError, match="cannot hold the 12-token video grid"):
         frame_statistics(q[:, :, :8], k[:, :, :8], layout)
+
+
+CROSS = {"wan": ("text",), "wan-i2v": ("image", "text"), "ltx": ("text",)}  # attn2's key groups, in call order
+
+
+def _cross_inputs(family: str, folder):
+    """(adapter, noise, conditioning) of one video through the source's own inputs (prompt tokens: the
+    pipeline's default, as a user gets them); Wan 2.1 I2V with its CLIP image encoder."""
+    from tiny_pipelines import BUILDERS, build_tiny_wan, write_samples
+
+    from interp.sources import SourceConfig
+
+    model = build_tiny_wan(folder / "m", image_to_video=True, image_encoder=True) if family == "wan-i2v" \
+        else BUILDERS[family](folder / "m")  # fmt: skip
+    source = SourceConfig(model=str(model), data=str(write_samples(folder / "data", n=1)), height=SIZE, width=SIZE,
+                          num_frames=FRAMES, num_steps=1)  # fmt: skip
+    adapter = source.load()
+    videos = source.videos(adapter)
+    return adapter, *source.inputs(adapter, videos)
+
+
+@pytest.mark.parametrize("family", list(CROSS))
+def test_cross_attention_statistics_are_the_processors_per_key_group(tmp_path, family, monkeypatch):
+    """A cross-attention (attn2) reads the video's queries against each key group in a kernel call of its own
+    (Wan I2V: the image's tokens, then the text, two softmaxes whose outputs are added): per group, the
+    entropy of each query's attention and the norm of its output, means per query frame, as by hand."""
+    adapter, noise, cond = _cross_inputs(family, tmp_path)
+    expert = next(iter(adapter.transformers()))
+    site = block_site(0, "attn2", expert)
+    assert adapter.attention_context(site) == CROSS[family]
+    assert adapter.attention_context(block_site(0, "attn1", expert)) == ()
+    module = adapter.site_module(site)
+    layout = TokenLayout(adapter.token_grid(tuple(noise.shape[1:]), expert), None, CROSS[family])
+    plain = sample(adapter, noise.clone(), cond, 1).latents
+    calls = KernelCalls(monkeypatch, module)
+    with FrameAttentionRecorder({"attn": (module, layout)}, chunk_bytes=4096) as recorder:
+        recorded = sample(adapter, noise.clone(), cond, 1).latents
+    assert torch.equal(recorded, plain)
+    groups = len(CROSS[family])
+    assert len(calls.calls) == groups * len(recorder.records["attn"]) >= groups
+    per, frames = layout.grid[1] * layout.grid[2], layout.grid[0]
+    for i, stats in enumerate(recorder.records["attn"]):
+        rows = calls.calls[i * groups][0].shape[0]  # guidance branches batched in one call, or one each
+        assert stats.entropy.shape == stats.norm.shape == (rows, module.heads, groups, frames)
+        for g in range(groups):
+            q, k, v, mask, scale, out = calls.calls[i * groups + g]
+            logits = q.double() @ k.double().transpose(-1, -2) * (q.shape[-1] ** -0.5 if scale is None else scale)
+            if mask is not None:
+                logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+            p = torch.softmax(logits, -1)
+            torch.testing.assert_close((p @ v.double()).float(), out.float(), atol=2e-5, rtol=1e-4)
+            entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(-1).unflatten(-1, (frames, per)).mean(-1)
+            norm = out.double().norm(dim=-1).unflatten(-1, (frames, per)).mean(-1)
+            torch.testing.assert_close(stats.entropy[:, :, g].double(), entropy, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(stats.norm[:, :, g].double(), norm, atol=1e-5, rtol=1e-4)
+    if family == "wan-i2v":  # the image's tokens are read apart from the text: 17 CLIP tokens, 512 text tokens
+        assert [c[1].shape[2] for c in calls.calls[:2]] == [17, 512]

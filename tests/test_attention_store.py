@@ -119,3 +119,63 @@ def test_attention_maps_read_a_store_into_figures_and_locality(tmp_path, run_cli
     assert code == 0, err
     code, _, err = run_cli("attention", "--store", tmp_path / "plain.h5", "--out", tmp_path / "x")
     assert code == 2 and "keeps no frame-attention statistics: trace it with --attention" in err
+
+
+def test_both_experts_and_the_cross_attention_are_kept_per_key_group(tmp_path, run_cli):
+    """Wan 2.2 (two experts): each step's statistics are the expert's that ran (NaN for the other). Wan 2.1
+    I2V: ``--cross-attention`` keeps, per key group (the image's CLIP tokens, then the text), the entropy and
+    output norm of the conditional call, equal to the run's own; the figures read them; a model with no
+    cross-attention to read is refused before any run."""
+    from tiny_pipelines import build_tiny_wan
+
+    data = str(write_samples(tmp_path / "data", n=1))
+    common = dict(data=data, height=32, width=32, num_frames=9, num_steps=4, layers="0", dtype="float32")
+    two = build_tiny_wan(tmp_path / "w22", two_experts=True)
+    path = run_trace(TraceConfig(model=str(two), **common, attention=True, cross_attention=True), tmp_path / "a.h5",
+                     progress=False)  # fmt: skip
+    with ActivationStore(path) as store:
+        assert store.attention_sites == ["high.blocks.0.attn1", "high.blocks.0.attn2", "low.blocks.0.attn1",
+                                         "low.blocks.0.attn2"]  # fmt: skip
+        adapter = make_job(TraceConfig(model=str(two), **common), skeleton=True).adapter
+        ran = [adapter.expert_at(torch.tensor(t)) for t in store.layout.timesteps[:4]]
+        assert set(ran) == {"high", "low"}
+        for expert in ("high", "low"):
+            mass = store.attention(f"{expert}.blocks.0.attn1")["mass"].values
+            text = store.attention(f"{expert}.blocks.0.attn2")
+            assert text["norm"].dims == ("video", "step", "head", "keys", "query_frame")
+            assert list(text["keys"].values) == ["text"]
+            for step, who in enumerate(ran):
+                assert np.isfinite(mass[:, step]).all() == (who == expert) and np.isnan(mass[:, step]).all() == (
+                    who != expert)  # fmt: skip
+                assert np.isfinite(text["entropy"].values[:, step]).all() == (who == expert)
+            np.testing.assert_allclose(np.nansum(mass, -1)[:, [s for s, w in enumerate(ran) if w == expert]], 1.0,
+                                       atol=1e-5)  # fmt: skip
+
+    i2v = build_tiny_wan(tmp_path / "i2v", image_to_video=True, image_encoder=True)
+    cfg = TraceConfig(model=str(i2v), **common, cross_attention=True)
+    path = run_trace(cfg, tmp_path / "i.h5", progress=False)
+    job = make_job(cfg)
+    adapter = job.adapter
+    noise, cond = cfg.inputs(adapter, job.plan.videos)
+    layout = TokenLayout(adapter.token_grid(tuple(noise.shape[1:])), None, ("image", "text"))
+    recorder = FrameAttentionRecorder({"blocks.0.attn2": (adapter.site_module("blocks.0.attn2"), layout)})
+    per_step = PerStep(recorder)
+    with recorder:
+        sample(adapter, noise, cond, 4, hooks=[per_step])
+    with ActivationStore(path) as store:
+        assert store.attention_sites == ["blocks.0.attn2"]
+        stored = store.attention("blocks.0.attn2")
+        assert list(stored["keys"].values) == ["image", "text"]
+        for step in range(4):
+            cond_call = per_step.steps[step]["blocks.0.attn2"][0]  # Wan: the conditional call first
+            np.testing.assert_allclose(stored["norm"].values[:, step], cond_call.norm.numpy(), rtol=1e-5)
+            np.testing.assert_allclose(stored["entropy"].values[:, step], cond_call.entropy.numpy(), rtol=1e-5)
+    code, out, err = run_cli("attention", "--store", path, "--out", tmp_path / "maps")
+    assert code == 0, err
+    import json
+
+    share = np.array(json.loads((tmp_path / "maps" / "attention.json").read_text())["context"]["blocks.0.attn2"]
+                     ["share"], float)  # fmt: skip
+    assert share.shape == (4, 2, 3) and np.allclose(share.sum(1), 1.0) and (share > 0).all()
+    code, _, err = run_cli("trace", "-n", 1, "--cross-attention", "--out", tmp_path / "t.h5")
+    assert code == 2 and "has no cross-attention to read" in err and len(err.strip().splitlines()) == 1

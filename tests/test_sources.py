@@ -83,3 +83,33 @@ _LAYOUT = {
     "latent_shape": [1, 1, 1, 1], "pooling": "none", "n_tokens": 1, "dtype": "float16", "condition_shape": None,
     "cfg_branch": "cond", "n_videos": 1, "video_keys": ["a"],
 }  # fmt: skip
+
+
+def test_a_pipeline_source_samples_what_the_pipelines_own_call_gives_by_default(tmp_path):
+    """No prompt-token count given: the source uses the pipeline's own default (Wan 512; the toolkit's old
+    fixed 226 gave another run), and Wan 2.1 I2V's image tokens are split from the text where its attention
+    processor expects them; a count the processor cannot split is refused in one line."""
+    import torch
+    from diffusers import WanImageToVideoPipeline
+    from PIL import Image
+
+    from interp.execution.loop import sample
+    from interp.sources import SourceConfig
+
+    model = build_tiny_wan(tmp_path / "wan", image_to_video=True, image_encoder=True)
+    data = write_samples(tmp_path / "data", n=1)
+    source = SourceConfig(model=str(model), data=str(data), height=32, width=32, num_frames=9, num_steps=3)
+    adapter = source.load()
+    videos = source.videos(adapter)
+    noise, cond = source.inputs(adapter, videos)
+    got = sample(adapter, noise.clone(), cond, 3).latents
+    pipe = WanImageToVideoPipeline.from_pretrained(model)
+    sample_dir = data / videos[0].sample.name
+    expected = pipe(image=Image.open(sample_dir / "first_frame.png").convert("RGB"),
+                    prompt=(sample_dir / "prompt.txt").read_text().strip(), height=32, width=32, num_frames=9,
+                    num_inference_steps=3, latents=noise.clone(), output_type="latent").frames  # fmt: skip
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert source.max_sequence_length_of(adapter) == 512
+    short = SourceConfig(model=str(model), data=str(data), height=32, width=32, num_frames=9, max_sequence_length=226)
+    with pytest.raises(ValueError, match="needs 512"):
+        short.inputs(adapter, videos)

@@ -94,9 +94,22 @@ def tiny_hunyuan_transformer():
     ).eval()
 
 
-def build_tiny_wan(folder: Path, image_to_video: bool = False, two_experts: bool = False, unipc: bool = False) -> Path:
+def _tiny_clip():
+    """Wan 2.1 I2V's image encoder and processor in miniature (32 px, 16 patches + class token)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    encoder = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+        patch_size=8, projection_dim=16,
+    )).eval()  # fmt: skip
+    return encoder, CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def build_tiny_wan(folder: Path, image_to_video: bool = False, two_experts: bool = False, unipc: bool = False,
+                   image_encoder: bool = False) -> Path:  # fmt: skip
     """A tiny Wan 2.1 pipeline, or Wan 2.2 (high- and low-noise experts) with ``two_experts``;
-    ``unipc``: the multistep scheduler released Wan pipelines ship (flow sigmas, shift 3)."""
+    ``unipc``: the multistep scheduler released Wan pipelines ship (flow sigmas, shift 3); ``image_encoder``
+    (image-to-video): Wan 2.1 I2V's CLIP image tokens, attended to by every block's cross-attention."""
     from diffusers import (
         AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
@@ -120,7 +133,8 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, two_experts: bool
         latents_mean=[0.0] * 4,
         latents_std=[1.0] * 4,
     ).eval()
-    transformer = tiny_wan_transformer(in_channels=12 if image_to_video else 4)
+    clip = dict(image_dim=16, added_kv_proj_dim=16) if image_encoder else {}
+    transformer = tiny_wan_transformer(in_channels=12 if image_to_video else 4, **clip)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     if unipc:
         scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
@@ -131,8 +145,7 @@ def build_tiny_wan(folder: Path, image_to_video: bool = False, two_experts: bool
             vae=vae,
             scheduler=scheduler,
             transformer=transformer,
-            image_processor=None,
-            image_encoder=None,
+            **dict(zip(("image_encoder", "image_processor"), _tiny_clip() if image_encoder else (None, None))),
         )
     if image_to_video and two_experts:
         torch.manual_seed(1)

@@ -22,12 +22,15 @@ import torch
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """Where a self-attention call's video tokens sit in its sequence: ``grid`` (T, H, W) of video tokens in
-    frame-major order, and the text rows beside them: ``text`` "before" (CogVideoX), "after" (HunyuanVideo)
-    or None (video only: Wan, LTX, the testbed)."""
+    """Where an attention call's video tokens sit in its sequence: ``grid`` (T, H, W) of video tokens in
+    frame-major order, and the text rows beside them in a self-attention: ``text`` "before" (CogVideoX),
+    "after" (HunyuanVideo) or None (video only: Wan, LTX, the testbed)."""
 
     grid: tuple[int, int, int]
     text: str | None = None
+    # A cross-attention (e.g. ``blocks.K.attn2``): the video's queries attend to other keys, one kernel call per
+    # key group, in call order (Wan I2V: ("image", "text"); text encoders' cross-attention: ("text",)).
+    context: tuple[str, ...] = ()
 
     @property
     def n_video(self) -> int:

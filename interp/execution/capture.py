@@ -104,7 +104,7 @@ class AttentionTracer(StepHook):
             for stats, call in zip(records, calls):
                 rows = call.branches.get(self.branch)
                 if rows is not None:
-                    out[site] = {"mass": stats.mass[rows], "text": stats.text[rows], "entropy": stats.entropy[rows]}
+                    out[site] = {name: value[rows] for name, value in stats.as_dict().items()}
         self.on_step(state, out)
 
 
@@ -167,14 +167,19 @@ def build_layout(
 
 
 def attention_spec(adapter: VideoDiTAdapter, sites: Sequence[str], grid: tuple[int, int, int]) -> dict:
-    """The layout's record of kept frame-attention statistics: sites, heads per site, frames, text rows."""
-    heads = {}
+    """The layout's record of kept attention statistics: sites, heads per site, frames, text rows, and the key
+    groups of each cross-attention site (``context``)."""
+    heads, context = {}, {}
     for site in sites:
         module = adapter.site_module(site)
         if not hasattr(module, "heads") or not hasattr(module, "processor"):
-            raise ValueError(f"site {site!r} is not an attention module (frame attention is read from attn1)")
+            raise ValueError(f"site {site!r} is not an attention module (attention statistics are read from "
+                             f"attn1 and attn2)")  # fmt: skip
         heads[site] = int(module.heads)
-    return {"sites": list(sites), "heads": heads, "frames": int(grid[0]), "text": adapter.attention_text}
+        if adapter.attention_context(site):
+            context[site] = list(adapter.attention_context(site))
+    spec = {"sites": list(sites), "heads": heads, "frames": int(grid[0]), "text": adapter.attention_text}
+    return {**spec, "context": context} if context else spec  # stores without cross-attention keep their layout
 
 
 def trace_batch(
@@ -198,8 +203,12 @@ def trace_batch(
     from interp.execution.attention_kernel import TokenLayout
     from interp.execution.attention_stats import FrameAttentionRecorder
 
-    tokens = TokenLayout(tuple(layout.token_grid), spec.get("text"))
-    recorder = FrameAttentionRecorder({site: (adapter.site_module(site), tokens) for site in spec["sites"]})
+    context = spec.get("context", {})
+    recorder = FrameAttentionRecorder({
+        site: (adapter.site_module(site), TokenLayout(tuple(layout.token_grid), spec.get("text"),
+                                                      tuple(context.get(site, ()))))
+        for site in spec["sites"]
+    })  # fmt: skip
 
     def write(state: StepState, stats: dict) -> None:
         for site, values in stats.items():

@@ -43,6 +43,7 @@ class TraceConfig(SourceConfig, ExperimentConfig):
     backend: str = "nnsight"
     branch: str = "cond"
     attention: bool = False  # also the frame-attention statistics of each chosen layer's self-attention
+    cross_attention: bool = False  # and of its cross-attention (attn2), per key group (text; Wan I2V: image)
 
     def __post_init__(self):
         ExperimentConfig.__post_init__(self)  # interp.validation: types and ranges
@@ -93,8 +94,10 @@ def plan_trace(cfg: TraceConfig, adapter) -> TracePlan:
     generated = ("n", "size", "first_seed") if cfg.data is not None else ()  # the folder decides these
     recorded = {k: v for k, v in asdict(cfg).items() if (k != "data" or v is not None) and k not in generated}
     recorded["batch_size"] = batch_size
-    attention = [s for s in adapter.site_names(layers, ("attn1",)) if parse_site(s)[2] == "attn1"] if cfg.attention \
-        else []  # fmt: skip
+    recorded["max_sequence_length"] = cfg.max_sequence_length_of(adapter)  # what the run uses, resolved
+    if recorded["max_sequence_length"] is None:
+        del recorded["max_sequence_length"]  # a task model has no prompt
+    attention = attention_sites(cfg, adapter, layers)
     layout = build_layout(
         adapter, model=str(cfg.model), latent_shape=cfg.latent_shape(adapter, videos), num_steps=num_steps,
         shift=shift, steps=steps, sites=sites, pooling=pooling, video_keys=[v.key for v in videos], dtype=cfg.dtype,
@@ -102,6 +105,19 @@ def plan_trace(cfg: TraceConfig, adapter) -> TracePlan:
     )  # fmt: skip
     pooling.check(layout.token_grid)
     return TracePlan(cfg, steps, sites, pooling, layout, num_steps, shift, videos, batch_size)
+
+
+def attention_sites(cfg: TraceConfig, adapter, layers: list[int]) -> list[str]:
+    """The chosen layers' attention modules whose statistics the store keeps: self-attention with
+    ``--attention``, cross-attention with ``--cross-attention`` (refused where the model has none to read)."""
+    subs = ("attn1",) * cfg.attention + ("attn2",) * cfg.cross_attention
+    if not subs:
+        return []
+    if cfg.cross_attention and not any(adapter.attention_context(s) for s in adapter.site_names(layers, ("attn2",))):
+        raise ValueError(f"--cross-attention: {cfg.model} has no cross-attention to read (its text and image, if "
+                         "any, are in the self-attention's keys or in the latent)")  # fmt: skip
+    return [s for s in adapter.site_names(layers, subs)
+            if parse_site(s)[2] == "attn1" or (parse_site(s)[2] == "attn2" and adapter.attention_context(s))]
 
 
 class TraceJob:

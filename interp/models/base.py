@@ -127,6 +127,16 @@ class VideoDiTAdapter:
         """Shape of one video's latent for a video of this size."""
         self._needs_pipeline("pipeline_latent_shape")
 
+    def pipeline_default(self, name: str):
+        """A default of the wrapped diffusers pipeline's ``__call__`` (what calling the pipeline would use),
+        e.g. ``max_sequence_length``: Wan 512, CogVideoX 226, LTX 128, HunyuanVideo 256."""
+        import inspect
+
+        pipe = getattr(self, "pipeline", None)
+        if pipe is None:
+            self._needs_pipeline("pipeline_default")
+        return inspect.signature(type(pipe).__call__).parameters[name].default
+
     def pipeline_conditioning(
         self, prompts, images, noise, negative_prompt, height, width, num_frames, max_sequence_length
     ):
@@ -163,6 +173,11 @@ class VideoDiTAdapter:
     def transformers(self) -> dict[str | None, torch.nn.Module]:
         """Transformers by expert name (None for single-expert models)."""
         return {None: self.transformer}
+
+    def attention_context(self, site: str) -> tuple[str, ...]:
+        """The key groups a cross-attention site attends to, one attention-kernel call each, in call order
+        (``blocks.K.attn2``: the text); () for a self-attention or a family without cross-attention."""
+        return ("text",) if parse_site(site)[2] == "attn2" and "attn2" in self.sub_modules else ()
 
     def predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning) -> torch.Tensor:
         calls = self.forward_calls(latents, timestep, conditioning)

@@ -156,6 +156,9 @@ class TestbedAdapter(VideoDiTAdapter):
     def condition_latent(self, conditioning: torch.Tensor) -> torch.Tensor:
         return conditioning
 
+    def attention_context(self, site: str) -> tuple[str, ...]:
+        return ()  # its cross-attention reads one fixed all-zero text token: nothing to measure
+
     def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
         return tuple(int(v) for v in latent_shape[-3:])
 

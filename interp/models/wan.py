@@ -98,6 +98,14 @@ class WanAdapter(VideoDiTAdapter):
             return None
         return "high" if float(timestep) >= self.boundary_timestep else "low"
 
+    def attention_context(self, site: str) -> tuple[str, ...]:
+        # Wan I2V's cross-attention attends to the image encoder's tokens first, in a kernel call of its own
+        # (``WanAttnProcessor``: keys from ``add_k_proj``), then to the text
+        context = super().attention_context(site)
+        if context and getattr(self.site_module(site), "add_k_proj", None) is not None:
+            return ("image", "text")
+        return context
+
     def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
         p_t, p_h, p_w = self.transformers()[expert].config.patch_size
         _, t, h, w = latent_shape[-4:]
@@ -182,6 +190,10 @@ class WanAdapter(VideoDiTAdapter):
             if any(image is None for image in images):
                 raise ValueError("image-to-video needs a first_frame.png in every sample")
             if getattr(pipe, "image_encoder", None) is not None:
+                if max_sequence_length != 512:  # WanAttnProcessor takes the last 512 context tokens as the text
+                    raise ValueError(f"--max-sequence-length {max_sequence_length}: Wan image-to-video with an image "
+                                     "encoder needs 512 (its attention splits image from text tokens at 512 from "
+                                     "the end)")  # fmt: skip
                 cond.image_embeds = pipe.encode_image(images, noise.device)
             processed = pipe.video_processor.preprocess(images, height=height, width=width)
             processed = processed.to(noise.device, dtype=torch.float32)
