@@ -51,13 +51,10 @@ def open_model(model: str | Path, torch_dtype: str = "float32", device: str = "c
 
 
 def maze_inputs(model: VideoDiTAdapter, n: int = 4, size: int = 4, frames: int = 4, first_seed: int = 0):
-    """(noise, conditioning, mazes) of ``n`` held-out testbed mazes (seeds ``first_seed``..)."""
-    from interp.sources import maze_inputs as inputs
-    from interp.tasks import maze as maze_task
-
-    mazes = [maze_task.generate_maze(size, first_seed + i) for i in range(n)]
-    noise, cond = inputs(model, mazes, frames)
-    return noise, cond, mazes
+    """(noise, conditioning, mazes) of ``n`` held-out testbed mazes (seeds ``first_seed``..): ``inputs`` of
+    the testbed's generated mazes, with the mazes themselves."""
+    noise, cond, videos = inputs(model, n=n, size=size, num_frames=frames, first_seed=first_seed)
+    return noise, cond, [v.sample.truth for v in videos]
 
 
 def inputs(model: VideoDiTAdapter, **source) -> tuple[torch.Tensor, object, list]:

@@ -1,9 +1,10 @@
 """The CLI commands of registered experiments, made from their config dataclasses.
 
 Every field becomes an option (``--field-name``; flags and help from the config's ``cli_help`` /
-``cli_flags``), plus ``--config`` (rerun a saved config), ``--out`` and ``--threads``; a config with a
-``pipeline`` field also takes ``--model DIR --data DIR [--samples A,B] --height --width --num-frames
---device --torch-dtype`` and runs on that pipeline. A new experiment gets its command by registering.
+``cli_flags``; ``cli_hidden`` fields keep their defaults), plus ``--config`` (rerun a saved config), ``--out``
+and ``--threads``; a config over a source (``interp.sources.SourceConfig``) thereby takes ``--model``,
+``--data``, ``--samples`` and the sampling options of every family. A new experiment gets its command by
+registering.
 """
 
 from __future__ import annotations
@@ -20,22 +21,7 @@ import typer
 from interp.experiments.base import Experiment, experiments, load_config
 from interp.plans import DRY_RUN, PlanOnly, show
 from interp.reader_plans import READERS
-from interp.sources import default_dtype
 from interp.validation import UsageError, build, check_output, check_threads
-
-PIPELINE_OPTIONS = {
-    "data": (Path | None, None, "Pipeline models: folder of samples (prompt.txt, first_frame.png)."),
-    "samples": (list[str], [], "Pipeline models: sample folder names, in order (repeatable or A,B)."),
-    "height": (int, 480, "Pipeline models: video height."),
-    "width": (int, 832, "Pipeline models: video width."),
-    "num_frames": (int, 81, "Pipeline models: frames."),
-    "device": (str, "cpu", "Pipeline models: torch device."),
-    "torch_dtype": (str | None, None, "Pipeline models: compute dtype (default float32 on CPU, bfloat16 on CUDA)."),
-    "guidance_scale": (float | None, None, "Pipeline models: guidance scale (default: the family's)."),
-    "true_cfg_scale": (float | None, None, "Pipeline models: HunyuanVideo's true CFG scale (on above 1)."),
-    "negative_prompt": (str, "", "Pipeline models: negative prompt of classifier-free guidance."),
-    "max_sequence_length": (int | None, None, "Pipeline models: prompt tokens (default: the pipeline's)."),
-}
 
 
 def split_names(items: list[str]) -> list[str] | None:
@@ -66,20 +52,6 @@ def _option(name: str, annotation, default, help_text: str, flags=None) -> inspe
     )
 
 
-def _pipeline_spec(values: dict, model: str, num_steps: int | None) -> dict:
-    if values["data"] is None:
-        raise UsageError("a pipeline model needs --data DIR (sample folders with prompt.txt, first_frame.png)")
-    samples = split_names(values["samples"])
-    dtype = default_dtype(values["device"], values["torch_dtype"])
-    return {
-        "model": model, "data": str(values["data"]), "samples": samples, "height": values["height"],
-        "width": values["width"], "num_frames": values["num_frames"], "num_steps": num_steps or 50,
-        "device": values["device"], "torch_dtype": dtype, "guidance_scale": values["guidance_scale"],
-        "true_cfg_scale": values["true_cfg_scale"], "negative_prompt": values["negative_prompt"],
-        "max_sequence_length": values["max_sequence_length"],
-    }  # fmt: skip
-
-
 # Execution on Ray, for experiments whose run takes an ``executor`` (the causal sweeps); as ``interp trace``.
 RAY_OPTIONS = {
     "ray": (bool, False, "Spread the start steps (ensemble: variants) over Ray workers (pip install '.[ray]')."),
@@ -106,16 +78,14 @@ def make_command(experiment: Experiment):
     hints = typing.get_type_hints(cls)
     helps = getattr(cls, "cli_help", {})
     flags = getattr(cls, "cli_flags", {})
-    names = [f.name for f in fields(cls) if f.name != "pipeline"]
-    has_pipeline = any(f.name == "pipeline" for f in fields(cls))
+    hidden = getattr(cls, "cli_hidden", ())  # fields the command keeps at their defaults
+    names = [f.name for f in fields(cls) if f.name not in hidden]
     params = []
     for f in fields(cls):
-        if f.name == "pipeline":
+        if f.name in hidden:
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
         params.append(_option(f.name, hints[f.name], default, helps.get(f.name, ""), flags.get(f.name)))
-    if has_pipeline:
-        params += [_option(k, t, d, h) for k, (t, d, h) in PIPELINE_OPTIONS.items()]
     params += [
         _option("config", Path | None, None, "Rerun from a saved config.json or run.json (other options ignored)."),
         _option("out", Path, Path(f"runs/{experiment.kind}"), "Output folder."),
@@ -131,7 +101,6 @@ def make_command(experiment: Experiment):
 
         values.pop("dry_run", None)  # read by guard() through interp.plans.DRY_RUN
 
-        from interp.models.registry import is_pipeline_folder
 
         if values["config"] is not None:
             cfg = load_config(values["config"])
@@ -144,12 +113,8 @@ def make_command(experiment: Experiment):
                     chosen[f.name] = None
             if "samples" in chosen and chosen["samples"]:
                 chosen["samples"] = split_names(chosen["samples"])
-            if isinstance(chosen.get("data"), (str, Path)) and "data" in names and not has_pipeline:
+            if isinstance(chosen.get("data"), (str, Path)) and "data" in names:
                 chosen["data"] = str(Path(chosen["data"]).resolve())  # recorded where it is, not where we were
-            if has_pipeline and is_pipeline_folder(chosen.get("model", "")):
-                chosen["pipeline"] = _pipeline_spec(values, str(chosen["model"]), chosen.get("num_steps"))
-            elif has_pipeline and values["data"] is not None:
-                raise UsageError("--data is for pipeline models; the testbed generates its own mazes")
             cfg = build(cls, chosen, experiment.kind)
         torch.set_num_threads(check_threads(values["threads"]))
         tic, out = time.time(), values["out"]

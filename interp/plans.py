@@ -277,13 +277,14 @@ def joint_stream_note(adapter, sites) -> list[str]:
 def experiment_plan(kind: str, cfg, out: Path) -> Plan:
     """A registered experiment: one over a source (``source_plan``: causal ones hold recorded runs); the
     testbed's sampling ones (ensemble, early selection, exploration) hold a batch of latents per step."""
+    from interp.experiments.base import experiments
     from interp.sources import SourceConfig, load_testbed
 
+    own = getattr(experiments().get(kind), "plan", None)
+    if own is not None:  # the experiment declares its plan beside its run
+        return own(cfg, Path(out))
     if isinstance(cfg, SourceConfig):
         return source_plan(kind, cfg, out)
-    pipeline = getattr(cfg, "pipeline", None)
-    if pipeline is not None:
-        return _pipeline_experiment_plan(kind, cfg, pipeline, out)
     if not all(hasattr(cfg, name) for name in ("num_steps", "frames", "n")) or not hasattr(cfg, "model") and \
             not hasattr(cfg, "models"):  # an experiment of a user's own: no fields to estimate from
         return Plan(kind, Path(out), getattr(cfg, "n", 0), 0, details=["no estimate: not a sampling experiment"])
@@ -298,26 +299,6 @@ def experiment_plan(kind: str, cfg, out: Path) -> Plan:
     memory = model_bytes(adapter) * len(models) + videos * latent * FLOAT32 * 2 + batch * num_steps * latent * FLOAT32
     return Plan(kind, Path(out), videos, num_steps, disk_bytes=FIGURES, memory_bytes=memory,
                 details=[f"{cfg.n} mazes x {len(sizes)} sizes x {variants} runs each"])
-
-
-def _pipeline_experiment_plan(kind: str, cfg, spec: dict, out: Path) -> Plan:
-    """An experiment with a ``pipeline`` object of fields (the ensemble), laid out from the folder's configs
-    (``interp.models.skeleton``): the weights from the safetensors headers."""
-    from interp.sources import PipelineInputs, default_dtype
-
-    inputs = PipelineInputs(**spec)
-    dtype = default_dtype(inputs.device, inputs.torch_dtype)
-    adapter, samples = inputs.load(skeleton=True)
-    if kind == "ensemble":  # every variant's final sample of every sample, kept and decoded to a GIF
-        from interp.experiments.ensemble_runs import variants
-
-        flow = adapter.prediction == "flow"
-        runs = max(cfg.seeds) + len(list(variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures, flow)))
-        latent = math.prod(inputs.latent_shape(adapter))
-        kept = len(samples) * runs * (inputs.num_frames * inputs.height * inputs.width + latent * FLOAT32)
-        what = f"{count(len(samples), 'sample')} x {runs} runs (seeds, ensembles, controls), each final kept and a GIF"
-        return pipeline_plan(kind, inputs.model, dtype, len(samples) * runs, inputs.num_steps, out, kept, what)
-    return pipeline_plan(kind, inputs.model, dtype, len(samples), inputs.num_steps, out)
 
 
 def _layers(cfg, adapter) -> list[int]:

@@ -8,7 +8,7 @@ pipelines). Nothing is fetched from a hub.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -45,56 +45,6 @@ def sample_conditioning(adapter: VideoDiTAdapter, samples: list[Sample], noise: 
                 max_sequence_length,
             ))  # fmt: skip
     return stack_conditioning(conds)
-
-
-@dataclass
-class PipelineInputs:
-    """A local diffusers pipeline folder and VBVR-style samples (``prompt.txt``, ``first_frame.png``)."""
-
-    field_rules = {"seed": SEED}  # one noise seed (``seed`` elsewhere may be a maze's)
-
-    model: str
-    data: str
-    samples: list[str] | None = None  # sample folder names; None: every sample
-    height: int = 480
-    width: int = 832
-    num_frames: int = 81
-    seed: int = 0  # one noise seed for every sample, so that the runs differ only in their inputs
-    num_steps: int = 50
-    device: str = "cpu"
-    torch_dtype: str | None = None  # None: float32 on CPU, bfloat16 elsewhere
-    guidance_scale: float | None = None
-    negative_prompt: str | None = ""
-    max_sequence_length: int | None = None  # None: the pipeline's default
-    true_cfg_scale: float | None = None  # HunyuanVideo's true CFG (None: off)
-
-    def __post_init__(self):
-        self.torch_dtype = default_dtype(self.device, self.torch_dtype)
-
-    @property
-    def spec(self) -> PipelineSpec:
-        return PipelineSpec(self.height, self.width, self.num_frames, self.guidance_scale, self.true_cfg_scale)
-
-    def load(self, skeleton: bool = False) -> tuple[VideoDiTAdapter, list[Sample]]:
-        """(adapter, chosen samples): the named samples, in order (all if none named). ``skeleton``: the
-        adapter from the folder's configs alone (``interp.models.skeleton``: for a plan, no weight read)."""
-        samples = choose_samples(read_samples(self.data), self.samples, self.data)
-        if skeleton:
-            from interp.models.skeleton import pipeline_skeleton
-
-            return pipeline_skeleton(self.model, self.spec), samples
-        return load_pipeline_adapter(self.model, self.spec, self.torch_dtype, self.device), samples
-
-    def latent_shape(self, adapter: VideoDiTAdapter) -> tuple[int, ...]:
-        return adapter.pipeline_latent_shape(self.height, self.width, self.num_frames)
-
-    def conditioning(self, adapter: VideoDiTAdapter, samples: list[Sample], noise: torch.Tensor):
-        """The batched conditioning of ``samples`` (row i goes with ``noise[i]``)."""
-        tokens = self.max_sequence_length or adapter.pipeline_default("max_sequence_length")
-        return sample_conditioning(adapter, samples, noise, self.spec, self.negative_prompt, tokens)
-
-    def noise(self, adapter: VideoDiTAdapter, seeds: list[int]) -> torch.Tensor:
-        return initial_noise(seeds, self.latent_shape(adapter), adapter.device, torch.float32)
 
 
 @dataclass
@@ -269,13 +219,16 @@ class SourceConfig:
         spec = self.spec()
         return spec.height, spec.width
 
+    def noise(self, adapter: VideoDiTAdapter, seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+        """One draw per seed on the model's device: a task model's own dtype; a pipeline's latents are
+        float32, as its pipeline prepares them."""
+        return initial_noise(seeds, shape, adapter.device, adapter.dtype if adapter.task else torch.float32)
+
     def inputs(self, adapter: VideoDiTAdapter, videos: list[Video]) -> tuple[torch.Tensor, object]:
         """(noise, conditioning) of ``videos``, row i for video i; each row's noise drawn from its seed alone."""
-        shape, seeds = self.latent_shape(adapter, videos), [v.seed for v in videos]
+        noise = self.noise(adapter, [v.seed for v in videos], self.latent_shape(adapter, videos))
         if adapter.task:
-            noise = initial_noise(seeds, shape, adapter.device, adapter.dtype)
             return noise, adapter.conditioning([v.sample.truth for v in videos], self.frames_of(adapter))
-        noise = initial_noise(seeds, shape, adapter.device, torch.float32)
         samples = [v.sample for v in videos]
         return noise, sample_conditioning(adapter, samples, noise, self.spec(), self.negative_prompt,
                                           self.max_sequence_length_of(adapter))  # fmt: skip
@@ -297,25 +250,6 @@ class SourceConfig:
         return metas
 
 
-@dataclass
-class MazeSource:
-    """Testbed mazes: seeds ``first_seed`` .. ``first_seed + n - 1`` of one size (noise seed = maze seed)."""
-
-    model: str = "testbed"
-    size: int = 4
-    frames: int = 4
-    n: int = 16
-    first_seed: int = 0
-
-    def mazes(self, offset: int = 0, count: int | None = None) -> list[maze_task.Maze]:
-        count = self.n if count is None else count
-        return [maze_task.generate_maze(self.size, self.first_seed + offset + i) for i in range(count)]
-
-    def check(self) -> None:
-        """Size and frames the task can draw (before any model is loaded)."""
-        maze_task.encode(maze_task.generate_maze(self.size, self.first_seed), self.frames)
-
-
 def load_testbed(model: str | Path):
     """A testbed adapter by name or weights folder (pipeline folders are refused here)."""
     from interp.models.registry import is_pipeline_folder
@@ -324,19 +258,6 @@ def load_testbed(model: str | Path):
     if is_pipeline_folder(model):  # refused before loading: a 14B pipeline takes minutes
         raise ValueError(f"model {model}: this needs a testbed (a maze model), not a pipeline folder")
     return load_named(str(model))
-
-
-def maze_inputs(adapter, mazes: list[maze_task.Maze], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noise, conditioning) of testbed mazes, the noise seeded by each maze's seed."""
-    noise = initial_noise([m.seed for m in mazes], adapter.latent_shape(mazes[0].size, frames), adapter.device,
-                          adapter.dtype)  # fmt: skip
-    return noise, adapter.conditioning(mazes, frames)
-
-
-def pipeline_field():
-    """A config's ``pipeline`` field: a dict of ``PipelineInputs`` fields (or None: the testbed). The
-    validation layer checks the dict against the class named in the field's metadata."""
-    return field(default=None, metadata={"fields": PipelineInputs})
 
 
 _SOURCE_FIELDS = {f.name for f in fields(SourceConfig)} - {"model", "data", "device", "torch_dtype"}

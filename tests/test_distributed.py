@@ -173,7 +173,7 @@ def test_perturb_flow_and_ensemble_on_ray_equal_the_single_process_run(local_ray
     np.testing.assert_array_equal(a.cka.values, b.cka.values)
     np.testing.assert_array_equal(a.x0_hat_cka, b.x0_hat_cka)
     assert np.isfinite(a.cka.values[:, 3:]).all() and a.sensitivity == b.sensitivity
-    ensemble = EnsembleConfig(sizes=[4, 5], n=3, seeds=[1, 2], ks=[1], merges=["mean"], temperatures=[0.8],
+    ensemble = EnsembleConfig(sizes=[4, 5], n=3, ensemble_sizes=[1, 2], ks=[1], merges=["mean"], temperatures=[0.8],
                               num_steps=SWEEP_STEPS)  # fmt: skip
     rows = run_ensemble(ensemble, shipped_adapter, False)
     assert rows == run_ensemble(ensemble, shipped_adapter, False, executor=_on_ray())

@@ -89,9 +89,9 @@ def test_ensemble_on_a_pipeline_model_writes_videos_latents_and_stats(tmp_path, 
     assert by_variant["seed0"]["similarity_to_seed0"] == pytest.approx(1.0)
     assert by_variant["seed1"]["similarity_to_seed0"] < 0.99  # different seeds, different videos
     finals = load_file(out / "finals.safetensors")
-    assert set(finals) == {f"sample_000/{v}" for v in by_variant}
+    assert set(finals) == {f"sample_000-seed0/{v}" for v in by_variant}  # by video: sample and noise seed
     for variant in by_variant:
-        assert (out / "videos" / "sample_000" / f"{variant}.gif").is_file()
+        assert (out / "videos" / "sample_000-seed0" / f"{variant}.gif").is_file()
     code, _, err = run_cli("ensemble", "--config", out / "ensemble.json", "--out", tmp_path / "again")
     assert code == 0, err  # the saved config reruns the same ensemble
     assert json.loads((tmp_path / "again" / "ensemble.json").read_text())["rows"] == rows
@@ -157,3 +157,20 @@ def test_a_merge_on_a_multistep_solver_makes_the_seeds_one_trajectory(tiny_adapt
     fast = sample_merged(tiny_adapter, x, c, 6, SeedMerge(3, 1, "mean"), scheduler=unipc(), hooks=(calls,))
     assert calls.rows == [6] + [2] * 5  # one row per group once the merge made them one
     torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)  # batch size changes only the last bits
+
+
+def test_the_testbed_ensemble_on_a_maze_folder_equals_it_on_the_same_generated_mazes(tmp_path, run_cli):
+    """One source for every model: the testbed reads the maze data set a pipeline takes and its ensemble
+    rows (every method's verdict per maze) equal those on the same mazes generated from their seeds."""
+    code, _, err = run_cli("data", "maze", "--size", 4, "-n", 3, "--first-seed", 11, "--pixels", 32,
+                           "--out", tmp_path / "mazes")  # fmt: skip
+    assert code == 0, err
+    common = ["--ensemble-size", 2, "--k", 1, "--merge", "mean", "--temperature", 0.7, "--num-steps", 6]
+    code, _, err = run_cli("ensemble", "--data", tmp_path / "mazes", *common, "--out", tmp_path / "data")
+    assert code == 0, err
+    code, _, err = run_cli("ensemble", "-n", 3, "--first-seed", 11, "--size", 4, *common, "--out", tmp_path / "gen")
+    assert code == 0, err
+    rows = [json.loads((tmp_path / k / "ensemble.json").read_text())["rows"] for k in ("data", "gen")]
+    assert rows[0] == rows[1] and {r["method"] for r in rows[0]} >= {"single seed", "ensemble (mean)"}
+    code, _, err = run_cli("ensemble", "--data", tmp_path / "mazes", "--size", 5, "--out", tmp_path / "x")
+    assert code == 2 and "with --data the folder's samples are run" in err

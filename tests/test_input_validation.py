@@ -140,8 +140,13 @@ def test_what_a_user_legitimately_passes_is_accepted_and_saved_as_plain_json():
     assert SwapConfig(other="-1000").other == "-1000"
     assert EnsembleConfig(ks=[0, 1], temperatures=[]).ks == [0, 1]
     check(ProbeConfig(name="my run"))
-    with pytest.raises(ValueError, match="seeds must be a non-empty list, each an integer from 1"):
-        EnsembleConfig(seeds=[10**12])  # N seeds merged, not seed values
+    with pytest.raises(ValueError, match="ensemble_sizes must be a non-empty list, each an integer from 1"):
+        EnsembleConfig(ensemble_sizes=[10**12])  # N seeds merged, not seed values
+    old = EnsembleConfig.from_dict({"experiment": "ensemble", "seeds": [1, 3], "frames": 4, "sizes": [5]})
+    assert (old.ensemble_sizes, old.seeds, old.num_frames, old.sizes) == ([1, 3], None, 4, [5])  # before one source
+    piped = EnsembleConfig.from_dict({"experiment": "ensemble", "seeds": [2], "first_seed": 7, "n": 64, "sizes": [4, 5],
+                                      "pipeline": {"model": "/m", "data": "/d", "num_steps": 4, "height": 32}})
+    assert (piped.model, piped.data, piped.seeds, piped.ensemble_sizes, piped.height) == ("/m", "/d", [7], [2], 32)
 
 
 def test_every_reading_command_prints_its_plan_and_dry_run_writes_nothing(run_cli, tmp_path):

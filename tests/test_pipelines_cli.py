@@ -34,7 +34,7 @@ def test_every_command_on_a_two_expert_pipeline(tmp_path, run_cli, wan22):
         assert code == 0 and "2 videos x 3 decoded (x0_hat of 2 steps and the final video), 5 frames of 32x32" in gen
         ensemble = ["--samples", "sample_001", "--seeds", 2, "--k", 1, "--merge", "mean", "--temperature", 0.6]
         code, ens, err = run_cli("ensemble", *pipe, *ensemble, "--dry-run", "--out", run / "never")
-        assert code == 0 and "1 sample x 5 runs (seeds, ensembles, controls)" in ens, err
+        assert code == 0 and "1 video x 5 runs (seeds, ensembles, controls)" in ens, err
         code, out, err = run_cli("patch", *pair, "--steps", "0,2", "--dry-run", "--out", run / "never")
     expected = f"recorded run per sample: 2 layers x 4 steps x {tokens} tokens x 2 guidance branches in float32"
     assert code == 0 and expected in out, err
@@ -115,7 +115,7 @@ def test_every_command_takes_the_pipeline_flags_and_records_them(run_cli, tmp_pa
         assert code == 0, (kind, err)
         saved = tmp_path / kind / ("ensemble.json" if kind == "ensemble" else "config.json")
         spec = json.loads(saved.read_text())
-        spec = spec["config"]["pipeline"] if kind == "ensemble" else spec  # one source: the config's own fields
+        spec = spec["config"] if kind == "ensemble" else spec  # one source: the config's own fields
         assert (spec["guidance_scale"], spec["negative_prompt"], spec["max_sequence_length"]) == (2.5, "blurry", 16)
     code, out, err = run_cli("generate", *pipe, "--samples", "sample_000", "--steps", "1", "--out", tmp_path / "gen")
     assert code == 0, err

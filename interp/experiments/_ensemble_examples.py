@@ -67,38 +67,32 @@ def _pick(solved: dict[str, np.ndarray]) -> int:
 
 
 def save_examples(cfg, out: Path, manifest: Manifest, adapter=None, mazes_tried: int = 8) -> None:
-    """At the largest size: one seed, the first ensemble of N > 1 seeds and the first temperature
+    """At the largest maze size: one seed, the first ensemble of N > 1 seeds and the first temperature
     control on the first ``mazes_tried`` mazes (the same noise and hooks as the sweep, so the same
     runs); one maze where they differ is decoded and saved as GIFs and a side-by-side figure."""
     from interp.experiments._causal import save_videos
     from interp.experiments.ensemble_runs import prepare, sample_groups, verdicts
     from interp.tasks.maze import PALETTE
 
-    ensemble = next((v for v in _variants_of(cfg) if v[2] > 1 and v[1]["method"].startswith("ensemble")), None)
-    control = next((v for v in _variants_of(cfg) if v[1]["method"] == "control: temperature"), None)
-    if ensemble is None or control is None:
+    r = prepare(dataclasses.replace(cfg, sizes=[max(cfg.sizes)]) if cfg.data is None else cfg, adapter,
+                videos_per_group=mazes_tried)  # fmt: skip
+    ensemble = next((v for v in r.variants if v[2] > 1 and v[1]["method"].startswith("ensemble")), None)
+    control = next((v for v in r.variants if v[1]["method"] == "control: temperature"), None)
+    group = max(r.groups, key=lambda g: g.size or 0)
+    if ensemble is None or control is None or group.mazes is None:
         return
-    small = dataclasses.replace(cfg, sizes=[max(cfg.sizes)], n=min(cfg.n, mazes_tried))
-    r = prepare(small, adapter)
-    mazes, cond, noises = r.inputs[0]
-    finals = {
-        "one seed": sample_groups(r.adapter, noises, cond, 1, r.num_steps)[:, 0],
-        _label(ensemble[1]): sample_groups(
-            r.adapter, noises, cond, ensemble[2], r.num_steps, ensemble[3], ensemble[4])[:, 0],
-        f"temperature {control[4]:g}": sample_groups(r.adapter, noises, cond, 1, r.num_steps, control[3],
-                                                      control[4])[:, 0],
-    }  # fmt: skip
+    mazes, cond, noises = group.mazes, group.cond, group.noises
+
+    def run(n_seeds: int, hooks=(), scale: float = 1.0) -> torch.Tensor:
+        return sample_groups(r.adapter, noises, cond, n_seeds, r.num_steps, hooks, scale, r.shift)[:, 0]
+
+    finals = {"one seed": run(1), _label(ensemble[1]): run(*ensemble[2:5]),
+              f"temperature {control[4]:g}": run(*control[2:5])}  # fmt: skip
     solved = {name: verdicts(r.adapter, latents, mazes) for name, latents in finals.items()}
     i = _pick(solved)
     with torch.no_grad():
         videos = {f"{name} ({'solved' if solved[name][i] else 'failed'})": r.adapter.decode(latents[i : i + 1])[0]
                   for name, latents in finals.items()}  # fmt: skip
-    size = max(cfg.sizes)
+    size = group.size
     save_videos(videos, out, manifest, f"maze {mazes[i].seed} ({size}x{size}), the same noise: one seed, the ensemble "
                 f"and its temperature control (rows), frames (columns)", legend=PALETTE)  # fmt: skip
-
-
-def _variants_of(cfg):
-    from interp.experiments.ensemble_runs import variants
-
-    return list(variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures))

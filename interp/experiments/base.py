@@ -76,6 +76,7 @@ class Experiment:
     demo: Callable[..., None] | None = None  # (StudyContext) -> None: its part of the whole study
     demo_order: int = 100
     alternatives: tuple[type, ...] = ()  # further config classes of this kind (a pipeline variant)
+    plan: Callable[..., Any] | None = None  # (config, out) -> interp.plans.Plan; None: the generic estimate
 
 
 _REGISTRY: dict[str, Experiment] = {}

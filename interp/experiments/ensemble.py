@@ -21,69 +21,89 @@ noise part after each of the first K steps times 1/sqrt(N)), and plain low-tempe
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from interp.analysis.claims import ensemble_gain
 from interp.evaluation import wilson_interval
-from interp.execution.loop import initial_noise, sample
-from interp.execution.patching import repeat_conditioning
+from interp.experiments._causal import CausalConfig
 from interp.experiments._ensemble_examples import add_paired, save_examples
 from interp.experiments.base import Experiment, ExperimentConfig, register
-from interp.experiments.ensemble_runs import MazeSeeds, check_sweep, prepare, sample_groups, verdicts
-from interp.experiments.ensemble_runs import variants as variant_runs
-from interp.experiments.executors import LocalExecutor, Sweep, executor_or_local
+from interp.experiments.ensemble_runs import NOISE_STRIDE, EnsembleRuns, prepare, run_unit, verdicts
+from interp.experiments.executors import Sweep, executor_or_local
 from interp.manifest import Manifest, Table
 from interp.report.ensemble_figures import plot_rows, text_table
-from interp.sources import PipelineInputs, pipeline_field
+from interp.sources import SourceConfig
 from interp.validation import MAX_STEPS, MAX_VIDEOS, each, int_range, number
 
 
 @dataclass
-class EnsembleConfig(ExperimentConfig):
-    # seeds = N, the seeds merged (not seed values); K = 0 merges nothing (the sweep's own baseline)
-    field_rules = {"seeds": each(int_range(1, MAX_VIDEOS), 1), "ks": each(int_range(0, MAX_STEPS)),
-                   "temperatures": each(number(0, lo_open=True))}  # fmt: skip
-    """On the testbed: accuracy over held-out mazes of each size. With ``pipeline`` (PipelineInputs
-    fields), on a user's model: with no verifier, every variant's video is written for the user's own
-    scorer, with statistics that need none (similarity to seed 0's output; the final latent's spread
-    against a single seed's: a merged latent that is too smooth shows a ratio below 1)."""
+class EnsembleConfig(SourceConfig, ExperimentConfig):
+    """Any model's source (``interp.sources.SourceConfig``): the testbed's generated mazes of each of
+    ``sizes``, or the samples of a data folder. Where a maze model's verifier judges the videos: accuracy
+    per group of videos. Otherwise every variant's video is written for the user's own scorer, with
+    statistics that need none (similarity to seed 0's output; the final latent's spread against a single
+    seed's: a merged latent that is too smooth shows a ratio below 1)."""
 
+    # ensemble_sizes = N, the seeds merged (not seed values: the source's ``seeds`` are those); K = 0 merges
+    # nothing (the sweep's own baseline)
+    field_rules = {**SourceConfig.field_rules, "ensemble_sizes": each(int_range(1, MAX_VIDEOS), 1),
+                   "ks": each(int_range(0, MAX_STEPS)), "temperatures": each(number(0, lo_open=True))}  # fmt: skip
     experiment = "ensemble"
-    model: str = "testbed"
-    sizes: list[int] = field(default_factory=lambda: [4, 5])  # in and out of distribution
-    frames: int = 4
+    old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames"}
     n: int = 64  # held-out mazes per size
-    first_seed: int = 0
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 5])
+    sizes: list[int] = field(default_factory=lambda: [4, 5])  # in and out of distribution (no data)
+    ensemble_sizes: list[int] = field(default_factory=lambda: [1, 2, 3, 5])
     ks: list[int] = field(default_factory=lambda: [1, 3])
     merges: list[str] = field(default_factory=lambda: ["mean", "rescaled", "x0"])
     temperatures: list[float] = field(default_factory=lambda: [0.8, 0.6])
-    num_steps: int | None = None
-    pipeline: dict | None = pipeline_field()
-    scorer: str | None = None  # pipeline models: module:function of the decoded video -> a score per variant
+    scorer: str | None = None  # no verifier: module:function of the decoded video -> a score per variant
     scorer_timeout: float | None = None  # seconds one scorer call may take (None: no limit)
 
     cli_help = {
-        "model": "A shipped testbed (testbed, testbed-mixed), a folder of testbed weights, or a pipeline folder.",
-        "sizes": "Maze sizes (4: in distribution); repeatable.",
-        "frames": "Frames per video.",
-        "n": "Held-out mazes per size.",
-        "first_seed": "First maze seed (pipeline models: first noise seed).",
-        "seeds": "Ensemble sizes N; repeatable.",
+        **SourceConfig.cli_help,
+        "n": "Testbed without --data: held-out mazes per size.",
+        "sizes": "Testbed without --data: maze sizes (4: in distribution); repeatable.",
+        "ensemble_sizes": "Ensemble sizes N (seeds merged); repeatable.",
         "ks": "Merge after each of the first K steps; repeatable.",
         "merges": "Merge rules; repeatable.",
         "temperatures": "Control: initial-noise scales; repeatable.",
-        "num_steps": "Denoising steps; default: the model's (50 for pipeline models).",
-        "scorer": "Pipeline models: module:function of decoded frames (T, H, W, 3) -> a score for every variant.",
+        "scorer": "No verifier: module:function of decoded frames (T, H, W, 3) -> a score for every variant.",
         "scorer_timeout": "Seconds one scorer call may take (default: no limit).",
     }
-    cli_flags = {"n": ("-n", "--n"), "sizes": ("--size",), "ks": ("--k",), "merges": ("--merge",),
-                 "temperatures": ("--temperature",)}  # fmt: skip
+    cli_flags = {**SourceConfig.cli_flags, "sizes": ("--size",), "ensemble_sizes": ("--ensemble-size", "--seeds"),
+                 "ks": ("--k",), "merges": ("--merge",), "temperatures": ("--temperature",)}  # fmt: skip
+    cli_hidden = ("size",)  # one source per size of ``sizes``
+
+    def __post_init__(self):
+        ExperimentConfig.__post_init__(self)  # interp.validation: types and ranges
+        SourceConfig.__post_init__(self)
+
+    def check(self, pipeline: bool | None = None) -> None:
+        super().check(pipeline)
+        if self.data is not None and self.sizes != [4, 5]:
+            raise ValueError("--size chooses the testbed's generated mazes; with --data the folder's samples are run")
+        if self.size != 4:
+            raise ValueError("the ensemble's maze sizes are its sizes (--size, repeatable), not size")
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        """A config written before one source: ``seeds`` were the ensemble sizes; a ``pipeline`` object of
+        fields becomes the config's own (its seeds were first_seed + i)."""
+        data = dict(data)
+        if "seeds" in data and "ensemble_sizes" not in data:
+            data["ensemble_sizes"] = data.pop("seeds")
+        if isinstance(data.get("pipeline"), dict):
+            first = data.pop("first_seed", 0)
+            data["pipeline"] = {**data["pipeline"], "seed": data["pipeline"].get("seed", first)}
+            for name in ("n", "sizes"):  # the testbed's, never read with a pipeline
+                data.pop(name, None)
+        return CausalConfig.upgrade.__func__(cls, data)
 
 
 def _row(name: str, size: int, solved: np.ndarray, **extra) -> dict:
@@ -105,46 +125,107 @@ def _write_rows(rows: list[dict], cfg, out):
 
 
 def run_ensemble(cfg: EnsembleConfig, adapter=None, progress: bool = True, out=None, executor=None) -> list[dict]:
-    """Accuracy rows: single seed, best-of-N oracle, ensembles (N, K, rule), shrunk-noise and
-    temperature controls, per maze size. The seeds of one maze: maze seed + 1,000,003 * i.
-    With ``cfg.pipeline``: ``run_pipeline_ensemble`` (videos and latents go to ``out``). ``executor``:
-    where the runs go (this process, or a ``RayExecutor``): a unit is one size's seeds or one variant."""
-    if cfg.pipeline is not None:
-        if out is None:
-            raise ValueError("the pipeline ensemble writes its videos: give an output folder")
-        if executor is not None and not isinstance(executor, LocalExecutor):
-            raise ValueError("the pipeline ensemble (videos per sample) runs in one process: drop --ray")
-        return run_pipeline_ensemble(cfg, out, progress)
+    """Rows of every group of videos: where a maze model's verifier judges them, accuracy of one seed,
+    best-of-N (oracle), the ensembles (N, K, rule) and the shrunk-noise and temperature controls; else per
+    video and variant, statistics of the final latent, its decoded video written to ``out``. Seed i of a
+    video: its own seed + 1,000,003 * i. ``executor``: where the units go (this process, or a
+    ``RayExecutor``): a unit is one batch of a group's videos, its independent seeds or one variant."""
     r = prepare(cfg, adapter)
-    units = [(i, v) for i in range(len(cfg.sizes)) for v in [None, *range(len(r.variants))]]
-    solved = dict(zip(units, executor_or_local(executor).map(SWEEP, cfg, r, units, progress, "ensembles")))
+    if any(g.mazes is None for g in r.groups) and out is None:
+        raise ValueError("with no verifier the ensemble writes its videos: give an output folder")
+    units = r.units()
+    finals = dict(zip(units, executor_or_local(executor).map(SWEEP, cfg, r, units, progress, "ensembles")))
     rows: list[dict] = []
-    for i, size in enumerate(cfg.sizes):
-        solved_each = solved[(i, None)]
-        rows.append(_row("single seed", size, solved_each[:, 0], n_seeds=1))
-        for n_seeds in cfg.seeds:
-            if n_seeds > 1:
-                rows.append(_row("best of N (oracle)", size, solved_each[:, :n_seeds].any(1), n_seeds=n_seeds))
-        for v, (_, info, *_) in enumerate(r.variants):
-            extra = {key: value for key, value in info.items() if key != "method"}
-            rows.append(_row(info["method"], size, solved[(i, v)], **extra))
+    for g, group in enumerate(r.groups):
+        def joined(v, g=g, group=group):  # a variant's finals over the group's batches, in video order
+            return torch.cat([finals[(g, b, v)] for b in range(len(group.batches))])
+
+        outcome = _accuracy_rows if group.mazes is not None else _latent_rows
+        rows += outcome(r, group, joined(None), [joined(v) for v in range(len(r.variants))], out)
+    if any(g.mazes is None for g in r.groups):
+        _save_finals(r, finals, out)
     return rows
 
 
-def _solved_of(r: MazeSeeds, unit: tuple[int, int | None]) -> np.ndarray:
-    """The unit of work: size unit[0]'s independent seeds (solved per maze, seed) or its variant unit[1]."""
-    mazes, cond, noises = r.inputs[unit[0]]
-    if unit[1] is None:
-        independent = sample_groups(r.adapter, noises, cond, noises.shape[1], r.num_steps)
-        return np.stack([verdicts(r.adapter, independent[:, i], mazes) for i in range(noises.shape[1])], 1)
-    _, _, n_seeds, hooks, scale = r.variants[unit[1]]
-    return verdicts(r.adapter, sample_groups(r.adapter, noises, cond, n_seeds, r.num_steps, hooks, scale)[:, 0], mazes)
+def _accuracy_rows(r: EnsembleRuns, group, independent: torch.Tensor, answers: list, out) -> list[dict]:
+    """A maze model's verdicts: one seed and best-of-N (oracle) from the independent seeds, then each
+    variant's answer (its first seed's row)."""
+    solved_each = np.stack([verdicts(r.adapter, independent[:, i], group.mazes) for i in range(independent.shape[1])],
+                           1)  # fmt: skip
+    rows = [_row("single seed", group.size, solved_each[:, 0], n_seeds=1)]
+    for n_seeds in r.cfg.ensemble_sizes:
+        if n_seeds > 1:
+            rows.append(_row("best of N (oracle)", group.size, solved_each[:, :n_seeds].any(1), n_seeds=n_seeds))
+    for (_, info, *_), final in zip(r.variants, answers):
+        extra = {key: value for key, value in info.items() if key != "method"}
+        rows.append(_row(info["method"], group.size, verdicts(r.adapter, final, group.mazes), **extra))
+    return rows
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-12))
+
+
+def _latent_rows(r: EnsembleRuns, group, independent: torch.Tensor, answers: list, out) -> list[dict]:
+    """No verifier: per video and variant, the similarity of its final latent to seed 0's and its spread
+    against seed 0's; each decoded to ``out/videos/<video>/<variant>.gif`` and scored by the user's scorer."""
+    from interp.report.filmstrip import save_gif
+
+    cfg, adapter, rows = r.cfg, r.adapter, []
+    scorer = None
+    if cfg.scorer is not None:
+        from interp.analysis.convergence import load_scorer
+
+        scorer = load_scorer(cfg.scorer, cfg.scorer_timeout)
+        if scorer.needs_sample:  # its truth read now, before any video is decoded (``maze``: maze.json)
+            from interp.tasks.maze_data import read_maze
+
+            for video in group.videos:
+                read_maze(video.sample.folder)
+    for i, video in enumerate(group.videos):
+        variants = {f"seed{j}": (independent[i, j], {"method": "single seed", "seed": video.seed + j * NOISE_STRIDE})
+                    for j in range(independent.shape[1])}  # fmt: skip
+        variants.update({name: (answer[i], info) for (name, info, *_), answer in zip(r.variants, answers)})
+        reference = independent[i, 0]
+        spread = float(reference.float().std())
+        for name, (final, info) in variants.items():
+            ratio = float(final.float().std()) / spread if spread > 0 else float("nan")
+            rows.append({"video": video.key, "sample": video.sample.name, "variant": name, **info,
+                         "similarity_to_seed0": _cosine(final, reference), "latent_std_ratio": ratio})  # fmt: skip
+            if adapter.vae is not None:
+                with torch.no_grad():
+                    frames = adapter.decode(final[None].to(adapter.device))[0]
+                save_gif(frames, Path(out) / "videos" / video.key / f"{name}.gif", scale=1)
+                if scorer is not None:
+                    rows[-1]["score"] = scorer(frames, f"sample {video.key}, {name}", video.sample.folder)
+    return rows
+
+
+def _save_finals(r: EnsembleRuns, finals: dict, out) -> None:
+    """Every final latent of the groups with no verifier, by video and variant (safetensors)."""
+    from safetensors.torch import save_file
+
+    kept: dict[str, torch.Tensor] = {}
+    for (g, b, v), latents in finals.items():
+        group = r.groups[g]
+        if group.mazes is not None:
+            continue
+        for row, i in enumerate(group.batches[b]):
+            key = group.videos[i].key
+            if v is None:
+                for j in range(latents.shape[1]):
+                    kept[f"{key}/seed{j}"] = latents[row, j].detach().float().cpu().contiguous()
+            else:
+                kept[f"{key}/{r.variants[v][0]}"] = latents[row].detach().float().cpu().contiguous()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_file(kept, str(Path(out) / "finals.safetensors"))
 
 
 def save_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
     """ensemble.json (config + rows), ensemble.csv, a printable table and a figure, with the manifest."""
-    if cfg.pipeline is not None:
-        return _save_pipeline_ensemble(rows, cfg, out)
+    if rows and "accuracy" not in rows[0]:
+        return _save_latent_rows(rows, cfg, out)
     out, _ = _write_rows(rows, cfg, out)
     lines = text_table(rows)
     (out / "ensemble.txt").write_text("\n".join(lines) + "\n")
@@ -171,85 +252,10 @@ def save_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
     return manifest
 
 
-# -- a user's model: no verifier, so the outputs and their statistics -------------------------------
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten().double(), b.flatten().double()
-    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-12))
-
-
-def run_pipeline_ensemble(cfg: EnsembleConfig, out, progress: bool = True) -> list[dict]:
-    """Per sample: N independent seeds, each ensemble (N, K, rule), the shrunk-noise and temperature
-    controls; final latents in ``finals.safetensors`` and decoded GIFs under ``videos/``. Seeds of
-    every sample: first_seed + i."""
-    from safetensors.torch import save_file
-
-    from interp.report.filmstrip import save_gif
-
-    if not isinstance(cfg.pipeline, dict):
-        raise ValueError(f"pipeline must be an object of PipelineInputs fields, got {type(cfg.pipeline).__name__}")
-    p = PipelineInputs(**cfg.pipeline)
-    check_sweep(cfg.seeds, cfg.ks, cfg.merges, p.num_steps)
-    adapter, samples = p.load()
-    scorer = None
-    if cfg.scorer is not None:
-        from interp.analysis.convergence import load_scorer
-
-        scorer = load_scorer(cfg.scorer, cfg.scorer_timeout)
-        if scorer.needs_sample:  # its truth read now, before any sample is run (``maze``: maze.json)
-            from interp.tasks.maze_data import read_maze
-
-            for item in samples:
-                read_maze(item.folder)
-    if adapter.prediction != "flow" and set(cfg.merges) - {"mean"}:
-        raise ValueError(f"{adapter.name} is not a flow-matching model: only the 'mean' merge applies")
-    shape = p.latent_shape(adapter)
-    device = adapter.device
-    n_max = max(cfg.seeds)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    finals: dict[str, torch.Tensor] = {}
-    for item in tqdm(samples, disable=not progress, desc="ensembles per sample"):
-        noise = initial_noise([cfg.first_seed + i for i in range(n_max)], shape, device, torch.float32)
-        one = p.conditioning(adapter, [item], noise[:1])
-
-        def run(n_seeds: int, hooks=(), scale: float = 1.0, noise=noise, one=one) -> torch.Tensor:
-            with torch.no_grad():
-                result = sample(
-                    adapter, noise[:n_seeds] * scale, repeat_conditioning(one, 0, n_seeds), p.num_steps,
-                    hooks=list(hooks), scheduler=adapter.make_scheduler(None),
-                )  # fmt: skip
-            return result.latents
-
-        variants: dict[str, tuple[torch.Tensor, dict]] = {}
-        independent = run(n_max)
-        for i in range(n_max):
-            variants[f"seed{i}"] = (independent[i], {"method": "single seed", "seed": cfg.first_seed + i})
-        flow = adapter.prediction == "flow"
-        for name, info, n_seeds, hooks, scale in variant_runs(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures, flow):
-            variants[name] = (run(n_seeds, hooks, scale)[0], info)
-        reference = independent[0]
-        spread = float(reference.float().std())
-        folder = out / "videos" / item.name
-        for name, (final, info) in variants.items():
-            ratio = float(final.float().std()) / spread if spread > 0 else float("nan")
-            rows.append({"sample": item.name, "variant": name, **info,
-                         "similarity_to_seed0": _cosine(final, reference), "latent_std_ratio": ratio})  # fmt: skip
-            finals[f"{item.name}/{name}"] = final.detach().float().cpu().contiguous()
-            if adapter.vae is not None:
-                with torch.no_grad():
-                    video = adapter.decode(final[None].to(device))[0]
-                save_gif(video, folder / f"{name}.gif", scale=1)
-                if scorer is not None:
-                    rows[-1]["score"] = scorer(video, f"sample {item.name}, {name}", item.folder)
-    save_file(finals, str(out / "finals.safetensors"))
-    return rows
-
-
-def _save_pipeline_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
+def _save_latent_rows(rows: list[dict], cfg: EnsembleConfig, out) -> Manifest:
     """ensemble.json (config + rows) and ensemble.csv beside the videos and final latents."""
     out, table = _write_rows(rows, cfg, out)
-    text = table[["sample", "variant", "similarity_to_seed0", "latent_std_ratio"]].to_string(index=False)
+    text = table[["video", "variant", "similarity_to_seed0", "latent_std_ratio"]].to_string(index=False)
     manifest = Manifest("ensemble", "seed ensemble (no verifier)", "ensemble", cfg.to_dict())
     manifest.add(out / "ensemble.json", "data", "config and rows")
     manifest.add(out / "ensemble.csv", "table", "rows as CSV")
@@ -260,7 +266,7 @@ def _save_pipeline_ensemble(rows: list[dict], cfg: EnsembleConfig, out) -> Manif
         "No verifier for this model: each variant's video is in videos/ for your own scorer; a latent spread "
         "ratio below 1 means a smoother (lower-temperature) output than one seed's."
     )
-    columns = ["sample", "variant", "method", "n_seeds", "k", "scale", "similarity_to_seed0", "latent_std_ratio"]
+    columns = ["video", "variant", "method", "n_seeds", "k", "scale", "similarity_to_seed0", "latent_std_ratio"]
     formats = {"similarity_to_seed0": ".3f", "latent_std_ratio": ".3f", "scale": ".2f", "score": ".3f"}
     if cfg.scorer is not None:
         columns.append("score")
@@ -280,7 +286,7 @@ def demo(ctx) -> None:
     if not n:
         return
     ctx.stage(f"seed ensemble on {n} held-out {size}x{size} mazes (N = 1, 3; K = 1) with its controls")
-    cfg = EnsembleConfig(model=ctx.model, sizes=[size], frames=ctx.frames, n=n, seeds=[1, 3], ks=[1],
+    cfg = EnsembleConfig(model=ctx.model, sizes=[size], num_frames=ctx.frames, n=n, ensemble_sizes=[1, 3], ks=[1],
                          temperatures=[0.577])  # fmt: skip
     rows = run_ensemble(cfg, ctx.adapter, progress=False)
     save_ensemble(rows, cfg, ctx.out / "ensemble")
@@ -293,7 +299,34 @@ def demo(ctx) -> None:
     )
 
 
-SWEEP = Sweep("ensemble", EnsembleConfig, prepare, _solved_of)
+def plan_ensemble(cfg: EnsembleConfig, out: Path):
+    """Every video of every group sampled by N seeds and by each variant; with no verifier every final
+    latent is kept and decoded to a GIF. Laid out from the model's configs (a pipeline: nothing loaded)."""
+    from interp.experiments._causal import maze_truths
+    from interp.experiments.ensemble_runs import check_sweep, sources, variants
+    from interp.plans import FIGURES, FLOAT32, Plan, count, folder_weight_bytes, model_bytes
+
+    adapter = cfg.load(skeleton=True)
+    num_steps = cfg.num_steps_of(adapter)
+    check_sweep(cfg.ensemble_sizes, cfg.ks, cfg.merges, num_steps)
+    groups = [(source, source.videos(adapter)) for source in sources(cfg)]
+    videos = sum(len(v) for _, v in groups)
+    found = list(variants(cfg.ensemble_sizes, cfg.ks, cfg.merges, cfg.temperatures, adapter.prediction == "flow"))
+    runs = max(cfg.ensemble_sizes) + len(found)
+    latent = max(math.prod(source.latent_shape(adapter, v)) for source, v in groups)
+    weights = folder_weight_bytes(cfg.model, cfg.torch_dtype) if adapter.is_skeleton else model_bytes(adapter)
+    batch = max(source.batch_of(adapter, None, task_batch=len(v)) for source, v in groups) * max(cfg.ensemble_sizes)
+    memory = weights + 3 * batch * latent * FLOAT32  # the batch's latents, x0_hat and velocity
+    verified = all(maze_truths(adapter, v) is not None for _, v in groups)
+    kept = 0 if verified else videos * runs * latent * FLOAT32 * 2  # each final latent and its GIF (at most)
+    what = (f"{count(videos, 'video')} x {runs} runs (seeds, ensembles, controls)" + ("" if verified else
+            ", each final kept and a GIF"))  # fmt: skip
+    return Plan("ensemble", out, videos * runs, num_steps, disk_bytes=FIGURES + kept, memory_bytes=memory,
+                details=[what])
+
+
+SWEEP = Sweep("ensemble", EnsembleConfig, prepare, run_unit)
 EXPERIMENT = register(
-    Experiment("ensemble", EnsembleConfig, run_ensemble, save_ensemble, run_writes=True, demo=demo, demo_order=70)
+    Experiment("ensemble", EnsembleConfig, run_ensemble, save_ensemble, run_writes=True, demo=demo, demo_order=70,
+               plan=plan_ensemble)
 )

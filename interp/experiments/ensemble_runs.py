@@ -1,26 +1,32 @@
 """The seed ensemble's runs, shared by the sweep (``ensemble``), its example videos
-(``_ensemble_examples``) and its plan (``interp.plans``): the variants a sweep makes, the mazes and
-noises they start from, sampling groups of seeds with a variant's hooks, and the verifier's verdicts."""
+(``_ensemble_examples``) and its plan: the variants a sweep makes, the videos and seeds they start from
+(any model's source, in groups: the testbed's maze sizes, or the samples of a data folder), sampling
+groups of seeds with a variant's hooks, and the verifier's verdicts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from interp.evaluation import verify_latents
-from interp.execution.loop import initial_noise, sample
+from interp.execution.patching import repeat_conditioning, stack_conditioning
 from interp.execution.seed_merge import MERGES, SeedMerge, ShrunkNoise, sample_merged
-from interp.sources import load_testbed
-from interp.tasks import maze as maze_task
+from interp.sources import Video
+
+NOISE_STRIDE = 1_000_003  # noise seed of seed i of a video: the video's own seed + i * stride
 
 
-def sample_groups(adapter, noises, cond, n_seeds: int, num_steps: int, hooks=(), scale: float = 1.0):
-    """Sample the first ``n_seeds`` noises of every input: (inputs, n_seeds, *latent)."""
+def sample_groups(adapter, noises, cond, n_seeds: int, num_steps: int, hooks=(), scale: float = 1.0,
+                  shift: float | None = None):  # fmt: skip
+    """Sample the first ``n_seeds`` noises of every input (``cond``: one row per input): (inputs, n_seeds,
+    *latent)."""
+    from interp.execution.loop import sample
+
     x = (noises[:, :n_seeds] * scale).flatten(0, 1)
-    c = cond.repeat_interleave(n_seeds, 0)
-    scheduler = adapter.make_scheduler(None)
+    c = stack_conditioning([repeat_conditioning(cond, i, n_seeds) for i in range(noises.shape[0])])
+    scheduler = adapter.make_scheduler(shift)
     with torch.no_grad():
         if len(hooks) == 1 and isinstance(hooks[0], SeedMerge):  # one trajectory per group once merged
             out = sample_merged(adapter, x, c, num_steps, hooks[0], scheduler=scheduler)
@@ -34,23 +40,24 @@ def verdicts(adapter, latents, mazes) -> np.ndarray:
     return np.array([v.solved for v in verify_latents(adapter, latents, mazes)])
 
 
-def check_sweep(seeds: list[int], ks: list[int], merges: list[str], num_steps: int) -> None:
+def check_sweep(ensemble_sizes: list[int], ks: list[int], merges: list[str], num_steps: int) -> None:
     bad = [m for m in merges if m not in MERGES]
     if bad:
         raise ValueError(f"merge rule must be one of {MERGES}, got {bad[0]!r}")
-    if not seeds or min(seeds) < 1 or min(ks, default=0) < 0 or max(ks, default=0) > num_steps:
-        raise ValueError(f"seeds must be >= 1 and K within 0-{num_steps}")
+    if not ensemble_sizes or min(ensemble_sizes) < 1 or min(ks, default=0) < 0 or max(ks, default=0) > num_steps:
+        raise ValueError(f"ensemble sizes must be >= 1 and K within 0-{num_steps}")
 
 
-def variants(seeds: list[int], ks: list[int], merges: list[str], temperatures: list[float], flow: bool = True):
+def variants(ensemble_sizes: list[int], ks: list[int], merges: list[str], temperatures: list[float],
+             flow: bool = True):  # fmt: skip
     """The runs a sweep makes beside the independent seeds, in report order:
     (name, row fields, seeds sampled, hooks, initial-noise scale)."""
-    for n in (n for n in seeds if n > 1):
+    for n in (n for n in ensemble_sizes if n > 1):
         for k in ks:
             for rule in merges:
                 info = {"method": f"ensemble ({rule})", "n_seeds": n, "k": k}
                 yield f"ensemble_{rule}_N{n}_K{k}", info, n, [SeedMerge(n, k, rule)], 1.0
-    for n in (n for n in seeds if n > 1 and flow):  # the shrunk-noise control reads flow matching's x_s
+    for n in (n for n in ensemble_sizes if n > 1 and flow):  # the shrunk-noise control reads flow matching's x_s
         for k in ks:
             info = {"method": "control: noise x 1/sqrt(N)", "n_seeds": n, "k": k}
             yield f"control_shrunk_N{n}_K{k}", info, 1, [ShrunkNoise(n**-0.5, k)], n**-0.5
@@ -59,25 +66,77 @@ def variants(seeds: list[int], ks: list[int], merges: list[str], temperatures: l
 
 
 @dataclass
-class MazeSeeds:
-    """What every variant is computed from: per maze size its mazes, conditioning and N seeds' noise."""
+class Group:
+    """Videos answered together: one maze size of the testbed's generated mazes, or a data folder's
+    samples. ``noises``: (videos, N, *latent), seed i of a video its own seed + i * NOISE_STRIDE;
+    ``mazes``: the verifier's truths where a maze model judges them (else None); ``size``: their maze
+    size (None: no mazes)."""
+
+    videos: list[Video]
+    cond: object
+    noises: torch.Tensor
+    mazes: list | None
+    size: int | None
+    batches: list[list[int]]  # indices of ``videos`` sampled together
+
+
+@dataclass
+class EnsembleRuns:
+    """What every unit is computed from: the model, its groups of videos and the variants of the config."""
 
     cfg: object  # the EnsembleConfig
     adapter: object
     num_steps: int
-    inputs: list[tuple[list, torch.Tensor, torch.Tensor]]  # per size: (mazes, conditioning, noises (mazes, N, ...))
+    shift: float | None
+    groups: list[Group]
     variants: list  # variants(...) of the config
 
+    def units(self) -> list[tuple[int, int, int | None]]:
+        """(group, batch, variant or None: the independent seeds), in report order."""
+        return [(g, b, v) for g, group in enumerate(self.groups) for b in range(len(group.batches))
+                for v in [None, *range(len(self.variants))]]  # fmt: skip
 
-def prepare(cfg, adapter) -> MazeSeeds:
-    """Mazes, conditioning and N seeds' noise per size of an ensemble config, and its variants."""
-    adapter = adapter or load_testbed(cfg.model)
-    num_steps = cfg.num_steps or adapter.defaults.num_steps
-    check_sweep(cfg.seeds, cfg.ks, cfg.merges, num_steps)
-    inputs = []
-    for size in cfg.sizes:
-        mazes = [maze_task.generate_maze(size, cfg.first_seed + i) for i in range(cfg.n)]
-        seeds = [[m.seed + 1_000_003 * i for i in range(max(cfg.seeds))] for m in mazes]
-        noises = torch.stack([initial_noise(s, adapter.latent_shape(size, cfg.frames)) for s in seeds])
-        inputs.append((mazes, adapter.conditioning(mazes, cfg.frames), noises))  # noises: (mazes, N, ...)
-    return MazeSeeds(cfg, adapter, num_steps, inputs, list(variants(cfg.seeds, cfg.ks, cfg.merges, cfg.temperatures)))
+
+def sources(cfg) -> list:
+    """The config's sources, one per group: per maze size of the testbed's generated mazes, else itself."""
+    return [replace(cfg, size=size) for size in cfg.sizes] if cfg.data is None else [cfg]
+
+
+def prepare(cfg, adapter=None, videos_per_group: int | None = None) -> EnsembleRuns:
+    """Videos, conditioning and N seeds' noise per group of an ensemble config, and its variants; the
+    model is checked against the sweep before any run. ``videos_per_group``: the first ones only."""
+    from interp.experiments._causal import maze_truths
+
+    adapter = adapter or cfg.load()
+    num_steps = cfg.num_steps_of(adapter)
+    check_sweep(cfg.ensemble_sizes, cfg.ks, cfg.merges, num_steps)
+    if adapter.prediction != "flow" and set(cfg.merges) - {"mean"}:
+        raise ValueError(f"{adapter.name} is not a flow-matching model: only the 'mean' merge applies")
+    n_max, groups = max(cfg.ensemble_sizes), []
+    for source in sources(cfg):
+        videos = source.videos(adapter)[:videos_per_group]
+        noise, cond = source.inputs(adapter, videos)  # each video's own seed: its seed 0
+        shape = tuple(noise.shape[1:])
+        noises = torch.stack([source.noise(adapter, [v.seed + NOISE_STRIDE * i for i in range(n_max)], shape)
+                              for v in videos])  # fmt: skip
+        mazes = maze_truths(adapter, videos)
+        batch = source.batch_of(adapter, None, task_batch=len(videos))  # a task model answers a group at once
+        batches = [list(range(i, min(i + batch, len(videos)))) for i in range(0, len(videos), batch)]
+        size = videos[0].sample.truth.size if mazes else None
+        groups.append(Group(videos, cond, noises, mazes, size, batches))
+    flow = adapter.prediction == "flow"
+    found = list(variants(cfg.ensemble_sizes, cfg.ks, cfg.merges, cfg.temperatures, flow))
+    return EnsembleRuns(cfg, adapter, num_steps, cfg.shift_of(adapter), groups, found)
+
+
+def run_unit(r: EnsembleRuns, unit: tuple[int, int, int | None]) -> torch.Tensor:
+    """The final latents of a unit: the independent seeds of a batch (videos, N, *latent), or a variant's
+    answer (videos, *latent): its first seed's row (merged seeds are one trajectory)."""
+    group = r.groups[unit[0]]
+    rows = group.batches[unit[1]]
+    cond = stack_conditioning([repeat_conditioning(group.cond, i, 1) for i in rows])
+    noises = group.noises[rows]
+    if unit[2] is None:
+        return sample_groups(r.adapter, noises, cond, noises.shape[1], r.num_steps, shift=r.shift)
+    _, _, n_seeds, hooks, scale = r.variants[unit[2]]
+    return sample_groups(r.adapter, noises, cond, n_seeds, r.num_steps, hooks, scale, r.shift)[:, 0]
