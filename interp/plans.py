@@ -275,30 +275,18 @@ def joint_stream_note(adapter, sites) -> list[str]:
 
 
 def experiment_plan(kind: str, cfg, out: Path) -> Plan:
-    """A registered experiment: one over a source (``source_plan``: causal ones hold recorded runs); the
-    testbed's sampling ones (ensemble, early selection, exploration) hold a batch of latents per step."""
+    """A registered experiment: its own plan where it declares one (``Experiment.plan``), else one over a
+    source (``source_plan``: causal ones hold recorded runs); an experiment of a user's own with no source:
+    no estimate."""
     from interp.experiments.base import experiments
-    from interp.sources import SourceConfig, load_testbed
+    from interp.sources import SourceConfig
 
     own = getattr(experiments().get(kind), "plan", None)
     if own is not None:  # the experiment declares its plan beside its run
         return own(cfg, Path(out))
     if isinstance(cfg, SourceConfig):
         return source_plan(kind, cfg, out)
-    if not all(hasattr(cfg, name) for name in ("num_steps", "frames", "n")) or not hasattr(cfg, "model") and \
-            not hasattr(cfg, "models"):  # an experiment of a user's own: no fields to estimate from
-        return Plan(kind, Path(out), getattr(cfg, "n", 0), 0, details=["no estimate: not a sampling experiment"])
-    models = getattr(cfg, "models", None) or [cfg.model]
-    adapter = load_testbed(models[0])
-    num_steps = cfg.num_steps or adapter.defaults.num_steps
-    sizes = getattr(cfg, "sizes", None) or [cfg.size]
-    latent = max(math.prod(adapter.latent_shape(s, cfg.frames)) for s in sizes)
-    variants = len(getattr(cfg, "seeds", [1])) * len(models)
-    videos = cfg.n * len(sizes) * variants
-    batch = min(getattr(cfg, "batch_size", cfg.n), cfg.n) * variants
-    memory = model_bytes(adapter) * len(models) + videos * latent * FLOAT32 * 2 + batch * num_steps * latent * FLOAT32
-    return Plan(kind, Path(out), videos, num_steps, disk_bytes=FIGURES, memory_bytes=memory,
-                details=[f"{cfg.n} mazes x {len(sizes)} sizes x {variants} runs each"])
+    return Plan(kind, Path(out), getattr(cfg, "n", 0), 0, details=["no estimate: not a sampling experiment"])
 
 
 def _layers(cfg, adapter) -> list[int]:
@@ -313,8 +301,12 @@ def source_plan(kind: str, cfg, out: Path) -> Plan:
     pipeline's skeleton: nothing loaded; its weights from the safetensors headers): its videos and steps; a
     causal one also holds its recorded runs (every recorded layer's output at every step, in the compute
     dtype, both guidance branches where the family runs them)."""
+    from interp.sources import MazeSizes
+
     adapter = cfg.load(skeleton=True)
     videos, num_steps = cfg.videos(adapter), cfg.num_steps_of(adapter)
+    if isinstance(cfg, MazeSizes):  # one source per maze size
+        videos = [v for source in cfg.groups() for v in source.videos(adapter)]
     skeleton = adapter.is_skeleton
     weights = folder_weight_bytes(cfg.model, cfg.torch_dtype) if skeleton else model_bytes(adapter)
     note = ["pipeline weights counted from their safetensors headers (nothing loaded to plan)"] if skeleton else []

@@ -8,7 +8,7 @@ pipelines). Nothing is fetched from a hub.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -248,6 +248,24 @@ class SourceConfig:
             if self.data is not None:
                 metas[-1]["sample"] = video.sample.name
         return metas
+
+
+class MazeSizes:
+    """A source over several maze sizes (mixed into a ``SourceConfig`` with a ``sizes`` field): one source
+    per size of the testbed's generated mazes, or the data folder's samples (then ``--size`` is refused)."""
+
+    cli_hidden = ("size",)  # each group's size is one of ``sizes``
+
+    def groups(self) -> list:
+        return [replace(self, size=size) for size in self.sizes] if self.data is None else [self]
+
+    def check(self, pipeline: bool | None = None) -> None:
+        super().check(pipeline)
+        default = type(self).__dataclass_fields__["sizes"].default_factory()
+        if self.data is not None and self.sizes != default:
+            raise ValueError("--size chooses the testbed's generated mazes; with --data the folder's samples are run")
+        if self.size != type(self).__dataclass_fields__["size"].default:
+            raise ValueError("this experiment's maze sizes are its sizes (--size, repeatable), not size")
 
 
 def load_testbed(model: str | Path):

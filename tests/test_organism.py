@@ -56,7 +56,7 @@ def test_early_selection_continues_the_chosen_seed_as_its_own_run(testbed):
 
 
 def test_early_selection_rows_and_compute(testbed):
-    cfg = EarlySelectConfig(sizes=[4], n=3, seeds=[1, 2], ks=[1, 6], num_steps=6)
+    cfg = EarlySelectConfig(sizes=[4], n=3, n_seeds=[1, 2], ks=[1, 6], num_steps=6)
     rows = run_early_select(cfg, testbed, progress=False)
     calls = {(r["method"], r.get("n_seeds"), r.get("k"), r.get("scorer")): r["model_calls"] for r in rows}
     assert calls[("single seed", 1, None, None)] == 6
@@ -72,6 +72,18 @@ def test_early_selection_rows_and_compute(testbed):
     with pytest.raises(ValueError, match=r"scores must be .*'connectivity' or module:function, got \['nope'\]"):
         EarlySelectConfig(scores=["nope"])
     assert EarlySelectConfig(scores=["verifier", "scorers:mean_red"]).scores[1] == "scorers:mean_red"
+    old = EarlySelectConfig.from_dict({"experiment": "early_select", "seeds": [1, 4], "frames": 4, "sizes": [5]})
+    assert (old.n_seeds, old.seeds, old.num_frames, old.sizes) == ([1, 4], None, 4, [5])  # before one source
+
+
+def test_early_selection_on_a_maze_folder_equals_it_on_the_same_generated_mazes(testbed, tmp_path, run_cli):
+    code, _, err = run_cli("data", "maze", "--size", 4, "-n", 3, "--first-seed", 5, "--pixels", 32,
+                           "--out", tmp_path / "mazes")  # fmt: skip
+    assert code == 0, err
+    common = dict(n_seeds=[1, 2], ks=[2], num_steps=6, scores=["verifier"])
+    folder = run_early_select(EarlySelectConfig(data=str(tmp_path / "mazes"), **common), testbed, progress=False)
+    generated = run_early_select(EarlySelectConfig(sizes=[4], n=3, first_seed=5, **common), testbed, progress=False)
+    assert folder == generated
 
 
 def test_connectivity_reads_the_video_alone():
@@ -103,11 +115,17 @@ def _branches_by_graph(x0: np.ndarray, maze: M.Maze) -> list[int]:
     return counts
 
 
+def _trajectories(adapter, mazes, batch_size: int) -> np.ndarray:
+    """x0_hat of every step of each maze, its noise seeded by the maze's seed."""
+    noise, _ = _batch(adapter, mazes, 1)
+    return trajectories(adapter, noise[:, 0], adapter.conditioning(mazes, 4), adapter.defaults.num_steps, batch_size)
+
+
 def make_fixture(adapter, scan: int = 160) -> dict:
     """x0_hat of a few held-out 6x6 mazes: the first clean one and the first three that light two or
     more side branches at some step (so the detectors have something to count)."""
     mazes = [M.generate_maze(6, s) for s in range(scan)]
-    x0 = trajectories(adapter, mazes, 4, adapter.defaults.num_steps, 80)
+    x0 = _trajectories(adapter, mazes, 80)
     branchy = [i for i, (z, m) in enumerate(zip(x0, mazes)) if max(analyse_trajectory(z, m).branches) >= 2][:3]
     clean = next(i for i, (z, m) in enumerate(zip(x0, mazes)) if max(analyse_trajectory(z, m).branches) == 0)
     picked = [clean, *branchy]
@@ -119,7 +137,7 @@ def test_detectors_on_the_organisms_own_trajectories(organism):
     stored = fixture["x0"].astype(np.float32)
     mazes = [M.generate_maze(6, int(s)) for s in fixture["seeds"]]
     assert any(max(analyse_trajectory(z, m).branches) >= 2 for z, m in zip(stored, mazes))
-    live = trajectories(organism, mazes, 4, organism.defaults.num_steps, 8)
+    live = _trajectories(organism, mazes, 8)
     # The shipped organism still makes these trajectories (fp16 storage, so a loose tolerance) ...
     np.testing.assert_allclose(live, stored, atol=2e-2)
     for z, maze in zip(stored, mazes):
@@ -163,3 +181,8 @@ def test_the_selection_figure_draws_a_wilson_bound_one_rounding_step_below_its_s
              "ci95": [0.9258973488472576, 0.9999999999999999]},
             {"method": "single seed", "model_calls": 20, "accuracy": 0.0, "ci95": [1e-17, 0.07]}]  # fmt: skip
     assert selection_figure(rows, tmp_path / "s.png").stat().st_size > 0
+    old = ExplorationConfig.from_dict({"experiment": "exploration", "models": ["testbed"], "frames": 4, "sizes": [5]})
+    assert (old.model, old.num_frames, old.sizes) == ("testbed", 4, [5])  # a config written before one source
+    for cfg in (old, EarlySelectConfig()):  # both read the maze verifier on a maze model's own latents
+        with pytest.raises(ValueError, match="needs a maze model"):
+            cfg.check(pipeline=True)

@@ -19,18 +19,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from interp.analysis.claims import CANNOT_TELL, NOT_SHOWN, SHOWS, claim, mcnemar
 from interp.evaluation import verify_latents, wilson_interval
-from interp.execution.loop import KeepX0, initial_noise, sample, select_scheduler_rows
+from interp.execution.loop import KeepX0, sample, select_scheduler_rows
 from interp.execution.seed_merge import SeedMerge, sample_merged
 from interp.experiments.base import Experiment, ExperimentConfig, register
 from interp.manifest import Manifest, Table
-from interp.sources import load_testbed
-from interp.tasks import maze as maze_task
+from interp.sources import MazeSizes, SourceConfig
 from interp.tasks.maze_scoring import connectivity_score, verifier_score
 from interp.validation import MAX_VIDEOS, each, int_range
 
@@ -50,40 +50,58 @@ def load_score(spec: str, timeout: float | None = None):
 
 
 @dataclass
-class EarlySelectConfig(ExperimentConfig):
-    field_rules = {"seeds": each(int_range(1, MAX_VIDEOS), 1)}  # seeds = N, the seeds run per maze
+class EarlySelectConfig(MazeSizes, SourceConfig, ExperimentConfig):
+    """A maze model's source (``interp.sources.SourceConfig``: the testbed's generated mazes of each of
+    ``sizes``, or a maze data folder): every selection is judged by the maze verifier."""
+
+    field_rules = {**SourceConfig.field_rules, "n_seeds": each(int_range(1, MAX_VIDEOS), 1)}  # N seeds per maze
     experiment = "early_select"
-    model: str = "testbed"
-    sizes: list[int] = field(default_factory=lambda: [6])
-    frames: int = 4
+    old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames"}
     n: int = 64  # held-out mazes per size
-    first_seed: int = 0
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # N
+    sizes: list[int] = field(default_factory=lambda: [6])
+    n_seeds: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # N
     ks: list[int] = field(default_factory=lambda: [1, 2, 4])
     scores: list[str] = field(default_factory=lambda: ["verifier", "connectivity"])
     scorer_timeout: float | None = None  # seconds one call of a module:function score may take
-    num_steps: int | None = None
-    batch_size: int = 128
+    batch_size: int = 128  # videos per forward (mazes x N seeds)
 
     cli_help = {
-        "model": "A shipped testbed (testbed, testbed-mixed) or a folder of testbed weights.",
-        "sizes": "Maze sizes; repeatable.",
-        "n": "Held-out mazes per size.",
-        "seeds": "Seeds run per maze, N; repeatable.",
+        **SourceConfig.cli_help,
+        "model": "A maze model: a shipped testbed (testbed, testbed-mixed) or a folder of testbed weights.",
+        "n": "Testbed without --data: held-out mazes per size.",
+        "sizes": "Testbed without --data: maze sizes; repeatable.",
+        "n_seeds": "Seeds run per maze, N; repeatable.",
         "ks": "Steps run before choosing, k; repeatable.",
         "scores": "verifier, connectivity (verifier-free) or module:function of decoded frames; repeatable.",
         "scorer_timeout": "Seconds one call of a module:function score may take (default: no limit).",
+        "batch_size": "Videos per forward (mazes x N seeds).",
     }
-    cli_flags = {"n": ("-n", "--n"), "sizes": ("--size",), "ks": ("--k",), "scores": ("--score",)}
+    cli_flags = {**SourceConfig.cli_flags, "sizes": ("--size",), "n_seeds": ("--n-seeds", "--seeds"), "ks": ("--k",),
+                 "scores": ("--score",)}  # fmt: skip
 
     def __post_init__(self):
-        super().__post_init__()  # interp.validation: types and ranges
-        if not self.seeds or min(self.seeds) < 1 or not self.ks or min(self.ks) < 1 or self.n < 1:
+        ExperimentConfig.__post_init__(self)  # interp.validation: types and ranges
+        SourceConfig.__post_init__(self)
+        if not self.n_seeds or min(self.n_seeds) < 1 or not self.ks or min(self.ks) < 1 or self.n < 1:
             raise ValueError("early selection needs N >= 1 seeds, k >= 1 steps and n >= 1 mazes")
         if not self.scores:
             raise ValueError("early selection needs at least one score")
         for spec in self.scores:
             load_score(spec)
+
+    def check(self, pipeline: bool | None = None) -> None:
+        super().check(pipeline)
+        if self.is_pipeline() if pipeline is None else pipeline:
+            raise ValueError(f"model {self.model}: early selection reads the maze verifier on the model's own "
+                             "latents: it needs a maze model (the testbed), not a pipeline")  # fmt: skip
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        """A config written before one source: its ``seeds`` were the N seeds run per maze."""
+        if "seeds" in data and "n_seeds" not in data:
+            data = {**data, "n_seeds": data["seeds"]}
+            del data["seeds"]
+        return data
 
 
 def _scores(fn, decoded: bool, x0: np.ndarray, mazes, adapter) -> np.ndarray:
@@ -118,30 +136,37 @@ def _row(method: str, size: int, solved: np.ndarray, calls: int, **extra) -> dic
 
 
 def run_early_select(cfg: EarlySelectConfig, adapter=None, progress: bool = True) -> list[dict]:
-    """Rows per size: single seed, best of N (oracle), the ensemble, and every (N, k, score) selection."""
+    """Rows per group of mazes (size): single seed, best of N (oracle), the ensemble, and every (N, k, score)
+    selection. Seed i of a maze: its own seed + i * NOISE_STRIDE."""
     from tqdm.auto import tqdm
 
-    adapter = adapter or load_testbed(cfg.model)
-    num_steps = cfg.num_steps or adapter.defaults.num_steps
+    from interp.experiments._causal import maze_truths
+
+    adapter = adapter or cfg.load()
+    num_steps, shift = cfg.num_steps_of(adapter), cfg.shift_of(adapter)
     if max(cfg.ks) > num_steps:
         raise ValueError(f"k must be at most the {num_steps} denoising steps, got {max(cfg.ks)}")
+    groups = [(source, source.videos(adapter)) for source in cfg.groups()]
+    if any(maze_truths(adapter, videos) is None for _, videos in groups):
+        raise ValueError(f"model {cfg.model}: early selection is judged by the maze verifier on the model's own "
+                         "latents: it needs a maze model (the testbed) on mazes")  # fmt: skip
     scores = {spec: load_score(spec, cfg.scorer_timeout) for spec in cfg.scores}
-    n_max, rows = max(cfg.seeds), []
-    for size in tqdm(cfg.sizes, disable=not progress, desc="early selection"):
-        mazes = [maze_task.generate_maze(size, cfg.first_seed + i) for i in range(cfg.n)]
-        shape = adapter.latent_shape(size, cfg.frames)
-        solved = np.zeros((cfg.n, n_max), dtype=bool)
-        picked = {(spec, k): np.zeros((cfg.n, n_max)) for spec in cfg.scores for k in cfg.ks}
-        ensemble = {n: np.zeros(cfg.n, dtype=bool) for n in cfg.seeds if n > 1}
+    n_max, rows = max(cfg.n_seeds), []
+    for source, videos in tqdm(groups, disable=not progress, desc="early selection"):
+        mazes, n = maze_truths(adapter, videos), len(videos)
+        size, shape = mazes[0].size, source.latent_shape(adapter, videos)
+        solved = np.zeros((n, n_max), dtype=bool)
+        picked = {(spec, k): np.zeros((n, n_max)) for spec in cfg.scores for k in cfg.ks}
+        ensemble = {m: np.zeros(n, dtype=bool) for m in cfg.n_seeds if m > 1}
         per_batch = max(1, cfg.batch_size // n_max)
-        for lo in range(0, cfg.n, per_batch):
-            chunk = mazes[lo : lo + per_batch]
-            seeds = [m.seed + NOISE_STRIDE * i for m in chunk for i in range(n_max)]
-            noise = initial_noise(seeds, shape, adapter.device, adapter.dtype)
-            cond = adapter.conditioning(chunk, cfg.frames).repeat_interleave(n_max, 0)
+        for lo in range(0, n, per_batch):
+            chunk, chunk_videos = mazes[lo : lo + per_batch], videos[lo : lo + per_batch]
+            noise = source.noise(adapter, [v.seed + NOISE_STRIDE * i for v in chunk_videos for i in range(n_max)],
+                                 shape)  # fmt: skip
+            cond = source.inputs(adapter, chunk_videos)[1].repeat_interleave(n_max, 0)
             keep = KeepX0([k - 1 for k in cfg.ks])
             with torch.no_grad():
-                final = sample(adapter, noise, cond, num_steps, hooks=[keep]).latents
+                final = sample(adapter, noise, cond, num_steps, hooks=[keep], shift=shift).latents
             many = [m for m in chunk for _ in range(n_max)]
             solved[lo : lo + len(chunk)] = np.array([v.solved for v in verify_latents(adapter, final, many)]).reshape(
                 len(chunk), n_max
@@ -150,18 +175,19 @@ def run_early_select(cfg: EarlySelectConfig, adapter=None, progress: bool = True
                 fn, decoded = scores[spec]
                 values = _scores(fn, decoded, keep.x0[k - 1], many, adapter)
                 table[lo : lo + len(chunk)] = values.reshape(len(chunk), n_max)
-            for n in ensemble:  # the rescaled mean after the first step (the ensemble experiment's default)
-                rows_n = [i * n_max + j for i in range(len(chunk)) for j in range(n)]
-                merged = sample_merged(adapter, noise[rows_n], cond[rows_n], num_steps, SeedMerge(n, 1))
-                ensemble[n][lo : lo + len(chunk)] = [v.solved for v in verify_latents(adapter, merged[::n], chunk)]
+            for m in ensemble:  # the rescaled mean after the first step (the ensemble experiment's default)
+                rows_m = [i * n_max + j for i in range(len(chunk)) for j in range(m)]
+                merged = sample_merged(adapter, noise[rows_m], cond[rows_m], num_steps, SeedMerge(m, 1),
+                                       scheduler=adapter.make_scheduler(shift))  # fmt: skip
+                ensemble[m][lo : lo + len(chunk)] = [v.solved for v in verify_latents(adapter, merged[::m], chunk)]
         rows.append(_row("single seed", size, solved[:, 0], num_steps, n_seeds=1))
-        for n in (n for n in cfg.seeds if n > 1):
-            rows.append(_row("best of N at the end (oracle)", size, solved[:, :n].any(1), n * num_steps, n_seeds=n))
-            rows.append(_row("ensemble (rescaled, K=1)", size, ensemble[n], n + num_steps - 1, n_seeds=n))
+        for m in (m for m in cfg.n_seeds if m > 1):
+            rows.append(_row("best of N at the end (oracle)", size, solved[:, :m].any(1), m * num_steps, n_seeds=m))
+            rows.append(_row("ensemble (rescaled, K=1)", size, ensemble[m], m + num_steps - 1, n_seeds=m))
             for (spec, k), table in picked.items():
-                chosen = table[:, :n].argmax(1)
-                rows.append(_row("early selection", size, solved[np.arange(cfg.n), chosen], n * k + num_steps - k,
-                                 n_seeds=n, k=k, scorer=spec))  # fmt: skip
+                chosen = table[:, :m].argmax(1)
+                rows.append(_row("early selection", size, solved[np.arange(n), chosen], m * k + num_steps - k,
+                                 n_seeds=m, k=k, scorer=spec))  # fmt: skip
     return rows
 
 
@@ -228,7 +254,7 @@ def demo(ctx) -> None:
         return
     size = ctx.sizes[-1]
     ctx.stage(f"early-step selection on {n} held-out {size}x{size} mazes (N = 1-8, k = 1, 2, 4)")
-    cfg = EarlySelectConfig(model=ctx.model, sizes=[size], frames=ctx.frames, n=n)
+    cfg = EarlySelectConfig(model=ctx.model, sizes=[size], num_frames=ctx.frames, n=n)
     manifest = save_early_select(run_early_select(cfg, ctx.adapter, progress=False), cfg, ctx.out / "early_select")
     ctx.headline.extend(manifest.headline)
 

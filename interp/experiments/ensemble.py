@@ -38,12 +38,12 @@ from interp.experiments.ensemble_runs import NOISE_STRIDE, EnsembleRuns, prepare
 from interp.experiments.executors import Sweep, executor_or_local
 from interp.manifest import Manifest, Table
 from interp.report.ensemble_figures import plot_rows, text_table
-from interp.sources import SourceConfig
+from interp.sources import MazeSizes, SourceConfig
 from interp.validation import MAX_STEPS, MAX_VIDEOS, each, int_range, number
 
 
 @dataclass
-class EnsembleConfig(SourceConfig, ExperimentConfig):
+class EnsembleConfig(MazeSizes, SourceConfig, ExperimentConfig):
     """Any model's source (``interp.sources.SourceConfig``): the testbed's generated mazes of each of
     ``sizes``, or the samples of a data folder. Where a maze model's verifier judges the videos: accuracy
     per group of videos. Otherwise every variant's video is written for the user's own scorer, with
@@ -78,18 +78,9 @@ class EnsembleConfig(SourceConfig, ExperimentConfig):
     }
     cli_flags = {**SourceConfig.cli_flags, "sizes": ("--size",), "ensemble_sizes": ("--ensemble-size", "--seeds"),
                  "ks": ("--k",), "merges": ("--merge",), "temperatures": ("--temperature",)}  # fmt: skip
-    cli_hidden = ("size",)  # one source per size of ``sizes``
-
     def __post_init__(self):
         ExperimentConfig.__post_init__(self)  # interp.validation: types and ranges
         SourceConfig.__post_init__(self)
-
-    def check(self, pipeline: bool | None = None) -> None:
-        super().check(pipeline)
-        if self.data is not None and self.sizes != [4, 5]:
-            raise ValueError("--size chooses the testbed's generated mazes; with --data the folder's samples are run")
-        if self.size != 4:
-            raise ValueError("the ensemble's maze sizes are its sizes (--size, repeatable), not size")
 
     @classmethod
     def upgrade(cls, data: dict) -> dict:
@@ -303,13 +294,13 @@ def plan_ensemble(cfg: EnsembleConfig, out: Path):
     """Every video of every group sampled by N seeds and by each variant; with no verifier every final
     latent is kept and decoded to a GIF. Laid out from the model's configs (a pipeline: nothing loaded)."""
     from interp.experiments._causal import maze_truths
-    from interp.experiments.ensemble_runs import check_sweep, sources, variants
+    from interp.experiments.ensemble_runs import check_sweep, variants
     from interp.plans import FIGURES, FLOAT32, Plan, count, folder_weight_bytes, model_bytes
 
     adapter = cfg.load(skeleton=True)
     num_steps = cfg.num_steps_of(adapter)
     check_sweep(cfg.ensemble_sizes, cfg.ks, cfg.merges, num_steps)
-    groups = [(source, source.videos(adapter)) for source in sources(cfg)]
+    groups = [(source, source.videos(adapter)) for source in cfg.groups()]
     videos = sum(len(v) for _, v in groups)
     found = list(variants(cfg.ensemble_sizes, cfg.ks, cfg.merges, cfg.temperatures, adapter.prediction == "flow"))
     runs = max(cfg.ensemble_sizes) + len(found)

@@ -5,7 +5,7 @@ groups of seeds with a variant's hooks, and the verifier's verdicts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -97,11 +97,6 @@ class EnsembleRuns:
                 for v in [None, *range(len(self.variants))]]  # fmt: skip
 
 
-def sources(cfg) -> list:
-    """The config's sources, one per group: per maze size of the testbed's generated mazes, else itself."""
-    return [replace(cfg, size=size) for size in cfg.sizes] if cfg.data is None else [cfg]
-
-
 def prepare(cfg, adapter=None, videos_per_group: int | None = None) -> EnsembleRuns:
     """Videos, conditioning and N seeds' noise per group of an ensemble config, and its variants; the
     model is checked against the sweep before any run. ``videos_per_group``: the first ones only."""
@@ -113,7 +108,7 @@ def prepare(cfg, adapter=None, videos_per_group: int | None = None) -> EnsembleR
     if adapter.prediction != "flow" and set(cfg.merges) - {"mean"}:
         raise ValueError(f"{adapter.name} is not a flow-matching model: only the 'mean' merge applies")
     n_max, groups = max(cfg.ensemble_sizes), []
-    for source in sources(cfg):
+    for source in cfg.groups():
         videos = source.videos(adapter)[:videos_per_group]
         noise, cond = source.inputs(adapter, videos)  # each video's own seed: its seed 0
         shape = tuple(noise.shape[1:])

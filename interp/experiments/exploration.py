@@ -11,8 +11,9 @@ compare the studied model's share with the control's, each with a Wilson interva
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -20,10 +21,10 @@ import torch
 from interp.analysis.chain_of_steps import Chain, ChainConfig, analyse_trajectory, summarise
 from interp.analysis.claims import CANNOT_TELL, NOT_SHOWN, SHOWS, claim
 from interp.evaluation import wilson_interval
-from interp.execution.loop import KeepX0, initial_noise, sample
+from interp.execution.loop import KeepX0, sample
 from interp.experiments.base import Experiment, ExperimentConfig, register
 from interp.manifest import Manifest, Table
-from interp.sources import load_testbed
+from interp.sources import MazeSizes, SourceConfig
 from interp.tasks import maze as maze_task
 
 BEHAVIOURS = {
@@ -35,43 +36,56 @@ FLOOR = 0.05  # a share a detector's false alarms could give
 
 
 @dataclass
-class ExplorationConfig(ExperimentConfig, ChainConfig):  # the detector thresholds are its fields
+class ExplorationConfig(MazeSizes, SourceConfig, ChainConfig, ExperimentConfig):  # the detector thresholds too
+    """Maze models' sources (``interp.sources.SourceConfig``): each of ``models`` on the testbed's generated
+    mazes of each of ``sizes``, or on a maze data folder; the first model is studied, the others are its
+    one-pass controls on the same mazes and noise."""
+
     experiment = "exploration"
+    old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames"}
+    cli_hidden = ("size", "model")  # one source per model of ``models`` and size of ``sizes``
     models: list[str] = field(default_factory=lambda: ["testbed-mixed", "testbed"])
-    sizes: list[int] = field(default_factory=lambda: [4, 5, 6])
-    frames: int = 4
     n: int = 64  # held-out mazes per size
-    first_seed: int = 0
-    num_steps: int | None = None
+    sizes: list[int] = field(default_factory=lambda: [4, 5, 6])
     batch_size: int = 64
 
     cli_help = {
-        "models": "Testbeds (names or weight folders); the first is studied, the others are controls; repeatable.",
-        "sizes": "Maze sizes; repeatable.",
-        "n": "Held-out mazes per size.",
-        "first_seed": "First held-out maze seed.",
+        **SourceConfig.cli_help,
+        "models": "Maze models (names or weight folders); the first is studied, the others are controls; repeatable.",
+        "n": "Testbed without --data: held-out mazes per size.",
+        "sizes": "Testbed without --data: maze sizes; repeatable.",
         "num_steps": "Denoising steps; default: each model's own.",
+        "batch_size": "Videos per forward.",
     }
-    cli_flags = {"n": ("-n", "--n"), "models": ("--model",), "sizes": ("--size",)}
+    cli_flags = {**SourceConfig.cli_flags, "models": ("--model",), "sizes": ("--size",)}
 
     def __post_init__(self):
-        super().__post_init__()  # interp.validation: types and ranges
+        ExperimentConfig.__post_init__(self)  # interp.validation: types and ranges
+        SourceConfig.__post_init__(self)
         if not self.models or not self.sizes or self.n < 1 or self.batch_size < 1:
             raise ValueError("exploration needs at least one model and one size, n >= 1 and batch_size >= 1")
         if min(self.sizes) < maze_task.MIN_SIZE:
             raise ValueError(f"maze sizes must be >= {maze_task.MIN_SIZE}, got {min(self.sizes)}")
 
+        self.model = self.models[0]  # the studied model is the source's
 
-def trajectories(adapter, mazes, frames: int, num_steps: int, batch_size: int) -> np.ndarray:
-    """x0_hat of every step for each maze: (mazes, steps, C, T, N, N)."""
-    shape = adapter.latent_shape(mazes[0].size, frames)
+    def check(self, pipeline: bool | None = None) -> None:
+        for model in self.models:  # each model's source; the detectors read a maze model's own latents
+            source = replace(self, models=[model])
+            MazeSizes.check(source, pipeline)
+            if source.is_pipeline() if pipeline is None else pipeline:
+                raise ValueError(f"model {model}: exploration reads x0_hat on the maze grid: it needs a maze model "
+                                 "(the testbed), not a pipeline")  # fmt: skip
+
+
+def trajectories(adapter, noise: torch.Tensor, cond, num_steps: int, batch_size: int, shift: float | None = None):
+    """x0_hat of every step for each video: (videos, steps, C, T, N, N)."""
     out = []
-    for i in range(0, len(mazes), batch_size):
-        chunk = mazes[i : i + batch_size]
-        noise = initial_noise([m.seed for m in chunk], shape, adapter.device, adapter.dtype)
+    for i in range(0, noise.shape[0], batch_size):
         record = KeepX0()
         with torch.no_grad():
-            sample(adapter, noise, adapter.conditioning(chunk, frames), num_steps, hooks=[record])
+            sample(adapter, noise[i : i + batch_size], cond[i : i + batch_size], num_steps, shift=shift,
+                   hooks=[record])  # fmt: skip
         out.append(record.trajectories())
     return np.concatenate(out)
 
@@ -103,16 +117,23 @@ def run_exploration(cfg: ExplorationConfig, adapter=None, progress: bool = True)
     """{model: {size: summary + per-video chains}}; ``adapter`` stands for ``cfg.models[0]``."""
     from tqdm.auto import tqdm
 
+    from interp.experiments._causal import maze_truths
+
     result: dict = {}
     for i, model in enumerate(cfg.models):
-        model_adapter = adapter if (i == 0 and adapter is not None) else load_testbed(model)
-        num_steps = cfg.num_steps or model_adapter.defaults.num_steps
+        own = replace(cfg, models=[model])
+        model_adapter = adapter if (i == 0 and adapter is not None) else own.load()
+        num_steps = own.num_steps_of(model_adapter)
         result[model] = {}
-        for size in tqdm(cfg.sizes, disable=not progress, desc=f"exploration {model}"):
-            mazes = [maze_task.generate_maze(size, cfg.first_seed + j) for j in range(cfg.n)]
-            x0 = trajectories(model_adapter, mazes, cfg.frames, num_steps, cfg.batch_size)
+        for source in tqdm(own.groups(), disable=not progress, desc=f"exploration {model}"):
+            videos = source.videos(model_adapter)
+            mazes = maze_truths(model_adapter, videos)
+            if mazes is None:
+                raise ValueError(f"model {model}: exploration reads x0_hat on the maze grid: it needs a maze model")
+            noise, cond = source.inputs(model_adapter, videos)
+            x0 = trajectories(model_adapter, noise, cond, num_steps, cfg.batch_size, source.shift_of(model_adapter))
             chains = [analyse_trajectory(z, m, cfg.thresholds()) for z, m in zip(x0, mazes)]
-            result[model][size] = {**summarise_size(chains), "videos": [c.to_dict() for c in chains]}
+            result[model][mazes[0].size] = {**summarise_size(chains), "videos": [c.to_dict() for c in chains]}
     return result
 
 
@@ -158,7 +179,7 @@ def save_exploration(result: dict, cfg: ExplorationConfig, out) -> Manifest:
             rows.append(row)
     manifest.tables.append(Table("behaviours per model and size", list(rows[0]), rows))
     studied, controls = cfg.models[0], cfg.models[1:]
-    for size in cfg.sizes:
+    for size in result[studied]:
         s = result[studied][size]
         manifest.headline.append(
             f"{studied} {size}x{size}: final {_pct(s['final_solved'])}, x0_hat at step 0 {_pct(s['step0_solved'])}; "
@@ -184,11 +205,22 @@ def demo(ctx) -> None:
         return
     sizes = ctx.sizes
     ctx.stage(f"exploration and self-correction on {n} held-out mazes per size ({sizes}), beside testbed")
-    cfg = ExplorationConfig(models=[ctx.model, "testbed"], sizes=list(sizes), frames=ctx.frames, n=n)
+    cfg = ExplorationConfig(models=[ctx.model, "testbed"], sizes=list(sizes), num_frames=ctx.frames, n=n)
     manifest = save_exploration(run_exploration(cfg, ctx.adapter, progress=False), cfg, ctx.out / "exploration")
     ctx.headline.extend(manifest.headline)
 
 
+def plan_exploration(cfg: ExplorationConfig, out: Path):
+    """Every model on the same videos (the studied model's plan, once per model)."""
+    from interp.plans import source_plan
+
+    plan = source_plan("exploration", cfg, out)
+    plan.videos *= len(cfg.models)
+    plan.details.append(f"{len(cfg.models)} models x the same videos")
+    return plan
+
+
 EXPERIMENT = register(
-    Experiment("exploration", ExplorationConfig, run_exploration, save_exploration, demo=demo, demo_order=52)
+    Experiment("exploration", ExplorationConfig, run_exploration, save_exploration, demo=demo, demo_order=52,
+               plan=plan_exploration)
 )
