@@ -19,7 +19,7 @@ from pathlib import Path
 import typer
 
 from interp.experiments.base import Experiment, experiments, load_config
-from interp.plans import DRY_RUN, PlanOnly, show
+from interp.plans import show
 from interp.reader_plans import READERS
 from interp.validation import UsageError, build, check_output, check_threads
 
@@ -72,25 +72,37 @@ def ray_executor(values: dict):
     return RayExecutor(values["ray_address"], values["workers"], values["threads_per_worker"])
 
 
+def _argument(name: str, help_text: str) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Argument(..., help=help_text),
+                             annotation=Path)  # fmt: skip
+
+
 def make_command(experiment: Experiment):
-    """A typer command function for a registered experiment."""
+    """A typer command for a registered experiment: every config field an option (``cli_flags``, ``cli_help``;
+    ``cli_arguments``: positional; ``cli_hidden``: kept at its default; ``cli_parse``: text -> value), the
+    experiment's own options (``Experiment.options``, handed to its run and plan), ``--config``, ``--out``,
+    ``--threads``, Ray's options where its run takes an executor, and ``--dry-run`` (the plan, then exit 0)."""
     cls = experiment.config
     hints = typing.get_type_hints(cls)
-    helps = getattr(cls, "cli_help", {})
-    flags = getattr(cls, "cli_flags", {})
-    hidden = getattr(cls, "cli_hidden", ())  # fields the command keeps at their defaults
-    names = [f.name for f in fields(cls) if f.name not in hidden]
-    params = []
+    helps, flags = getattr(cls, "cli_help", {}), getattr(cls, "cli_flags", {})
+    arguments, parsers = getattr(cls, "cli_arguments", ()), getattr(cls, "cli_parse", {})
+    names = [f.name for f in fields(cls) if f.name not in getattr(cls, "cli_hidden", ())]
+    params = [_argument(name, helps.get(name, "")) for name in arguments]
     for f in fields(cls):
-        if f.name in hidden:
+        if f.name not in names or f.name in arguments:
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
-        params.append(_option(f.name, hints[f.name], default, helps.get(f.name, ""), flags.get(f.name)))
+        kind = hints[f.name]
+        if f.name in parsers:  # given as text (repeatable), parsed into the field's value
+            kind, default = list[str], []
+        params.append(_option(f.name, kind, default, helps.get(f.name, ""), flags.get(f.name)))
     params += [
         _option("config", Path | None, None, "Rerun from a saved config.json or run.json (other options ignored)."),
-        _option("out", Path, Path(f"runs/{experiment.kind}"), "Output folder."),
+        _option("out", Path, Path(f"runs/{experiment.kind}" + (".h5" if experiment.out_file else "")),
+                "Output file." if experiment.out_file else "Output folder."),
         _option("threads", int, 2, "CPU threads for torch."),
-    ]
+        *[_option(name, *spec) for name, spec in experiment.options.items()],
+    ]  # fmt: skip
     takes_executor = "executor" in inspect.signature(experiment.run).parameters
     if takes_executor:
         params += [_option(k, t, d, h, ("--ray",) if k == "ray" else None) for k, (t, d, h) in RAY_OPTIONS.items()]
@@ -99,18 +111,23 @@ def make_command(experiment: Experiment):
     def command(**values) -> None:
         import torch
 
-        values.pop("dry_run", None)  # read by guard() through interp.plans.DRY_RUN
-
-
+        dry_run = values.pop("dry_run")
+        options = {name: values.pop(name) for name in experiment.options}
         if values["config"] is not None:
             cfg = load_config(values["config"])
             if not isinstance(cfg, cls):
                 raise UsageError(f"{values['config']} is a {cfg.experiment!r} config, not {experiment.kind!r}")
         else:
+            if experiment.cli_values is not None:  # old spellings whose meaning depends on other options
+                values, options = experiment.cli_values(dict(values), dict(options))
             chosen = {k: values[k] for k in names}
             for f in fields(cls):  # a repeatable option given no value is the field's None ("all", "own")
                 if f.default is None and chosen.get(f.name) == []:
                     chosen[f.name] = None
+            for name in arguments:
+                chosen[name] = str(chosen[name])
+            for name, parse in parsers.items():
+                chosen[name] = parse(chosen[name])
             if "samples" in chosen and chosen["samples"]:
                 chosen["samples"] = split_names(chosen["samples"])
             if isinstance(chosen.get("data"), (str, Path)) and "data" in names:
@@ -118,23 +135,30 @@ def make_command(experiment: Experiment):
             cfg = build(cls, chosen, experiment.kind)
         torch.set_num_threads(check_threads(values["threads"]))
         tic, out = time.time(), values["out"]
-        check_output(out)
+        check_output(out, "file" if experiment.out_file else "folder")
         run_options = {"out": out} if experiment.run_writes else {}
         if takes_executor:
-            run_options["executor"] = ray_executor(values)
+            options["executor"] = ray_executor(values)
         from interp.plans import experiment_plan, show
 
-        show(experiment_plan(experiment.kind, cfg, out), typer.echo)  # --dry-run stops here
-        result = experiment.run(cfg, **run_options)
+        plan = experiment_plan(experiment.kind, cfg, out, **options)
+        show(plan, typer.echo)
+        if dry_run:
+            return
+        if plan.prepared is not None:  # built by the plan, gone on with by the run (built once)
+            options["prepared"] = plan.prepared
+            plan.prepared = None
+        result = experiment.run(cfg, **run_options, **options)
         manifest = experiment.save(result, cfg, out)
         for line in experiment.summary(manifest):
             typer.echo(line)
+        folder = Path(out).parent if experiment.out_file else Path(out)  # where the manifest's paths start
         for entry in manifest.files:
-            typer.echo(f"  {Path(out) / entry.path}")
+            typer.echo(f"  {entry.role}: {folder / entry.path}")
         typer.echo(f"[{time.time() - tic:.0f}s]")
 
     command.__signature__ = inspect.Signature(params)
-    command._planned = True
+    command._guarded = True  # it checks its own output and plan
     module = inspect.getmodule(experiment.run)
     command.__doc__ = ((module.__doc__ if module else None) or experiment.kind).split("\n\n")[0]
     command.__name__ = experiment.kind
@@ -159,37 +183,37 @@ def add_experiment_commands(app: typer.Typer) -> None:
 
 DRY_RUN_OPTION = _option("dry_run", bool, False, "Print the plan (videos, steps, sites, disk, memory) only.",
                          ("--dry-run",))  # fmt: skip
-# written-out commands that print a plan (interp.plans); READERS' (interp.reader_plans) are printed here, first
-PLANNED = ("generate", "trace", "probe", "demo", *READERS)
-FILE_OUTPUTS = {("trace", "out"), ("report", "out")}  # output options that name a file, not a folder
 OUTPUTS = ("out", "checkpoint", "export")
 
 
+def file_output(fn):
+    """A written-out command whose ``--out`` names a file, not a folder."""
+    fn._file_output = True
+    return fn
+
+
 def guard(name: str, fn):
-    """A command that first checks its output places (``interp.validation.check_output``), and for planned
-    commands takes ``--dry-run`` (the plan printed by ``interp.plans.show``, then exit 0)."""
+    """A written-out command that first checks its output places (``interp.validation.check_output``); a
+    store or folder reader (``interp.reader_plans.READERS``) prints its plan first and takes ``--dry-run``.
+    Generated commands check their own (``make_command``)."""
     if getattr(fn, "_guarded", False):
         return fn
     sig = inspect.signature(fn)
-    planned = getattr(fn, "_planned", False) or name in PLANNED
-    if planned and "dry_run" not in sig.parameters:
+    reader = name in READERS
+    if reader and "dry_run" not in sig.parameters:
         sig = sig.replace(parameters=[*sig.parameters.values(), DRY_RUN_OPTION])
 
     @functools.wraps(fn)
     def command(**values):
-        dry_run = values.pop("dry_run", False) if name in PLANNED else values.get("dry_run", False)
+        dry_run = values.pop("dry_run", False) if reader else False
         for key in OUTPUTS:
             if values.get(key) is not None:
-                check_output(values[key], "file" if (name, key) in FILE_OUTPUTS else "folder", "--" + key)
-        token = DRY_RUN.set(bool(dry_run))
-        try:
-            if name in READERS:
-                show(READERS[name](values), typer.echo)
-            return fn(**values)
-        except PlanOnly:
-            return None
-        finally:
-            DRY_RUN.reset(token)
+                check_output(values[key], "file" if getattr(fn, "_file_output", False) else "folder", "--" + key)
+        if reader:
+            show(READERS[name](values), typer.echo)
+            if dry_run:
+                return None
+        return fn(**values)
 
     command.__signature__ = sig
     command._guarded = True

@@ -14,7 +14,6 @@ free disk space under its output place or the available memory is smaller than t
 
 from __future__ import annotations
 
-import contextvars
 import math
 import os
 import shutil
@@ -23,13 +22,8 @@ from pathlib import Path
 
 from interp.validation import UsageError, nearest_existing
 
-DRY_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("dry_run", default=False)
 FLOAT32 = 4
 FIGURES = 8 * 2**20  # figures and tables of a command that writes no store: a few MB
-
-
-class PlanOnly(Exception):  # noqa: N818 - not an error: --dry-run stops here, exit 0
-    """Raised by ``show`` under ``--dry-run`` once the plan is printed."""
 
 
 @dataclass
@@ -45,6 +39,7 @@ class Plan:
     details: list[str] = field(default_factory=list)
     read_bytes: int = 0  # commands that read a store: what they read of it
     source: Path | None = None
+    prepared: object = None  # what planning built that the run goes on with (trace: the planned job)
 
     def lines(self) -> list[str]:
         parts = [count(self.videos, "video")] if self.videos or self.source is None else []
@@ -105,12 +100,10 @@ def check_resources(plan: Plan) -> None:
 
 
 def show(plan: Plan, echo=print) -> None:
-    """Print the plan, refuse it if it does not fit, and stop here under ``--dry-run``."""
+    """Print the plan and refuse it if it does not fit."""
     for line in plan.lines():
         echo(line)
     check_resources(plan)
-    if DRY_RUN.get():
-        raise PlanOnly
 
 
 def model_bytes(adapter) -> int:
@@ -153,24 +146,6 @@ def pipeline_plan(
     return Plan(command, Path(out), videos, num_steps, disk_bytes=FIGURES * max(videos, 1) + videos_bytes,
                 memory_bytes=folder_weight_bytes(model, torch_dtype),
                 details=[f"{what}; pipeline weights counted from their safetensors headers"])  # fmt: skip
-
-
-def generate_plan(cfg, out: Path) -> Plan:
-    """``interp generate``: per video the decoded x0_hat of every chosen step and the final video (GIFs, at most
-    a byte per pixel: palette images), from the config and the model's configs (a pipeline: nothing loaded)."""
-    from activations.selection import parse_index_spec
-
-    adapter = cfg.load(skeleton=True)
-    videos, num_steps = cfg.videos(adapter), cfg.num_steps_of(adapter)
-    decoded = len(parse_index_spec(cfg.steps, num_steps, "step")) + 1
-    frames, (height, width) = cfg.frames_of(adapter), cfg.frame_size(adapter, videos)
-    gifs = len(videos) * decoded * frames * height * width
-    what = (f"{len(videos)} videos x {decoded} decoded (x0_hat of {decoded - 1} steps and the final video), "
-            f"{frames} frames of {height}x{width} each")  # fmt: skip
-    if not adapter.is_skeleton:
-        return Plan("generate", Path(out), len(videos), num_steps, disk_bytes=FIGURES * len(videos) + gifs,
-                    memory_bytes=model_bytes(adapter), details=[what])  # fmt: skip
-    return pipeline_plan("generate", cfg.model, cfg.torch_dtype, len(videos), num_steps, out, gifs, what)
 
 
 def store_plan(
@@ -274,7 +249,7 @@ def joint_stream_note(adapter, sites) -> list[str]:
             "(their text rows flow on as the model computes them)"]  # fmt: skip
 
 
-def experiment_plan(kind: str, cfg, out: Path) -> Plan:
+def experiment_plan(kind: str, cfg, out: Path, **options) -> Plan:
     """A registered experiment: its own plan where it declares one (``Experiment.plan``), else one over a
     source (``source_plan``: causal ones hold recorded runs); an experiment of a user's own with no source:
     no estimate."""
@@ -283,7 +258,7 @@ def experiment_plan(kind: str, cfg, out: Path) -> Plan:
 
     own = getattr(experiments().get(kind), "plan", None)
     if own is not None:  # the experiment declares its plan beside its run
-        return own(cfg, Path(out))
+        return own(cfg, Path(out), **options)
     if isinstance(cfg, SourceConfig):
         return source_plan(kind, cfg, out)
     return Plan(kind, Path(out), getattr(cfg, "n", 0), 0, details=["no estimate: not a sampling experiment"])
@@ -354,18 +329,3 @@ def probe_plan(store_path: Path, cfg, out: Path) -> Plan:
     return Plan("probe", Path(out), videos, lay.num_steps, len(steps), len(layers), 4 * 2**20, memory,
                 [f"{targets} targets x {len(steps)} steps x {len(layers)} layers = {targets * len(steps) * len(layers)}"
                  " probes, each with 3 controls"])  # fmt: skip
-
-
-def study_plan(model: str, adapter, options: dict, out: Path, size: int, frames: int) -> Plan:
-    """``interp demo``: the store it writes is the largest cost; every stage's mazes listed."""
-    from interp.experiments.trace import TraceConfig, make_job
-
-    job = make_job(TraceConfig(model=model, n=options["n_trace"], size=size, num_frames=frames, attention=True),
-                   adapter)  # fmt: skip
-    store = store_plan("demo", job.layout, Path(out) / "trace.h5", job.batch_size)
-    counts = {k[2:]: v for k, v in options.items() if k.startswith("n_") and v}
-    store.details = [f"{store.videos} videos traced at {size}x{size}, every block at every step",
-                     "mazes per stage: " + ", ".join(f"{k} {v}" for k, v in counts.items())]  # fmt: skip
-    store.disk_bytes += FIGURES * (len(counts) + 4)
-    store.out = Path(out)
-    return store

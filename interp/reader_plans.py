@@ -1,17 +1,17 @@
-"""Plans of the commands that read a store or a run folder (filmstrip, energy, chain, verify, report):
-what they read of it, write and hold, from the store's layout alone (``interp.plans`` for the rest).
-``READERS`` maps a command to its plan; ``interp.cli_options`` prints it before the command runs."""
+"""Plans of the commands that read a store or a run folder: what they read of it, write and hold, from the
+store's layout alone (``interp.plans`` for the rest). ``READERS`` maps a written-out command (verify,
+report) to its plan; ``interp.cli_options`` prints it before the command runs. The experiments that read a
+store (filmstrip, energy, chain) declare theirs beside their run with the helpers here."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from interp.plans import FIGURES, FLOAT32, Plan, count, folder_weight_bytes, model_bytes
+from interp.plans import Plan, count, folder_weight_bytes, model_bytes
 from interp.validation import UsageError
 
 
-def _store_layout(path: Path):
+def store_layout(path: Path):
     from activations.reader import ActivationStore
 
     with ActivationStore(path) as store:
@@ -28,38 +28,6 @@ def decoder_bytes(model: str | None, device: str, torch_dtype: str | None) -> in
     if is_pipeline_folder(model):
         return folder_weight_bytes(model, default_dtype(device, torch_dtype))
     return model_bytes(load_testbed(model))
-
-
-def filmstrip_plan(values: dict) -> Plan:
-    from activations.selection import parse_index_spec
-
-    layout, _ = _store_layout(values["store"])
-    videos = parse_index_spec(values["videos"], layout.n_videos, "video")
-    steps = [s for s in parse_index_spec(values["steps"], layout.num_steps, "step") if s in layout.steps]
-    read = len(videos) * len(steps) * math.prod(layout.latent_shape) * FLOAT32
-    memory = decoder_bytes(values["model"], values["device"], values.get("torch_dtype")) + read // len(videos)
-    return Plan("filmstrip", Path(values["out"]), len(videos), layout.num_steps, len(steps), None,
-                FIGURES * len(videos), memory, [f"decodes x0_hat with {values['model']}"], read,
-                Path(values["store"]))  # fmt: skip
-
-
-def energy_plan(values: dict) -> Plan:
-    layout, _ = _store_layout(values["store"])
-    steps = len({values["step"], *(values.get("scale_step") or [])})  # steps sharing the colour scale are read too
-    read = sum(layout.n_tokens * layout.hidden[s] for s in layout.sites) * FLOAT32 * steps  # every site, one video
-    return Plan("energy", Path(values["out"]), 1, layout.num_steps, steps, len(layout.sites), FIGURES, 3 * read,
-                [f"video {values['video']} at step {values['step']}"], read, Path(values["store"]))  # fmt: skip
-
-
-def chain_plan(values: dict) -> Plan:
-    layout, done = _store_layout(values["store"])
-    per_video = len(layout.steps) * math.prod(layout.latent_shape) * FLOAT32
-    scorer_model = values.get("model") if values.get("scorer") else None
-    decoder = decoder_bytes(scorer_model, values["device"], values.get("torch_dtype"))
-    # read one video at a time, as float64 (one sample's seeds together: not known from the layout)
-    return Plan("chain", Path(values["out"]), len(done), layout.num_steps, len(layout.steps), None, FIGURES,
-                decoder + 2 * 2 * per_video, ["x0_hat of every stored step of every complete video, one at a time"],
-                per_video * len(done), Path(values["store"]))  # fmt: skip
 
 
 def verify_plan(values: dict) -> Plan:
@@ -88,5 +56,4 @@ def report_plan(values: dict) -> Plan:
                 source=run_dir)  # fmt: skip
 
 
-READERS = {"filmstrip": filmstrip_plan, "energy": energy_plan, "chain": chain_plan, "verify": verify_plan,
-           "report": report_plan}  # fmt: skip
+READERS = {"verify": verify_plan, "report": report_plan}

@@ -93,11 +93,29 @@ def demo_steps():
     return sorted((e for e in experiments().values() if e.demo is not None), key=lambda e: e.demo_order)
 
 
-def run_study(out: str | Path, model: str = "testbed", echo: Callable[[str], None] = print, **options) -> list[str]:
-    """Run every experiment's demo step on ``model`` into ``out`` and write the report; the headlines."""
+def study_plan(model: str, adapter, options: dict, out: Path, size: int, frames: int):
+    """``interp demo``: the store it writes is the largest cost; every stage's mazes listed."""
+    from interp.experiments.trace import TraceConfig, make_job
+    from interp.plans import FIGURES, store_plan
+
+    job = make_job(TraceConfig(model=model, n=options["n_trace"], size=size, num_frames=frames, attention=True),
+                   adapter)  # fmt: skip
+    store = store_plan("demo", job.layout, Path(out) / "trace.h5", job.batch_size)
+    counts = {k[2:]: v for k, v in options.items() if k.startswith("n_") and v}
+    store.details = [f"{store.videos} videos traced at {size}x{size}, every block at every step",
+                     "mazes per stage: " + ", ".join(f"{k} {v}" for k, v in counts.items())]  # fmt: skip
+    store.disk_bytes += FIGURES * (len(counts) + 4)
+    store.out = Path(out)
+    return store
+
+
+def run_study(out: str | Path, model: str = "testbed", echo: Callable[[str], None] = print, dry_run: bool = False,
+              **options) -> list[str]:  # fmt: skip
+    """Run every experiment's demo step on ``model`` into ``out`` and write the report; the headlines.
+    ``dry_run``: print the plan only."""
     import torch
 
-    from interp.plans import show, study_plan
+    from interp.plans import show
     from interp.report.html import write_report
     from interp.sources import load_testbed
     from interp.tasks.splits import IN_DISTRIBUTION
@@ -108,7 +126,9 @@ def run_study(out: str | Path, model: str = "testbed", echo: Callable[[str], Non
     _check_stages(options, adapter)
     torch.set_num_threads(options["threads"])
     out = Path(out)
-    show(study_plan(model, adapter, options, out, max(sizes), IN_DISTRIBUTION["frames"]), echo)  # --dry-run: here
+    show(study_plan(model, adapter, options, out, max(sizes), IN_DISTRIBUTION["frames"]), echo)
+    if dry_run:
+        return []
     ensemble_size = max(sizes) + 1 if len(sizes) == 1 else max(sizes)
     ctx = StudyContext(adapter, model, out, options, echo, max(sizes), IN_DISTRIBUTION["frames"], sizes, ensemble_size)
     for experiment in demo_steps():

@@ -46,3 +46,20 @@ def test_a_damaged_manifest_is_named_in_the_report_not_a_crash(run_cli, tmp_path
     assert code == 0, err
     page = (tmp_path / "report.html").read_text()
     assert "Unreadable run manifests" in page and "run.json: missing field &#x27;title&#x27;" in page
+
+
+def test_every_experiment_command_is_made_from_its_config():
+    """One factory: every registered experiment's command is generated from its config (options, --config,
+    --out, --threads, --dry-run); only what is not an experiment is written out."""
+    import inspect
+
+    from interp.cli import app
+    from interp.cli_options import add_experiment_commands
+    from interp.experiments.base import experiments
+
+    add_experiment_commands(app)
+    commands = {c.name or c.callback.__name__: c.callback for c in app.registered_commands}
+    assert set(commands) - set(experiments()) == {"report", "demo", "verify"}
+    for kind in experiments():
+        params = inspect.signature(commands[kind]).parameters
+        assert {"config", "out", "threads", "dry_run"} <= set(params), kind

@@ -156,6 +156,11 @@ def test_exploration_runs_both_models_on_the_same_mazes(organism):
         s = result[model][4]
         assert s["n"] == 3 and [v["seed"] for v in s["videos"]] == [0, 1, 2]
         assert len(s["solved_per_step"]) == 6 and 0 <= s["explore_then_prune"]["share"] <= 1
+    old = ExplorationConfig.from_dict({"experiment": "exploration", "models": ["testbed"], "frames": 4, "sizes": [5]})
+    assert (old.model, old.num_frames, old.sizes) == ("testbed", 4, [5])  # a config written before one source
+    for cfg in (old, EarlySelectConfig()):  # both read the maze verifier on a maze model's own latents
+        with pytest.raises(ValueError, match="needs a maze model"):
+            cfg.check(pipeline=True)
 
 
 def test_organism_accuracy_floor_on_a_fixed_held_out_set(organism):
@@ -181,8 +186,3 @@ def test_the_selection_figure_draws_a_wilson_bound_one_rounding_step_below_its_s
              "ci95": [0.9258973488472576, 0.9999999999999999]},
             {"method": "single seed", "model_calls": 20, "accuracy": 0.0, "ci95": [1e-17, 0.07]}]  # fmt: skip
     assert selection_figure(rows, tmp_path / "s.png").stat().st_size > 0
-    old = ExplorationConfig.from_dict({"experiment": "exploration", "models": ["testbed"], "frames": 4, "sizes": [5]})
-    assert (old.model, old.num_frames, old.sizes) == ("testbed", 4, [5])  # a config written before one source
-    for cfg in (old, EarlySelectConfig()):  # both read the maze verifier on a maze model's own latents
-        with pytest.raises(ValueError, match="needs a maze model"):
-            cfg.check(pipeline=True)

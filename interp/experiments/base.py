@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -76,7 +76,13 @@ class Experiment:
     demo: Callable[..., None] | None = None  # (StudyContext) -> None: its part of the whole study
     demo_order: int = 100
     alternatives: tuple[type, ...] = ()  # further config classes of this kind (a pipeline variant)
-    plan: Callable[..., Any] | None = None  # (config, out) -> interp.plans.Plan; None: the generic estimate
+    plan: Callable[..., Any] | None = None  # (config, out, **options) -> interp.plans.Plan; None: the generic one
+    # Its command, made by ``interp.cli_options.make_command``: options beyond the config's fields, handed to
+    # run and plan (name -> (type, default, help[, flags])); whether ``--out`` names a file; old spellings
+    # whose meaning depends on other options ((field values, options) as given -> today's).
+    options: dict[str, tuple] = field(default_factory=dict)
+    out_file: bool = False
+    cli_values: Callable[[dict, dict], tuple[dict, dict]] | None = None
 
 
 _REGISTRY: dict[str, Experiment] = {}

@@ -29,6 +29,21 @@ class ChainRunConfig(ExperimentConfig, ChainConfig):  # the detector thresholds 
     device: str = "cpu"
     torch_dtype: str | None = None
 
+    cli_arguments = ("store",)
+    cli_help = {
+        "store": "An activation store traced with --steps all (maze task).",
+        "min_branches": "Multi-path: lit side branches at some step.",
+        "superposition_share": "Superposition: share of the solution lit...",
+        "superposition_extra": "...while at least this many off-path cells are lit.",
+        "formed_share": "An answer is formed when this share of the path length is lit.",
+        "threshold": "Any model: a frame commits once x0_hat stays this close to the end.",
+        "scorer": "module:function of decoded frames (T, H, W, 3) -> a number.",
+        "scorer_timeout": "Seconds one scorer call may take (default: no limit).",
+        "model": "With --scorer: the store's model, to decode x0_hat.",
+        "device": "With --scorer: torch device of the decoder.",
+        "torch_dtype": "With --scorer: float32 (default on CPU), bfloat16.",
+    }
+
     def __post_init__(self):
         super().__post_init__()  # interp.validation: types and ranges
         from interp.sources import default_dtype
@@ -157,4 +172,23 @@ def demo(ctx) -> None:
     )
 
 
-EXPERIMENT = register(Experiment("chain", ChainRunConfig, run_chain, save_chain, demo=demo, demo_order=50, cli=False))
+def plan_chain(cfg: ChainRunConfig, out: Path):
+    """x0_hat of every stored step of every complete video, read one video at a time, and the scorer's decoder."""
+    import math
+
+    from interp.plans import FIGURES, FLOAT32, Plan
+    from interp.reader_plans import decoder_bytes, store_layout
+
+    if not Path(cfg.store).is_file():
+        raise ValueError(f"no activation store at {cfg.store}")
+    layout, done = store_layout(Path(cfg.store))
+    per_video = len(layout.steps) * math.prod(layout.latent_shape) * FLOAT32
+    decoder = decoder_bytes(cfg.model if cfg.scorer else None, cfg.device, cfg.torch_dtype)
+    # read one video at a time, as float64 (one sample's seeds together: not known from the layout)
+    return Plan("chain", out, len(done), layout.num_steps, len(layout.steps), None, FIGURES,
+                decoder + 2 * 2 * per_video, ["x0_hat of every stored step of every complete video, one at a time"],
+                per_video * len(done), Path(cfg.store))  # fmt: skip
+
+
+EXPERIMENT = register(Experiment("chain", ChainRunConfig, run_chain, save_chain, demo=demo, demo_order=50,
+                                 plan=plan_chain))  # fmt: skip

@@ -27,10 +27,21 @@ from pathlib import Path
 
 from activations.schema import part_path
 from activations.writer import DEFAULT_QUEUE_BYTES, StoreWriter
-from interp.experiments.executors import claim_marker
 
 # One job per process: the model stays loaded between tasks of the same trace.
 _JOB_CACHE: dict[str, object] = {}
+
+
+def claim_marker(path: str, text: str) -> bool:
+    """Create ``path`` if no one has (tests' kill hook): atomic, so of two workers starting
+    together exactly one claims it, where exists-then-write let both die."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
 
 
 def _make_job(cfg_json: str):

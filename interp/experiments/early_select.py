@@ -90,10 +90,10 @@ class EarlySelectConfig(MazeSizes, SourceConfig, ExperimentConfig):
             load_score(spec)
 
     def check(self, pipeline: bool | None = None) -> None:
-        super().check(pipeline)
         if self.is_pipeline() if pipeline is None else pipeline:
             raise ValueError(f"model {self.model}: early selection reads the maze verifier on the model's own "
                              "latents: it needs a maze model (the testbed), not a pipeline")  # fmt: skip
+        super().check(pipeline)
 
     @classmethod
     def upgrade(cls, data: dict) -> dict:

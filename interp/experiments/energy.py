@@ -24,6 +24,15 @@ class EnergyConfig(ExperimentConfig):
     step: int = 0
     scale_steps: list[int] | None = None  # steps sharing each layer's colour scale (None: this step's own)
 
+    cli_arguments = ("store",)
+    cli_help = {
+        "store": "An activation store (.h5).",
+        "video": "Video index in the store.",
+        "step": "Denoising step (must be stored).",
+        "scale_steps": "Stored steps whose maps share each layer's colour scale; repeat.",
+    }
+    cli_flags = {"scale_steps": ("--scale-step",)}
+
 
 def check(cfg: EnergyConfig, store: ActivationStore) -> None:
     if cfg.step not in store.steps:
@@ -70,6 +79,19 @@ def demo(ctx) -> None:
         save_energy(run_energy(cfg, out), cfg, out)
 
 
+def plan_energy(cfg: EnergyConfig, out: Path):
+    """Every site of one video at the step (and the steps sharing its colour scale), from the layout alone."""
+    from interp.plans import FIGURES, FLOAT32, Plan
+    from interp.reader_plans import store_layout
+
+    layout, _ = store_layout(Path(cfg.store))
+    steps = len({cfg.step, *(cfg.scale_steps or [])})  # steps sharing the colour scale are read too
+    read = sum(layout.n_tokens * layout.hidden[s] for s in layout.sites) * FLOAT32 * steps  # every site, one video
+    return Plan("energy", out, 1, layout.num_steps, steps, len(layout.sites), FIGURES, 3 * read,
+                [f"video {cfg.video} at step {cfg.step}"], read, Path(cfg.store))  # fmt: skip
+
+
 EXPERIMENT = register(
-    Experiment("energy", EnergyConfig, run_energy, save_energy, run_writes=True, demo=demo, demo_order=31, cli=False)
+    Experiment("energy", EnergyConfig, run_energy, save_energy, run_writes=True, demo=demo, demo_order=31,
+               plan=plan_energy)
 )

@@ -290,7 +290,7 @@ def demo(ctx) -> None:
     )
 
 
-def plan_ensemble(cfg: EnsembleConfig, out: Path):
+def plan_ensemble(cfg: EnsembleConfig, out: Path, executor=None):
     """Every video of every group sampled by N seeds and by each variant; with no verifier every final
     latent is kept and decoded to a GIF. Laid out from the model's configs (a pipeline: nothing loaded)."""
     from interp.experiments._causal import maze_truths

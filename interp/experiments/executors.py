@@ -25,6 +25,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from interp.experiments.distributed import claim_marker
+
 
 @dataclass(frozen=True)
 class Sweep:
@@ -54,18 +56,6 @@ _CONTEXTS: dict[tuple[str, str], Any] = {}
 
 def _sweep_of(kind: str) -> Sweep:
     return importlib.import_module(f"interp.experiments.{kind}").SWEEP
-
-
-def claim_marker(path: str, text: str) -> bool:
-    """Create ``path`` if no one has (tests' kill hook): atomic, so of two workers starting
-    together exactly one claims it, where exists-then-write let both die."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    return True
 
 
 def run_units_task(kind: str, cfg_json: str, units: list, threads: int, fail_once: str | None) -> dict:
@@ -113,6 +103,13 @@ class RayExecutor:
     def __post_init__(self) -> None:
         if self.workers < 1 or self.threads_per_worker < 1 or self.max_retries < 0:
             raise ValueError("workers and threads_per_worker must be >= 1, max_retries >= 0")
+
+    def trace(self, cfg, out, queue_bytes: int, sha256: bool = False):
+        """A trace config's store at ``out``, its batches as Ray tasks (``distributed.run_trace_ray``)."""
+        from interp.experiments.distributed import run_trace_ray
+
+        return run_trace_ray(cfg, out, self.address, self.workers, self.threads_per_worker, self.max_retries,
+                             sha256=sha256, queue_bytes=queue_bytes, _fail_once=self._fail_once)  # fmt: skip
 
     def map(self, sweep: Sweep, cfg, context, units: Sequence, progress: bool = True, desc: str = "") -> list:
         try:

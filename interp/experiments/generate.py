@@ -32,6 +32,15 @@ class GenerateConfig(SourceConfig, ExperimentConfig):
     steps: str = "all"  # the steps whose x0_hat is decoded
     max_frames: int = 8  # columns of the filmstrip (evenly spaced frames); every frame is in the GIFs
 
+    cli_help = {
+        **SourceConfig.cli_help,
+        "seeds": "Testbed without --data: the maze's seed (held-out below 500000); otherwise noise seeds "
+                 "(repeatable).",
+        "n": "Testbed without --data: mazes (seeds --seed ..).",
+        "steps": "Steps whose x0_hat is decoded (all, 0-49:5); the testbed: also a number, its denoising steps.",
+        "max_frames": "Columns of each filmstrip (evenly spaced frames).",
+    }
+
     def __post_init__(self):
         ExperimentConfig.__post_init__(self)  # interp.validation: types and ranges
         SourceConfig.__post_init__(self)
@@ -145,7 +154,53 @@ def demo(ctx) -> None:
         ctx.echo(f"  {m.size}x{m.size} seed {m.seed}: {state}, x0_hat final from step {commit_step(result)}: {folder}")
 
 
+def plan_generate(cfg: GenerateConfig, out: Path):
+    """Per video the decoded x0_hat of every chosen step and the final video (GIFs, at most a byte per pixel:
+    palette images), from the config and the model's configs (a pipeline: nothing loaded)."""
+    from interp.plans import FIGURES, Plan, model_bytes, pipeline_plan
+
+    adapter = cfg.load(skeleton=True)
+    videos, num_steps = cfg.videos(adapter), cfg.num_steps_of(adapter)
+    decoded = len(parse_index_spec(cfg.steps, num_steps, "step")) + 1
+    frames, (height, width) = cfg.frames_of(adapter), cfg.frame_size(adapter, videos)
+    gifs = len(videos) * decoded * frames * height * width
+    what = (f"{len(videos)} videos x {decoded} decoded (x0_hat of {decoded - 1} steps and the final video), "
+            f"{frames} frames of {height}x{width} each")  # fmt: skip
+    if not adapter.is_skeleton:
+        return Plan("generate", Path(out), len(videos), num_steps, disk_bytes=FIGURES * len(videos) + gifs,
+                    memory_bytes=model_bytes(adapter), details=[what])  # fmt: skip
+    return pipeline_plan("generate", cfg.model, cfg.torch_dtype, len(videos), num_steps, out, gifs, what)
+
+
+def old_testbed_spellings(values: dict, options: dict) -> tuple[dict, dict]:
+    """The testbed's generate, without --data, as before one source: ``--seed`` is its one maze's seed,
+    ``--noise-seed`` the noise's, ``--steps N`` a count of denoising steps."""
+    from interp.models.registry import is_pipeline_folder
+    from interp.tasks.splits import is_training_seed
+    from interp.validation import UsageError
+
+    noise_seed = options.pop("noise_seed")
+    if is_pipeline_folder(values["model"]) or values["data"] is not None:
+        if noise_seed is not None:
+            raise UsageError("--noise-seed is for the testbed's one maze; with --data give noise seeds with --seed")
+        return values, options
+    seeds = list(values["seeds"] or [])
+    if len(seeds) > 1:
+        raise UsageError("the testbed draws one maze: give one --seed (several mazes: interp data maze, --data)")
+    if seeds:
+        values["first_seed"] = seeds[0]
+    values["seeds"] = [] if noise_seed is None else [noise_seed]
+    if values["steps"].isdigit() and values["num_steps"] is None:
+        values["num_steps"], values["steps"] = int(values["steps"]), "all"
+    if is_training_seed(values["first_seed"]):
+        print(f"note: seed {values['first_seed']} is in the training range; use a seed below 500000 for a held-out "
+              "maze")  # fmt: skip
+    return values, options
+
+
 EXPERIMENT = register(
     Experiment("generate", GenerateConfig, run_generate, save_generated, run_writes=True, demo=demo, demo_order=10,
-               cli=False)  # fmt: skip
+               plan=plan_generate, cli_values=old_testbed_spellings,
+               options={"noise_seed": (int | None, None, "Testbed without --data: seed of the noise (default the "
+                                       "maze's).")})  # fmt: skip
 )

@@ -3,12 +3,13 @@ stores), as a run with a manifest: ``NAME.csv``, ``NAME.config.json``, heatmaps,
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from activations.reader import ActivationStore
-from interp.experiments.base import Experiment, register
+from interp.experiments.base import Experiment, ExperimentConfig, register
 from interp.manifest import Manifest, Table
+from interp.validation import parse_labels
 from probes.labels import LabelProvider
 from probes.plots import plot_all
 from probes.run import ProbeConfig, run_probes, save_results
@@ -17,6 +18,60 @@ from probes.summary import input_flag
 COLUMNS = ["target", "metric", "step", "layer", "value", "value_lo", "value_hi", "control", "selectivity",
            "selectivity_lo", "selectivity_hi", "x_t", "condition", "majority_rate", "control_types",
            "inputs"]  # fmt: skip
+
+
+@dataclass
+class ProbeRunConfig(ProbeConfig, ExperimentConfig):
+    """A probing run of a store as a command: ``probes.ProbeConfig`` (model-free, what the store records) and
+    the store it reads."""
+
+    experiment = "probe"
+    targets: list[str] = field(default_factory=list)  # a command names what it probes (targets or labels)
+    store: str = ""
+
+    cli_arguments = ("store",)
+    cli_parse = {"labels": parse_labels}  # NAME=FILE.npy
+    cli_flags = {"targets": ("--target",)}
+    cli_hidden = ("cs", "alphas")  # the regularisation grids: config files only
+    cli_help = {
+        "store": "An activation store (.h5).",
+        "targets": "Maze target (on_path, wall, dist_to_goal, solved, ...); repeatable.",
+        "labels": "NAME=FILE.npy: your labels on the store's token grid; repeatable.",
+        "layers": "Layers to probe, e.g. all, 0-7, 0-39:4.",
+        "steps": "Denoising steps to probe, e.g. all, 0-9,19.",
+        "method": "fast (batched torch) or sklearn (one scikit-learn fit at a time).",
+        "test_fraction": "Share of videos held out for testing.",
+        "folds": "Cross-validation folds (by video) for the regularisation.",
+        "seed": "Seed of the video split and the control task.",
+        "tol": "Logistic fits stop when the largest gradient entry is below this.",
+        "max_iter": "At most this many iterations per C.",
+        "patience": "Fast path: also stop once no predicted class changed this long (0: never).",
+        "group": "Fast path: (step, layer) slabs fitted together (raise it on a GPU).",
+        "device": "torch device of the fast path: cpu, cuda, ...",
+        "name": "Name of the run: NAME.csv, results/probes/NAME in the store.",
+        "max_tokens": "Tokens read per video (stratified by label): bounded memory.",
+        "control_condition_types": "Control task: at most this many conditioning categories.",
+    }
+
+    def probing(self) -> ProbeConfig:
+        """The model-free config the fits and the store's results record."""
+        return ProbeConfig(**{f.name: getattr(self, f.name) for f in fields(ProbeConfig)})
+
+
+def run_probe(cfg: ProbeRunConfig, progress: bool = True):
+    return probe_store(cfg.store, cfg.probing(), progress)
+
+
+def save_probe_run(table, cfg: ProbeRunConfig, out) -> Manifest:
+    return save_probes(table, cfg.probing(), cfg.store, out, cfg.to_dict())
+
+
+def plan_probe(cfg: ProbeRunConfig, out: Path):
+    from interp.plans import probe_plan
+
+    if not Path(cfg.store).is_file():
+        raise ValueError(f"no activation store at {cfg.store}")
+    return probe_plan(Path(cfg.store), cfg, out)
 
 
 def task_providers(store_path: str | Path) -> list[LabelProvider]:
@@ -71,12 +126,14 @@ def headline(r: dict, digits: int = 2) -> str:
     return f"{r['target']} is {r['inputs']}; " + text if r["inputs"] else text
 
 
-def save_probes(table, cfg: ProbeConfig, store_path: str | Path, out) -> Manifest:
-    """Table and config (``NAME.csv``, ``NAME.config.json``, also inside the store), heatmaps, manifest."""
+def save_probes(table, cfg: ProbeConfig, store_path: str | Path, out, recorded: dict | None = None) -> Manifest:
+    """Table and config (``NAME.csv``, ``NAME.config.json``, also inside the store), heatmaps, manifest;
+    ``recorded``: the run's config as the manifest keeps it (a command's: with its store, so it reruns)."""
     out = Path(out)
     paths = save_results(table, store_path, cfg, out)
     figures = plot_all(table, out, cfg.name)
-    manifest = Manifest("probe", f"linear probes: {cfg.name}", "probes", {"experiment": "probe", **asdict(cfg)})
+    manifest = Manifest("probe", f"linear probes: {cfg.name}", "probes",
+                        recorded or {"experiment": "probe", **asdict(cfg)})  # fmt: skip
     manifest.add(paths["table"], "table", "every probe's score with its controls")
     manifest.add(paths["config"], "config", "the probing config")
     for target, path in figures.items():
@@ -118,4 +175,5 @@ def demo(ctx) -> None:
     ctx.headline += ["probe " + headline(r) for r in best_rows(table)]
 
 
-EXPERIMENT = register(Experiment("probe", ProbeConfig, probe_store, save_probes, demo=demo, demo_order=40, cli=False))
+EXPERIMENT = register(Experiment("probe", ProbeRunConfig, run_probe, save_probe_run, demo=demo, demo_order=40,
+                                 plan=plan_probe))  # fmt: skip

@@ -31,6 +31,17 @@ class FilmstripConfig(ExperimentConfig):
     device: str = "cpu"
     torch_dtype: str | None = None
 
+    cli_arguments = ("store",)
+    cli_help = {
+        "store": "An activation store (its x0_hat of every stored step).",
+        "model": "What decodes the latents: a testbed name or the pipeline folder.",
+        "videos": "Videos of the store, e.g. 0, 0-3.",
+        "steps": "Stored steps to decode.",
+        "max_frames": "Columns of each filmstrip (evenly spaced frames).",
+        "device": "torch device of the decoder.",
+        "torch_dtype": "Pipeline models: float32 (default), bfloat16.",
+    }
+
     def __post_init__(self):
         super().__post_init__()  # interp.validation: types and ranges
         self.torch_dtype = default_dtype(self.device, self.torch_dtype)
@@ -79,5 +90,24 @@ def save_step_videos(made: list[dict], cfg, out) -> Manifest:
     return manifest
 
 
+def plan_filmstrip(cfg: FilmstripConfig, out: Path):
+    """The chosen videos' x0_hat at the chosen stored steps, decoded one video at a time."""
+    import math
+
+    from activations.selection import parse_index_spec
+    from interp.plans import FIGURES, FLOAT32, Plan
+    from interp.reader_plans import decoder_bytes, store_layout
+
+    if not Path(cfg.store).is_file():
+        raise ValueError(f"no activation store at {cfg.store}")
+    layout, _ = store_layout(Path(cfg.store))
+    videos = parse_index_spec(cfg.videos, layout.n_videos, "video")
+    steps = [s for s in parse_index_spec(cfg.steps, layout.num_steps, "step") if s in layout.steps]
+    read = len(videos) * len(steps) * math.prod(layout.latent_shape) * FLOAT32
+    memory = decoder_bytes(cfg.model, cfg.device, cfg.torch_dtype) + read // len(videos)
+    return Plan("filmstrip", out, len(videos), layout.num_steps, len(steps), None, FIGURES * len(videos), memory,
+                [f"decodes x0_hat with {cfg.model}"], read, Path(cfg.store))  # fmt: skip
+
+
 EXPERIMENT = register(Experiment("filmstrip", FilmstripConfig, run_filmstrip, save_step_videos, run_writes=True,
-                                 cli=False))  # fmt: skip
+                                 plan=plan_filmstrip))  # fmt: skip

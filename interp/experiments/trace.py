@@ -45,6 +45,21 @@ class TraceConfig(SourceConfig, ExperimentConfig):
     attention: bool = False  # also the frame-attention statistics of each chosen layer's self-attention
     cross_attention: bool = False  # and of its cross-attention (attn2), per key group (text; Wan I2V: image)
 
+    cli_help = {
+        **SourceConfig.cli_help,
+        "steps": "Denoising steps to store: 'all', '0-9,19', '0-19:2'.",
+        "layers": "Blocks to store: 'all', '0-7:2', '3'.",
+        "subs": "Also store block sub-modules: attn1, attn2, ffn (repeatable).",
+        "pooling": "'none', 'frame', 'spatial:K', 'random:K[:SEED]'.",
+        "dtype": "Storage dtype: float16 or float32.",
+        "batch_size": "Videos per batch and part; default: testbed 16, pipelines 1.",
+        "backend": "Capture backend: nnsight or hooks.",
+        "branch": "The guidance branch stored: cond or uncond.",
+        "attention": "Also store frame-attention statistics per head.",
+        "cross_attention": "Also store cross-attention statistics.",
+    }
+    cli_flags = {**SourceConfig.cli_flags, "subs": ("--sub",)}
+
     def __post_init__(self):
         ExperimentConfig.__post_init__(self)  # interp.validation: types and ranges
         SourceConfig.__post_init__(self)
@@ -226,6 +241,43 @@ def _save(path, cfg, out):  # the store is written as it runs; the manifest with
     return Manifest.read(Path(path).with_name(Path(path).name + ".run.json"))
 
 
+# The command's options beyond the config: how the store is written (no stored byte depends on them).
+OPTIONS = {
+    "queue_mb": (int, 2048, "MiB of host copies waiting for the disk; then sampling waits."),
+    "sha256": (bool, False, "Also record each part's SHA-256 (verify --checksums).", ("--sha256",)),
+}
+
+
+def _queue_bytes(queue_mb: int) -> int:
+    if queue_mb < 1:
+        raise ValueError(f"--queue-mb must be at least 1, got {queue_mb}")
+    return queue_mb << 20
+
+
+def plan_trace_command(cfg: TraceConfig, out: Path, queue_mb: int = 2048, sha256: bool = False, executor=None):
+    """Every check first (a pipeline's from its folder's configs: nothing loaded); the planned job is what the
+    run loads its weights into (``Plan.prepared``). ``executor``: Ray's (its workers each write a part)."""
+    from interp.plans import trace_plan
+
+    job = make_job(cfg, skeleton=True)
+    workers, cluster = (executor.workers, executor.address) if executor is not None else (1, None)
+    plan = trace_plan(job, out, _queue_bytes(queue_mb), workers, cluster)
+    plan.prepared = job
+    return plan
+
+
+def trace_command(cfg: TraceConfig, out: str | Path, queue_mb: int = 2048, sha256: bool = False, executor=None,
+                  prepared: TraceJob | None = None) -> Path:  # fmt: skip
+    """``interp trace``: the store at ``out``, in this process (the planned job, loaded) or by an executor that
+    traces stores itself (Ray: ``executors.RayExecutor.trace``)."""
+    if getattr(executor, "trace", None) is not None:
+        print(executor.trace(cfg, out, _queue_bytes(queue_mb), sha256).table())
+        return Path(out)
+    job = None if prepared is None else prepared.loaded()
+    return run_trace(cfg, out, job=job, queue_bytes=_queue_bytes(queue_mb), sha256=sha256)
+
+
 EXPERIMENT = register(
-    Experiment("trace", TraceConfig, run_trace, _save, run_writes=True, demo=demo, demo_order=30, cli=False)
+    Experiment("trace", TraceConfig, trace_command, _save, run_writes=True, demo=demo, demo_order=30,
+               plan=plan_trace_command, options=OPTIONS, out_file=True)
 )
