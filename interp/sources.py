@@ -179,7 +179,15 @@ class SourceConfig:
         return load_pipeline_adapter(self.model, self.spec(), self.torch_dtype, self.device)
 
     def videos(self, adapter: VideoDiTAdapter) -> list[Video]:
-        """Every video of the run, in store order: each sample with each of its noise seeds."""
+        """Every video of the run, in store order: each sample with each of its noise seeds. The sample
+        folders are read once per config: a command's plan and its run share what the plan read."""
+        key = (adapter.task, self.frames_of(adapter))
+        read = self.__dict__.get("_videos")
+        if read is None or read[0] != key:
+            read = self.__dict__["_videos"] = (key, self._read_videos(adapter))
+        return list(read[1])
+
+    def _read_videos(self, adapter: VideoDiTAdapter) -> list[Video]:
         frames = self.frames_of(adapter)
         if adapter.task and not 2 <= frames <= MAX_SIZE:  # the puzzle and the solution; the testbed's rotary range
             raise ValueError(f"num_frames must be from 2 to {MAX_SIZE} for a maze model, got {frames}")

@@ -264,3 +264,22 @@ def test_the_planned_job_traces_with_its_samples_read_once(tmp_path, monkeypatch
     with ActivationStore(tmp_path / "a.h5") as a, ActivationStore(tmp_path / "b.h5") as b:
         assert np.array_equal(a.activations(a.sites[0]), b.activations(b.sites[0]))
         assert np.array_equal(a.final(), b.final()) and a.meta(1) == b.meta(1)
+
+
+def test_a_commands_plan_and_run_read_the_samples_once(tmp_path, monkeypatch):
+    """Every generated command plans, then runs, on one config: the sample folders are read by the plan and
+    the run goes on with what it read (here `perturb` on a pipeline: its plan from the skeleton)."""
+    import interp.sources
+    from interp.experiments.perturb import PerturbConfig, run_perturb
+    from interp.plans import experiment_plan
+
+    model = build_tiny_wan(tmp_path / "wan", True)
+    data = write_samples(tmp_path / "data", n=2)
+    cfg = PerturbConfig(model=str(model), data=str(data), samples=["sample_001"], height=32, width=32,
+                        num_frames=5, num_steps=2, steps="1", frames_to_noise="1")  # fmt: skip
+    reads = []
+    real = interp.sources.read_samples
+    monkeypatch.setattr(interp.sources, "read_samples", lambda folder: reads.append(folder) or real(folder))
+    assert experiment_plan("perturb", cfg, tmp_path / "out").videos == 1
+    result = run_perturb(cfg, progress=False)
+    assert len(reads) == 1 and result.at_step  # read by the plan, not again by the run
