@@ -69,9 +69,9 @@ class SourceConfig:
         "size": "Testbed without --data: maze cells per side.",
         "n": "Testbed without --data: mazes (seeds first-seed ..).",
         "first_seed": "Testbed without --data: first maze seed (held-out: below 500000).",
-        "num_frames": "Frames per video; default: the model's (pipelines 81).",
-        "height": "Pipeline models: video height (default 480).",
-        "width": "Pipeline models: video width (default 832).",
+        "num_frames": "Frames per video; default: the model's (a pipeline's own call's: Wan 81).",
+        "height": "Pipeline models: video height (default: the pipeline's own, Wan 480).",
+        "width": "Pipeline models: video width (default: the pipeline's own, Wan 832).",
         "num_steps": "Denoising steps; default: the model's (pipelines 50).",
         "shift": "Flow shift of the scheduler; default: the model's.",
         "guidance_scale": "Pipeline models: guidance scale (default: the family's).",
@@ -109,11 +109,12 @@ class SourceConfig:
 
     # -- the family's defaults -------------------------------------------------------------------
     def spec(self) -> PipelineSpec:
-        return PipelineSpec(self.height or 480, self.width or 832, self.num_frames or 81, self.guidance_scale,
-                            self.true_cfg_scale)  # fmt: skip
+        """The run settings a pipeline adapter is built with (None sizes: the pipeline's own, resolved on load
+        into ``adapter.pipeline_spec``)."""
+        return PipelineSpec(self.height, self.width, self.num_frames, self.guidance_scale, self.true_cfg_scale)
 
     def frames_of(self, adapter: VideoDiTAdapter) -> int:
-        return self.num_frames or (adapter.defaults.frames if adapter.task else self.spec().num_frames)
+        return self.num_frames or (adapter.defaults.frames if adapter.task else adapter.pipeline_spec.num_frames)
 
     def num_steps_of(self, adapter: VideoDiTAdapter) -> int:
         return self.num_steps or (adapter.defaults.num_steps if adapter.task else 50)
@@ -216,7 +217,7 @@ class SourceConfig:
     def latent_shape(self, adapter: VideoDiTAdapter, videos: list[Video]) -> tuple[int, ...]:
         if adapter.task:
             return adapter.latent_shape(videos[0].sample.truth.size, self.frames_of(adapter))
-        spec = self.spec()
+        spec = adapter.pipeline_spec
         return adapter.pipeline_latent_shape(spec.height, spec.width, spec.num_frames)
 
     def frame_size(self, adapter: VideoDiTAdapter, videos: list[Video]) -> tuple[int, int]:
@@ -224,7 +225,7 @@ class SourceConfig:
         if adapter.task:
             side = 2 * videos[0].sample.truth.size + 1
             return side, side
-        spec = self.spec()
+        spec = adapter.pipeline_spec
         return spec.height, spec.width
 
     def noise(self, adapter: VideoDiTAdapter, seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -238,7 +239,7 @@ class SourceConfig:
         if adapter.task:
             return noise, adapter.conditioning([v.sample.truth for v in videos], self.frames_of(adapter))
         samples = [v.sample for v in videos]
-        return noise, sample_conditioning(adapter, samples, noise, self.spec(), self.negative_prompt,
+        return noise, sample_conditioning(adapter, samples, noise, adapter.pipeline_spec, self.negative_prompt,
                                           self.max_sequence_length_of(adapter))  # fmt: skip
 
     def metas(self, adapter: VideoDiTAdapter, videos: list[Video], latents: torch.Tensor) -> list[dict]:

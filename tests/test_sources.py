@@ -113,3 +113,38 @@ def test_a_pipeline_source_samples_what_the_pipelines_own_call_gives_by_default(
     short = SourceConfig(model=str(model), data=str(data), height=32, width=32, num_frames=9, max_sequence_length=226)
     with pytest.raises(ValueError, match="needs 512"):
         short.inputs(adapter, videos)
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "ltx", "hunyuanvideo"])
+def test_a_pipeline_sources_default_video_is_the_one_its_pipeline_call_makes(tmp_path, family):
+    """No size or frame count given: the source plans and samples the video the pipeline's own call would
+    (Wan 480x832x81, LTX 512x704x161, HunyuanVideo 720x1280x129, CogVideoX from its transformer's sample
+    size): the latents the pipeline prepares have the shape the source lays out."""
+    import torch
+    from diffusers import DiffusionPipeline
+    from tiny_pipelines import BUILDERS
+
+    from interp.sources import SourceConfig
+
+    class Prepared(Exception):
+        pass
+
+    folder = BUILDERS[family](tmp_path / family)
+    source = SourceConfig(model=str(folder), data=str(write_samples(tmp_path / "data", n=1)), num_steps=1,
+                          max_sequence_length=16)  # fmt: skip
+    skeleton = source.load(skeleton=True)
+    videos = source.videos(skeleton)
+    planned = source.latent_shape(skeleton, videos)
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    shapes = []
+    real = pipe.prepare_latents
+
+    def prepare(*args, **kwargs):
+        shapes.append(tuple(real(*args, **kwargs)[0].shape))  # one video's latent
+        raise Prepared
+
+    pipe.prepare_latents = prepare
+    with pytest.raises(Prepared), torch.no_grad():
+        pipe(prompt="a maze", num_inference_steps=1, max_sequence_length=16, output_type="latent")
+    assert shapes == [planned]
+    assert skeleton.pipeline_spec.num_frames == source.frames_of(skeleton)

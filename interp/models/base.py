@@ -8,7 +8,7 @@ CogVideoX and LTX batch both halves in one call; each call says which batch rows
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -80,11 +80,34 @@ class PipelineSpec:
     from the video size); ``guidance_scale`` None keeps the family's default; ``true_cfg_scale``:
     HunyuanVideo's true classifier-free guidance (None: 1.0, off, as its pipeline's default)."""
 
-    height: int = 480
-    width: int = 832
-    num_frames: int = 81
+    height: int | None = None  # None: what the pipeline's own call uses (``resolved``)
+    width: int | None = None
+    num_frames: int | None = None
     guidance_scale: float | None = None
     true_cfg_scale: float | None = None
+
+    def resolved(self, pipe) -> PipelineSpec:
+        """The video size the pipeline's own call would use where this spec leaves it None: its signature's
+        defaults (Wan 480x832, 81 frames; LTX 512x704, 161; HunyuanVideo 720x1280, 129), or where those are
+        None, as its call computes them (CogVideoX: the transformer's sample size times the VAE's factor)."""
+        import inspect
+
+        params = inspect.signature(type(pipe).__call__).parameters
+        config = pipe.transformer.config
+        scale = getattr(pipe, "vae_scale_factor_spatial", 1)
+
+        def default(name: str, sample: str, factor: int):
+            value = getattr(self, name)
+            if value is None:
+                value = params[name].default if name in params else None
+            if value is None and sample in config:
+                value = config[sample] * factor
+            if value is None:
+                raise ValueError(f"{type(pipe).__name__} has no default {name}: give --{name.replace('_', '-')}")
+            return int(value)
+
+        return replace(self, height=default("height", "sample_height", scale), width=default("width", "sample_width",
+                       scale), num_frames=default("num_frames", "sample_frames", 1))  # fmt: skip
 
 
 PREDICTIONS = ("flow", "v", "eps")  # what the transformer predicts: flow velocity, v (DDIM-family), noise
@@ -110,6 +133,7 @@ class VideoDiTAdapter:
     # "after" or None (``interp.execution.attention_kernel.TokenLayout``).
     attention_text: str | None = None
     is_skeleton = False  # built from configs alone on the meta device (``interp.models.skeleton``): cannot run
+    pipeline_spec: PipelineSpec | None = None  # a pipeline's run settings, its video size resolved (set on load)
     latent_frame_axis: int | None = 1  # axis of the frames in one video's latent (C, T, H, W); None: packed
     latent_channel_axis: int = 0  # axis of the channels in one video's latent: the features of a latent position
     # Canonical sub-module names (sites ``blocks.K.attn1`` ...) -> this family's attribute names.

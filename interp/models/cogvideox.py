@@ -75,7 +75,7 @@ class CogVideoXAdapter(VideoDiTAdapter):
 
     @classmethod
     def from_pipeline(cls, pipe, spec: PipelineSpec | None = None) -> CogVideoXAdapter:
-        spec = spec or PipelineSpec()
+        spec = (spec or PipelineSpec()).resolved(pipe)
         scale = 6.0 if spec.guidance_scale is None else spec.guidance_scale
         return cls(pipe.transformer, pipe.scheduler, scale, pipe.vae, pipe, spec.num_frames)
 

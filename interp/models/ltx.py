@@ -74,7 +74,7 @@ class LTXAdapter(VideoDiTAdapter):
 
     @classmethod
     def from_pipeline(cls, pipe, spec: PipelineSpec | None = None) -> LTXAdapter:
-        spec = spec or PipelineSpec()
+        spec = (spec or PipelineSpec()).resolved(pipe)
         height, width, num_frames = spec.height, spec.width, spec.num_frames
         guidance_scale = 3.0 if spec.guidance_scale is None else spec.guidance_scale
         t_scale, s_scale = pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio

@@ -130,7 +130,10 @@ def load_pipeline_adapter(
         raise ValueError(f"torch_dtype must name a torch dtype (float32, bfloat16, float16), got {torch_dtype!r}")
     loader = entry.pipeline_class or DiffusionPipeline
     pipe = loader.from_pretrained(Path(folder), dtype=dtype, local_files_only=True).to(device)
-    return entry.adapter.from_pipeline(pipe, spec or PipelineSpec())
+    spec = (spec or PipelineSpec()).resolved(pipe)
+    adapter = entry.adapter.from_pipeline(pipe, spec)
+    adapter.pipeline_spec = spec
+    return adapter
 
 
 def load_model(model: str | Path, spec: PipelineSpec | None = None, torch_dtype: str = "float32", device: str = "cpu"):

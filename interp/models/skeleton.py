@@ -52,7 +52,9 @@ def pipeline_skeleton(folder: str | Path, spec: PipelineSpec | None = None) -> V
     pipeline_class = entry.pipeline_class or getattr(diffusers, name)
     accepted = inspect.signature(pipeline_class.__init__).parameters  # as diffusers, ignore what it does not take
     pipe = pipeline_class(**{k: v for k, v in {**components, **options}.items() if k in accepted})
-    adapter = entry.adapter.from_pipeline(pipe, spec or PipelineSpec())
+    spec = (spec or PipelineSpec()).resolved(pipe)
+    adapter = entry.adapter.from_pipeline(pipe, spec)
+    adapter.pipeline_spec = spec
     adapter.is_skeleton = True
     return adapter
 
