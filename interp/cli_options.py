@@ -54,7 +54,8 @@ def _option(name: str, annotation, default, help_text: str, flags=None) -> inspe
 
 # Execution on Ray, for experiments whose run takes an ``executor`` (the causal sweeps); as ``interp trace``.
 RAY_OPTIONS = {
-    "ray": (bool, False, "Spread the start steps (ensemble: variants) over Ray workers (pip install '.[ray]')."),
+    "ray": (bool, False, "Spread the units of work (videos, start steps, variants) over Ray workers (pip install "
+                         "'.[ray]')."),
     "ray_address": (str | None, None, "With --ray: a running cluster; default a local instance."),
     "workers": (int, 2, "With --ray and no address: workers of the local instance."),
     "threads_per_worker": (int, 1, "With --ray: CPU threads (and Ray CPUs) per worker."),
@@ -98,10 +99,10 @@ def make_command(experiment: Experiment):
         params.append(_option(f.name, kind, default, helps.get(f.name, ""), flags.get(f.name)))
     params += [
         _option("config", Path | None, None, "Rerun from a saved config.json or run.json (other options ignored)."),
-        _option("out", Path, Path(f"runs/{experiment.kind}" + (".h5" if experiment.out_file else "")),
+        _option("out", Path, Path(experiment.out or f"runs/{experiment.kind}" + (".h5" if experiment.out_file else "")),
                 "Output file." if experiment.out_file else "Output folder."),
         _option("threads", int, 2, "CPU threads for torch."),
-        *[_option(name, *spec) for name, spec in experiment.options.items()],
+        *[_option(name, *spec) for name, spec in {**experiment.options, **experiment.old_options}.items()],
     ]  # fmt: skip
     takes_executor = "executor" in inspect.signature(experiment.run).parameters
     if takes_executor:
@@ -113,13 +114,14 @@ def make_command(experiment: Experiment):
 
         dry_run = values.pop("dry_run")
         options = {name: values.pop(name) for name in experiment.options}
+        old_options = {name: values.pop(name) for name in experiment.old_options}
         if values["config"] is not None:
             cfg = load_config(values["config"])
             if not isinstance(cfg, cls):
                 raise UsageError(f"{values['config']} is a {cfg.experiment!r} config, not {experiment.kind!r}")
         else:
             if experiment.cli_values is not None:  # old spellings whose meaning depends on other options
-                values, options = experiment.cli_values(dict(values), dict(options))
+                values = experiment.cli_values(dict(values), old_options)
             chosen = {k: values[k] for k in names}
             for f in fields(cls):  # a repeatable option given no value is the field's None ("all", "own")
                 if f.default is None and chosen.get(f.name) == []:

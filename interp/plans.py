@@ -279,9 +279,8 @@ def source_plan(kind: str, cfg, out: Path) -> Plan:
     from interp.sources import MazeSizes
 
     adapter = cfg.load(skeleton=True)
-    videos, num_steps = cfg.videos(adapter), cfg.num_steps_of(adapter)
-    if isinstance(cfg, MazeSizes):  # one source per maze size
-        videos = [v for source in cfg.groups() for v in source.videos(adapter)]
+    groups = cfg.groups() if isinstance(cfg, MazeSizes) else [cfg]  # one source per maze size
+    videos, num_steps = [v for source in groups for v in source.videos(adapter)], cfg.num_steps_of(adapter)
     skeleton = adapter.is_skeleton
     weights = folder_weight_bytes(cfg.model, cfg.torch_dtype) if skeleton else model_bytes(adapter)
     note = ["pipeline weights counted from their safetensors headers (nothing loaded to plan)"] if skeleton else []

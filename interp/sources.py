@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -60,6 +61,7 @@ class SourceConfig:
     """
 
     field_rules = {"seed": SEED}
+    old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames"}  # configs written before one source
     cli_help = {
         "model": "A shipped testbed (testbed, testbed-mixed), a folder of testbed weights, or a pipeline folder.",
         "data": "Folder of samples (prompt.txt, first_frame.png; mazes: interp data maze).",
@@ -106,6 +108,16 @@ class SourceConfig:
 
     def __post_init__(self):
         self.torch_dtype = default_dtype(self.device, self.torch_dtype)
+
+    @classmethod
+    def upgrade(cls, data: dict) -> dict:
+        """A config written while the prompt-token count defaulted to 226 for every model: a testbed's
+        recorded it without reading it (kept for a pipeline: it is what that run used)."""
+        from interp.models.registry import is_pipeline_folder
+
+        if data.get("max_sequence_length") == 226 and not is_pipeline_folder(data.get("model", "testbed")):
+            data = {k: v for k, v in data.items() if k != "max_sequence_length"}
+        return data
 
     # -- the family's defaults -------------------------------------------------------------------
     def spec(self) -> PipelineSpec:
@@ -176,13 +188,15 @@ class SourceConfig:
         if skeleton:
             from interp.models.skeleton import pipeline_skeleton
 
-            return pipeline_skeleton(self.model, self.spec())
+            adapter = pipeline_skeleton(self.model, self.spec())
+            adapter.check_prompt_tokens(self.max_sequence_length_of(adapter))  # planned: nothing loaded yet
+            return adapter
         return load_pipeline_adapter(self.model, self.spec(), self.torch_dtype, self.device)
 
     def videos(self, adapter: VideoDiTAdapter) -> list[Video]:
         """Every video of the run, in store order: each sample with each of its noise seeds. The sample
         folders are read once per config: a command's plan and its run share what the plan read."""
-        key = (adapter.task, self.frames_of(adapter))
+        key = (adapter.task, self.frames_of(adapter), *(repr(getattr(self, f)) for f in _READ_FIELDS))
         read = self.__dict__.get("_videos")
         if read is None or read[0] != key:
             read = self.__dict__["_videos"] = (key, self._read_videos(adapter))
@@ -239,6 +253,7 @@ class SourceConfig:
         if adapter.task:
             return noise, adapter.conditioning([v.sample.truth for v in videos], self.frames_of(adapter))
         samples = [v.sample for v in videos]
+        adapter.check_prompt_tokens(self.max_sequence_length_of(adapter))
         return noise, sample_conditioning(adapter, samples, noise, adapter.pipeline_spec, self.negative_prompt,
                                           self.max_sequence_length_of(adapter))  # fmt: skip
 
@@ -287,4 +302,5 @@ def load_testbed(model: str | Path):
     return load_named(str(model))
 
 
+_READ_FIELDS = ("data", "samples", "seeds", "task", "size", "n", "first_seed")  # what ``videos`` reads from
 _SOURCE_FIELDS = {f.name for f in fields(SourceConfig)} - {"model", "data", "device", "torch_dtype"}

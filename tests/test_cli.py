@@ -63,3 +63,37 @@ def test_every_experiment_command_is_made_from_its_config():
     for kind in experiments():
         params = inspect.signature(commands[kind]).parameters
         assert {"config", "out", "threads", "dry_run"} <= set(params), kind
+
+
+def test_a_saved_config_reruns_the_same_command(run_cli, tmp_path):
+    """`--config run.json` reruns what a command wrote, for a command with old spellings of its own
+    (generate: --noise-seed) and one with options beyond its config (trace: --queue-mb); a testbed config
+    written while every source recorded 226 prompt tokens still reads."""
+    import json
+
+    from interp.experiments.patch import PatchConfig
+
+    code, _, err = run_cli("generate", "--seed", 7, "--steps", "4", "--out", tmp_path / "g")
+    assert code == 0, err
+    code, _, err = run_cli("generate", "--config", tmp_path / "g" / "run.json", "--out", tmp_path / "g2")
+    assert code == 0, err
+    gifs = [sorted(p.relative_to(tmp_path / k).as_posix() for p in (tmp_path / k).rglob("*.gif")) for k in ("g", "g2")]
+    assert gifs[0] and gifs[0] == gifs[1]
+    code, _, err = run_cli("trace", "-n", 1, "--layers", "0", "--steps", "0", "--queue-mb", 64,
+                           "--out", tmp_path / "a.h5")  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli("trace", "--config", tmp_path / "a.h5.run.json", "--out", tmp_path / "b.h5")
+    assert code == 0, err
+    old = json.loads((tmp_path / "g" / "run.json").read_text())["config"]
+    old["max_sequence_length"] = 226  # what every config recorded before the pipeline's own default
+    PatchConfig.from_dict({"experiment": "patch", "max_sequence_length": 226}).check(pipeline=False)
+    saved = _write(tmp_path / "old.json", {"config": old})
+    code, _, err = run_cli("generate", "--config", saved, "--out", tmp_path / "g3")
+    assert code == 0, err
+
+
+def _write(path, record):
+    import json
+
+    path.write_text(json.dumps(record))
+    return path

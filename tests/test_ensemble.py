@@ -174,3 +174,26 @@ def test_the_testbed_ensemble_on_a_maze_folder_equals_it_on_the_same_generated_m
     assert rows[0] == rows[1] and {r["method"] for r in rows[0]} >= {"single seed", "ensemble (mean)"}
     code, _, err = run_cli("ensemble", "--data", tmp_path / "mazes", "--size", 5, "--out", tmp_path / "x")
     assert code == 2 and "with --data the folder's samples are run" in err
+
+
+def test_the_ensemble_checks_its_sweep_and_scorer_before_any_run(tmp_path, monkeypatch):
+    """A merge the model cannot take is refused by the plan (nothing loaded); a scorer that does not load is
+    refused before any video is sampled."""
+    from diffusers import DiffusionPipeline
+    from tiny_pipelines import build_tiny_cogvideox, build_tiny_wan, write_samples
+
+    import interp.experiments.ensemble_runs as runs
+    from interp.experiments.ensemble import EnsembleConfig, plan_ensemble, run_ensemble
+
+    data = str(write_samples(tmp_path / "data", n=1))
+    video = dict(height=32, width=32, num_frames=9, num_steps=2, max_sequence_length=16, ensemble_sizes=[2], ks=[1])
+    cog = EnsembleConfig(model=str(build_tiny_cogvideox(tmp_path / "cog")), data=data, **video)
+    with monkeypatch.context() as patch:
+        patch.setattr(DiffusionPipeline, "from_pretrained", lambda *a, **k: pytest.fail("the plan loaded weights"))
+        with pytest.raises(ValueError, match="not a flow-matching model: only the 'mean' merge"):
+            plan_ensemble(cog, tmp_path / "out")
+    monkeypatch.setattr(runs, "sample_groups", lambda *a, **k: pytest.fail("sampled before the scorer loaded"))
+    wan = EnsembleConfig(model=str(build_tiny_wan(tmp_path / "wan")), data=data, scorer="no_such_module:score",
+                         **{**video, "num_frames": 5})  # fmt: skip
+    with pytest.raises(ValueError, match="no_such_module"):
+        run_ensemble(wan, out=tmp_path / "ens", progress=False)

@@ -113,6 +113,8 @@ def test_a_pipeline_source_samples_what_the_pipelines_own_call_gives_by_default(
     short = SourceConfig(model=str(model), data=str(data), height=32, width=32, num_frames=9, max_sequence_length=226)
     with pytest.raises(ValueError, match="needs 512"):
         short.inputs(adapter, videos)
+    with pytest.raises(ValueError, match="needs 512"):  # and by any plan, from the folder's configs alone
+        short.load(skeleton=True)
 
 
 @pytest.mark.parametrize("family", ["wan", "cogvideox", "ltx", "hunyuanvideo"])
@@ -148,3 +150,14 @@ def test_a_pipeline_sources_default_video_is_the_one_its_pipeline_call_makes(tmp
         pipe(prompt="a maze", num_inference_steps=1, max_sequence_length=16, output_type="latent")
     assert shapes == [planned]
     assert skeleton.pipeline_spec.num_frames == source.frames_of(skeleton)
+
+
+def test_the_videos_read_once_follow_the_configs_fields():
+    """The sample list a config read is reused only while the fields it was read from are unchanged."""
+    cfg = TraceConfig(n=2)
+    model = load_testbed("testbed")
+    assert len(cfg.videos(model)) == 2
+    cfg.n = 3
+    assert [v.sample.truth.seed for v in cfg.videos(model)] == [0, 1, 2]
+    cfg.first_seed = 5
+    assert [v.sample.truth.seed for v in cfg.videos(model)] == [5, 6, 7]

@@ -8,7 +8,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
@@ -25,7 +24,6 @@ class CausalConfig(SourceConfig, ExperimentConfig):
     """A causal experiment's source (``interp.sources.SourceConfig``: the testbed's generated mazes, or any
     model's samples) and how sites are read and replaced."""
 
-    old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames"}
     backend: str = "hooks"
 
     cli_help = {
@@ -53,7 +51,7 @@ class CausalConfig(SourceConfig, ExperimentConfig):
             if "seed" in fields:
                 fields["seeds"] = [fields.pop("seed")]
             data = {**data, **fields}
-        return data
+        return SourceConfig.upgrade.__func__(cls, data)
 
 
 @dataclass

@@ -71,17 +71,21 @@ def save_examples(cfg, out: Path, manifest: Manifest, adapter=None, mazes_tried:
     control on the first ``mazes_tried`` mazes (the same noise and hooks as the sweep, so the same
     runs); one maze where they differ is decoded and saved as GIFs and a side-by-side figure."""
     from interp.experiments._causal import save_videos
-    from interp.experiments.ensemble_runs import prepare, sample_groups, verdicts
+    from interp.experiments.ensemble_runs import prepare, sample_groups, variants, verdicts
     from interp.tasks.maze import PALETTE
 
+    found = list(variants(cfg.ensemble_sizes, cfg.ks, cfg.merges, cfg.temperatures))
+    ensemble = next((v for v in found if v[2] > 1 and v[1]["method"].startswith("ensemble")), None)
+    control = next((v for v in found if v[1]["method"] == "control: temperature"), None)
+    if ensemble is None or control is None:
+        return
     r = prepare(dataclasses.replace(cfg, sizes=[max(cfg.sizes)]) if cfg.data is None else cfg, adapter,
                 videos_per_group=mazes_tried)  # fmt: skip
-    ensemble = next((v for v in r.variants if v[2] > 1 and v[1]["method"].startswith("ensemble")), None)
-    control = next((v for v in r.variants if v[1]["method"] == "control: temperature"), None)
     group = max(r.groups, key=lambda g: g.size or 0)
-    if ensemble is None or control is None or group.mazes is None:
+    if group.mazes is None:
         return
-    mazes, cond, noises = group.mazes, group.cond, group.noises
+    mazes = group.mazes
+    noises, cond = r.inputs(group, list(range(len(group.videos))))
 
     def run(n_seeds: int, hooks=(), scale: float = 1.0) -> torch.Tensor:
         return sample_groups(r.adapter, noises, cond, n_seeds, r.num_steps, hooks, scale, r.shift)[:, 0]

@@ -78,11 +78,14 @@ class Experiment:
     alternatives: tuple[type, ...] = ()  # further config classes of this kind (a pipeline variant)
     plan: Callable[..., Any] | None = None  # (config, out, **options) -> interp.plans.Plan; None: the generic one
     # Its command, made by ``interp.cli_options.make_command``: options beyond the config's fields, handed to
-    # run and plan (name -> (type, default, help[, flags])); whether ``--out`` names a file; old spellings
-    # whose meaning depends on other options ((field values, options) as given -> today's).
+    # run and plan (name -> (type, default, help[, flags])); its default ``--out`` and whether that names a
+    # file; old spellings whose meaning depends on other options: ``cli_values(field values, old options)``
+    # -> today's field values, ``old_options`` read by it alone (ignored with ``--config``).
     options: dict[str, tuple] = field(default_factory=dict)
+    out: str | None = None  # default: runs/<kind>
     out_file: bool = False
-    cli_values: Callable[[dict, dict], tuple[dict, dict]] | None = None
+    cli_values: Callable[[dict, dict], dict] | None = None
+    old_options: dict[str, tuple] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, Experiment] = {}

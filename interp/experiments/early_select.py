@@ -29,13 +29,13 @@ from interp.evaluation import verify_latents, wilson_interval
 from interp.execution.loop import KeepX0, sample, select_scheduler_rows
 from interp.execution.seed_merge import SeedMerge, sample_merged
 from interp.experiments.base import Experiment, ExperimentConfig, register
+from interp.experiments.ensemble_runs import NOISE_STRIDE
 from interp.manifest import Manifest, Table
 from interp.sources import MazeSizes, SourceConfig
 from interp.tasks.maze_scoring import connectivity_score, verifier_score
 from interp.validation import MAX_VIDEOS, each, int_range
 
 BUILT_IN = {"verifier": verifier_score, "connectivity": connectivity_score}
-NOISE_STRIDE = 1_000_003  # noise seed of seed i of a maze: maze seed + i * stride (as the ensemble)
 
 
 def load_score(spec: str, timeout: float | None = None):
@@ -56,7 +56,7 @@ class EarlySelectConfig(MazeSizes, SourceConfig, ExperimentConfig):
 
     field_rules = {**SourceConfig.field_rules, "n_seeds": each(int_range(1, MAX_VIDEOS), 1)}  # N seeds per maze
     experiment = "early_select"
-    old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames"}
+    old_spellings: ClassVar[dict[str, str]] = {**SourceConfig.old_spellings, "seeds": "n_seeds"}  # N
     n: int = 64  # held-out mazes per size
     sizes: list[int] = field(default_factory=lambda: [6])
     n_seeds: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # N
@@ -95,13 +95,6 @@ class EarlySelectConfig(MazeSizes, SourceConfig, ExperimentConfig):
                              "latents: it needs a maze model (the testbed), not a pipeline")  # fmt: skip
         super().check(pipeline)
 
-    @classmethod
-    def upgrade(cls, data: dict) -> dict:
-        """A config written before one source: its ``seeds`` were the N seeds run per maze."""
-        if "seeds" in data and "n_seeds" not in data:
-            data = {**data, "n_seeds": data["seeds"]}
-            del data["seeds"]
-        return data
 
 
 def _scores(fn, decoded: bool, x0: np.ndarray, mazes, adapter) -> np.ndarray:
@@ -259,6 +252,26 @@ def demo(ctx) -> None:
     ctx.headline.extend(manifest.headline)
 
 
+def plan_early_select(cfg: EarlySelectConfig, out: Path):
+    """Every maze by N seeds with x0_hat kept at each k, then each ensemble of N > 1 seeds (merged after the
+    first step); a batch of mazes x N seeds at once."""
+    import math
+
+    from interp.plans import FIGURES, FLOAT32, Plan, model_bytes
+
+    adapter = cfg.load(skeleton=True)
+    groups = [(source, source.videos(adapter)) for source in cfg.groups()]
+    mazes, n_max = sum(len(v) for _, v in groups), max(cfg.n_seeds)
+    runs = n_max + sum(n for n in cfg.n_seeds if n > 1)  # the seeds, then each ensemble's
+    latent = max(math.prod(source.latent_shape(adapter, v)) for source, v in groups)
+    batch = max(1, cfg.batch_size // n_max) * n_max
+    memory = model_bytes(adapter) + batch * latent * FLOAT32 * (3 + len(cfg.ks))  # latents, x0_hat kept per k
+    return Plan("early_select", out, mazes * runs, cfg.num_steps_of(adapter), disk_bytes=FIGURES, memory_bytes=memory,
+                details=[f"{mazes} mazes x {runs} runs (N seeds, then the ensembles), x0_hat kept at "
+                         f"{len(cfg.ks)} steps"])  # fmt: skip
+
+
 EXPERIMENT = register(
-    Experiment("early_select", EarlySelectConfig, run_early_select, save_early_select, demo=demo, demo_order=72)
+    Experiment("early_select", EarlySelectConfig, run_early_select, save_early_select, demo=demo, demo_order=72,
+               plan=plan_early_select)
 )

@@ -55,7 +55,7 @@ class EnsembleConfig(MazeSizes, SourceConfig, ExperimentConfig):
     field_rules = {**SourceConfig.field_rules, "ensemble_sizes": each(int_range(1, MAX_VIDEOS), 1),
                    "ks": each(int_range(0, MAX_STEPS)), "temperatures": each(number(0, lo_open=True))}  # fmt: skip
     experiment = "ensemble"
-    old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames"}
+    old_spellings: ClassVar[dict[str, str]] = {**SourceConfig.old_spellings, "seeds": "ensemble_sizes"}  # N
     n: int = 64  # held-out mazes per size
     sizes: list[int] = field(default_factory=lambda: [4, 5])  # in and out of distribution (no data)
     ensemble_sizes: list[int] = field(default_factory=lambda: [1, 2, 3, 5])
@@ -84,11 +84,9 @@ class EnsembleConfig(MazeSizes, SourceConfig, ExperimentConfig):
 
     @classmethod
     def upgrade(cls, data: dict) -> dict:
-        """A config written before one source: ``seeds`` were the ensemble sizes; a ``pipeline`` object of
-        fields becomes the config's own (its seeds were first_seed + i)."""
+        """A config written before one source: a ``pipeline`` object of fields becomes the config's own (its
+        noise seeds were first_seed + i; now seed + 1,000,003 i, as the testbed's)."""
         data = dict(data)
-        if "seeds" in data and "ensemble_sizes" not in data:
-            data["ensemble_sizes"] = data.pop("seeds")
         if isinstance(data.get("pipeline"), dict):
             first = data.pop("first_seed", 0)
             data["pipeline"] = {**data["pipeline"], "seed": data["pipeline"].get("seed", first)}
@@ -163,17 +161,7 @@ def _latent_rows(r: EnsembleRuns, group, independent: torch.Tensor, answers: lis
     against seed 0's; each decoded to ``out/videos/<video>/<variant>.gif`` and scored by the user's scorer."""
     from interp.report.filmstrip import save_gif
 
-    cfg, adapter, rows = r.cfg, r.adapter, []
-    scorer = None
-    if cfg.scorer is not None:
-        from interp.analysis.convergence import load_scorer
-
-        scorer = load_scorer(cfg.scorer, cfg.scorer_timeout)
-        if scorer.needs_sample:  # its truth read now, before any video is decoded (``maze``: maze.json)
-            from interp.tasks.maze_data import read_maze
-
-            for video in group.videos:
-                read_maze(video.sample.folder)
+    adapter, scorer, rows = r.adapter, r.scorer, []
     for i, video in enumerate(group.videos):
         variants = {f"seed{j}": (independent[i, j], {"method": "single seed", "seed": video.seed + j * NOISE_STRIDE})
                     for j in range(independent.shape[1])}  # fmt: skip
@@ -299,7 +287,7 @@ def plan_ensemble(cfg: EnsembleConfig, out: Path, executor=None):
 
     adapter = cfg.load(skeleton=True)
     num_steps = cfg.num_steps_of(adapter)
-    check_sweep(cfg.ensemble_sizes, cfg.ks, cfg.merges, num_steps)
+    check_sweep(cfg, adapter, num_steps)
     groups = [(source, source.videos(adapter)) for source in cfg.groups()]
     videos = sum(len(v) for _, v in groups)
     found = list(variants(cfg.ensemble_sizes, cfg.ks, cfg.merges, cfg.temperatures, adapter.prediction == "flow"))

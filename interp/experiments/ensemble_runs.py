@@ -40,12 +40,16 @@ def verdicts(adapter, latents, mazes) -> np.ndarray:
     return np.array([v.solved for v in verify_latents(adapter, latents, mazes)])
 
 
-def check_sweep(ensemble_sizes: list[int], ks: list[int], merges: list[str], num_steps: int) -> None:
-    bad = [m for m in merges if m not in MERGES]
+def check_sweep(cfg, adapter, num_steps: int) -> None:
+    """The sweep against the model (a skeleton's will do: run by the plan before anything is loaded)."""
+    bad = [m for m in cfg.merges if m not in MERGES]
     if bad:
         raise ValueError(f"merge rule must be one of {MERGES}, got {bad[0]!r}")
-    if not ensemble_sizes or min(ensemble_sizes) < 1 or min(ks, default=0) < 0 or max(ks, default=0) > num_steps:
+    sizes, ks = cfg.ensemble_sizes, cfg.ks
+    if not sizes or min(sizes) < 1 or min(ks, default=0) < 0 or max(ks, default=0) > num_steps:
         raise ValueError(f"ensemble sizes must be >= 1 and K within 0-{num_steps}")
+    if adapter.prediction != "flow" and set(cfg.merges) - {"mean"}:
+        raise ValueError(f"{adapter.name} is not a flow-matching model: only the 'mean' merge applies")
 
 
 def variants(ensemble_sizes: list[int], ks: list[int], merges: list[str], temperatures: list[float],
@@ -68,13 +72,11 @@ def variants(ensemble_sizes: list[int], ks: list[int], merges: list[str], temper
 @dataclass
 class Group:
     """Videos answered together: one maze size of the testbed's generated mazes, or a data folder's
-    samples. ``noises``: (videos, N, *latent), seed i of a video its own seed + i * NOISE_STRIDE;
-    ``mazes``: the verifier's truths where a maze model judges them (else None); ``size``: their maze
-    size (None: no mazes)."""
+    samples (``source``: the source they come from); ``mazes``: the verifier's truths where a maze model
+    judges them (else None); ``size``: their maze size (None: no mazes)."""
 
+    source: object
     videos: list[Video]
-    cond: object
-    noises: torch.Tensor
     mazes: list | None
     size: int | None
     batches: list[list[int]]  # indices of ``videos`` sampled together
@@ -82,7 +84,8 @@ class Group:
 
 @dataclass
 class EnsembleRuns:
-    """What every unit is computed from: the model, its groups of videos and the variants of the config."""
+    """What every unit is computed from: the model, its groups of videos, the variants of the config and,
+    with no verifier, the user's scorer (loaded before any run)."""
 
     cfg: object  # the EnsembleConfig
     adapter: object
@@ -90,47 +93,64 @@ class EnsembleRuns:
     shift: float | None
     groups: list[Group]
     variants: list  # variants(...) of the config
+    scorer: object = None
 
     def units(self) -> list[tuple[int, int, int | None]]:
         """(group, batch, variant or None: the independent seeds), in report order."""
         return [(g, b, v) for g, group in enumerate(self.groups) for b in range(len(group.batches))
                 for v in [None, *range(len(self.variants))]]  # fmt: skip
 
+    def inputs(self, group: Group, rows: list[int]) -> tuple[torch.Tensor, object]:
+        """(noises (videos, N, *latent), conditioning) of a batch of a group's videos, drawn when a unit runs
+        (memory: one batch): seed i of a video is its own seed + i * NOISE_STRIDE."""
+        videos = [group.videos[i] for i in rows]
+        noise, cond = group.source.inputs(self.adapter, videos)  # each video's own seed: its seed 0
+        seeds = [v.seed + NOISE_STRIDE * i for v in videos for i in range(max(self.cfg.ensemble_sizes))]
+        noises = group.source.noise(self.adapter, seeds, tuple(noise.shape[1:]))
+        return noises.unflatten(0, (len(videos), -1)), cond
+
 
 def prepare(cfg, adapter=None, videos_per_group: int | None = None) -> EnsembleRuns:
-    """Videos, conditioning and N seeds' noise per group of an ensemble config, and its variants; the
-    model is checked against the sweep before any run. ``videos_per_group``: the first ones only."""
+    """The groups of videos of an ensemble config, its variants and its scorer; the sweep and the scorer
+    are checked before any run. ``videos_per_group``: the first ones only."""
     from interp.experiments._causal import maze_truths
 
     adapter = adapter or cfg.load()
     num_steps = cfg.num_steps_of(adapter)
-    check_sweep(cfg.ensemble_sizes, cfg.ks, cfg.merges, num_steps)
-    if adapter.prediction != "flow" and set(cfg.merges) - {"mean"}:
-        raise ValueError(f"{adapter.name} is not a flow-matching model: only the 'mean' merge applies")
-    n_max, groups = max(cfg.ensemble_sizes), []
+    check_sweep(cfg, adapter, num_steps)
+    groups = []
     for source in cfg.groups():
         videos = source.videos(adapter)[:videos_per_group]
-        noise, cond = source.inputs(adapter, videos)  # each video's own seed: its seed 0
-        shape = tuple(noise.shape[1:])
-        noises = torch.stack([source.noise(adapter, [v.seed + NOISE_STRIDE * i for i in range(n_max)], shape)
-                              for v in videos])  # fmt: skip
         mazes = maze_truths(adapter, videos)
         batch = source.batch_of(adapter, None, task_batch=len(videos))  # a task model answers a group at once
         batches = [list(range(i, min(i + batch, len(videos)))) for i in range(0, len(videos), batch)]
-        size = videos[0].sample.truth.size if mazes else None
-        groups.append(Group(videos, cond, noises, mazes, size, batches))
-    flow = adapter.prediction == "flow"
-    found = list(variants(cfg.ensemble_sizes, cfg.ks, cfg.merges, cfg.temperatures, flow))
-    return EnsembleRuns(cfg, adapter, num_steps, cfg.shift_of(adapter), groups, found)
+        groups.append(Group(source, videos, mazes, videos[0].sample.truth.size if mazes else None, batches))
+    found = list(variants(cfg.ensemble_sizes, cfg.ks, cfg.merges, cfg.temperatures, adapter.prediction == "flow"))
+    return EnsembleRuns(cfg, adapter, num_steps, cfg.shift_of(adapter), groups, found, load_user_scorer(cfg, groups))
+
+
+def load_user_scorer(cfg, groups: list[Group]):
+    """With no verifier and ``--scorer``: the user's scorer, and the truth it reads (``maze``: each sample's
+    maze.json), loaded before any video is sampled."""
+    if cfg.scorer is None or all(g.mazes is not None for g in groups):
+        return None
+    from interp.analysis.convergence import load_scorer
+
+    scorer = load_scorer(cfg.scorer, cfg.scorer_timeout)
+    if scorer.needs_sample:
+        from interp.tasks.maze_data import read_maze
+
+        for group in groups:
+            for video in group.videos:
+                read_maze(video.sample.folder)
+    return scorer
 
 
 def run_unit(r: EnsembleRuns, unit: tuple[int, int, int | None]) -> torch.Tensor:
     """The final latents of a unit: the independent seeds of a batch (videos, N, *latent), or a variant's
     answer (videos, *latent): its first seed's row (merged seeds are one trajectory)."""
     group = r.groups[unit[0]]
-    rows = group.batches[unit[1]]
-    cond = stack_conditioning([repeat_conditioning(group.cond, i, 1) for i in rows])
-    noises = group.noises[rows]
+    noises, cond = r.inputs(group, group.batches[unit[1]])
     if unit[2] is None:
         return sample_groups(r.adapter, noises, cond, noises.shape[1], r.num_steps, shift=r.shift)
     _, _, n_seeds, hooks, scale = r.variants[unit[2]]

@@ -25,7 +25,7 @@ class EvaluateConfig(SourceConfig, ExperimentConfig):
     its decoded frames read back onto the maze's grid."""
 
     experiment = "evaluate"
-    old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames", "steps": "num_steps"}
+    old_spellings: ClassVar[dict[str, str]] = {**SourceConfig.old_spellings, "steps": "num_steps"}
     cli_help = {**SourceConfig.cli_help, "n": "Testbed without --data: held-out mazes (seeds first-seed ..)."}
     cli_flags = {**SourceConfig.cli_flags, "num_steps": ("--num-steps", "--steps")}  # --steps: the old spelling
     n: int = 500

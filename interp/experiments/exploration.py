@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -42,7 +41,6 @@ class ExplorationConfig(MazeSizes, SourceConfig, ChainConfig, ExperimentConfig):
     one-pass controls on the same mazes and noise."""
 
     experiment = "exploration"
-    old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames"}
     cli_hidden = ("size", "model")  # one source per model of ``models`` and size of ``sizes``
     models: list[str] = field(default_factory=lambda: ["testbed-mixed", "testbed"])
     n: int = 64  # held-out mazes per size

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -27,7 +26,6 @@ class GenerateConfig(SourceConfig, ExperimentConfig):
     """A source (``interp.sources.SourceConfig``; by default one testbed maze) and the steps decoded."""
 
     experiment = "generate"
-    old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames"}
     n: int = 1
     steps: str = "all"  # the steps whose x0_hat is decoded
     max_frames: int = 8  # columns of the filmstrip (evenly spaced frames); every frame is in the GIFs
@@ -59,7 +57,7 @@ class GenerateConfig(SourceConfig, ExperimentConfig):
             count = data.pop("steps")
             if count is not None:
                 data["num_steps"] = count
-        return data
+        return SourceConfig.upgrade.__func__(cls, data)
 
 
 def run_generate(cfg: GenerateConfig, out, adapter=None, progress: bool = True) -> list[dict]:
@@ -172,18 +170,18 @@ def plan_generate(cfg: GenerateConfig, out: Path):
     return pipeline_plan("generate", cfg.model, cfg.torch_dtype, len(videos), num_steps, out, gifs, what)
 
 
-def old_testbed_spellings(values: dict, options: dict) -> tuple[dict, dict]:
+def old_testbed_spellings(values: dict, old: dict) -> dict:
     """The testbed's generate, without --data, as before one source: ``--seed`` is its one maze's seed,
     ``--noise-seed`` the noise's, ``--steps N`` a count of denoising steps."""
     from interp.models.registry import is_pipeline_folder
     from interp.tasks.splits import is_training_seed
     from interp.validation import UsageError
 
-    noise_seed = options.pop("noise_seed")
+    noise_seed = old["noise_seed"]
     if is_pipeline_folder(values["model"]) or values["data"] is not None:
         if noise_seed is not None:
             raise UsageError("--noise-seed is for the testbed's one maze; with --data give noise seeds with --seed")
-        return values, options
+        return values
     seeds = list(values["seeds"] or [])
     if len(seeds) > 1:
         raise UsageError("the testbed draws one maze: give one --seed (several mazes: interp data maze, --data)")
@@ -195,12 +193,12 @@ def old_testbed_spellings(values: dict, options: dict) -> tuple[dict, dict]:
     if is_training_seed(values["first_seed"]):
         print(f"note: seed {values['first_seed']} is in the training range; use a seed below 500000 for a held-out "
               "maze")  # fmt: skip
-    return values, options
+    return values
 
 
 EXPERIMENT = register(
     Experiment("generate", GenerateConfig, run_generate, save_generated, run_writes=True, demo=demo, demo_order=10,
                plan=plan_generate, cli_values=old_testbed_spellings,
-               options={"noise_seed": (int | None, None, "Testbed without --data: seed of the noise (default the "
-                                       "maze's).")})  # fmt: skip
+               old_options={"noise_seed": (int | None, None, "Testbed without --data: seed of the noise (default the "
+                                           "maze's).")})  # fmt: skip
 )

@@ -176,4 +176,4 @@ def demo(ctx) -> None:
 
 
 EXPERIMENT = register(Experiment("probe", ProbeRunConfig, run_probe, save_probe_run, demo=demo, demo_order=40,
-                                 plan=plan_probe))  # fmt: skip
+                                 plan=plan_probe, out="runs/probes"))  # fmt: skip

@@ -12,7 +12,6 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -33,7 +32,6 @@ class TraceConfig(SourceConfig, ExperimentConfig):
     """A source (model, data, samples or seeds; ``interp.sources.SourceConfig``) and what to store of it."""
 
     experiment = "trace"
-    old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames"}  # configs written before one shape
     steps: str = "all"
     layers: str = "all"
     subs: list[str] = field(default_factory=list)  # sub-modules besides block outputs: attn1, attn2, ffn

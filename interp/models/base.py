@@ -161,6 +161,9 @@ class VideoDiTAdapter:
             self._needs_pipeline("pipeline_default")
         return inspect.signature(type(pipe).__call__).parameters[name].default
 
+    def check_prompt_tokens(self, max_sequence_length: int) -> None:
+        """Refuse a prompt-token count this model's attention cannot read right (default: any will do)."""
+
     def pipeline_conditioning(
         self, prompts, images, noise, negative_prompt, height, width, num_frames, max_sequence_length
     ):

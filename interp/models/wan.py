@@ -98,6 +98,13 @@ class WanAdapter(VideoDiTAdapter):
             return None
         return "high" if float(timestep) >= self.boundary_timestep else "low"
 
+    def check_prompt_tokens(self, max_sequence_length: int) -> None:
+        # Wan 2.1 I2V's cross-attention takes the last 512 context tokens as the text, the rest as the image's
+        # (``WanAttnProcessor``): any other count splits them at the wrong token
+        if self.transformer.config.added_kv_proj_dim is not None and max_sequence_length != 512:
+            raise ValueError(f"--max-sequence-length {max_sequence_length}: Wan image-to-video with image tokens "
+                             "needs 512 (its attention splits image from text tokens 512 from the end)")  # fmt: skip
+
     def attention_context(self, site: str) -> tuple[str, ...]:
         # Wan I2V's cross-attention attends to the image encoder's tokens first, in a kernel call of its own
         # (``WanAttnProcessor``: keys from ``add_k_proj``), then to the text
@@ -151,7 +158,7 @@ class WanAdapter(VideoDiTAdapter):
         return uncond + scale * (cond - uncond)
 
     # -- inputs and outputs through the pipeline --------------------------------------------------
-    def encode(self, prompts: list[str], negative_prompt: str | None = "", max_sequence_length: int = 226):
+    def encode(self, prompts: list[str], negative_prompt: str | None = "", max_sequence_length: int = 512):
         """Prompt embeddings with the pipeline's text encoder (guidance off when negative_prompt is None)."""
         if self.pipeline is None:
             raise ValueError("encoding prompts needs the adapter built from a pipeline (WanAdapter.from_pipeline)")
@@ -190,10 +197,6 @@ class WanAdapter(VideoDiTAdapter):
             if any(image is None for image in images):
                 raise ValueError("image-to-video needs a first_frame.png in every sample")
             if getattr(pipe, "image_encoder", None) is not None:
-                if max_sequence_length != 512:  # WanAttnProcessor takes the last 512 context tokens as the text
-                    raise ValueError(f"--max-sequence-length {max_sequence_length}: Wan image-to-video with an image "
-                                     "encoder needs 512 (its attention splits image from text tokens at 512 from "
-                                     "the end)")  # fmt: skip
                 cond.image_embeds = pipe.encode_image(images, noise.device)
             processed = pipe.video_processor.preprocess(images, height=height, width=width)
             processed = processed.to(noise.device, dtype=torch.float32)
