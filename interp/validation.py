@@ -176,7 +176,6 @@ RULES: dict[str, Rule] = {
     "checkpoint_every": int_range(1), "eval_every": int_range(1), "eval_mazes": int_range(0),
     "size_weights": each(number(0)),
 }
-# Where a field of the same name means something else.
 # Where a field of a class means something else, the class says so itself: a class attribute
 # ``field_rules`` (a dict of field name -> Rule) overrides these for that class and its subclasses.
 
@@ -263,10 +262,6 @@ def check_fields(cls: type, data: dict, where: str = "") -> None:
         rule = rules.get(name)
         if rule is not None and value is not None and not rule.check(value):
             raise UsageError(f"{where}: {name} must be {rule.allowed}, got {_show(value)}")
-    for f in fields(cls):  # a dict of another dataclass's fields (``pipeline``): checked as that class
-        nested = f.metadata.get("fields")
-        if nested is not None and isinstance(values.get(f.name), dict):
-            check_fields(nested, values[f.name], f"{where}: {f.name}")
 
 
 def _show(value) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -75,7 +75,6 @@ class Experiment:
     cli: bool = True  # the CLI makes its command from the config's fields (False: a hand-written command)
     demo: Callable[..., None] | None = None  # (StudyContext) -> None: its part of the whole study
     demo_order: int = 100
-    alternatives: tuple[type, ...] = ()  # further config classes of this kind (a pipeline variant)
     plan: Callable[..., Any] | None = None  # (config, out, **options) -> interp.plans.Plan; None: the generic one
     # Its command, made by ``interp.cli_options.make_command``: options beyond the config's fields, handed to
     # run and plan (name -> (type, default, help[, flags])); its default ``--out`` and whether that names a
@@ -134,10 +133,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
     known = experiments()
     if not isinstance(kind, str) or kind not in known:
         raise ValueError(f"{path}: not an experiment config (experiment must be one of {list(known)})")
-    classes = (known[kind].config, *known[kind].alternatives)
-    keys = set(data) - {"experiment"}
-    cls = next((c for c in classes if keys <= {f.name for f in fields(c)}), classes[0])
-    return config_from_dict(cls, data)
+    return config_from_dict(known[kind].config, data)
 
 
 def config_from_dict(cls: type, data: dict):
