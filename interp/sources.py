@@ -8,6 +8,7 @@ pipelines). Nothing is fetched from a hub.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar
@@ -126,7 +127,14 @@ class SourceConfig:
         return PipelineSpec(self.height, self.width, self.num_frames, self.guidance_scale, self.true_cfg_scale)
 
     def frames_of(self, adapter: VideoDiTAdapter) -> int:
-        return self.num_frames or (adapter.defaults.frames if adapter.task else adapter.pipeline_spec.num_frames)
+        return self.num_frames or (adapter.defaults.frames if adapter.task else self.video_spec(adapter).num_frames)
+
+    def video_spec(self, adapter: VideoDiTAdapter) -> PipelineSpec:
+        """A pipeline's video: the source's size and frames where given, else the pipeline's own (resolved when
+        the model was loaded, ``adapter.pipeline_spec``)."""
+        own = adapter.pipeline_spec or PipelineSpec().resolved(adapter.pipeline)
+        return replace(own, height=self.height or own.height, width=self.width or own.width,
+                       num_frames=self.num_frames or own.num_frames)  # fmt: skip
 
     def num_steps_of(self, adapter: VideoDiTAdapter) -> int:
         return self.num_steps or (adapter.defaults.num_steps if adapter.task else 50)
@@ -197,10 +205,11 @@ class SourceConfig:
         """Every video of the run, in store order: each sample with each of its noise seeds. The sample
         folders are read once per config: a command's plan and its run share what the plan read."""
         key = (adapter.task, self.frames_of(adapter), *(repr(getattr(self, f)) for f in _READ_FIELDS))
-        read = self.__dict__.get("_videos")
-        if read is None or read[0] != key:
-            read = self.__dict__["_videos"] = (key, self._read_videos(adapter))
-        return list(read[1])
+        read = _VIDEOS_READ.get(id(self))
+        if read is None or read[0]() is not self or read[1] != key:
+            ref = weakref.ref(self, lambda _, i=id(self): _VIDEOS_READ.pop(i, None))
+            read = _VIDEOS_READ[id(self)] = (ref, key, self._read_videos(adapter))
+        return list(read[2])
 
     def _read_videos(self, adapter: VideoDiTAdapter) -> list[Video]:
         frames = self.frames_of(adapter)
@@ -231,7 +240,7 @@ class SourceConfig:
     def latent_shape(self, adapter: VideoDiTAdapter, videos: list[Video]) -> tuple[int, ...]:
         if adapter.task:
             return adapter.latent_shape(videos[0].sample.truth.size, self.frames_of(adapter))
-        spec = adapter.pipeline_spec
+        spec = self.video_spec(adapter)
         return adapter.pipeline_latent_shape(spec.height, spec.width, spec.num_frames)
 
     def frame_size(self, adapter: VideoDiTAdapter, videos: list[Video]) -> tuple[int, int]:
@@ -239,7 +248,7 @@ class SourceConfig:
         if adapter.task:
             side = 2 * videos[0].sample.truth.size + 1
             return side, side
-        spec = adapter.pipeline_spec
+        spec = self.video_spec(adapter)
         return spec.height, spec.width
 
     def noise(self, adapter: VideoDiTAdapter, seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -254,7 +263,7 @@ class SourceConfig:
             return noise, adapter.conditioning([v.sample.truth for v in videos], self.frames_of(adapter))
         samples = [v.sample for v in videos]
         adapter.check_prompt_tokens(self.max_sequence_length_of(adapter))
-        return noise, sample_conditioning(adapter, samples, noise, adapter.pipeline_spec, self.negative_prompt,
+        return noise, sample_conditioning(adapter, samples, noise, self.video_spec(adapter), self.negative_prompt,
                                           self.max_sequence_length_of(adapter))  # fmt: skip
 
     def metas(self, adapter: VideoDiTAdapter, videos: list[Video], latents: torch.Tensor) -> list[dict]:
@@ -302,5 +311,6 @@ def load_testbed(model: str | Path):
     return load_named(str(model))
 
 
+_VIDEOS_READ: dict[int, tuple] = {}  # id(config) -> (its weak reference, what it was read from, the videos)
 _READ_FIELDS = ("data", "samples", "seeds", "task", "size", "n", "first_seed")  # what ``videos`` reads from
 _SOURCE_FIELDS = {f.name for f in fields(SourceConfig)} - {"model", "data", "device", "torch_dtype"}
