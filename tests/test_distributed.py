@@ -208,3 +208,20 @@ def test_the_patch_command_with_ray_writes_the_single_process_result(local_ray, 
     assert json.loads((tmp_path / "result.json").read_text()) == single and len(single["values"]) == 2
     with pytest.raises(UsageError, match="--workers"):  # before anything runs
         ray_executor({"ray": True, "ray_address": None, "workers": 0, "threads_per_worker": 1})
+
+
+def test_frame_attention_on_ray_equals_the_single_process_run(local_ray, shipped_adapter, one_thread, tmp_path):
+    """Issue 30, item 7: the attention statistics traced by Ray workers are the single process's byte for
+    byte, and the knockout sweep's units on Ray score as in one process."""
+    from interp.experiments.knockout import KnockoutConfig, run_knockout
+
+    cfg = TraceConfig(n=4, batch_size=2, steps="0,9", layers="0,5", first_seed=60, attention=True)
+    single = run_trace(cfg, tmp_path / "a.h5", adapter=shipped_adapter, progress=False)
+    summary = run_trace_ray(cfg, tmp_path / "b.h5", workers=2, threads_per_worker=1, progress=False)
+    assert summary.videos_traced == 4 and not summary.failed_batches
+    _assert_same_store(single, tmp_path / "b.h5")
+    with h5py.File(next((tmp_path / "b.h5.parts").glob("part_*.h5")), "r") as f:  # the statistics are in parts
+        assert "attention" in f
+    knock = KnockoutConfig(n=2, num_steps=SWEEP_STEPS, steps="0,3", layers="0,4", span="onward")
+    a, b = run_knockout(knock, shipped_adapter, False), run_knockout(knock, shipped_adapter, False, _on_ray())
+    assert a.rows == b.rows and len(a.rows) == 2 * 2
