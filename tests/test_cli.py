@@ -59,7 +59,8 @@ def test_every_experiment_command_is_made_from_its_config():
 
     add_experiment_commands(app)
     commands = {c.name or c.callback.__name__: c.callback for c in app.registered_commands}
-    assert set(commands) - set(experiments()) == {"report", "demo", "verify"}
+    generated = {name for name, fn in commands.items() if "config" in inspect.signature(fn).parameters}
+    assert set(commands) - generated == {"report", "demo", "verify"}  # what is not an experiment
     for kind in experiments():
         params = inspect.signature(commands[kind]).parameters
         assert {"config", "out", "threads", "dry_run"} <= set(params), kind

@@ -171,7 +171,7 @@ def _walk(root: Path, max_depth: int = 4) -> list[Path]:
 # Report sections in page order (id, title); a manifest names its section, unknown ones come last.
 SECTIONS = [
     ("headline", "Headline numbers"), ("filmstrips", "x0_hat filmstrips"),
-    ("probes", "Linear probes per (step, layer)"),
+    ("probes", "Linear probes per (step, layer)"), ("features", "Sparse autoencoders per (step, layer)"),
     ("patching", "Activation patching and latent swapping"), ("noise", "Noise at step vs noise at frame"),
     ("attention", "Attention across frames"),
     ("flow", "Information flow (CKA)"), ("layers", "Layer specialisation"),

@@ -1,0 +1,190 @@
+"""Sparse autoencoders per (denoising step, layer) of a store (issue 31, items 1-2): one SAE per chosen slab,
+trained with SAELens on the training videos' tokens streamed from the store, saved in SAELens' format under
+``saes/<site>/step_SS/``, and measured on the held-out videos (explained variance, MSE, L0, dead and rare
+latents): a table and layers x steps heatmaps, like the probes'."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from activations.axes import parse_site
+from activations.batches import TokenBatches
+from activations.reader import ActivationStore
+from activations.selection import parse_index_spec
+from interp.experiments._causal import grid
+from interp.experiments.base import Experiment, ExperimentConfig, register
+from interp.features.saes import ARCHITECTURES, SAESpec, load_sae, sae_quality, train_sae
+from interp.manifest import Manifest, Table
+from interp.validation import Rule, int_range, number
+
+
+@dataclass
+class SAEConfig(ExperimentConfig):
+    field_rules = {"architecture": Rule(lambda x: x in ARCHITECTURES, "one of " + ", ".join(ARCHITECTURES)),
+                   "expansion": int_range(1, 256), "k": int_range(1), "training_tokens": int_range(1),
+                   "batch_size": int_range(1), "buffer_tokens": int_range(2), "lr": number(0, lo_open=True),
+                   "sparsity_coefficient": number(0),
+                   "test_fraction": number(0, 1, lo_open=True, hi_open=True)}  # fmt: skip
+    experiment = "sae"
+    store: str = ""
+    steps: str = "all"  # denoising steps (stored ones)
+    layers: str = "all"  # block outputs (layer numbers)
+    architecture: str = "topk"
+    expansion: int = 4  # latents = expansion x the site's hidden size
+    k: int = 16  # TopK / BatchTopK: active latents per token
+    sparsity_coefficient: float = 1.0  # JumpReLU's L0, standard's L1 penalty
+    lr: float = 3e-4
+    batch_size: int = 1024
+    training_tokens: int = 1_000_000  # per SAE
+    buffer_tokens: int = 1 << 16  # the mixing buffer: the most tokens held at once
+    test_fraction: float = 0.25  # held-out videos
+    seed: int = 0
+    device: str = "cpu"
+
+    cli_arguments = ("store",)
+    cli_help = {
+        "store": "An activation store (.h5).",
+        "steps": "Stored denoising steps, e.g. all, 0-19:4.",
+        "layers": "Layers (block outputs), e.g. all, 0-7:2.",
+        "architecture": "topk, batchtopk, jumprelu or standard (SAELens' architectures).",
+        "expansion": "Latents per SAE, as a multiple of the site's hidden size.",
+        "k": "TopK / BatchTopK: active latents per token.",
+        "sparsity_coefficient": "JumpReLU: L0 coefficient; standard: L1 coefficient.",
+        "lr": "Adam learning rate.",
+        "batch_size": "Tokens per training step.",
+        "training_tokens": "Tokens each SAE is trained on (the slab's training tokens, reshuffled every pass).",
+        "buffer_tokens": "Mixing buffer: the most tokens held in memory at once.",
+        "test_fraction": "Share of videos held out to measure each SAE.",
+        "seed": "Seed of the video split, the token order and the SAE's initial weights.",
+        "device": "torch device of the training.",
+    }
+
+    def spec(self) -> SAESpec:
+        return SAESpec(self.architecture, self.expansion, self.k, self.sparsity_coefficient, self.lr, self.batch_size,
+                       self.training_tokens, self.buffer_tokens, self.seed)  # fmt: skip
+
+
+@dataclass
+class SAEResult:
+    config: SAEConfig
+    rows: list[dict]  # per slab: site, layer, step, path and its quality
+    train_videos: list[int]
+    test_videos: list[int]
+
+
+def _slabs(cfg: SAEConfig, store: ActivationStore) -> tuple[list[int], list[str]]:
+    """The chosen stored steps and block-output sites; one clear error for a choice the store cannot serve."""
+    steps = parse_index_spec(cfg.steps, store.layout.num_steps, "step")
+    missing = [s for s in steps if s not in store.steps]
+    if missing and cfg.steps not in ("all", "*"):
+        raise ValueError(f"--steps: step {missing[0]} is not in the store (stored: {store.steps})")
+    layers = parse_index_spec(cfg.layers, max(store.layers) + 1, "layer")
+    sites = [s for s in store.sites if parse_site(s)[2] is None and parse_site(s)[1] in layers]
+    if not sites:
+        raise ValueError(f"--layers {cfg.layers}: the store keeps none of these block outputs (layers {store.layers})")
+    return [s for s in steps if s in store.steps], sites
+
+
+def _split(cfg: SAEConfig, store: ActivationStore) -> tuple[list[int], list[int]]:
+    videos = store.completed_videos
+    if len(videos) < 2:
+        raise ValueError(f"{cfg.store}: an SAE is measured on held-out videos: need at least 2 complete videos")
+    rng = np.random.default_rng(cfg.seed)
+    order = [int(v) for v in rng.permutation(videos)]
+    n_test = min(len(order) - 1, max(1, int(round(cfg.test_fraction * len(order)))))
+    return sorted(order[n_test:]), sorted(order[:n_test])
+
+
+def run_sae(cfg: SAEConfig, out, progress: bool = True) -> SAEResult:
+    """Train and measure one SAE per (step, layer) slab; each SAE under ``out/saes/<site>/step_SS``."""
+    from tqdm.auto import tqdm
+
+    if not Path(cfg.store).is_file():
+        raise ValueError(f"no activation store at {cfg.store}")
+    rows = []
+    with ActivationStore(cfg.store) as store:
+        steps, sites = _slabs(cfg, store)
+        train, test = _split(cfg, store)
+        slabs = [(site, step) for site in sites for step in steps]
+        for site, step in tqdm(slabs, disable=not progress, desc="sparse autoencoders"):
+            batches = TokenBatches(store, site, [step], train, cfg.batch_size, cfg.buffer_tokens, seed=cfg.seed,
+                                   epochs=None)  # fmt: skip
+            meta = {"model_name": store.layout.model, "hook_name": site, "denoise_step": step,
+                    "sigma": store.sigma(step), "store": str(Path(cfg.store).resolve())}  # fmt: skip
+            folder = Path(out) / "saes" / site / f"step_{step:02d}"
+            path = train_sae(batches, cfg.spec(), store.layout.hidden[site], folder, meta, cfg.device)
+            held_out = TokenBatches(store, site, [step], test, cfg.batch_size, cfg.buffer_tokens, seed=cfg.seed)
+            quality = sae_quality(load_sae(path, cfg.device), held_out)
+            rows.append({"site": site, "layer": parse_site(site)[1], "step": step,
+                         "path": path.relative_to(out).as_posix(), **quality})  # fmt: skip
+    return SAEResult(cfg, rows, train, test)
+
+
+def save_sae(result: SAEResult, cfg: SAEConfig, out) -> Manifest:
+    from interp.report.causal_figures import grid_heatmap
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "saes.json").write_text(json.dumps({"config": cfg.to_dict(), "train_videos": result.train_videos,
+                                               "test_videos": result.test_videos, "rows": result.rows}, indent=2))
+    manifest = Manifest("sae", "sparse autoencoders per (step, layer)", "features", cfg.to_dict())
+    manifest.add(out / "saes.json", "data", "every SAE's path and its quality on the held-out videos")
+    steps = sorted({r["step"] for r in result.rows})
+    layers = sorted({r["layer"] for r in result.rows})
+    for name, title, top in (("explained_variance", "explained variance (held-out videos)", 1.0),
+                             ("l0", "L0: active latents per token (held-out videos)", None)):  # fmt: skip
+        values = np.full((len(steps), len(layers)), np.nan)
+        for r in result.rows:
+            values[steps.index(r["step"]), layers.index(r["layer"])] = r[name]
+        top = top if top is not None else float(np.nanmax(values)) or 1.0
+        figure = grid_heatmap(grid(values, steps, layers, name), out / f"{name}.png", f"SAE {title}",
+                              vmin=min(0.0, float(np.nanmin(values))), vmax=top)  # fmt: skip
+        manifest.add(figure, "figure", f"{cfg.architecture} SAEs: {title}, layers x steps")
+    for r in result.rows:
+        manifest.add(out / r["path"] / "cfg.json", "config", f"SAE of {r['site']} at step {r['step']} (SAELens format)")
+    columns = ["site", "step", "explained_variance", "mse", "l0", "dead", "rare", "d_sae", "tokens"]
+    manifest.tables.append(Table("SAE quality per (step, layer), held-out videos", columns, result.rows,
+                                 {"explained_variance": ".3f", "mse": ".4g", "l0": ".1f"}))  # fmt: skip
+    ev = np.array([r["explained_variance"] for r in result.rows], dtype=float)
+    best = result.rows[int(np.nanargmax(ev))] if np.isfinite(ev).any() else None
+    sparsity = f"k={cfg.k}" if cfg.architecture in ("topk", "batchtopk") else f"coefficient {cfg.sparsity_coefficient}"
+    manifest.headline.append(
+        f"{len(result.rows)} {cfg.architecture} SAEs ({cfg.expansion}x, {sparsity}"
+        f"): explained variance on {len(result.test_videos)} held-out videos {np.nanmin(ev):.2f}-{np.nanmax(ev):.2f}"
+        + (f", best {best['explained_variance']:.2f} at step {best['step']}, layer {best['layer']}" if best else "")
+    )
+    manifest.notes.append("Each SAE is trained on the training videos' tokens of one (step, layer) slab, streamed "
+                          "from the store through a mixing buffer, and measured on the held-out videos' tokens: "
+                          "explained variance = 1 - summed squared error / summed squared deviation from the mean "
+                          "token; L0 = active latents per token; dead = never active, rare = active on fewer than "
+                          "1e-4 of the tokens. Not yet measured: the splice-in score (issue 31, item 2).")  # fmt: skip
+    manifest.write(out)
+    return manifest
+
+
+def plan_sae(cfg: SAEConfig, out: Path):
+    """Every chosen slab's SAE: its training tokens and the held-out tokens, from the store's layout alone."""
+    from interp.plans import FIGURES, FLOAT32, Plan
+
+    if not Path(cfg.store).is_file():
+        raise ValueError(f"no activation store at {cfg.store}")
+    with ActivationStore(cfg.store) as store:
+        steps, sites = _slabs(cfg, store)
+        hidden = max(store.layout.hidden[s] for s in sites)
+        _, test = _split(cfg, store)
+        held_out = len(test) * store.layout.n_tokens
+    slabs = len(steps) * len(sites)
+    d_sae = cfg.expansion * hidden
+    weights = 2 * hidden * d_sae * FLOAT32 * 4  # encoder and decoder, with Adam's two moments
+    memory = weights + (cfg.buffer_tokens + 4096) * hidden * FLOAT32 + cfg.batch_size * d_sae * FLOAT32 * 3
+    disk = slabs * 2 * hidden * d_sae * FLOAT32 + FIGURES
+    return Plan("sae", out, slabs, 0, len(steps), len(sites), disk, memory,
+                [f"{slabs} SAEs ({len(sites)} layers x {len(steps)} steps), each {cfg.training_tokens} training "
+                 f"tokens, measured on {held_out} held-out tokens; {d_sae} latents each"])  # fmt: skip
+
+
+EXPERIMENT = register(Experiment("sae", SAEConfig, run_sae, save_sae, run_writes=True, plan=plan_sae))

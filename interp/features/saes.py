@@ -1,0 +1,129 @@
+"""One sparse autoencoder per (step, layer) slab of a store, trained with SAELens' model-free ``SAETrainer``
+fed by ``activations.batches.TokenBatches`` (memory: a mixing buffer, never the slab), saved in SAELens'
+inference format (``sae_weights.safetensors``, ``cfg.json``, ``sparsity.safetensors``) so that
+``sae_lens.SAE.load_from_disk`` and the tools built on it read it; and its quality on held-out videos, as
+the field reports it (explained variance, MSE, L0, dead and rarely firing latents).
+
+``sae_lens`` is imported inside the functions: it loads transformer_lens, datasets and wandb (4 s here).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
+RARE = 1e-4  # a latent firing on fewer than this share of held-out tokens is "rare"
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """What is trained: the architecture, its width (``expansion`` x the site's hidden size), its sparsity
+    (``k`` for TopK/BatchTopK, ``sparsity_coefficient`` for JumpReLU's L0 and standard's L1 penalty), the
+    optimiser and how many tokens it sees."""
+
+    architecture: str = "topk"
+    expansion: int = 4
+    k: int = 16
+    sparsity_coefficient: float = 1.0
+    lr: float = 3e-4
+    batch_size: int = 1024
+    training_tokens: int = 1_000_000
+    buffer_tokens: int = 1 << 16
+    seed: int = 0
+
+
+def _silence_remote_services() -> None:
+    """Nothing of SAELens reaches the network: no wandb run, no hub lookup."""
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def training_sae(spec: SAESpec, d_in: int, device: str, metadata: dict):
+    """A SAELens training SAE of ``spec`` for inputs of width ``d_in``; ``metadata`` goes into its cfg.json."""
+    _silence_remote_services()
+    import sae_lens
+    from sae_lens.saes.sae import SAEMetadata
+
+    common = dict(d_in=d_in, d_sae=spec.expansion * d_in, dtype="float32", device=device, apply_b_dec_to_input=True,
+                  normalize_activations="none", metadata=SAEMetadata(**metadata))  # fmt: skip
+    built = {
+        "topk": lambda: sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(k=spec.k, **common)),
+        "batchtopk": lambda: sae_lens.BatchTopKTrainingSAE(sae_lens.BatchTopKTrainingSAEConfig(k=spec.k, **common)),
+        "jumprelu": lambda: sae_lens.JumpReLUTrainingSAE(
+            sae_lens.JumpReLUTrainingSAEConfig(l0_coefficient=spec.sparsity_coefficient, **common)),
+        "standard": lambda: sae_lens.StandardTrainingSAE(
+            sae_lens.StandardTrainingSAEConfig(l1_coefficient=spec.sparsity_coefficient, **common)),
+    }
+    if spec.architecture not in built:
+        raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {spec.architecture!r}")
+    torch.manual_seed(spec.seed)  # the SAE's initial weights
+    return built[spec.architecture]()
+
+
+def train_sae(batches, spec: SAESpec, d_in: int, out: str | Path, metadata: dict, device: str = "cpu") -> Path:
+    """Train on ``batches`` (an endless iterable of (batch, d_in) arrays) for ``spec.training_tokens`` tokens and
+    save the inference SAE and its feature sparsity to ``out``."""
+    _silence_remote_services()
+    from sae_lens import LoggingConfig
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+    from safetensors.torch import save_file
+
+    steps = max(1, spec.training_tokens // spec.batch_size)
+    window = max(1, min(1000, steps // 4))  # a latent silent this many steps is dead (short runs: scaled down)
+    config = SAETrainerConfig(
+        total_training_samples=steps * spec.batch_size, train_batch_size_samples=spec.batch_size, lr=spec.lr,
+        lr_end=spec.lr, lr_scheduler_name="constant", lr_warm_up_steps=0, lr_decay_steps=0, n_restart_cycles=1,
+        adam_beta1=0.9, adam_beta2=0.999, device=device, autocast=False, dead_feature_window=window,
+        feature_sampling_window=max(window, 1), n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False),
+    )  # fmt: skip
+    provider = (torch.from_numpy(np.ascontiguousarray(b)) for b in batches)
+    trainer = SAETrainer(cfg=config, sae=training_sae(spec, d_in, device, metadata), data_provider=provider)
+    sae = trainer.fit()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sae.save_inference_model(str(out))
+    save_file({"sparsity": trainer.log_feature_sparsity.detach().cpu().contiguous()}, str(out / "sparsity.safetensors"))
+    return out
+
+
+def load_sae(path: str | Path, device: str = "cpu"):
+    """An SAE saved by ``train_sae`` (or any SAELens inference SAE folder)."""
+    _silence_remote_services()
+    from sae_lens import SAE
+
+    return SAE.load_from_disk(str(path), device=device)
+
+
+def sae_quality(sae, batches) -> dict:
+    """Explained variance (1 - summed squared error / summed squared deviation from the mean, over every token),
+    MSE (squared error summed over the hidden size, mean over tokens), L0 (mean active latents per token) and the
+    dead (never active) and rare (active on fewer than ``RARE`` of the tokens) latents, over ``batches`` (one pass
+    of held-out tokens), accumulated in float64."""
+    n, sq_err, sum_x, sum_sq, l0 = 0, 0.0, None, 0.0, 0.0
+    fired = None
+    with torch.no_grad():
+        for batch in batches:
+            x = torch.as_tensor(np.ascontiguousarray(batch), dtype=torch.float32, device=sae.device)
+            z = sae.encode(x)
+            x_hat = sae.decode(z)
+            n += len(x)
+            sq_err += float((x_hat - x).double().pow(2).sum())
+            sum_x = x.double().sum(0) if sum_x is None else sum_x + x.double().sum(0)
+            sum_sq += float(x.double().pow(2).sum())
+            active = z != 0
+            l0 += float(active.sum())
+            fired = active.sum(0) if fired is None else fired + active.sum(0)
+    if not n:
+        raise ValueError("no held-out tokens to measure the SAE on")
+    deviation = sum_sq - float(sum_x.pow(2).sum()) / n  # sum of squared deviations from the mean token
+    share = fired.double().cpu().numpy() / n
+    return {"explained_variance": 1.0 - sq_err / deviation if deviation > 0 else float("nan"), "mse": sq_err / n,
+            "l0": l0 / n, "dead": int((share == 0).sum()), "rare": int(((share > 0) & (share < RARE)).sum()),
+            "d_sae": int(len(share)), "tokens": n}  # fmt: skip
