@@ -66,3 +66,48 @@ def test_a_slab_the_store_does_not_keep_is_one_clear_error(store, tmp_path, run_
                           (["--architecture", "relu"], "architecture must be one of")):  # fmt: skip
         code, _, err = run_cli("sae", store, *args, "--out", tmp_path / "x")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+class _Exact:
+    """An 'SAE' whose reconstruction is its input (``zeros``: nothing): what the splice-in score must call 1
+    (and 0, where ablating the site changes the outcome)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, zeros: bool = False):
+        self.zeros = zeros
+
+    def encode(self, x):
+        return x
+
+    def decode(self, z):
+        return torch.zeros_like(z) if self.zeros else z
+
+
+def test_the_splice_in_score_is_one_for_an_exact_reconstruction_and_zero_for_none(store, tmp_path):
+    from tiny_pipelines import build_tiny_wan, write_samples
+
+    from interp.features.splice import splice_runs, splice_score
+
+    with ActivationStore(store) as s:
+        runs = splice_runs(s, [0, 1])
+        # the store's own run, re-run (in a batch of 2, not the trace's 4: equal up to batched float sums)
+        np.testing.assert_allclose(runs.clean.numpy(), s.final([0, 1]), atol=1e-4)
+    assert runs.kind == "failure rate"
+    exact = splice_score(runs, _Exact(), "blocks.6", 0)
+    assert exact["failure rate with SAE"] == exact["failure rate clean"]
+    nothing = splice_score(runs, _Exact(zeros=True), "blocks.6", 0)
+    assert nothing["failure rate with SAE"] == nothing["failure rate zero ablation"]
+    if nothing["failure rate zero ablation"] != nothing["failure rate clean"]:  # ablating the site matters here
+        assert exact["splice_score"] == 1.0 and nothing["splice_score"] == 0.0
+    wan = build_tiny_wan(tmp_path / "wan")
+    path = run_trace(TraceConfig(model=str(wan), data=str(write_samples(tmp_path / "data", n=1)), height=32, width=32,
+                                 num_frames=5, num_steps=3, layers="1", dtype="float32"), tmp_path / "w.h5",
+                     progress=False)  # fmt: skip
+    with ActivationStore(path) as s:
+        runs = splice_runs(s, [0])
+    assert runs.kind == "latent distance"
+    exact = splice_score(runs, _Exact(), "blocks.1", 1)
+    nothing = splice_score(runs, _Exact(zeros=True), "blocks.1", 1, ablation="zero")
+    assert exact["latent distance with SAE"] == 0.0 and exact["splice_score"] == 1.0
+    assert nothing["splice_score"] == pytest.approx(0.0) and nothing["latent distance zero ablation"] > 0

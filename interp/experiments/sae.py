@@ -18,6 +18,7 @@ from activations.selection import parse_index_spec
 from interp.experiments._causal import grid
 from interp.experiments.base import Experiment, ExperimentConfig, register
 from interp.features.saes import ARCHITECTURES, SAESpec, load_sae, sae_quality, train_sae
+from interp.features.splice import ABLATIONS, splice_runs, splice_score
 from interp.manifest import Manifest, Table
 from interp.validation import Rule, int_range, number
 
@@ -28,7 +29,8 @@ class SAEConfig(ExperimentConfig):
                    "expansion": int_range(1, 256), "k": int_range(1), "training_tokens": int_range(1),
                    "batch_size": int_range(1), "buffer_tokens": int_range(2), "lr": number(0, lo_open=True),
                    "sparsity_coefficient": number(0),
-                   "test_fraction": number(0, 1, lo_open=True, hi_open=True)}  # fmt: skip
+                   "test_fraction": number(0, 1, lo_open=True, hi_open=True),
+                   "ablation": Rule(lambda x: x in ABLATIONS, "one of " + ", ".join(ABLATIONS))}  # fmt: skip
     experiment = "sae"
     store: str = ""
     steps: str = "all"  # denoising steps (stored ones)
@@ -44,6 +46,8 @@ class SAEConfig(ExperimentConfig):
     test_fraction: float = 0.25  # held-out videos
     seed: int = 0
     device: str = "cpu"
+    splice: bool = True  # also the splice-in score: the run continued with the SAE's reconstruction
+    ablation: str = "zero"  # what the splice-in score compares against: zero or mean ablation of the site
 
     cli_arguments = ("store",)
     cli_help = {
@@ -61,6 +65,8 @@ class SAEConfig(ExperimentConfig):
         "test_fraction": "Share of videos held out to measure each SAE.",
         "seed": "Seed of the video split, the token order and the SAE's initial weights.",
         "device": "torch device of the training.",
+        "splice": "Also the splice-in score (the held-out videos re-run with the SAE in place); --no-splice: skip.",
+        "ablation": "The splice-in score's reference: zero or mean ablation of the site at the step.",
     }
 
     def spec(self) -> SAESpec:
@@ -121,6 +127,12 @@ def run_sae(cfg: SAEConfig, out, progress: bool = True) -> SAEResult:
             quality = sae_quality(load_sae(path, cfg.device), held_out)
             rows.append({"site": site, "layer": parse_site(site)[1], "step": step,
                          "path": path.relative_to(out).as_posix(), **quality})  # fmt: skip
+        if cfg.splice:  # the held-out videos re-run once clean, then once per SAE and once per ablation
+            runs = splice_runs(store, test)
+            for row in tqdm(rows, disable=not progress, desc="splice-in scores"):
+                sae = load_sae(Path(out) / row["path"], cfg.device)
+                scores = splice_score(runs, sae, row["site"], row["step"], cfg.ablation)
+                row.update({k: v if np.isfinite(v) else None for k, v in scores.items()})  # JSON: null, not NaN
     return SAEResult(cfg, rows, train, test)
 
 
@@ -135,20 +147,26 @@ def save_sae(result: SAEResult, cfg: SAEConfig, out) -> Manifest:
     manifest.add(out / "saes.json", "data", "every SAE's path and its quality on the held-out videos")
     steps = sorted({r["step"] for r in result.rows})
     layers = sorted({r["layer"] for r in result.rows})
-    for name, title, top in (("explained_variance", "explained variance (held-out videos)", 1.0),
-                             ("l0", "L0: active latents per token (held-out videos)", None)):  # fmt: skip
+    figures = [("explained_variance", "explained variance (held-out videos)", 1.0),
+               ("l0", "L0: active latents per token (held-out videos)", None)]
+    if cfg.splice:
+        figures.append(("splice_score", f"splice-in score against {cfg.ablation} ablation", 1.0))
+    for name, title, top in figures:
         values = np.full((len(steps), len(layers)), np.nan)
         for r in result.rows:
-            values[steps.index(r["step"]), layers.index(r["layer"])] = r[name]
-        top = top if top is not None else float(np.nanmax(values)) or 1.0
-        figure = grid_heatmap(grid(values, steps, layers, name), out / f"{name}.png", f"SAE {title}",
-                              vmin=min(0.0, float(np.nanmin(values))), vmax=top)  # fmt: skip
+            values[steps.index(r["step"]), layers.index(r["layer"])] = np.nan if r[name] is None else r[name]
+        finite = values[np.isfinite(values)]
+        top = top if top is not None else (float(finite.max()) if finite.size else 1.0) or 1.0
+        low = min(0.0, float(finite.min())) if finite.size else 0.0
+        figure = grid_heatmap(grid(values, steps, layers, name), out / f"{name}.png", f"SAE {title}", low, top)
         manifest.add(figure, "figure", f"{cfg.architecture} SAEs: {title}, layers x steps")
     for r in result.rows:
         manifest.add(out / r["path"] / "cfg.json", "config", f"SAE of {r['site']} at step {r['step']} (SAELens format)")
     columns = ["site", "step", "explained_variance", "mse", "l0", "dead", "rare", "d_sae", "tokens"]
-    manifest.tables.append(Table("SAE quality per (step, layer), held-out videos", columns, result.rows,
-                                 {"explained_variance": ".3f", "mse": ".4g", "l0": ".1f"}))  # fmt: skip
+    columns += [k for k in (result.rows[0] if result.rows else {}) if k == "splice_score" or " ablation" in k
+                or k.endswith((" clean", " with SAE"))]  # fmt: skip
+    formats = {"explained_variance": ".3f", "mse": ".4g", "l0": ".1f", "splice_score": ".2f"}
+    manifest.tables.append(Table("SAE quality per (step, layer), held-out videos", columns, result.rows, formats))
     ev = np.array([r["explained_variance"] for r in result.rows], dtype=float)
     best = result.rows[int(np.nanargmax(ev))] if np.isfinite(ev).any() else None
     sparsity = f"k={cfg.k}" if cfg.architecture in ("topk", "batchtopk") else f"coefficient {cfg.sparsity_coefficient}"
@@ -157,11 +175,20 @@ def save_sae(result: SAEResult, cfg: SAEConfig, out) -> Manifest:
         f"): explained variance on {len(result.test_videos)} held-out videos {np.nanmin(ev):.2f}-{np.nanmax(ev):.2f}"
         + (f", best {best['explained_variance']:.2f} at step {best['step']}, layer {best['layer']}" if best else "")
     )
+    splice = np.array([np.nan if r.get("splice_score") is None else r["splice_score"] for r in result.rows])
+    if cfg.splice:
+        shown = f"{np.nanmin(splice):.2f}-{np.nanmax(splice):.2f}" if np.isfinite(splice).any() else "undefined"
+        undefined = int((~np.isfinite(splice)).sum())
+        manifest.headline.append(f"splice-in score against {cfg.ablation} ablation: {shown}" + (
+            f" ({undefined} slabs undefined: ablating the site there changed nothing)" if undefined else ""))
     manifest.notes.append("Each SAE is trained on the training videos' tokens of one (step, layer) slab, streamed "
                           "from the store through a mixing buffer, and measured on the held-out videos' tokens: "
                           "explained variance = 1 - summed squared error / summed squared deviation from the mean "
                           "token; L0 = active latents per token; dead = never active, rare = active on fewer than "
-                          "1e-4 of the tokens. Not yet measured: the splice-in score (issue 31, item 2).")  # fmt: skip
+                          "1e-4 of the tokens. Splice-in score = (ablation - SAE) / (ablation - clean) on the held-out "
+                          "videos re-run from the store's trace config with the SAE's reconstruction (or the "
+                          "ablation) at that site and step only; the loss: the verifier's failure rate for a maze "
+                          "model, else the final latent's relative distance to the clean run's.")  # fmt: skip
     manifest.write(out)
     return manifest
 

@@ -1,0 +1,101 @@
+"""The splice-in score of an SAE (issue 31, item 2): the store's own run of the held-out videos, continued
+with the SAE's reconstruction in place of its site at its step (through the call runner), against the clean
+run and an ablation of that site at that step:
+
+    score = (ablation - SAE) / (ablation - clean)
+
+on a loss where lower is better: a maze model's failure rate (the verifier on the decoded video), else the
+final latent's relative distance to the clean run's. 1: the reconstruction does what the site did; 0: no
+better than the ablation; undefined where the ablation itself changes nothing (the site is not needed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+ABLATIONS = ("zero", "mean")
+
+
+@dataclass
+class SpliceRuns:
+    """The held-out videos of a store, re-run from its recorded trace config: the model, their inputs, the
+    clean finals and how a final is scored (a loss: lower is better)."""
+
+    adapter: object
+    noise: torch.Tensor
+    conditioning: object
+    num_steps: int
+    shift: float | None
+    clean: torch.Tensor
+    loss: object  # final latents -> (videos,) losses
+    kind: str  # "failure rate" or "latent distance"
+
+    def final(self, hooks) -> torch.Tensor:
+        from interp.execution.patching import record_run
+
+        run = record_run(self.adapter, self.noise.clone(), self.conditioning, self.num_steps, [], shift=self.shift,
+                         hooks=hooks)  # fmt: skip
+        return run.final
+
+
+def splice_runs(store, videos: list[int]) -> SpliceRuns:
+    """Rebuild ``videos`` of ``store`` from its trace config (model, samples, seeds: the same inputs) and run
+    them once clean."""
+    from interp.experiments._causal import maze_truths
+    from interp.experiments.trace import TraceConfig
+
+    record = store.layout.extra.get("trace_config")
+    if not isinstance(record, dict):
+        raise ValueError(f"{store.path} records no trace config: the splice-in score re-runs the store's videos")
+    cfg = TraceConfig.from_dict({"experiment": "trace", **record})
+    adapter = cfg.load()
+    keys = [store.layout.video_keys[v] for v in videos]
+    by_key = {v.key: v for v in cfg.videos(adapter)}
+    missing = [k for k in keys if k not in by_key]
+    if missing:
+        raise ValueError(f"{store.path}: video {missing[0]!r} is no longer in its source (data moved or changed)")
+    chosen = [by_key[k] for k in keys]
+    noise, cond = cfg.inputs(adapter, chosen)
+    runs = SpliceRuns(adapter, noise, cond, store.layout.num_steps, store.layout.extra.get("shift"), None, None, "")
+    runs.clean = runs.final([])
+    mazes = maze_truths(adapter, chosen)
+    if mazes is not None:
+        from interp.evaluation import verify_latents
+
+        runs.loss = lambda final: np.array([0.0 if v.solved else 1.0 for v in verify_latents(adapter, final, mazes)])
+        runs.kind = "failure rate"
+    else:
+        reference = runs.clean.flatten(1).double()
+
+        def distance(final: torch.Tensor) -> np.ndarray:
+            diff = (final.flatten(1).double() - reference).norm(dim=1) / reference.norm(dim=1).clamp_min(1e-12)
+            return diff.cpu().numpy()
+
+        runs.loss, runs.kind = distance, "latent distance"
+    return runs
+
+
+def splice_score(runs: SpliceRuns, sae, site: str, step: int, ablation: str = "zero") -> dict:
+    """The SAE's splice-in score at (site, step), beside the losses it is computed from."""
+    from interp.api import Intervention, mean, zero
+
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
+
+    def reconstruct(value: torch.Tensor, _step: int) -> torch.Tensor:
+        with torch.no_grad():
+            x = value.to(sae.device, torch.float32)
+            return sae.decode(sae.encode(x)).to(value.device, value.dtype)
+
+    batch = runs.noise.shape[0]
+    spliced = Intervention(site, reconstruct, steps=[step]).bind(runs.adapter, batch)
+    ablated = (zero if ablation == "zero" else mean)(site, steps=[step]).bind(runs.adapter, batch)
+    clean = float(runs.loss(runs.clean).mean())
+    with_sae = float(runs.loss(runs.final([spliced])).mean())
+    without = float(runs.loss(runs.final([ablated])).mean())
+    score = (without - with_sae) / (without - clean) if abs(without - clean) > 1e-12 else float("nan")
+    return {"splice_score": score, f"{runs.kind} clean": clean, f"{runs.kind} with SAE": with_sae,
+            f"{runs.kind} {ablation} ablation": without}  # fmt: skip
