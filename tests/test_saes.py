@@ -93,21 +93,24 @@ def test_the_splice_in_score_is_one_for_an_exact_reconstruction_and_zero_for_non
         runs = splice_runs(s, [0, 1])
         # the store's own run, re-run (in a batch of 2, not the trace's 4: equal up to batched float sums)
         np.testing.assert_allclose(runs.clean.numpy(), s.final([0, 1]), atol=1e-4)
-    assert runs.kind == "failure rate"
+    assert set(runs.losses) == {"latent distance", "failure rate"}  # a maze model: the verifier too
     exact = splice_score(runs, _Exact(), "blocks.6", 0)
     assert exact["failure rate with SAE"] == exact["failure rate clean"]
+    assert exact["latent distance with SAE"] == 0.0 and exact["splice_score"] == 1.0
     nothing = splice_score(runs, _Exact(zeros=True), "blocks.6", 0)
     assert nothing["failure rate with SAE"] == nothing["failure rate zero ablation"]
+    assert nothing["splice_score"] == pytest.approx(0.0) and nothing["latent distance zero ablation"] > 0
     if nothing["failure rate zero ablation"] != nothing["failure rate clean"]:  # ablating the site matters here
-        assert exact["splice_score"] == 1.0 and nothing["splice_score"] == 0.0
+        assert exact["splice_score_verifier"] == 1.0 and nothing["splice_score_verifier"] == 0.0
     wan = build_tiny_wan(tmp_path / "wan")
     path = run_trace(TraceConfig(model=str(wan), data=str(write_samples(tmp_path / "data", n=1)), height=32, width=32,
                                  num_frames=5, num_steps=3, layers="1", dtype="float32"), tmp_path / "w.h5",
                      progress=False)  # fmt: skip
     with ActivationStore(path) as s:
         runs = splice_runs(s, [0])
-    assert runs.kind == "latent distance"
+    assert set(runs.losses) == {"latent distance"}  # no verifier: the final latent alone
     exact = splice_score(runs, _Exact(), "blocks.1", 1)
     nothing = splice_score(runs, _Exact(zeros=True), "blocks.1", 1, ablation="zero")
     assert exact["latent distance with SAE"] == 0.0 and exact["splice_score"] == 1.0
     assert nothing["splice_score"] == pytest.approx(0.0) and nothing["latent distance zero ablation"] > 0
+    assert "splice_score_verifier" not in exact

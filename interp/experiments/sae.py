@@ -122,7 +122,7 @@ def run_sae(cfg: SAEConfig, out, progress: bool = True) -> SAEResult:
             meta = {"model_name": store.layout.model, "hook_name": site, "denoise_step": step,
                     "sigma": store.sigma(step), "store": str(Path(cfg.store).resolve())}  # fmt: skip
             folder = Path(out) / "saes" / site / f"step_{step:02d}"
-            path = train_sae(batches, cfg.spec(), store.layout.hidden[site], folder, meta, cfg.device)
+            path = train_sae(batches, cfg.spec(), store.layout.hidden[site], folder, meta, cfg.device, progress)
             held_out = TokenBatches(store, site, [step], test, cfg.batch_size, cfg.buffer_tokens, seed=cfg.seed)
             quality = sae_quality(load_sae(path, cfg.device), held_out)
             rows.append({"site": site, "layer": parse_site(site)[1], "step": step,
@@ -163,9 +163,10 @@ def save_sae(result: SAEResult, cfg: SAEConfig, out) -> Manifest:
     for r in result.rows:
         manifest.add(out / r["path"] / "cfg.json", "config", f"SAE of {r['site']} at step {r['step']} (SAELens format)")
     columns = ["site", "step", "explained_variance", "mse", "l0", "dead", "rare", "d_sae", "tokens"]
-    columns += [k for k in (result.rows[0] if result.rows else {}) if k == "splice_score" or " ablation" in k
+    columns += [k for k in (result.rows[0] if result.rows else {}) if k.startswith("splice_score") or " ablation" in k
                 or k.endswith((" clean", " with SAE"))]  # fmt: skip
-    formats = {"explained_variance": ".3f", "mse": ".4g", "l0": ".1f", "splice_score": ".2f"}
+    formats = {"explained_variance": ".3f", "mse": ".4g", "l0": ".1f", "splice_score": ".2f",
+               "splice_score_verifier": ".2f"}
     manifest.tables.append(Table("SAE quality per (step, layer), held-out videos", columns, result.rows, formats))
     ev = np.array([r["explained_variance"] for r in result.rows], dtype=float)
     best = result.rows[int(np.nanargmax(ev))] if np.isfinite(ev).any() else None
@@ -179,16 +180,23 @@ def save_sae(result: SAEResult, cfg: SAEConfig, out) -> Manifest:
     if cfg.splice:
         shown = f"{np.nanmin(splice):.2f}-{np.nanmax(splice):.2f}" if np.isfinite(splice).any() else "undefined"
         undefined = int((~np.isfinite(splice)).sum())
-        manifest.headline.append(f"splice-in score against {cfg.ablation} ablation: {shown}" + (
-            f" ({undefined} slabs undefined: ablating the site there changed nothing)" if undefined else ""))
+        line = f"splice-in score (final latent's distance) against {cfg.ablation} ablation: {shown}" + (
+            f" ({undefined} slabs undefined: ablating the site there changed nothing)" if undefined else "")
+        verdicts = [r.get("splice_score_verifier") for r in result.rows if "splice_score_verifier" in r]
+        if verdicts:  # a maze model: the verifier's outcome too
+            moved = [v for v in verdicts if v is not None]
+            line += (f"; on the verifier's failures {min(moved):.2f}-{max(moved):.2f} where the ablation changed "
+                     f"the answer ({len(moved)} of {len(verdicts)} slabs)" if moved else
+                     f"; the verifier's answer changed under no single-step ablation ({len(verdicts)} slabs)")
+        manifest.headline.append(line)
     manifest.notes.append("Each SAE is trained on the training videos' tokens of one (step, layer) slab, streamed "
                           "from the store through a mixing buffer, and measured on the held-out videos' tokens: "
                           "explained variance = 1 - summed squared error / summed squared deviation from the mean "
                           "token; L0 = active latents per token; dead = never active, rare = active on fewer than "
                           "1e-4 of the tokens. Splice-in score = (ablation - SAE) / (ablation - clean) on the held-out "
                           "videos re-run from the store's trace config with the SAE's reconstruction (or the "
-                          "ablation) at that site and step only; the loss: the verifier's failure rate for a maze "
-                          "model, else the final latent's relative distance to the clean run's.")  # fmt: skip
+                          "ablation) at that site and step only; the loss: the final latent's relative distance to "
+                          "the clean run's and, for a maze model, the verifier's failure rate.")  # fmt: skip
     manifest.write(out)
     return manifest
 
@@ -214,4 +222,15 @@ def plan_sae(cfg: SAEConfig, out: Path):
                  f"tokens, measured on {held_out} held-out tokens; {d_sae} latents each"])  # fmt: skip
 
 
-EXPERIMENT = register(Experiment("sae", SAEConfig, run_sae, save_sae, run_writes=True, plan=plan_sae))
+def demo(ctx) -> None:
+    """The study: SAEs at four steps x three layers of the demo's store, with their splice-in scores."""
+    ctx.stage("sparse autoencoders per (step, layer) (SAELens TopK, 4 steps x 3 layers) with splice-in scores")
+    cfg = SAEConfig(store=str(ctx.store), steps="0-19:6", layers="0-7:3", training_tokens=65536, batch_size=512,
+                    buffer_tokens=8192)  # fmt: skip
+    manifest = save_sae(run_sae(cfg, ctx.out / "saes", progress=False), cfg, ctx.out / "saes")
+    ctx.headline += manifest.headline
+
+
+EXPERIMENT = register(Experiment("sae", SAEConfig, run_sae, save_sae, run_writes=True, plan=plan_sae, demo=demo,
+                                 demo_order=45))  # fmt: skip
+

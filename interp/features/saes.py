@@ -65,10 +65,14 @@ def training_sae(spec: SAESpec, d_in: int, device: str, metadata: dict):
     return built[spec.architecture]()
 
 
-def train_sae(batches, spec: SAESpec, d_in: int, out: str | Path, metadata: dict, device: str = "cpu") -> Path:
+def train_sae(batches, spec: SAESpec, d_in: int, out: str | Path, metadata: dict, device: str = "cpu",
+              progress: bool = True) -> Path:  # fmt: skip
     """Train on ``batches`` (an endless iterable of (batch, d_in) arrays) for ``spec.training_tokens`` tokens and
     save the inference SAE and its feature sparsity to ``out``."""
     _silence_remote_services()
+    from functools import partial
+
+    import sae_lens.training.sae_trainer as trainer_module
     from sae_lens import LoggingConfig
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -85,7 +89,12 @@ def train_sae(batches, spec: SAESpec, d_in: int, out: str | Path, metadata: dict
     )  # fmt: skip
     provider = (torch.from_numpy(np.ascontiguousarray(b)) for b in batches)
     trainer = SAETrainer(cfg=config, sae=training_sae(spec, d_in, device, metadata), data_provider=provider)
-    sae = trainer.fit()
+    bar = trainer_module.tqdm  # the trainer draws its own progress bar, with no option to leave it out
+    trainer_module.tqdm = partial(bar, disable=not progress)
+    try:
+        sae = trainer.fit()
+    finally:
+        trainer_module.tqdm = bar
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sae.save_inference_model(str(out))

@@ -4,9 +4,9 @@ run and an ablation of that site at that step:
 
     score = (ablation - SAE) / (ablation - clean)
 
-on a loss where lower is better: a maze model's failure rate (the verifier on the decoded video), else the
-final latent's relative distance to the clean run's. 1: the reconstruction does what the site did; 0: no
-better than the ablation; undefined where the ablation itself changes nothing (the site is not needed).
+on a loss where lower is better: the final latent's relative distance to the clean run's (every model), and
+for a maze model also the failure rate (the verifier on the decoded video). 1: the reconstruction does what
+the site did; 0: no better than the ablation; undefined where the ablation itself changes nothing.
 """
 
 from __future__ import annotations
@@ -22,16 +22,15 @@ ABLATIONS = ("zero", "mean")
 @dataclass
 class SpliceRuns:
     """The held-out videos of a store, re-run from its recorded trace config: the model, their inputs, the
-    clean finals and how a final is scored (a loss: lower is better)."""
+    clean finals and the losses a final is scored by (name -> final latents -> (videos,) losses)."""
 
     adapter: object
     noise: torch.Tensor
     conditioning: object
     num_steps: int
     shift: float | None
-    clean: torch.Tensor
-    loss: object  # final latents -> (videos,) losses
-    kind: str  # "failure rate" or "latent distance"
+    clean: torch.Tensor | None = None
+    losses: dict | None = None
 
     def final(self, hooks) -> torch.Tensor:
         from interp.execution.patching import record_run
@@ -59,27 +58,29 @@ def splice_runs(store, videos: list[int]) -> SpliceRuns:
         raise ValueError(f"{store.path}: video {missing[0]!r} is no longer in its source (data moved or changed)")
     chosen = [by_key[k] for k in keys]
     noise, cond = cfg.inputs(adapter, chosen)
-    runs = SpliceRuns(adapter, noise, cond, store.layout.num_steps, store.layout.extra.get("shift"), None, None, "")
+    runs = SpliceRuns(adapter, noise, cond, store.layout.num_steps, store.layout.extra.get("shift"))
     runs.clean = runs.final([])
+    reference = runs.clean.flatten(1).double()
+
+    def distance(final: torch.Tensor) -> np.ndarray:
+        diff = (final.flatten(1).double() - reference).norm(dim=1) / reference.norm(dim=1).clamp_min(1e-12)
+        return diff.cpu().numpy()
+
+    runs.losses = {"latent distance": distance}
     mazes = maze_truths(adapter, chosen)
     if mazes is not None:
         from interp.evaluation import verify_latents
 
-        runs.loss = lambda final: np.array([0.0 if v.solved else 1.0 for v in verify_latents(adapter, final, mazes)])
-        runs.kind = "failure rate"
-    else:
-        reference = runs.clean.flatten(1).double()
+        def failure(final: torch.Tensor) -> np.ndarray:
+            return np.array([0.0 if v.solved else 1.0 for v in verify_latents(adapter, final, mazes)])
 
-        def distance(final: torch.Tensor) -> np.ndarray:
-            diff = (final.flatten(1).double() - reference).norm(dim=1) / reference.norm(dim=1).clamp_min(1e-12)
-            return diff.cpu().numpy()
-
-        runs.loss, runs.kind = distance, "latent distance"
+        runs.losses["failure rate"] = failure
     return runs
 
 
 def splice_score(runs: SpliceRuns, sae, site: str, step: int, ablation: str = "zero") -> dict:
-    """The SAE's splice-in score at (site, step), beside the losses it is computed from."""
+    """The SAE's splice-in score at (site, step) on every loss (``splice_score``: the latent distance's;
+    ``splice_score_verifier``: the failure rate's), beside the losses they are computed from."""
     from interp.api import Intervention, mean, zero
 
     if ablation not in ABLATIONS:
@@ -93,9 +94,12 @@ def splice_score(runs: SpliceRuns, sae, site: str, step: int, ablation: str = "z
     batch = runs.noise.shape[0]
     spliced = Intervention(site, reconstruct, steps=[step]).bind(runs.adapter, batch)
     ablated = (zero if ablation == "zero" else mean)(site, steps=[step]).bind(runs.adapter, batch)
-    clean = float(runs.loss(runs.clean).mean())
-    with_sae = float(runs.loss(runs.final([spliced])).mean())
-    without = float(runs.loss(runs.final([ablated])).mean())
-    score = (without - with_sae) / (without - clean) if abs(without - clean) > 1e-12 else float("nan")
-    return {"splice_score": score, f"{runs.kind} clean": clean, f"{runs.kind} with SAE": with_sae,
-            f"{runs.kind} {ablation} ablation": without}  # fmt: skip
+    finals = {"clean": runs.clean, "with SAE": runs.final([spliced]), f"{ablation} ablation": runs.final([ablated])}
+    out = {}
+    for loss_name, loss in runs.losses.items():
+        values = {name: float(loss(final).mean()) for name, final in finals.items()}
+        clean, with_sae, without = values["clean"], values["with SAE"], values[f"{ablation} ablation"]
+        score = (without - with_sae) / (without - clean) if abs(without - clean) > 1e-12 else float("nan")
+        out["splice_score" if loss_name == "latent distance" else "splice_score_verifier"] = score
+        out.update({f"{loss_name} {name}": value for name, value in values.items()})
+    return out
