@@ -59,11 +59,15 @@ class TokenBatches:
         """Tokens per epoch."""
         return len(self.videos) * len(self.steps) * self.store.layout.n_tokens
 
-    def blocks(self) -> list[tuple[int, int, int, int]]:
-        """(video, step position, first token, end token) of every block of the selection, in store order."""
+    def blocks(self) -> list[tuple[tuple[int, ...], int, int, int]]:
+        """(videos, step position, first token, end token) of every block of the selection, in store order: a
+        slab larger than a block is split along its tokens; smaller slabs of one step are read together, a few
+        videos at a time (one read call each: the calls, not the bytes, cost most on small slabs)."""
         n = self.store.layout.n_tokens
         positions = [self.store.layout.steps.index(s) for s in self.steps]
-        return [(v, p, t, min(t + self.block_tokens, n)) for v in self.videos for p in positions
+        per_read = max(1, self.block_tokens // n)  # videos per read where a whole slab fits a block
+        groups = [tuple(self.videos[i : i + per_read]) for i in range(0, len(self.videos), per_read)]
+        return [(g, p, t, min(t + self.block_tokens, n)) for g in groups for p in positions
                 for t in range(0, n, self.block_tokens)]  # fmt: skip
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -74,9 +78,11 @@ class TokenBatches:
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
             for i in rng.permutation(len(blocks)):
-                video, pos, start, stop = blocks[i]
-                with checked_reads(self.store.path):
-                    block = np.asarray(dataset[video, pos, start:stop], dtype=np.float32)
+                videos, pos, start, stop = blocks[i]
+                with checked_reads(self.store.path):  # h5py takes increasing indices: the videos are sorted
+                    rows = dataset[sorted(videos), pos, start:stop] if len(videos) > 1 else \
+                        dataset[videos[0], pos, start:stop][None]  # fmt: skip
+                block = np.asarray(rows, dtype=np.float32).reshape(-1, rows.shape[-1])
                 buffer = np.concatenate([buffer, block])
                 self.rows_held = max(self.rows_held, len(buffer))
                 if len(buffer) >= self.buffer_tokens:  # hand out half, keep half to mix with what comes next
