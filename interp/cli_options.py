@@ -35,13 +35,6 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(check_threads(threads))
 
 
-def echo_manifest(manifest, out: Path) -> None:
-    for line in manifest.headline:
-        typer.echo(line)
-    for entry in manifest.files:
-        typer.echo(f"  {entry.role}: {Path(out) / entry.path}")
-
-
 def _option(name: str, annotation, default, help_text: str, flags=None) -> inspect.Parameter:
     flags = tuple(flags or ("--" + name.replace("_", "-"),))
     return inspect.Parameter(

@@ -301,11 +301,6 @@ def source_plan(kind: str, cfg, out: Path) -> Plan:
                  *joint_stream_note(adapter, sites)])  # fmt: skip
 
 
-def sampling_plan(command: str, videos: int, num_steps: int, adapter, out: Path, disk: int = FIGURES) -> Plan:
-    """Commands that sample and keep only videos and figures (generate, evaluate, ensemble)."""
-    return Plan(command, Path(out), videos, num_steps, disk_bytes=disk, memory_bytes=model_bytes(adapter))
-
-
 def probe_plan(store_path: Path, cfg, out: Path) -> Plan:
     """``interp probe``: the slabs fitted and what the fast path holds at once."""
     from activations.reader import ActivationStore
