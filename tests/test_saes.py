@@ -114,3 +114,25 @@ def test_the_splice_in_score_is_one_for_an_exact_reconstruction_and_zero_for_non
     assert exact["latent distance with SAE"] == 0.0 and exact["splice_score"] == 1.0
     assert nothing["splice_score"] == pytest.approx(0.0) and nothing["latent distance zero ablation"] > 0
     assert "splice_score_verifier" not in exact
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "wan-unipc"])
+def test_an_exact_splice_leaves_a_joint_stream_and_a_multistep_run_as_they_were(tmp_path, family):
+    """On CogVideoX (text rows beside the video in every block's output) and on Wan with UniPC (a multistep
+    solver): the run with an exact reconstruction spliced in ends where the clean run does, and a zero
+    'reconstruction' where the zero ablation does."""
+    from tiny_pipelines import build_tiny_cogvideox, build_tiny_wan, write_samples
+
+    from interp.features.splice import splice_runs, splice_score
+
+    cog = family == "cogvideox"
+    model = build_tiny_cogvideox(tmp_path / "m") if cog else build_tiny_wan(tmp_path / "m", unipc=True)
+    frames = 9 if cog else 5
+    cfg = TraceConfig(model=str(model), data=str(write_samples(tmp_path / "data", n=1)), height=32, width=32,
+                      num_frames=frames, num_steps=3, layers="0", dtype="float32", max_sequence_length=16)  # fmt: skip
+    with ActivationStore(run_trace(cfg, tmp_path / "s.h5", progress=False)) as s:
+        runs = splice_runs(s, [0])
+    exact = splice_score(runs, _Exact(), "blocks.0", 1)
+    nothing = splice_score(runs, _Exact(zeros=True), "blocks.0", 1)
+    assert exact["latent distance with SAE"] == 0.0 and exact["splice_score"] == 1.0
+    assert nothing["latent distance with SAE"] == nothing["latent distance zero ablation"] > 0
