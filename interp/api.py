@@ -44,8 +44,8 @@ __all__ = [
 
 def open_model(model: str | Path, torch_dtype: str = "float32", device: str = "cpu") -> VideoDiTAdapter:
     """A model by shipped testbed name (``testbed``, ``testbed-mixed``), testbed weights folder, or a
-    local diffusers pipeline folder (``interp.models.registry.load_model``; never downloads)."""
-    from interp.models.registry import load_model
+    local diffusers pipeline folder (``interp.models.loading.load_model``; never downloads)."""
+    from interp.models.loading import load_model
 
     return load_model(model, torch_dtype=torch_dtype, device=device)
 

@@ -9,7 +9,7 @@ free disk space under its output place or the available memory is smaller than t
   on the way to the writer) twice plus the writer queue's bound; a causal experiment's recorded run (every
   recorded site at every step, float32); probes, ``group`` slabs of every video (float32).
 - a pipeline folder is planned before any weight is read: its layout from the configs alone (the models
-  built on the meta device, ``interp.models.skeleton``), its weights from the safetensors headers.
+  built on the meta device, ``interp.models.loading``), its weights from the safetensors headers.
 """
 
 from __future__ import annotations
@@ -106,10 +106,6 @@ def show(plan: Plan, echo=print) -> None:
     check_resources(plan)
 
 
-def model_bytes(adapter) -> int:
-    return sum(p.numel() * p.element_size() for m in adapter.transformers().values() for p in m.parameters())
-
-
 def dtype_bytes(torch_dtype: str | None) -> int:
     """Bytes per value of a compute dtype by name (float32 when None)."""
     return 2 if torch_dtype in ("bfloat16", "float16") else FLOAT32
@@ -137,15 +133,22 @@ def folder_weight_bytes(folder: str | Path, torch_dtype: str | None = None, part
     return total
 
 
-def pipeline_plan(
+def model_weight_bytes(model: str | Path, torch_dtype: str | None = None) -> int:
+    """The weights of any model by name or folder (``registry.resolve``) in ``torch_dtype``: nothing loaded."""
+    from interp.models.registry import resolve
+
+    return folder_weight_bytes(resolve(model)[1], torch_dtype)
+
+
+def sampling_plan(
     command: str, model: str, torch_dtype: str, videos: int, num_steps: int, out: Path, videos_bytes: int = 0,
     what: str = "activations and decoded videos not counted",
 ) -> Plan:  # fmt: skip
-    """A pipeline model's sampling command (``torch_dtype`` as resolved by ``sources.default_dtype``): its
-    weights from the folder, before any loading; ``videos_bytes``: the decoded videos it writes (``what``)."""
+    """A sampling command (``torch_dtype`` as resolved by ``sources.default_dtype``): the model's weights
+    from its folder, before any loading; ``videos_bytes``: the decoded videos it writes (``what``)."""
     return Plan(command, Path(out), videos, num_steps, disk_bytes=FIGURES * max(videos, 1) + videos_bytes,
-                memory_bytes=folder_weight_bytes(model, torch_dtype),
-                details=[f"{what}; pipeline weights counted from their safetensors headers"])  # fmt: skip
+                memory_bytes=model_weight_bytes(model, torch_dtype),
+                details=[f"{what}; weights counted from their safetensors headers"])  # fmt: skip
 
 
 def store_plan(
@@ -227,10 +230,10 @@ def trace_plan(job, out: Path, queue_bytes: int | None = None, writers: int = 1,
         from interp.sources import default_dtype
 
         cfg = job.cfg
-        weights = folder_weight_bytes(cfg.model, default_dtype(cfg.device, cfg.torch_dtype))
+        weights = model_weight_bytes(cfg.model, default_dtype(cfg.device, cfg.torch_dtype))
         plan.memory_bytes += 0 if cluster else writers * weights
         where = f"on each worker of {cluster}" if cluster else "counted"
-        plan.details.append(f"pipeline weights ~{human(weights)} {where}, from their safetensors headers (nothing "
+        plan.details.append(f"model weights ~{human(weights)} {where}, from their safetensors headers (nothing "
                             "loaded to plan)")  # fmt: skip
     return plan
 
@@ -281,16 +284,15 @@ def source_plan(kind: str, cfg, out: Path) -> Plan:
     adapter = cfg.load(skeleton=True)
     groups = cfg.groups() if isinstance(cfg, MazeSizes) else [cfg]  # one source per maze size
     videos, num_steps = [v for source in groups for v in source.videos(adapter)], cfg.num_steps_of(adapter)
-    skeleton = adapter.is_skeleton
-    weights = folder_weight_bytes(cfg.model, cfg.torch_dtype) if skeleton else model_bytes(adapter)
-    note = ["pipeline weights counted from their safetensors headers (nothing loaded to plan)"] if skeleton else []
+    weights = model_weight_bytes(cfg.model, cfg.torch_dtype)
+    note = ["weights counted from their safetensors headers (nothing loaded to plan)"]
     if kind not in CAUSAL:
         return Plan(kind, Path(out), len(videos), num_steps, disk_bytes=FIGURES, memory_bytes=weights, details=note)
     runs = len(videos) * (2 if kind in ("patch", "swap", "layers") and cfg.data is None else 1)  # + the other mazes
     latent, expert = cfg.latent_shape(adapter, videos), next(iter(adapter.transformers()))  # one expert a step
     tokens, hidden = math.prod(adapter.token_grid(latent, expert)), adapter.hidden_size(expert)
     layers = len(_layers(cfg, adapter)) if kind not in ("perturb", "knockout") else 0  # these record no sites
-    item = dtype_bytes(cfg.torch_dtype) if skeleton else next(adapter.transformer.parameters()).element_size()
+    item = dtype_bytes(cfg.torch_dtype)
     branches = 1 if adapter.task or cfg.negative_prompt is None else 2  # every call is recorded
     per_video = num_steps * (branches * layers * tokens * hidden * item + 2 * math.prod(latent) * FLOAT32)
     sub = getattr(cfg, "sub", None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from interp.plans import Plan, count, folder_weight_bytes, model_bytes
+from interp.plans import Plan, count, model_weight_bytes
 from interp.validation import UsageError
 
 
@@ -19,15 +19,10 @@ def store_layout(path: Path):
 
 
 def decoder_bytes(model: str | None, device: str, torch_dtype: str | None) -> int:
-    """What decodes x0_hat: a testbed (its weights are small: loaded) or a pipeline folder (loaded whole)."""
-    from interp.models.registry import is_pipeline_folder
-    from interp.sources import default_dtype, load_testbed
+    """What decodes x0_hat: the model's weights (a pipeline's folder is loaded whole), nothing loaded to count."""
+    from interp.sources import default_dtype
 
-    if not model:
-        return 0
-    if is_pipeline_folder(model):
-        return folder_weight_bytes(model, default_dtype(device, torch_dtype))
-    return model_bytes(load_testbed(model))
+    return model_weight_bytes(model, default_dtype(device, torch_dtype)) if model else 0
 
 
 def verify_plan(values: dict) -> Plan:

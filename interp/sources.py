@@ -18,7 +18,7 @@ import torch
 from interp.execution.loop import initial_noise
 from interp.execution.patching import stack_conditioning
 from interp.models.base import PipelineSpec, VideoDiTAdapter
-from interp.models.registry import load_pipeline_adapter
+from interp.models.loading import load_model
 from interp.samples import Sample, Video, choose_samples, read_samples
 from interp.tasks import maze as maze_task
 from interp.validation import MAX_SIZE, SEED
@@ -114,11 +114,15 @@ class SourceConfig:
     def upgrade(cls, data: dict) -> dict:
         """A config written while the prompt-token count defaulted to 226 for every model: a testbed's
         recorded it without reading it (kept for a pipeline: it is what that run used)."""
-        from interp.models.registry import is_pipeline_folder
+        from interp.models.registry import model_task
 
-        if data.get("max_sequence_length") == 226 and not is_pipeline_folder(data.get("model", "testbed")):
-            data = {k: v for k, v in data.items() if k != "max_sequence_length"}
-        return data
+        if data.get("max_sequence_length") != 226:
+            return data
+        try:
+            task = model_task(data.get("model", "testbed"))
+        except ValueError:  # a model no longer there: refused where it is loaded, with its own line
+            return data
+        return {k: v for k, v in data.items() if k != "max_sequence_length"} if task else data
 
     # -- the family's defaults -------------------------------------------------------------------
     def spec(self) -> PipelineSpec:
@@ -152,15 +156,17 @@ class SourceConfig:
         return batch_size or (task_batch if adapter.task else 1)
 
     # -- model and videos --------------------------------------------------------------------------
-    def is_pipeline(self) -> bool:
-        from interp.models.registry import is_pipeline_folder
+    def model_task(self) -> str | None:
+        """The task the model is made for (a maze model's verifier), None for a prompt-taking pipeline: the
+        family's capability, read from the model's files with nothing loaded."""
+        from interp.models.registry import model_task
 
-        return is_pipeline_folder(self.model)
+        return model_task(self.model)
 
     def check(self, pipeline: bool | None = None) -> None:
         """What the fields alone can tell, before any model is read: no field is silently ignored.
         ``pipeline``: the kind of model (default: whether ``model`` is a pipeline folder)."""
-        pipeline = self.is_pipeline() if pipeline is None else pipeline
+        pipeline = self.model_task() is None if pipeline is None else pipeline
         defaults = type(self).__dataclass_fields__
         given = {k for k in _SOURCE_FIELDS if getattr(self, k) != defaults[k].default}
         if pipeline and self.data is None:
@@ -183,23 +189,13 @@ class SourceConfig:
                              "(set in the folder's scheduler_config.json)")  # fmt: skip
 
     def load(self, skeleton: bool = False) -> VideoDiTAdapter:
-        """The model. ``skeleton``: a pipeline's adapter from its folder's configs alone (a plan's; it
-        cannot run); a testbed is small and always loaded."""
-        from interp.models.registry import is_pipeline_folder
-
+        """The model through its family. ``skeleton``: the adapter built from the folder's configs alone on
+        the meta device (a plan's; it cannot run), whatever the family."""
         self.check()
-        if not is_pipeline_folder(self.model):
-            adapter = load_testbed(self.model)
-            if (self.device, self.torch_dtype) != ("cpu", "float32"):
-                adapter.transformer.to(self.device, getattr(torch, self.torch_dtype))
-            return adapter
+        adapter = load_model(self.model, self.spec(), self.torch_dtype, self.device, skeleton)
         if skeleton:
-            from interp.models.skeleton import pipeline_skeleton
-
-            adapter = pipeline_skeleton(self.model, self.spec())
             adapter.check_prompt_tokens(self.max_sequence_length_of(adapter))  # planned: nothing loaded yet
-            return adapter
-        return load_pipeline_adapter(self.model, self.spec(), self.torch_dtype, self.device)
+        return adapter
 
     def videos(self, adapter: VideoDiTAdapter) -> list[Video]:
         """Every video of the run, in store order: each sample with each of its noise seeds. The sample
@@ -302,13 +298,13 @@ class MazeSizes:
 
 
 def load_testbed(model: str | Path):
-    """A testbed adapter by name or weights folder (pipeline folders are refused here)."""
-    from interp.models.registry import is_pipeline_folder
-    from interp.models.testbed import load_named
+    """A task model (the testbed: a maze model with a verifier) by name or folder; a pipeline is refused
+    before anything is loaded (a 14B pipeline takes minutes)."""
+    from interp.models.registry import model_task
 
-    if is_pipeline_folder(model):  # refused before loading: a 14B pipeline takes minutes
+    if model_task(model) is None:
         raise ValueError(f"model {model}: this needs a testbed (a maze model), not a pipeline folder")
-    return load_named(str(model))
+    return load_model(model)
 
 
 _VIDEOS_READ: dict[int, tuple] = {}  # id(config) -> (its weak reference, what it was read from, the videos)

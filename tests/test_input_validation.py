@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from interp.models.loading import load_model
+
 
 def _one_line(code, err, message):
     lines = err.strip().splitlines()
@@ -57,10 +59,16 @@ def test_dry_run_prints_the_plan_only_and_a_plan_that_does_not_fit_is_refused(ru
     # 3 videos x 20 steps x 2 sites x 64 tokens x 128 hidden x 2 bytes + x0_hat, x_t (8 x 64 each) and the final
     expected = 3 * 20 * 2 * 64 * 128 * 2 + 3 * 2 * 20 * 512 * 2 + 3 * 512 * 2
     assert f"writes ~{expected / 2**20:.1f} MB" in out
-    # memory: one step's slabs of the batch twice in float32, plus the writer queue's bound (here 1 MB)
+    # memory: one step's slabs of the batch twice in float32, the writer queue's bound (here 1 MB) and the
+    # weights, read from the safetensors header of the testbed's folder like a pipeline's (nothing loaded)
+    from interp.models.registry import resolve
+    from interp.plans import folder_weight_bytes
+
+    weights = folder_weight_bytes(resolve("testbed")[1])
+    assert weights == sum(p.numel() * 4 for p in load_model("testbed").transformer.parameters())
     args = ["-n", 3, "--layers", "0-1", "--queue-mb", 1, "--dry-run", "--out", tmp_path / "q.h5"]
     code, out, err = run_cli("trace", *args)
-    assert code == 0 and f"memory ~{(2 * 3 * 2 * 64 * 128 * 4 + 2**20) / 2**20:.1f} MB" in out, out
+    assert code == 0 and f"memory ~{(2 * 3 * 2 * 64 * 128 * 4 + 2**20 + weights) / 2**20:.1f} MB" in out, out
     code, out, err = run_cli("patch", "-n", 1, "--dry-run", "--out", tmp_path / "p")
     assert code == 0 and "plan: patch: 2 videos" in out and not (tmp_path / "p").exists()
     usage = shutil.disk_usage(tmp_path)

@@ -130,7 +130,7 @@ def test_evaluate_puts_any_model_on_the_same_mazes(tmp_path, run_cli):
     code, out, err = run_cli("evaluate", "--model", model, "--data", tmp_path / "mazes", "--height", 32, "--width", 32,
                              "--num-frames", 5, "--num-steps", 2, "--out", tmp_path / "wan_eval")  # fmt: skip
     assert code == 0, err
-    assert "pipeline weights counted from their safetensors headers" in out  # planned without loading
+    assert "weights counted from their safetensors headers" in out  # planned without loading
     wan = json.loads((tmp_path / "wan_eval" / "accuracy.json").read_text())
     assert wan["n"] == 3 and wan["accuracy"] == 0.0 and wan["seeds"] == [5, 7]
     code, _, err = run_cli("evaluate", "--model", model, "--data", tmp_path / "mazes", "-n", 2, "--out", tmp_path / "x")

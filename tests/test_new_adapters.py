@@ -18,8 +18,8 @@ from activations import ActivationStore
 from interp.execution.loop import StepHook, sample
 from interp.models.base import PipelineSpec
 from interp.models.cogvideox import CogVideoXI2VAdapter
+from interp.models.loading import load_pipeline_adapter
 from interp.models.ltx import LTXI2VAdapter
-from interp.models.registry import load_pipeline_adapter
 from interp.models.wan import HoldCleanTokens, WanTI2VAdapter
 
 PROMPT = "solve the maze"

@@ -108,7 +108,7 @@ def test_adapter_decode_matches_the_pipeline_output(tmp_path, family):
 
     from interp.execution.loop import sample
     from interp.models.base import PipelineSpec
-    from interp.models.registry import load_pipeline_adapter
+    from interp.models.loading import load_pipeline_adapter
 
     folder = BUILDERS[family](tmp_path / family)
     frames = 5 if family == "wan" else 9

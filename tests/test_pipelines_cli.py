@@ -131,7 +131,7 @@ def test_hunyuans_true_cfg_is_reachable(tmp_path):
     from tiny_pipelines import build_tiny_hunyuan
 
     from interp.models.base import PipelineSpec
-    from interp.models.registry import load_pipeline_adapter
+    from interp.models.loading import load_pipeline_adapter
 
     folder = build_tiny_hunyuan(tmp_path / "hunyuan")
     spec = PipelineSpec(height=32, width=32, num_frames=9, true_cfg_scale=3.0)

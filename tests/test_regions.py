@@ -10,7 +10,7 @@ from tiny_pipelines import BUILDERS, family_inputs
 from interp import api
 from interp.execution.loop import sample
 from interp.models.base import PipelineSpec, first_tensor
-from interp.models.registry import load_pipeline_adapter
+from interp.models.loading import load_pipeline_adapter
 
 SIZE, FRAMES = 32, 9
 

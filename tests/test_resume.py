@@ -9,7 +9,7 @@ import torch
 from interp.execution.loop import sample
 from interp.execution.patching import Patch, record_run, run_patched
 from interp.models.base import PipelineSpec
-from interp.models.registry import load_pipeline_adapter
+from interp.models.loading import load_pipeline_adapter
 
 NUM_STEPS = 8
 

@@ -161,3 +161,37 @@ def test_the_videos_read_once_follow_the_configs_fields():
     assert [v.sample.truth.seed for v in cfg.videos(model)] == [0, 1, 2]
     cfg.first_seed = 5
     assert [v.sample.truth.seed for v in cfg.videos(model)] == [5, 6, 7]
+
+
+def test_the_testbed_is_a_registered_family_planned_from_its_configs(tmp_path, run_cli, monkeypatch):
+    """The testbed resolves through the registry like any family (by its shipped name or its folder), its plan's
+    job is laid out from config.json on the meta device exactly as the loaded model lays it out, and a
+    plan reads no weight."""
+    from dataclasses import asdict
+
+    from diffusers import WanTransformer3DModel
+
+    from interp.experiments.trace import make_job
+    from interp.models.registry import model_task, resolve
+    from interp.models.testbed import TestbedAdapter
+
+    for name in ("testbed", "testbed-mixed"):
+        entry, folder = resolve(name)
+        assert entry.adapter is TestbedAdapter and resolve(folder)[0] is entry and model_task(folder) == "maze"
+        cfg = TraceConfig(model=name, n=3, layers="0,2", pooling="frame")
+        skeleton = make_job(cfg, skeleton=True)
+        assert next(skeleton.adapter.transformer.parameters()).is_meta
+        assert asdict(skeleton.layout) == asdict(make_job(cfg).layout)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    with pytest.raises(ValueError, match="names 'UNet2DModel', which no family serves"):
+        resolve(tmp_path / "other")
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("a plan loaded weights")
+
+    monkeypatch.setattr(WanTransformer3DModel, "from_pretrained", no_weights)
+    for command in ("trace", "patch", "generate", "ensemble"):
+        code, out, err = run_cli(command, "--dry-run", "--out", tmp_path / command)
+        assert code == 0 and out.startswith(f"plan: {command}:"), (command, err)
+        assert command == "ensemble" or "from their safetensors headers" in out, out

@@ -339,7 +339,7 @@ def family_inputs(family: str, folder: Path, size: int = 32, frames: int = 9):
     import torch
 
     from interp.models.base import PipelineSpec
-    from interp.models.registry import load_pipeline_adapter
+    from interp.models.loading import load_pipeline_adapter
 
     adapter = load_pipeline_adapter(BUILDERS[family](folder), PipelineSpec(height=size, width=size,
                                                                            num_frames=frames), "float32")  # fmt: skip

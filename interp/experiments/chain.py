@@ -70,7 +70,7 @@ def run_chain(cfg: ChainRunConfig, progress: bool = True) -> ChainResult:
             raise ValueError("a scorer reads decoded frames: give --model (the store's model) to decode x0_hat")
         import torch
 
-        from interp.models.registry import load_model
+        from interp.models.loading import load_model
 
         scorer = load_scorer(cfg.scorer, cfg.scorer_timeout)
         adapter = load_model(cfg.model, torch_dtype=cfg.torch_dtype, device=cfg.device)

@@ -90,7 +90,7 @@ class EarlySelectConfig(MazeSizes, SourceConfig, ExperimentConfig):
             load_score(spec)
 
     def check(self, pipeline: bool | None = None) -> None:
-        if self.is_pipeline() if pipeline is None else pipeline:
+        if self.model_task() is None if pipeline is None else pipeline:
             raise ValueError(f"model {self.model}: early selection reads the maze verifier on the model's own "
                              "latents: it needs a maze model (the testbed), not a pipeline")  # fmt: skip
         super().check(pipeline)
@@ -257,7 +257,7 @@ def plan_early_select(cfg: EarlySelectConfig, out: Path):
     first step); a batch of mazes x N seeds at once."""
     import math
 
-    from interp.plans import FIGURES, FLOAT32, Plan, model_bytes
+    from interp.plans import FIGURES, FLOAT32, Plan, model_weight_bytes
 
     adapter = cfg.load(skeleton=True)
     groups = [(source, source.videos(adapter)) for source in cfg.groups()]
@@ -265,7 +265,8 @@ def plan_early_select(cfg: EarlySelectConfig, out: Path):
     runs = n_max + sum(n for n in cfg.n_seeds if n > 1)  # the seeds, then each ensemble's
     latent = max(math.prod(source.latent_shape(adapter, v)) for source, v in groups)
     batch = max(1, cfg.batch_size // n_max) * n_max
-    memory = model_bytes(adapter) + batch * latent * FLOAT32 * (3 + len(cfg.ks))  # latents, x0_hat kept per k
+    weights = model_weight_bytes(cfg.model, cfg.torch_dtype)
+    memory = weights + batch * latent * FLOAT32 * (3 + len(cfg.ks))  # latents, x0_hat kept per k
     return Plan("early_select", out, mazes * runs, cfg.num_steps_of(adapter), disk_bytes=FIGURES, memory_bytes=memory,
                 details=[f"{mazes} mazes x {runs} runs (N seeds, then the ensembles), x0_hat kept at "
                          f"{len(cfg.ks)} steps"])  # fmt: skip

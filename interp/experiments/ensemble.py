@@ -283,7 +283,7 @@ def plan_ensemble(cfg: EnsembleConfig, out: Path, executor=None):
     latent is kept and decoded to a GIF. Laid out from the model's configs (a pipeline: nothing loaded)."""
     from interp.experiments._causal import maze_truths
     from interp.experiments.ensemble_runs import check_sweep, variants
-    from interp.plans import FIGURES, FLOAT32, Plan, count, folder_weight_bytes, model_bytes
+    from interp.plans import FIGURES, FLOAT32, Plan, count, model_weight_bytes
 
     adapter = cfg.load(skeleton=True)
     num_steps = cfg.num_steps_of(adapter)
@@ -293,7 +293,7 @@ def plan_ensemble(cfg: EnsembleConfig, out: Path, executor=None):
     found = list(variants(cfg.ensemble_sizes, cfg.ks, cfg.merges, cfg.temperatures, adapter.prediction == "flow"))
     runs = max(cfg.ensemble_sizes) + len(found)
     latent = max(math.prod(source.latent_shape(adapter, v)) for source, v in groups)
-    weights = folder_weight_bytes(cfg.model, cfg.torch_dtype) if adapter.is_skeleton else model_bytes(adapter)
+    weights = model_weight_bytes(cfg.model, cfg.torch_dtype)
     batch = max(source.batch_of(adapter, None, task_batch=len(v)) for source, v in groups) * max(cfg.ensemble_sizes)
     memory = weights + 3 * batch * latent * FLOAT32  # the batch's latents, x0_hat and velocity
     verified = all(maze_truths(adapter, v) is not None for _, v in groups)

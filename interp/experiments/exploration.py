@@ -70,7 +70,7 @@ class ExplorationConfig(MazeSizes, SourceConfig, ChainConfig, ExperimentConfig):
     def check(self, pipeline: bool | None = None) -> None:
         for model in self.models:  # each model's source; the detectors read a maze model's own latents
             source = replace(self, models=[model])
-            if source.is_pipeline() if pipeline is None else pipeline:
+            if source.model_task() is None if pipeline is None else pipeline:
                 raise ValueError(f"model {model}: exploration reads x0_hat on the maze grid: it needs a maze model "
                                  "(the testbed), not a pipeline")  # fmt: skip
             MazeSizes.check(source, pipeline)

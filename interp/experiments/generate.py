@@ -155,7 +155,7 @@ def demo(ctx) -> None:
 def plan_generate(cfg: GenerateConfig, out: Path):
     """Per video the decoded x0_hat of every chosen step and the final video (GIFs, at most a byte per pixel:
     palette images), from the config and the model's configs (a pipeline: nothing loaded)."""
-    from interp.plans import FIGURES, Plan, model_bytes, pipeline_plan
+    from interp.plans import sampling_plan
 
     adapter = cfg.load(skeleton=True)
     videos, num_steps = cfg.videos(adapter), cfg.num_steps_of(adapter)
@@ -164,21 +164,18 @@ def plan_generate(cfg: GenerateConfig, out: Path):
     gifs = len(videos) * decoded * frames * height * width
     what = (f"{len(videos)} videos x {decoded} decoded (x0_hat of {decoded - 1} steps and the final video), "
             f"{frames} frames of {height}x{width} each")  # fmt: skip
-    if not adapter.is_skeleton:
-        return Plan("generate", Path(out), len(videos), num_steps, disk_bytes=FIGURES * len(videos) + gifs,
-                    memory_bytes=model_bytes(adapter), details=[what])  # fmt: skip
-    return pipeline_plan("generate", cfg.model, cfg.torch_dtype, len(videos), num_steps, out, gifs, what)
+    return sampling_plan("generate", cfg.model, cfg.torch_dtype, len(videos), num_steps, out, gifs, what)
 
 
 def old_testbed_spellings(values: dict, old: dict) -> dict:
     """The testbed's generate, without --data, as before one source: ``--seed`` is its one maze's seed,
     ``--noise-seed`` the noise's, ``--steps N`` a count of denoising steps."""
-    from interp.models.registry import is_pipeline_folder
+    from interp.models.registry import model_task
     from interp.tasks.splits import is_training_seed
     from interp.validation import UsageError
 
     noise_seed = old["noise_seed"]
-    if is_pipeline_folder(values["model"]) or values["data"] is not None:
+    if model_task(values["model"]) is None or values["data"] is not None:
         if noise_seed is not None:
             raise UsageError("--noise-seed is for the testbed's one maze; with --data give noise seeds with --seed")
         return values

@@ -76,7 +76,7 @@ def run_layers(cfg: LayersConfig, adapter=None, progress: bool = True) -> Layers
     from interp.experiments.patch import PatchConfig, run_patch
     from probes.run import read_results
 
-    if adapter is None and cfg.is_pipeline():
+    if adapter is None and cfg.model_task() is None:
         raise ValueError("layers profiles a maze model (its patching compares maze pairs on the cells where their "
                          "solutions differ); on a pipeline run probe, patch and flow apart")  # fmt: skip
     adapter = adapter or cfg.load()

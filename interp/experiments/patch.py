@@ -83,7 +83,7 @@ def _prepare(cfg: PatchConfig, adapter) -> tuple[PatchConfig, PairRuns]:
     computed from. The source decides the pairs (generated mazes and their rewired twins, or samples in
     pairs); the maze metric and the ``diff`` region need a maze model's verifier."""
     check_pairs(cfg)
-    if adapter is None and cfg.is_pipeline():  # refused before a pipeline is loaded
+    if adapter is None and cfg.model_task() is None:  # refused before a pipeline is loaded
         _check_maze_choices(cfg, None)
     adapter = adapter or cfg.load()
     clean_videos, corr_videos = pair_videos(cfg, adapter, maze_task.rewire)

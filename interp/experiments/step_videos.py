@@ -48,7 +48,7 @@ class FilmstripConfig(ExperimentConfig):
 
 
 def run_filmstrip(cfg: FilmstripConfig, out, progress: bool = True) -> list[dict]:
-    from interp.models.registry import load_model
+    from interp.models.loading import load_model
 
     if not Path(cfg.store).is_file():
         raise ValueError(f"no activation store at {cfg.store}")

@@ -132,7 +132,7 @@ class VideoDiTAdapter:
     # Where a block's self-attention keys hold text rows beside the video tokens (a joint stream): "before",
     # "after" or None (``interp.execution.attention_kernel.TokenLayout``).
     attention_text: str | None = None
-    is_skeleton = False  # built from configs alone on the meta device (``interp.models.skeleton``): cannot run
+    is_skeleton = False  # built from configs alone on the meta device (``interp.models.loading``): cannot run
     pipeline_spec: PipelineSpec | None = None  # a pipeline's run settings, its video size resolved (set on load)
     latent_frame_axis: int | None = 1  # axis of the frames in one video's latent (C, T, H, W); None: packed
     latent_channel_axis: int = 0  # axis of the channels in one video's latent: the features of a latent position

@@ -7,8 +7,11 @@ An adapter registers itself where it is defined::
 
 so adding a family is one file in ``interp/models/`` (every module there is imported on the first
 lookup). A pipeline class diffusers does not know (a user's own subclass) is registered with
-``pipeline_class=`` and loaded through it. Named testbeds (``testbed``, ``testbed-mixed``) and folders
-of testbed weights load through ``interp.models.testbed``.
+``pipeline_class=`` and loaded through it. A family whose folder holds one model and no pipeline (the
+testbed: ``config.json`` of a ``WanTransformer3DModel``, its safetensors and ``sampling.json``) registers
+that model class with ``register_model_folder``, with its own loader and skeleton and the names it ships
+under (``testbed``, ``testbed-mixed``). Every model, whatever its family, is found by ``resolve`` and
+loaded by ``load_model``: weights, or a skeleton built from the configs alone for a plan.
 """
 
 from __future__ import annotations
@@ -16,19 +19,26 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from interp.models.base import PipelineSpec, VideoDiTAdapter
+from interp.models.base import VideoDiTAdapter
 
 
 @dataclass(frozen=True)
 class Family:
     adapter: type[VideoDiTAdapter]
     pipeline_class: type | None = None  # None: diffusers resolves the class from model_index.json
+    # A one-model folder's family loads through its own functions: (folder, spec, torch_dtype, device) and
+    # (folder, spec, torch_dtype) to an adapter; a pipeline family through diffusers' pipeline loader.
+    load: Callable[..., VideoDiTAdapter] | None = None
+    skeleton: Callable[..., VideoDiTAdapter] | None = None
 
 
-_FAMILIES: dict[str, Family] = {}
+_FAMILIES: dict[str, Family] = {}  # pipeline class name (model_index.json) -> family
+_MODEL_FOLDERS: dict[str, Family] = {}  # model class name (config.json of a folder without a pipeline) -> family
+_NAMED: dict[str, tuple[Family, Path]] = {}  # a shipped model's name -> its family and folder
 _DISCOVERED = False
 
 
@@ -40,6 +50,23 @@ def register(*pipeline_names: str, pipeline_class: type | None = None):
     def decorate(adapter: type[VideoDiTAdapter]) -> type[VideoDiTAdapter]:
         for name in pipeline_names:
             _FAMILIES[name] = Family(adapter, pipeline_class)
+        return adapter
+
+    return decorate
+
+
+def register_model_folder(
+    class_name: str, load: Callable[..., VideoDiTAdapter], skeleton: Callable[..., VideoDiTAdapter],
+    names: dict[str, Path] | None = None,
+):  # fmt: skip
+    """Class decorator: ``adapter`` serves folders of one model whose ``config.json`` names ``class_name``
+    (no ``model_index.json``), loaded by ``load`` and planned from ``skeleton``; ``names``: the models it
+    ships, by the name every command takes (``--model testbed``)."""
+
+    def decorate(adapter: type[VideoDiTAdapter]) -> type[VideoDiTAdapter]:
+        entry = Family(adapter, load=load, skeleton=skeleton)
+        _MODEL_FOLDERS[class_name] = entry
+        _NAMED.update({name: (entry, Path(folder)) for name, folder in (names or {}).items()})
         return adapter
 
     return decorate
@@ -58,7 +85,7 @@ def _discover() -> None:
     import interp.models as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("base", "registry"):
+        if info.name not in ("base", "registry", "loading", "config_checks"):
             importlib.import_module(f"interp.models.{info.name}")
     _DISCOVERED = True
 
@@ -77,6 +104,41 @@ def family(pipeline_name: str) -> Family:
 
 def is_pipeline_folder(model: str | Path) -> bool:
     return Path(model, "model_index.json").is_file()
+
+
+def named_models() -> list[str]:
+    _discover()
+    return list(_NAMED)
+
+
+def resolve(model: str | Path) -> tuple[Family, Path]:
+    """The family and folder of a model given by name or path, from its JSON files alone: a shipped model's
+    name, a diffusers pipeline folder (``model_index.json``) or a registered one-model folder."""
+    _discover()
+    if str(model) in _NAMED:
+        return _NAMED[str(model)]
+    folder = Path(model)
+    if is_pipeline_folder(folder):
+        return family(pipeline_class_name(folder)), folder
+    config = folder / "config.json"
+    if config.is_file():
+        from interp.models.config_checks import read_config
+
+        name = read_config(config).get("_class_name")
+        if name in _MODEL_FOLDERS:
+            return _MODEL_FOLDERS[name], folder
+        raise ValueError(f"--model {folder}: its config.json names {name!r}, which no family serves (folders of one "
+                         f"model: {', '.join(sorted(_MODEL_FOLDERS))}; or a diffusers pipeline folder)")  # fmt: skip
+    raise ValueError(
+        f"model {str(model)!r}: not a shipped testbed ({', '.join(_NAMED)}), a folder of testbed weights "
+        "or a diffusers pipeline folder"
+    )
+
+
+def model_task(model: str | Path) -> str | None:
+    """The task a model is made for (``"maze"``: it takes task instances and has a verifier), None for a
+    pipeline that takes prompts: a capability read from the family, nothing loaded."""
+    return resolve(model)[0].adapter.task
 
 
 # Libraries a model_index.json may name without the user's opt-in: any other is a module that importing
@@ -115,31 +177,3 @@ def check_component_libraries(folder: str | Path, index: dict) -> None:
                 f"its code; the toolkit loads diffusers and transformers components only (set {TRUST_ENV}=1 to "
                 "allow it, if you trust the folder)"
             )
-
-
-def load_pipeline_adapter(
-    folder: str | Path, spec: PipelineSpec | None = None, torch_dtype: str = "float32", device: str = "cpu"
-) -> VideoDiTAdapter:
-    """The adapter of a local pipeline folder, chosen by the pipeline class in its model_index.json."""
-    import torch
-    from diffusers import DiffusionPipeline
-
-    entry = family(pipeline_class_name(folder))
-    dtype = getattr(torch, torch_dtype, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"torch_dtype must name a torch dtype (float32, bfloat16, float16), got {torch_dtype!r}")
-    loader = entry.pipeline_class or DiffusionPipeline
-    pipe = loader.from_pretrained(Path(folder), dtype=dtype, local_files_only=True).to(device)
-    spec = (spec or PipelineSpec()).resolved(pipe)
-    adapter = entry.adapter.from_pipeline(pipe, spec)
-    adapter.pipeline_spec = spec
-    return adapter
-
-
-def load_model(model: str | Path, spec: PipelineSpec | None = None, torch_dtype: str = "float32", device: str = "cpu"):
-    """Any model by name or path: a named testbed, a folder of testbed weights, or a pipeline folder."""
-    from interp.models import testbed
-
-    if is_pipeline_folder(model):
-        return load_pipeline_adapter(model, spec, torch_dtype, device)
-    return testbed.load_named(str(model))

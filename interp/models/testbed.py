@@ -16,6 +16,7 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from interp.models.base import ForwardCall, VideoDiTAdapter
+from interp.models.registry import register_model_folder
 from interp.tasks import maze as maze_task
 
 WEIGHTS_DIR = Path(__file__).parent / "testbed_weights"
@@ -104,18 +105,30 @@ def load_sampling_defaults(path: str | Path | None = None) -> SamplingDefaults:
     return SamplingDefaults(**known)
 
 
-def load_named(model: str) -> TestbedAdapter:
-    """A shipped testbed by name (``NAMED``) or a folder of testbed weights."""
-    if model in NAMED:
-        return TestbedAdapter.load(NAMED[model])
-    if not Path(model).is_dir():
-        raise ValueError(
-            f"model {model!r}: not a shipped testbed ({', '.join(NAMED)}), a folder of testbed weights "
-            "or a diffusers pipeline folder"
-        )
-    return TestbedAdapter.load(model)
+def load_folder(folder: Path, spec=None, torch_dtype: str = "float32", device: str = "cpu") -> TestbedAdapter:
+    """The testbed of a weights folder in ``torch_dtype`` on ``device`` (``spec`` is a pipeline's: the
+    testbed's video follows its maze)."""
+    adapter = TestbedAdapter.load(folder)
+    if (device, torch_dtype) != ("cpu", "float32"):
+        adapter.transformer.to(device, getattr(torch, torch_dtype))
+    return adapter
 
 
+def skeleton_folder(folder: Path, spec=None, torch_dtype: str = "float32") -> TestbedAdapter:
+    """The testbed built from its folder's ``config.json`` on the meta device, in ``torch_dtype``: what a plan
+    reads (blocks, widths, sampling defaults) with no weight read; ``load_folder`` loads them after."""
+    _check_weights_folder(folder)
+    with torch.device("meta"):
+        transformer = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(folder))
+    transformer.register_to_config(_name_or_path=folder)  # as from_pretrained records it (the store's model_config)
+    if torch_dtype != "float32":
+        transformer.to(getattr(torch, torch_dtype))
+    adapter = TestbedAdapter(transformer.eval(), load_sampling_defaults(folder), folder)
+    adapter.is_skeleton = True
+    return adapter
+
+
+@register_model_folder("WanTransformer3DModel", load_folder, skeleton_folder, NAMED)
 class TestbedAdapter(VideoDiTAdapter):
     """Model adapter for the testbed: what the sampler, tracer and interventions need to know."""
 

@@ -1,12 +1,15 @@
-"""A pipeline's adapter built from its folder's configs alone, on the meta device: what a plan needs.
+"""Loading a model through its family: the weights, or a skeleton a plan reads before any weight is.
 
-A plan (``interp.plans``) needs the layout of a trace before any weight is read: the number of blocks, the
+``load_model`` takes any model by name or path (``registry.resolve``). A pipeline folder loads through
+diffusers' pipeline loader; a registered one-model folder (the testbed) through its family's functions.
+
+A plan (``interp.plans``) needs the layout of a run before any weight is read: the number of blocks, the
 site names and widths, the token grid, the latent shape and the scheduler's steps. All of it follows from
-the ``config.json`` files of the pipeline folder. Here every diffusers model of the folder is built with
-``from_config`` under ``torch.device("meta")`` (shapes, no storage), the scheduler from its config, and
-the text encoders, tokenizers and image processors (needed only to encode prompts) are left out. The
-adapter answers every layout question exactly as the loaded one does (tested for each registered family),
-and cannot run: its parameters have no data.
+the ``config.json`` files of the folder. For a pipeline, ``pipeline_skeleton`` builds every diffusers model
+of the folder with ``from_config`` under ``torch.device("meta")`` (shapes, no storage), the scheduler from
+its config, and leaves out the text encoders, tokenizers and image processors (needed only to encode
+prompts). The adapter answers every layout question exactly as the loaded one does (tested for each
+registered family), and cannot run: its parameters have no data.
 """
 
 from __future__ import annotations
@@ -18,8 +21,44 @@ from pathlib import Path
 import torch
 
 from interp.models.base import PipelineSpec, VideoDiTAdapter
-from interp.models.registry import family, pipeline_class_name
+from interp.models.registry import family, pipeline_class_name, resolve
 from interp.validation import UsageError
+
+
+def load_model(
+    model: str | Path, spec: PipelineSpec | None = None, torch_dtype: str = "float32", device: str = "cpu",
+    skeleton: bool = False,
+) -> VideoDiTAdapter:  # fmt: skip
+    """Any model by name or path, through its family (``resolve``). ``skeleton``: the adapter built from the
+    folder's configs on the meta device (what a plan reads: layout, sizes, steps; it cannot run), the
+    weights loaded later by a second call, as nnsight plans on a meta model and dispatches."""
+    entry, folder = resolve(model)
+    if skeleton:
+        if entry.skeleton is not None:
+            return entry.skeleton(folder, spec, torch_dtype)
+        return pipeline_skeleton(folder, spec)
+    if entry.load is not None:
+        return entry.load(folder, spec, torch_dtype, device)
+    return load_pipeline_adapter(folder, spec, torch_dtype, device)
+
+
+def load_pipeline_adapter(
+    folder: str | Path, spec: PipelineSpec | None = None, torch_dtype: str = "float32", device: str = "cpu"
+) -> VideoDiTAdapter:
+    """The adapter of a local pipeline folder, chosen by the pipeline class in its model_index.json."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    entry = family(pipeline_class_name(folder))
+    dtype = getattr(torch, torch_dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"torch_dtype must name a torch dtype (float32, bfloat16, float16), got {torch_dtype!r}")
+    loader = entry.pipeline_class or DiffusionPipeline
+    pipe = loader.from_pretrained(Path(folder), dtype=dtype, local_files_only=True).to(device)
+    spec = (spec or PipelineSpec()).resolved(pipe)
+    adapter = entry.adapter.from_pipeline(pipe, spec)
+    adapter.pipeline_spec = spec
+    return adapter
 
 
 def pipeline_skeleton(folder: str | Path, spec: PipelineSpec | None = None) -> VideoDiTAdapter:
