@@ -70,6 +70,18 @@ class TokenBatches:
         return [(g, p, t, min(t + self.block_tokens, n)) for g in groups for p in positions
                 for t in range(0, n, self.block_tokens)]  # fmt: skip
 
+    def in_order(self) -> Iterator[tuple[tuple[int, ...], int, int, int, np.ndarray]]:
+        """Every block once, unshuffled, in store order: (videos, step, first token, end token, rows of shape
+        (videos, tokens, hidden) float32), for a reader that maps rows back to their videos and tokens (labels
+        per token). Memory: one block."""
+        dataset = self.store.dataset(f"sites/{self.site}")
+        for videos, pos, start, stop in self.blocks():
+            videos = tuple(sorted(videos))  # h5py takes increasing indices
+            with checked_reads(self.store.path):
+                rows = dataset[list(videos), pos, start:stop] if len(videos) > 1 else \
+                    dataset[videos[0], pos, start:stop][None]  # fmt: skip
+            yield videos, self.store.layout.steps[pos], start, stop, np.asarray(rows, dtype=np.float32)
+
     def __iter__(self) -> Iterator[np.ndarray]:
         rng = np.random.default_rng(self.seed)
         dataset = self.store.dataset(f"sites/{self.site}")

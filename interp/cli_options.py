@@ -36,7 +36,8 @@ def set_threads(threads: int) -> None:
 
 
 def _option(name: str, annotation, default, help_text: str, flags=None) -> inspect.Parameter:
-    flags = tuple(flags or ("--" + name.replace("_", "-"),))
+    flag = name.replace("_", "-")
+    flags = tuple(flags or ((f"--{flag}/--no-{flag}",) if annotation is bool else (f"--{flag}",)))  # a bool: both ways
     return inspect.Parameter(
         name,
         inspect.Parameter.KEYWORD_ONLY,
@@ -167,13 +168,47 @@ def add_experiment_commands(app: typer.Typer) -> None:
     if "verify" not in have:
         app.command("verify")(verify_command)
     for kind, experiment in experiments().items():
-        if experiment.cli and kind not in have:
+        words = experiment.command or (kind,)
+        if not experiment.cli or (len(words) == 1 and kind in have):
+            continue
+        if len(words) == 1:
             app.command(kind)(make_command(experiment))
+            continue
+        group = _group(app, words[0])
+        if words[1] not in {c.name for c in group.registered_commands}:
+            group.command(words[1])(make_command(experiment))
+        if experiment.group_default:
+            GROUP_DEFAULTS[words[0]] = words[1]
     groups = [(None, app)] + [(g.name, g.typer_instance) for g in app.registered_groups]
     for group, sub in groups:
         for c in sub.registered_commands:
             name = c.name or c.callback.__name__
             c.callback = guard(f"{group} {name}" if group else name, c.callback)
+
+
+GROUP_DEFAULTS: dict[str, str] = {}  # group -> the command ``interp GROUP ARGS`` runs (an older spelling)
+
+
+def _group(app: typer.Typer, name: str) -> typer.Typer:
+    """The command group ``name`` of ``app``, made on first use."""
+    for g in app.registered_groups:
+        if g.name == name:
+            return g.typer_instance
+    group = typer.Typer(no_args_is_help=True, help=f"interp {name} COMMAND: the {name} commands.")
+    app.add_typer(group, name=name)
+    return group
+
+
+def _group_default(argv: list[str]) -> list[str]:
+    """``interp GROUP ARGS`` where ARGS name none of the group's commands: the group's default command (e.g.
+    ``interp sae STORE``, as before ``interp sae train STORE``)."""
+    if len(argv) > 2 and argv[1] in GROUP_DEFAULTS and argv[2] not in ("--help", "-h"):
+        from interp.experiments.base import experiments
+
+        commands = {e.command[1] for e in experiments().values() if e.command[:1] == (argv[1],)}
+        if argv[2] not in commands:
+            return [*argv[:2], GROUP_DEFAULTS[argv[1]], *argv[2:]]
+    return argv
 
 
 DRY_RUN_OPTION = _option("dry_run", bool, False, "Print the plan (videos, steps, sites, disk, memory) only.",
@@ -271,7 +306,7 @@ def run_app(app: typer.Typer) -> None:
     debug = "--debug" in sys.argv
     if "--quiet" in sys.argv or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
         _silence_progress_bars()
-    sys.argv = [x for x in sys.argv if x not in ("--debug", "--quiet")]
+    sys.argv = _group_default([x for x in sys.argv if x not in ("--debug", "--quiet")])
     from typer._click import exceptions as click  # typer 0.29 vendors click (pinned in pyproject)
     from typer.exceptions import Abort
 

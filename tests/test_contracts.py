@@ -170,5 +170,6 @@ def test_every_command_writes_a_manifest_and_the_report_shows_every_listed_file(
 def test_every_registered_cli_experiment_has_a_command():
     from interp import cli
 
-    names = {c.name for c in cli.app.registered_commands}
-    assert {k for k, e in experiments().items() if e.cli} <= names
+    names = {(c.name,) for c in cli.app.registered_commands}
+    names |= {(g.name, c.name) for g in cli.app.registered_groups for c in g.typer_instance.registered_commands}
+    assert {e.command or (k,) for k, e in experiments().items() if e.cli} <= names

@@ -55,3 +55,19 @@ def test_a_selection_the_store_cannot_serve_is_one_clear_error(store):
                                 ({"buffer_tokens": 16}, "at least two batches")):  # fmt: skip
             with pytest.raises(ValueError, match=message):
                 TokenBatches(s, **{"site": "blocks.0", "steps": [0], "batch_size": 16, **kwargs})
+
+
+def test_in_order_blocks_map_back_to_their_videos_and_tokens(store):
+    """The unshuffled reader (features against labels per token): each block is the slab's rows of its videos and
+    token range, and together they cover the selection once, whatever order the videos were given in."""
+    with ActivationStore(store) as s:
+        every = s.activations("blocks.0", steps=[5])[:, 0]
+        seen = np.zeros(every.shape[:2], dtype=int)
+        for block_tokens in (24, 64, 1000):
+            seen[:] = 0
+            reader = TokenBatches(s, "blocks.0", [5], videos=[2, 0, 1], block_tokens=block_tokens)
+            for videos, step, start, stop, rows in reader.in_order():
+                assert step == 5 and list(videos) == sorted(videos)
+                assert np.array_equal(rows, every[list(videos), start:stop])
+                seen[list(videos), start:stop] += 1
+            assert (seen == 1).all()

@@ -85,6 +85,10 @@ class Experiment:
     out_file: bool = False
     cli_values: Callable[[dict, dict], dict] | None = None
     old_options: dict[str, tuple] = field(default_factory=dict)
+    # Its command's words: () is ``interp KIND``; ("sae", "train") is ``interp sae train``, a command of the
+    # ``sae`` group; ``group_default``: ``interp GROUP ARGS`` with no command of the group runs this one.
+    command: tuple[str, ...] = ()
+    group_default: bool = False
 
 
 _REGISTRY: dict[str, Experiment] = {}

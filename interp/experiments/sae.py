@@ -21,6 +21,7 @@ from interp.features.saes import ARCHITECTURES, SAESpec, load_sae, sae_quality, 
 from interp.features.splice import ABLATIONS, splice_runs, splice_score
 from interp.manifest import Manifest, Table
 from interp.validation import Rule, int_range, number
+from probes.config import split_videos
 
 
 @dataclass
@@ -96,13 +97,15 @@ def _slabs(cfg: SAEConfig, store: ActivationStore) -> tuple[list[int], list[str]
 
 
 def _split(cfg: SAEConfig, store: ActivationStore) -> tuple[list[int], list[int]]:
+    """Training and held-out videos: the probes' split (``probes.config.split_videos``) at the same seed and
+    fraction, so an SAE and a probe of one slab are measured on the same videos."""
     videos = store.completed_videos
     if len(videos) < 2:
         raise ValueError(f"{cfg.store}: an SAE is measured on held-out videos: need at least 2 complete videos")
-    rng = np.random.default_rng(cfg.seed)
-    order = [int(v) for v in rng.permutation(videos)]
-    n_test = min(len(order) - 1, max(1, int(round(cfg.test_fraction * len(order)))))
-    return sorted(order[n_test:]), sorted(order[:n_test])
+    if len(videos) - max(1, round(cfg.test_fraction * len(videos))) < 1:
+        raise ValueError(f"--test-fraction {cfg.test_fraction} holds out all {len(videos)} videos: lower it")
+    split = split_videos(videos, cfg.test_fraction, 1, cfg.seed)
+    return split.train, split.test
 
 
 def run_sae(cfg: SAEConfig, out, progress: bool = True) -> SAEResult:
@@ -232,5 +235,5 @@ def demo(ctx) -> None:
 
 
 EXPERIMENT = register(Experiment("sae", SAEConfig, run_sae, save_sae, run_writes=True, plan=plan_sae, demo=demo,
-                                 demo_order=45))  # fmt: skip
+                                 demo_order=45, command=("sae", "train"), group_default=True))  # fmt: skip
 

@@ -57,6 +57,9 @@ class MazeLabels:
     """``probes.labels.LabelProvider`` of the maze task."""
 
     targets = (*MAZE_TARGETS, *VIDEO_TARGETS)
+    # What a study reads per token first, the answer first (the solution path): SAE features are matched to these
+    # unless a user names others.
+    key_targets = ("on_path", "wall", "agent", "trail", "dist_to_goal")
 
     def labels(self, store: ActivationStore, target: str) -> Labels:
         return maze_labels(store, target)
