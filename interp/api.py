@@ -13,10 +13,10 @@ samples, traces or patches by itself):
 Interventions are step hooks (``interp.execution.loop.StepHook``) that replace one site's output:
 ``copy_from`` (another run's values, by the existing patcher), ``zero``, ``mean`` (over the tokens, or
 a reference run's rows), ``add_direction`` (a vector such as a saved probe's, ``probes.arrays.Probe``),
-or ``Intervention(site, fn)`` for any function; ``knockout`` removes attention across frames inside
-attention sub-modules. Each takes ``steps`` (None: every step) and
-``tokens`` (flat token indices of the site's sequence, frame-major; ``frame_tokens`` gives a latent
-frame's). Sites are named as everywhere (``block(k)``, ``activations.axes.block_site``).
+``feature_edit`` (ablate, clamp or add one SAE latent), or ``Intervention(site, fn)`` for any function;
+``knockout`` removes attention across frames inside attention sub-modules. Each takes ``steps`` (None:
+every step) and ``tokens`` (flat token indices of the site's sequence, frame-major; ``frame_tokens`` gives
+a latent frame's). Sites are named as everywhere (``block(k)``, ``activations.axes.block_site``).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from interp.models.base import ForwardCall, VideoDiTAdapter
 block = block_site  # block(4) -> the output of block 4; block(4, "attn1") a sub-module's
 
 __all__ = [
-    "Intervention", "Run", "add_direction", "block", "copy_from", "frame_tokens", "inputs", "knockout",
-    "maze_inputs", "mean", "open_model", "run", "zero",
+    "Intervention", "Run", "add_direction", "block", "copy_from", "feature_edit", "frame_tokens", "inputs",
+    "knockout", "maze_inputs", "mean", "open_model", "run", "zero",
 ]  # fmt: skip
 
 
@@ -165,6 +165,37 @@ def add_direction(site: str, direction, scale: float = 1.0, steps=None, tokens=N
     ``Probe.direction()`` (unit length) fitted on that site."""
     vector = torch.as_tensor(np.asarray(direction), dtype=torch.float32)
     return Intervention(site, lambda v, step: v + scale * vector.to(v.device, v.dtype), steps, tokens)
+
+
+FEATURE_MODES = ("ablate", "clamp", "add")
+
+
+def feature_edit(sae, site: str, feature: int, mode: str = "ablate", value: float = 1.0, steps=None, tokens=None,
+                 direction=None) -> Intervention:  # fmt: skip
+    """Edit one sparse-autoencoder latent of ``site`` (a SAELens SAE trained on it, ``interp sae train``) in SAE
+    space, keeping the SAE's error term: the output becomes ``x - decode(z) + decode(z')`` where ``z'`` is the
+    latents ``z = encode(x)`` with latent ``feature`` changed: ``ablate`` removes ``value`` times its activation
+    (1: all of it), ``clamp`` sets it to ``value``, ``add`` adds ``value``; that is ``x + delta * d``, ``d`` the
+    latent's decoder row. ``direction``: another vector in place of ``d`` with the same ``delta`` per token (a
+    random direction of the same norm: the control)."""
+    if mode not in FEATURE_MODES:
+        raise ValueError(f"mode must be one of {', '.join(FEATURE_MODES)}, got {mode!r}")
+    if not 0 <= feature < int(sae.cfg.d_sae):
+        raise ValueError(f"feature {feature} is not a latent of this SAE (0-{int(sae.cfg.d_sae) - 1})")
+    d = sae.W_dec[feature].detach() if direction is None else torch.as_tensor(np.asarray(direction))
+
+    def fn(v: torch.Tensor, step: int) -> torch.Tensor:
+        x = v.reshape(-1, v.shape[-1]).to(sae.device, torch.float32)
+        with torch.no_grad():
+            if mode == "add":
+                delta = torch.full((len(x),), float(value), device=x.device)
+            else:
+                z = sae.encode(x)[:, feature]
+                delta = -value * z if mode == "ablate" else value - z
+            out = x + delta[:, None] * d.to(x.device, torch.float32)
+        return out.reshape(v.shape).to(v.device, v.dtype)
+
+    return Intervention(site, fn, steps, tokens)
 
 
 class _CopyFrom:

@@ -153,3 +153,70 @@ def test_pooled_auroc_sums_equal_scikit_learn():
     regression = _Choice(0, None, -0.5)
     sums = _video_sums(values, labels + values, video, 5, regression)
     assert _pooled(sums.sum(0)[None], regression)[0] == pytest.approx(-np.corrcoef(values, labels + values)[0, 1])
+
+
+def test_a_feature_edit_is_the_sae_space_edit_on_its_tokens_only(trained):
+    """ablate, clamp and add change the site's output by exactly decode(z') - decode(z) (the SAE's error term
+    kept) on the chosen tokens and nowhere else; a random direction of the decoder row's norm gets the same
+    change per token."""
+    from interp.api import feature_edit, frame_tokens, maze_inputs, open_model, run
+    from interp.features.saes import load_sae
+
+    store, saes = trained
+    record = json.loads((saes / "saes.json").read_text())
+    row = next(r for r in record["rows"] if r["step"] == 9)
+    sae, site = load_sae(saes / row["path"]), row["site"]
+    model = open_model("testbed")
+    noise, cond, _ = maze_inputs(model, n=2, first_seed=40)
+    x = run(model, noise, cond, sites=[site], num_steps=10, steps=[9]).activations(site)[0]
+    hidden = x.shape[-1]
+    with torch.no_grad():
+        z = sae.encode(x.reshape(-1, hidden))
+    j = int((z != 0).sum(0).argmax())  # the latent firing most here
+    tokens = frame_tokens(model, noise, [1, 2])
+    off = [t for t in range(x.shape[1]) if t not in tokens]
+    changes = {}
+    for mode, value, new in (("ablate", 1.0, lambda zj: 0 * zj), ("clamp", 3.0, lambda zj: 0 * zj + 3.0),
+                             ("add", 2.0, lambda zj: zj + 2.0)):  # fmt: skip
+        edit = feature_edit(sae, site, j, mode, value, steps=[9], tokens=tokens)
+        y = run(model, noise, cond, sites=[site], num_steps=10, steps=[9], interventions=[edit]).activations(site)[0]
+        z2 = z.clone()
+        z2[:, j] = new(z[:, j])
+        with torch.no_grad():
+            expected = (x.reshape(-1, hidden) - sae.decode(z) + sae.decode(z2)).reshape(x.shape)
+        assert torch.allclose(y[:, tokens], expected[:, tokens], atol=1e-4), mode
+        assert torch.equal(y[:, off], x[:, off]), mode
+        changes[mode] = (y - x).norm(dim=-1)
+    direction = torch.randn(hidden, generator=torch.Generator().manual_seed(1))
+    direction *= sae.W_dec[j].norm().item() / direction.norm()
+    edit = feature_edit(sae, site, j, "clamp", 3.0, steps=[9], tokens=tokens, direction=direction)
+    y = run(model, noise, cond, sites=[site], num_steps=10, steps=[9], interventions=[edit]).activations(site)[0]
+    assert torch.allclose((y - x).norm(dim=-1), changes["clamp"], atol=1e-4)
+    assert not torch.allclose(y[:, tokens], x[:, tokens])
+    with pytest.raises(ValueError, match="not a latent of this SAE"):
+        feature_edit(sae, site, int(sae.cfg.d_sae), "clamp")
+
+
+def test_steer_sweeps_strength_beside_random_directions(trained, tmp_path, run_cli):
+    """`interp sae steer`: strength 0 of an ablation changes nothing (feature and random directions alike); full
+    ablation of a live latent moves the final latent; the summary sets the feature beside the random ones."""
+    store, saes = trained
+    record = json.loads((saes / "saes.json").read_text())
+    row = next(r for r in record["rows"] if r["step"] == 9)
+    z, _ = _latents(store, saes, row, record["test_videos"])
+    j = int((z != 0).sum(0).argmax())
+    args = ["sae", "steer", saes, "--layer", 3, "--step", 9, "--feature", j, "--mode", "ablate", "--strength", 0,
+            "--strength", 1, "--n-random", 2]  # fmt: skip
+    code, out, err = run_cli(*args, "--out", tmp_path / "s")
+    assert code == 0, err
+    result = json.loads((tmp_path / "s" / "steer.json").read_text())
+    assert len(result["rows"]) == 2 * 3 and 0 < result["firing"] <= 1
+    for r in result["rows"]:
+        assert (r["latent distance"] == 0.0) == (r["strength"] == 0.0), r
+    expected = {(s, loss) for s in (0.0, 1.0) for loss in ("latent distance", "failure rate")}
+    assert {(s["strength"], s["loss"]) for s in result["summary"]} == expected
+    assert "random directions of the same norm" in out
+    code, _, err = run_cli(*args[:4], 5, "--step", 9, "--feature", j, "--out", tmp_path / "t")
+    assert code == 2 and "has no SAE at layer 5, step 9" in err
+    code, _, err = run_cli("sae", "steer", saes, "--layer", 3, "--step", 9, "--feature", 10**6, "--out", tmp_path / "u")
+    assert code == 2 and "latents" in err and len(err.strip().splitlines()) == 1
