@@ -39,6 +39,7 @@ class TokenBatches:
     seed: int = 0
     epochs: int | None = 1
     rows_held: int = 0
+    offsets: dict | None = None  # step -> (hidden,) vector subtracted from that step's rows (a step-shared SAE)
 
     def __post_init__(self) -> None:
         if self.site not in self.store.layout.hidden:
@@ -80,7 +81,11 @@ class TokenBatches:
             with checked_reads(self.store.path):
                 rows = dataset[list(videos), pos, start:stop] if len(videos) > 1 else \
                     dataset[videos[0], pos, start:stop][None]  # fmt: skip
-            yield videos, self.store.layout.steps[pos], start, stop, np.asarray(rows, dtype=np.float32)
+            step = self.store.layout.steps[pos]
+            yield videos, step, start, stop, self._centred(np.asarray(rows, dtype=np.float32), step)
+
+    def _centred(self, rows: np.ndarray, step: int) -> np.ndarray:
+        return rows if self.offsets is None else rows - np.asarray(self.offsets[step], dtype=np.float32)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         rng = np.random.default_rng(self.seed)
@@ -94,7 +99,8 @@ class TokenBatches:
                 with checked_reads(self.store.path):  # h5py takes increasing indices: the videos are sorted
                     rows = dataset[sorted(videos), pos, start:stop] if len(videos) > 1 else \
                         dataset[videos[0], pos, start:stop][None]  # fmt: skip
-                block = np.asarray(rows, dtype=np.float32).reshape(-1, rows.shape[-1])
+                block = self._centred(np.asarray(rows, dtype=np.float32), self.store.layout.steps[pos])
+                block = block.reshape(-1, block.shape[-1])
                 buffer = np.concatenate([buffer, block])
                 self.rows_held = max(self.rows_held, len(buffer))
                 if len(buffer) >= self.buffer_tokens:  # hand out half, keep half to mix with what comes next

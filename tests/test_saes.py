@@ -136,3 +136,37 @@ def test_an_exact_splice_leaves_a_joint_stream_and_a_multistep_run_as_they_were(
     nothing = splice_score(runs, _Exact(zeros=True), "blocks.0", 1)
     assert exact["latent distance with SAE"] == 0.0 and exact["splice_score"] == 1.0
     assert nothing["latent distance with SAE"] == nothing["latent distance zero ablation"] > 0
+
+
+def test_a_step_shared_sae_centres_each_step_and_is_measured_at_each(store, tmp_path):
+    """`--shared`: one SAE per layer trained on every chosen step's tokens, each step's mean training token
+    subtracted first (saved beside it); read at a step it encodes x - mean and decodes + mean, and its quality at
+    each step is the hand computation on that step's held-out tokens."""
+    from safetensors.torch import load_file
+
+    from interp.experiments.sae import SAEConfig, run_sae
+    from interp.features.saes import StepSAE, load_sae
+
+    cfg = SAEConfig(store=str(store), layers="6", shared=True, training_tokens=8192, batch_size=256,
+                    buffer_tokens=1024, k=8, splice=False)  # fmt: skip
+    result = run_sae(cfg, tmp_path / "shared", progress=False)
+    assert [(r["step"], r["shared"]) for r in result.rows] == [(0, True), (9, True)]
+    assert len({r["path"] for r in result.rows}) == 1
+    folder = tmp_path / "shared" / result.rows[0]["path"]
+    means = load_file(str(folder / "step_means.safetensors"))
+    with ActivationStore(store) as s:
+        for row in result.rows:
+            step = row["step"]
+            train = s.activations("blocks.6", videos=result.train_videos, steps=[step]).reshape(-1, 128)
+            assert np.allclose(means[f"step_{step}"].numpy(), train.mean(0), atol=1e-5)
+            sae = load_sae(folder, step=step)
+            assert isinstance(sae, StepSAE) and sae.cfg.d_sae == 512
+            x = torch.from_numpy(s.activations("blocks.6", videos=result.test_videos, steps=[step]).reshape(-1, 128))
+            with torch.no_grad():
+                z = sae.sae.encode(x - means[f"step_{step}"])
+                x_hat = sae.sae.decode(z) + means[f"step_{step}"]
+                assert torch.equal(sae.encode(x), z)
+            ev = 1 - float(((x_hat - x).double() ** 2).sum() / ((x - x.mean(0)).double() ** 2).sum())
+            assert row["explained_variance"] == pytest.approx(ev, abs=1e-6)
+    with pytest.raises(ValueError, match="shared by steps \\[0, 9\\]"):
+        load_sae(folder)

@@ -71,3 +71,15 @@ def test_in_order_blocks_map_back_to_their_videos_and_tokens(store):
                 assert np.array_equal(rows, every[list(videos), start:stop])
                 seen[list(videos), start:stop] += 1
             assert (seen == 1).all()
+
+
+def test_offsets_centre_each_steps_rows(store):
+    """Per-step offsets (a step-shared SAE's mean tokens) are subtracted from that step's rows only."""
+    with ActivationStore(store) as s:
+        every = s.activations("blocks.0", steps=[0, 9])
+        offsets = {0: every[:, 0].reshape(-1, every.shape[-1]).mean(0), 9: np.full(every.shape[-1], 3.0, np.float32)}
+        got = np.concatenate(list(TokenBatches(s, "blocks.0", [0, 9], batch_size=32, buffer_tokens=64,
+                                               offsets=offsets)))  # fmt: skip
+        expected = np.concatenate([every[:, 0].reshape(-1, every.shape[-1]) - offsets[0],
+                                   every[:, 1].reshape(-1, every.shape[-1]) - offsets[9]])  # fmt: skip
+    assert np.allclose(_rows(got), _rows(expected), atol=1e-6)

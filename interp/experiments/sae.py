@@ -17,7 +17,7 @@ from activations.reader import ActivationStore
 from activations.selection import parse_index_spec
 from interp.experiments._causal import grid
 from interp.experiments.base import Experiment, ExperimentConfig, register
-from interp.features.saes import ARCHITECTURES, SAESpec, load_sae, sae_quality, train_sae
+from interp.features.saes import ARCHITECTURES, SAESpec, load_sae, sae_quality, save_step_means, step_means, train_sae
 from interp.features.splice import ABLATIONS, splice_runs, splice_score
 from interp.manifest import Manifest, Table
 from interp.validation import Rule, int_range, number
@@ -47,6 +47,7 @@ class SAEConfig(ExperimentConfig):
     test_fraction: float = 0.25  # held-out videos
     seed: int = 0
     device: str = "cpu"
+    shared: bool = False  # one SAE per layer shared by the chosen steps (each step's mean token subtracted first)
     splice: bool = True  # also the splice-in score: the run continued with the SAE's reconstruction
     ablation: str = "zero"  # what the splice-in score compares against: zero or mean ablation of the site
 
@@ -66,6 +67,8 @@ class SAEConfig(ExperimentConfig):
         "test_fraction": "Share of videos held out to measure each SAE.",
         "seed": "Seed of the video split, the token order and the SAE's initial weights.",
         "device": "torch device of the training.",
+        "shared": "One SAE per layer shared by the chosen steps, each step's mean token subtracted first (a per-step "
+                  "decoder bias); measured at every step. Default: one SAE per (step, layer).",
         "splice": "Also the splice-in score (the held-out videos re-run with the SAE in place); --no-splice: skip.",
         "ablation": "The splice-in score's reference: zero or mean ablation of the site at the step.",
     }
@@ -118,22 +121,27 @@ def run_sae(cfg: SAEConfig, out, progress: bool = True) -> SAEResult:
     with ActivationStore(cfg.store) as store:
         steps, sites = _slabs(cfg, store)
         train, test = _split(cfg, store)
-        slabs = [(site, step) for site in sites for step in steps]
-        for site, step in tqdm(slabs, disable=not progress, desc="sparse autoencoders"):
-            batches = TokenBatches(store, site, [step], train, cfg.batch_size, cfg.buffer_tokens, seed=cfg.seed,
-                                   epochs=None)  # fmt: skip
-            meta = {"model_name": store.layout.model, "hook_name": site, "denoise_step": step,
-                    "sigma": store.sigma(step), "store": str(Path(cfg.store).resolve())}  # fmt: skip
-            folder = Path(out) / "saes" / site / f"step_{step:02d}"
+        units = [(site, steps) for site in sites] if cfg.shared else [(site, [s]) for site in sites for s in steps]
+        for site, unit in tqdm(units, disable=not progress, desc="sparse autoencoders"):
+            means = step_means(store, site, unit, train) if cfg.shared else None
+            batches = TokenBatches(store, site, unit, train, cfg.batch_size, cfg.buffer_tokens, seed=cfg.seed,
+                                   epochs=None, offsets=means)  # fmt: skip
+            meta = {"model_name": store.layout.model, "hook_name": site, "store": str(Path(cfg.store).resolve()),
+                    **({"denoise_steps": unit, "step_centred": True} if cfg.shared else
+                       {"denoise_step": unit[0], "sigma": store.sigma(unit[0])})}  # fmt: skip
+            folder = Path(out) / "saes" / site / ("shared" if cfg.shared else f"step_{unit[0]:02d}")
             path = train_sae(batches, cfg.spec(), store.layout.hidden[site], folder, meta, cfg.device, progress)
-            held_out = TokenBatches(store, site, [step], test, cfg.batch_size, cfg.buffer_tokens, seed=cfg.seed)
-            quality = sae_quality(load_sae(path, cfg.device), held_out)
-            rows.append({"site": site, "layer": parse_site(site)[1], "step": step,
-                         "path": path.relative_to(out).as_posix(), **quality})  # fmt: skip
-        if cfg.splice:  # the held-out videos re-run once clean, then once per SAE and once per ablation
+            if means is not None:
+                save_step_means(path, means)
+            for step in unit:  # a shared SAE is measured at each of its steps
+                held_out = TokenBatches(store, site, [step], test, cfg.batch_size, cfg.buffer_tokens, seed=cfg.seed)
+                quality = sae_quality(load_sae(path, cfg.device, step), held_out)
+                rows.append({"site": site, "layer": parse_site(site)[1], "step": step, "shared": cfg.shared,
+                             "path": path.relative_to(out).as_posix(), **quality})  # fmt: skip
+        if cfg.splice:  # the held-out videos re-run once clean, then once per SAE and step, and per ablation
             runs = splice_runs(store, test)
             for row in tqdm(rows, disable=not progress, desc="splice-in scores"):
-                sae = load_sae(Path(out) / row["path"], cfg.device)
+                sae = load_sae(Path(out) / row["path"], cfg.device, row["step"])
                 scores = splice_score(runs, sae, row["site"], row["step"], cfg.ablation)
                 row.update({k: v if np.isfinite(v) else None for k, v in scores.items()})  # JSON: null, not NaN
     return SAEResult(cfg, rows, train, test)
@@ -175,7 +183,9 @@ def save_sae(result: SAEResult, cfg: SAEConfig, out) -> Manifest:
     best = result.rows[int(np.nanargmax(ev))] if np.isfinite(ev).any() else None
     sparsity = f"k={cfg.k}" if cfg.architecture in ("topk", "batchtopk") else f"coefficient {cfg.sparsity_coefficient}"
     manifest.headline.append(
-        f"{len(result.rows)} {cfg.architecture} SAEs ({cfg.expansion}x, {sparsity}"
+        (f"{len({r['path'] for r in result.rows})} step-shared {cfg.architecture} SAEs (one per layer, measured at "
+         f"{len({r['step'] for r in result.rows})} steps; " if cfg.shared else
+         f"{len(result.rows)} {cfg.architecture} SAEs (") + f"{cfg.expansion}x, {sparsity}"
         f"): explained variance on {len(result.test_videos)} held-out videos {np.nanmin(ev):.2f}-{np.nanmax(ev):.2f}"
         + (f", best {best['explained_variance']:.2f} at step {best['step']}, layer {best['layer']}" if best else "")
     )
@@ -215,13 +225,14 @@ def plan_sae(cfg: SAEConfig, out: Path):
         hidden = max(store.layout.hidden[s] for s in sites)
         _, test = _split(cfg, store)
         held_out = len(test) * store.layout.n_tokens
-    slabs = len(steps) * len(sites)
+    slabs = len(sites) if cfg.shared else len(steps) * len(sites)
     d_sae = cfg.expansion * hidden
     weights = 2 * hidden * d_sae * FLOAT32 * 4  # encoder and decoder, with Adam's two moments
     memory = weights + (cfg.buffer_tokens + 4096) * hidden * FLOAT32 + cfg.batch_size * d_sae * FLOAT32 * 3
     disk = slabs * 2 * hidden * d_sae * FLOAT32 + FIGURES
     return Plan("sae", out, slabs, 0, len(steps), len(sites), disk, memory,
-                [f"{slabs} SAEs ({len(sites)} layers x {len(steps)} steps), each {cfg.training_tokens} training "
+                [f"{slabs} SAEs ({len(sites)} layers" + (f", each shared by {len(steps)} steps" if cfg.shared else
+                  f" x {len(steps)} steps") + f"), each {cfg.training_tokens} training "
                  f"tokens, measured on {held_out} held-out tokens; {d_sae} latents each"])  # fmt: skip
 
 

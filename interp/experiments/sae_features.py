@@ -112,7 +112,7 @@ def run_sae_features(cfg: SAEFeaturesConfig, progress: bool = True) -> FeaturesR
         split = Split(train, test, {v: 0 for v in train})
         targets = [prepare_target(lab, split, types, seed + i) for i, lab in enumerate(labels)]
         for sae_row in tqdm(record["rows"], disable=not progress, desc="features against targets"):
-            sae = load_sae(Path(cfg.saes) / sae_row["path"], cfg.device)
+            sae = load_sae(Path(cfg.saes) / sae_row["path"], cfg.device, sae_row["step"])
             for match in match_features(store, sae, sae_row["site"], sae_row["step"], targets, train, test, seed):
                 rows.append({**match, "layer": sae_row["layer"]})
     if cfg.probe:

@@ -109,7 +109,7 @@ def run_sae_steer(cfg: SAESteerConfig, progress: bool = True) -> SteerResult:
 
     record = read_sae_run(cfg.saes)
     slab = _slab(cfg, record)
-    sae = load_sae(Path(cfg.saes) / slab["path"], cfg.device)
+    sae = load_sae(Path(cfg.saes) / slab["path"], cfg.device, cfg.step)
     if cfg.feature >= int(sae.cfg.d_sae):
         raise ValueError(f"--feature {cfg.feature}: the SAE has {int(sae.cfg.d_sae)} latents")
     with ActivationStore(record["config"]["store"]) as store:

@@ -102,12 +102,63 @@ def train_sae(batches, spec: SAESpec, d_in: int, out: str | Path, metadata: dict
     return out
 
 
-def load_sae(path: str | Path, device: str = "cpu"):
-    """An SAE saved by ``train_sae`` (or any SAELens inference SAE folder)."""
+STEP_MEANS = "step_means.safetensors"  # beside a step-shared SAE: each step's mean training token
+
+
+class StepSAE:
+    """A step-shared SAE read at one denoising step: it encodes the step's tokens minus that step's mean token
+    and adds the mean back when decoding (a per-step decoder bias: the step conditions the SAE, as time-aware
+    SAEs do); every other attribute (``cfg``, ``W_dec``, ``device``) is the SAELens SAE's."""
+
+    def __init__(self, sae, mean: torch.Tensor, step: int):
+        self.sae, self.mean, self.step = sae, mean.to(sae.device, torch.float32), step
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sae.encode(x - self.mean)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.sae.decode(z) + self.mean
+
+    def __getattr__(self, name: str):
+        return getattr(self.sae, name)
+
+
+def step_means(store, site: str, steps: list[int], videos: list[int]) -> dict[int, np.ndarray]:
+    """Each step's mean token of ``site`` over ``videos`` (float64 sums, one block at a time)."""
+    from activations.batches import TokenBatches
+
+    means = {}
+    for step in steps:
+        total, n = None, 0
+        for *_, rows in TokenBatches(store, site, [step], videos).in_order():
+            flat = rows.reshape(-1, rows.shape[-1]).astype(np.float64)
+            total, n = (flat.sum(0) if total is None else total + flat.sum(0)), n + len(flat)
+        means[step] = (total / n).astype(np.float32)
+    return means
+
+
+def save_step_means(folder: str | Path, means: dict[int, np.ndarray]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({f"step_{s}": torch.from_numpy(np.ascontiguousarray(m)) for s, m in means.items()},
+              str(Path(folder) / STEP_MEANS))  # fmt: skip
+
+
+def load_sae(path: str | Path, device: str = "cpu", step: int | None = None):
+    """An SAE saved by ``train_sae`` (or any SAELens inference SAE folder); a step-shared one (``STEP_MEANS``
+    beside it) read at ``step`` (a ``StepSAE``)."""
     _silence_remote_services()
     from sae_lens import SAE
+    from safetensors.torch import load_file
 
-    return SAE.load_from_disk(str(path), device=device)
+    sae = SAE.load_from_disk(str(path), device=device)
+    if not (Path(path) / STEP_MEANS).is_file():
+        return sae
+    means = load_file(str(Path(path) / STEP_MEANS))
+    if step is None or f"step_{step}" not in means:
+        shared = sorted(int(k.removeprefix("step_")) for k in means)
+        raise ValueError(f"{path} is an SAE shared by steps {shared}: read it at one of them, not {step}")
+    return StepSAE(sae, means[f"step_{step}"], step)
 
 
 def sae_quality(sae, batches) -> dict:
