@@ -124,6 +124,11 @@ def test_a_planted_label_is_found_by_its_latent_and_the_probe_sits_beside(traine
         assert (r["probe"], r["probe_control"]) == (pytest.approx(probe.value), pytest.approx(probe.control))
     manifest = json.loads((tmp_path / "f" / "run.json").read_text())
     assert manifest["claims"][0]["claim"].startswith("single SAE features track the answer (on_path)")
+    ranked = next(t for t in manifest["tables"] if t["title"].startswith("features ranked by splice-in importance"))
+    importance = [r["latent distance"] for r in ranked["rows"]]
+    assert importance == sorted(importance, reverse=True) and {r["target"] for r in ranked["rows"]} <= {"planted",
+                                                                                                         "on_path"}
+    assert all((tmp_path / "f" / f"dashboard_{r['rank']:02d}_{r['target']}.png").stat().st_size for r in ranked["rows"])
     assert manifest["claims"][0]["verdict"] in ("shows", "does not show", "cannot tell")
 
 
@@ -220,3 +225,36 @@ def test_steer_sweeps_strength_beside_random_directions(trained, tmp_path, run_c
     assert code == 2 and "has no SAE at layer 5, step 9" in err
     code, _, err = run_cli("sae", "steer", saes, "--layer", 3, "--step", 9, "--feature", 10**6, "--out", tmp_path / "u")
     assert code == 2 and "latents" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_dashboard_is_the_latents_own_numbers(trained):
+    """The profile is the latent's mean activation per latent frame at each stored step, the top tokens its
+    largest held-out activations at its step, and ablating a latent that never fires there changes nothing
+    (feature and random directions alike)."""
+    from interp.features.dashboards import feature_dashboard, splice_importance
+    from interp.features.splice import splice_runs
+
+    store, saes = trained
+    record = json.loads((saes / "saes.json").read_text())
+    row = next(r for r in record["rows"] if r["step"] == 9)
+    test = record["test_videos"]
+    z, sae = _latents(store, saes, row, test)
+    j = int((z != 0).sum(0).argmax())
+    with ActivationStore(store) as s:
+        board = feature_dashboard(s, lambda step: sae, row["site"], 9, j, test, [9])
+        frames = s.layout.token_grid[0]
+        for i, step in enumerate(s.steps):
+            zs, _ = _latents(store, saes, {**row, "step": step}, test)
+            expected = zs[:, j].reshape(len(test), frames, -1).mean((0, 2))
+            assert np.allclose(board.profile[i], expected, atol=1e-5)
+        assert board.off_distribution == [0]
+        values = z[:, j].reshape(len(test), -1)
+        assert [v for *_, v in board.top] == pytest.approx(sorted(values.reshape(-1), reverse=True)[:6])
+        video, token, value = board.top[0]
+        assert values[test.index(video), token] == pytest.approx(value)
+        dead = int(np.flatnonzero((z != 0).sum(0) == 0)[0])
+        runs = splice_runs(s, test)
+    importance = splice_importance(runs, sae, row["site"], 9, dead)
+    assert importance["latent distance"] == 0.0 and importance["latent distance random"] == 0.0
+    live = splice_importance(runs, sae, row["site"], 9, j)
+    assert live["latent distance"] > 0

@@ -33,6 +33,7 @@ class SAEFeaturesConfig(ExperimentConfig):
     targets: list[str] = field(default_factory=list)  # per-token targets; none: the task's key targets
     labels: dict[str, str] = field(default_factory=dict)  # NAME -> .npy labels on the store's token grid
     probe: bool = True  # the linear probe of each slab and its control task beside each feature
+    dashboards: bool = True  # a dashboard of each target's best feature, ranked by splice-in importance
     control_condition_types: int = CONDITION_TYPES
     device: str = "cpu"
 
@@ -45,6 +46,8 @@ class SAEFeaturesConfig(ExperimentConfig):
                    "task's key targets (maze stores).",
         "labels": "NAME=FILE.npy: your labels on the store's token grid; repeatable.",
         "probe": "Also the linear probe of each slab with its control task (--no-probe: features only).",
+        "dashboards": "A dashboard of each target's best feature (frames x steps, top tokens on decoded x0_hat, its "
+                      "splice-in importance; re-runs the held-out videos); --no-dashboards: the table only.",
         "control_condition_types": "Control task: at most this many conditioning categories per position.",
         "device": "torch device of the SAEs' encoders.",
     }  # fmt: skip
@@ -56,6 +59,7 @@ class FeaturesResult:
     rows: list[dict]  # per (target, slab): the chosen feature, its held-out score, control, the probe's beside
     answer: str  # the target the claim reads (the first)
     test_videos: list[int]
+    dashboards: list = field(default_factory=list)  # (Dashboard, decode, model) of each target's best feature
 
 
 def read_sae_run(folder: str | Path) -> dict:
@@ -117,7 +121,75 @@ def run_sae_features(cfg: SAEFeaturesConfig, progress: bool = True) -> FeaturesR
                 rows.append({**match, "layer": sae_row["layer"]})
     if cfg.probe:
         _add_probes(rows, store_path, probing, providers, record, len(test), progress)
-    return FeaturesResult(cfg, rows, labels[0].name, test)
+    result = FeaturesResult(cfg, rows, labels[0].name, test)
+    if cfg.dashboards:
+        result.dashboards = _dashboards(cfg, record, rows, progress)
+    return result
+
+
+def _dashboards(cfg: SAEFeaturesConfig, record: dict, rows: list[dict], progress: bool) -> list:
+    """Each target's best feature (its best slab by selectivity): its dashboard and splice-in importance, ranked
+    by how far ablating it alone at its step moves the final latent."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from interp.features.dashboards import feature_dashboard, splice_importance
+    from interp.features.saes import load_sae
+    from interp.features.splice import splice_runs
+
+    chosen: dict[tuple, dict] = {}
+    for target in dict.fromkeys(r["target"] for r in rows):
+        best = max((r for r in rows if r["target"] == target and np.isfinite(r["selectivity"])),
+                   key=lambda r: r["selectivity"], default=None)  # fmt: skip
+        if best is not None:
+            chosen.setdefault((best["site"], best["step"], best["feature"]), best)
+    paths = {(r["site"], r["step"]): Path(cfg.saes) / r["path"] for r in record["rows"]}
+    trained = {}
+    for r in record["rows"]:
+        trained.setdefault(r["path"], []).append(r["step"])
+    boards = []
+    with ActivationStore(record["config"]["store"]) as store:
+        runs = splice_runs(store, record["test_videos"])
+        adapter = runs.adapter
+
+        def decode(latent: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                out = adapter.decode(torch.from_numpy(latent).to(adapter.device, adapter.dtype))
+            return np.asarray(out.cpu() if isinstance(out, torch.Tensor) else out)
+
+        for (site, step, feature), row in tqdm(chosen.items(), disable=not progress, desc="feature dashboards"):
+            path = paths[(site, step)]
+            steps = trained[Path(path).relative_to(cfg.saes).as_posix()]
+
+            def sae_at(s: int, path=path, steps=steps):
+                return load_sae(path, cfg.device, s if len(steps) > 1 else None)
+
+            marks = "" if row["marks"] is None else f" for {row['target']} = {row['marks']:g}"
+            match = f"{row['metric']} {row['value']:.2f}{marks}, control {row['control']:.2f}"
+            board = feature_dashboard(store, sae_at, site, step, feature, record["test_videos"], steps, row["target"],
+                                      match)  # fmt: skip
+            board.importance = splice_importance(runs, sae_at(step), site, step, feature, seed=int(feature))
+            boards.append((board, decode, adapter))
+    return sorted(boards, key=lambda b: -b[0].importance["latent distance"])
+
+
+def _save_dashboards(result: FeaturesResult, out: Path, manifest: Manifest) -> None:
+    """Each dashboard's figure (x0_hat read from the store, decoded by the model) and the ranking table."""
+    from interp.features.dashboards import draw_dashboard
+
+    ranked = []
+    with ActivationStore(read_sae_run(result.config.saes)["config"]["store"]) as store:
+        for rank, (board, decode, model) in enumerate(result.dashboards, 1):
+            path = draw_dashboard(board, store, decode, out / f"dashboard_{rank:02d}_{board.target}.png", model)
+            manifest.add(path, "figure", f"feature {board.feature} ({board.site}, step {board.step}), best match "
+                         f"{board.target}: frames x steps, step profile, top tokens on decoded x0_hat")  # fmt: skip
+            ranked.append({"rank": rank, "target": board.target, "site": board.site, "step": board.step,
+                           "feature": board.feature, "match": board.match, **board.importance})  # fmt: skip
+    if ranked:
+        columns = ["rank", "target", "site", "step", "feature", "match", *result.dashboards[0][0].importance]
+        manifest.tables.append(Table("features ranked by splice-in importance (held-out videos with the feature "
+                                     "alone ablated at its step; random: directions of the same norm)", columns,
+                                     ranked, {k: ".3f" for k in columns[6:]}))  # fmt: skip
 
 
 def _add_probes(rows: list[dict], store_path: str, probing, providers, record: dict, n_test: int, progress) -> None:
@@ -204,6 +276,7 @@ def save_sae_features(result: FeaturesResult, cfg: SAEFeaturesConfig, out) -> Ma
     manifest.tables.append(Table("best single SAE feature per target and slab (held-out videos)", columns,
                                  result.rows, formats))  # fmt: skip
     manifest.claims.append(answer_claim(result))
+    _save_dashboards(result, out, manifest)
     manifest.notes.append(
         "For each target and (step, layer) SAE, the one latent with the strongest correlation on the training videos "
         "(point-biserial with one class against the rest; Pearson r for a regression target) is scored on the "

@@ -193,6 +193,12 @@ class VideoDiTAdapter:
         """Velocity from the calls' outputs; default: the single call's output."""
         return outputs[0]
 
+    def pixel_box(self, cell: tuple[int, int], cells: tuple[int, int], frame: tuple[int, int]) -> tuple[float, ...]:
+        """(top, left, height, width) in a decoded frame of ``frame`` (height, width) pixels of the token ``cell``
+        (row, column) on a grid of ``cells``: a VAE maps a latent patch to an even block of pixels."""
+        sy, sx = frame[0] / cells[0], frame[1] / cells[1]
+        return cell[0] * sy, cell[1] * sx, sy, sx
+
     def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
         """(frames, h, w) of the transformer's tokens for a latent of shape (C, T, H, W)."""
         raise NotImplementedError

@@ -172,6 +172,12 @@ class TestbedAdapter(VideoDiTAdapter):
     def attention_context(self, site: str) -> tuple[str, ...]:
         return ()  # its cross-attention reads one fixed all-zero text token: nothing to measure
 
+    def pixel_box(self, cell: tuple[int, int], cells: tuple[int, int], frame: tuple[int, int]) -> tuple[float, ...]:
+        """The renderer draws cell (r, c) at pixel (2r+1, 2c+1) of a (2N+1)-pixel frame: the box takes its walls."""
+        if frame != (2 * cells[0] + 1, 2 * cells[1] + 1):  # a pooled grid: an even block
+            return super().pixel_box(cell, cells, frame)
+        return 2 * cell[0], 2 * cell[1], 3, 3
+
     def token_grid(self, latent_shape: tuple[int, ...], expert: str | None = None) -> tuple[int, int, int]:
         return tuple(int(v) for v in latent_shape[-3:])
 
