@@ -1,6 +1,8 @@
 """Tracing on a local Ray instance: two workers give the single-process store byte for byte, a killed
 worker loses nothing, and probes read the sharded store like any other."""
 
+import json
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -225,3 +227,22 @@ def test_frame_attention_on_ray_equals_the_single_process_run(local_ray, shipped
     knock = KnockoutConfig(n=2, num_steps=SWEEP_STEPS, steps="0,3", layers="0,4", span="onward")
     a, b = run_knockout(knock, shipped_adapter, False), run_knockout(knock, shipped_adapter, False, _on_ray())
     assert a.rows == b.rows and len(a.rows) == 2 * 2
+
+
+def test_saes_on_ray_equal_the_single_process_saes(local_ray, single_store, tmp_path, one_thread):
+    """`interp sae train --ray`: one Ray task per SAE (per slab, or per layer when step-shared) writes the same
+    SAELens files and the same quality rows as one process."""
+    from interp.experiments.sae import SAEConfig, run_sae
+
+    for shared in (False, True):
+        cfg = SAEConfig(store=str(single_store), steps="0,9", layers="0,4", training_tokens=4096, batch_size=256,
+                        buffer_tokens=1024, k=8, splice=False, shared=shared)  # fmt: skip
+        executor = _on_ray()
+        here = run_sae(cfg, tmp_path / f"here{shared}", progress=False)
+        there = run_sae(cfg, tmp_path / f"ray{shared}", progress=False, executor=executor)
+        assert here.rows == there.rows and len(here.rows) == 4
+        assert sum(w["units"] for w in executor.per_worker.values()) == (2 if shared else 4)  # a task per SAE
+        for row in here.rows:
+            a, b = (tmp_path / f"{w}{shared}" / row["path"] for w in ("here", "ray"))
+            assert (a / "sae_weights.safetensors").read_bytes() == (b / "sae_weights.safetensors").read_bytes()
+            assert json.loads((a / "cfg.json").read_text()) == json.loads((b / "cfg.json").read_text())

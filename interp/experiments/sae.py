@@ -17,6 +17,7 @@ from activations.reader import ActivationStore
 from activations.selection import parse_index_spec
 from interp.experiments._causal import grid
 from interp.experiments.base import Experiment, ExperimentConfig, register
+from interp.experiments.executors import Sweep
 from interp.features.saes import ARCHITECTURES, SAESpec, load_sae, sae_quality, save_step_means, step_means, train_sae
 from interp.features.splice import ABLATIONS, splice_runs, splice_score
 from interp.manifest import Manifest, Table
@@ -111,39 +112,66 @@ def _split(cfg: SAEConfig, store: ActivationStore) -> tuple[list[int], list[int]
     return split.train, split.test
 
 
-def run_sae(cfg: SAEConfig, out, progress: bool = True) -> SAEResult:
-    """Train and measure one SAE per (step, layer) slab; each SAE under ``out/saes/<site>/step_SS``."""
+def _prepare(cfg: SAEConfig, adapter=None) -> tuple[SAEConfig, list[int], list[int]]:
+    """A worker's context: the config and its split of videos (an SAE reads only the store)."""
+    with ActivationStore(cfg.store) as store:
+        return (cfg, *_split(cfg, store))
+
+
+def _train_unit(context: tuple, unit: tuple) -> list[dict]:
+    """One unit: the SAE of ``site`` at ``steps`` (one step, or every step of a step-shared SAE), trained from the
+    store at ``store`` and saved under ``out``, and its quality at each of its steps on the held-out videos."""
+    cfg, train, test = context
+    site, steps, store_path, out = unit
+    steps, rows = list(steps), []
+    with ActivationStore(store_path) as store:
+        means = step_means(store, site, steps, train) if cfg.shared else None
+        batches = TokenBatches(store, site, steps, train, cfg.batch_size, cfg.buffer_tokens, seed=cfg.seed,
+                               epochs=None, offsets=means)  # fmt: skip
+        meta = {"model_name": store.layout.model, "hook_name": site, "store": store_path,
+                **({"denoise_steps": steps, "step_centred": True} if cfg.shared else
+                   {"denoise_step": steps[0], "sigma": store.sigma(steps[0])})}  # fmt: skip
+        folder = Path(out) / "saes" / site / ("shared" if cfg.shared else f"step_{steps[0]:02d}")
+        path = train_sae(batches, cfg.spec(), store.layout.hidden[site], folder, meta, cfg.device, progress=False)
+        if means is not None:
+            save_step_means(path, means)
+        for step in steps:  # a shared SAE is measured at each of its steps
+            held_out = TokenBatches(store, site, [step], test, cfg.batch_size, cfg.buffer_tokens, seed=cfg.seed)
+            quality = sae_quality(load_sae(path, cfg.device, step), held_out)
+            rows.append({"site": site, "layer": parse_site(site)[1], "step": step, "shared": cfg.shared,
+                         "path": path.relative_to(out).as_posix(), **quality})  # fmt: skip
+    return rows
+
+
+SWEEP = Sweep("sae", SAEConfig, _prepare, _train_unit)
+
+
+def run_sae(cfg: SAEConfig, out, progress: bool = True, executor=None) -> SAEResult:
+    """Train and measure one SAE per (step, layer) slab (``shared``: per layer), each under
+    ``out/saes/<site>/step_SS`` (``shared``); ``executor``: where the SAEs train (this process, or one Ray task
+    per SAE: ``out`` and the store on storage every worker reads)."""
     from tqdm.auto import tqdm
+
+    from interp.experiments.executors import executor_or_local
 
     if not Path(cfg.store).is_file():
         raise ValueError(f"no activation store at {cfg.store}")
-    rows = []
+    context = _prepare(cfg)
+    _, train, test = context
+    store_path, out_path = str(Path(cfg.store).resolve()), str(Path(out).resolve())
     with ActivationStore(cfg.store) as store:
         steps, sites = _slabs(cfg, store)
-        train, test = _split(cfg, store)
-        units = [(site, steps) for site in sites] if cfg.shared else [(site, [s]) for site in sites for s in steps]
-        for site, unit in tqdm(units, disable=not progress, desc="sparse autoencoders"):
-            means = step_means(store, site, unit, train) if cfg.shared else None
-            batches = TokenBatches(store, site, unit, train, cfg.batch_size, cfg.buffer_tokens, seed=cfg.seed,
-                                   epochs=None, offsets=means)  # fmt: skip
-            meta = {"model_name": store.layout.model, "hook_name": site, "store": str(Path(cfg.store).resolve()),
-                    **({"denoise_steps": unit, "step_centred": True} if cfg.shared else
-                       {"denoise_step": unit[0], "sigma": store.sigma(unit[0])})}  # fmt: skip
-            folder = Path(out) / "saes" / site / ("shared" if cfg.shared else f"step_{unit[0]:02d}")
-            path = train_sae(batches, cfg.spec(), store.layout.hidden[site], folder, meta, cfg.device, progress)
-            if means is not None:
-                save_step_means(path, means)
-            for step in unit:  # a shared SAE is measured at each of its steps
-                held_out = TokenBatches(store, site, [step], test, cfg.batch_size, cfg.buffer_tokens, seed=cfg.seed)
-                quality = sae_quality(load_sae(path, cfg.device, step), held_out)
-                rows.append({"site": site, "layer": parse_site(site)[1], "step": step, "shared": cfg.shared,
-                             "path": path.relative_to(out).as_posix(), **quality})  # fmt: skip
-        if cfg.splice:  # the held-out videos re-run once clean, then once per SAE and step, and per ablation
+    units = [(site, tuple(steps) if cfg.shared else (step,), store_path, out_path) for site in sites
+             for step in (steps[:1] if cfg.shared else steps)]  # fmt: skip
+    done = executor_or_local(executor).map(SWEEP, cfg, context, units, progress, "sparse autoencoders")
+    rows = [row for unit_rows in done for row in unit_rows]
+    if cfg.splice:  # the held-out videos re-run once clean, then once per SAE and step, and per ablation
+        with ActivationStore(cfg.store) as store:
             runs = splice_runs(store, test)
-            for row in tqdm(rows, disable=not progress, desc="splice-in scores"):
-                sae = load_sae(Path(out) / row["path"], cfg.device, row["step"])
-                scores = splice_score(runs, sae, row["site"], row["step"], cfg.ablation)
-                row.update({k: v if np.isfinite(v) else None for k, v in scores.items()})  # JSON: null, not NaN
+        for row in tqdm(rows, disable=not progress, desc="splice-in scores"):
+            sae = load_sae(Path(out) / row["path"], cfg.device, row["step"])
+            scores = splice_score(runs, sae, row["site"], row["step"], cfg.ablation)
+            row.update({k: v if np.isfinite(v) else None for k, v in scores.items()})  # JSON: null, not NaN
     return SAEResult(cfg, rows, train, test)
 
 
@@ -214,7 +242,7 @@ def save_sae(result: SAEResult, cfg: SAEConfig, out) -> Manifest:
     return manifest
 
 
-def plan_sae(cfg: SAEConfig, out: Path):
+def plan_sae(cfg: SAEConfig, out: Path, executor=None):
     """Every chosen slab's SAE: its training tokens and the held-out tokens, from the store's layout alone."""
     from interp.plans import FIGURES, FLOAT32, Plan
 
