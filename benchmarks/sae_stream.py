@@ -9,6 +9,9 @@ buffer, against the SAE's own flops (encoder and decoder forward and backward, 6
 
     .venv/bin/python benchmarks/sae_stream.py STORE [--site blocks.6] [--step 10] [--repeats 3]
         [--tokens 131072] [--out benchmarks/results/sae_stream.json]
+
+At real width without a model: ``STORE`` = ``synthetic`` writes a store of ``--videos`` x ``--store-tokens`` x
+``--hidden`` fp16 (``probe_memory.write_store``: Wan 2.1 1.3B's 1,536 by default) and reads its ``blocks.1``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ def _in_memory(slab: np.ndarray, batch_size: int, seed: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("store", type=Path)
+    parser.add_argument("store", help="a store (.h5), or 'synthetic' (real width, no model)")
+    parser.add_argument("--hidden", type=int, default=1536)
+    parser.add_argument("--videos", type=int, default=8)
+    parser.add_argument("--store-tokens", type=int, default=4096)
+    parser.add_argument("--expansion", type=int, default=4)
     parser.add_argument("--site", default="blocks.6")
     parser.add_argument("--step", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
@@ -53,7 +60,16 @@ def main() -> None:
     from activations.reader import ActivationStore
     from interp.features.saes import SAESpec, train_sae
 
-    spec = SAESpec(training_tokens=args.tokens, batch_size=args.batch_size, buffer_tokens=8 * args.batch_size)
+    spec = SAESpec(expansion=args.expansion, training_tokens=args.tokens, batch_size=args.batch_size,
+                   buffer_tokens=8 * args.batch_size)  # fmt: skip
+    if args.store == "synthetic":
+        from benchmarks.probe_memory import write_store
+
+        args.store = ROOT / "runs" / "bench_sae" / f"synthetic_{args.hidden}.h5"
+        if not args.store.is_file():
+            args.store.parent.mkdir(parents=True, exist_ok=True)
+            write_store(args.store, args.videos, args.store_tokens, args.hidden, signal=1.0)
+        args.site, args.step = "blocks.1", 0
     with ActivationStore(args.store) as store:
         videos = store.completed_videos
         hidden = store.layout.hidden[args.site]
@@ -95,8 +111,9 @@ def main() -> None:
     print("| --- | --- | --- |")
     print(f"| from the store (TokenBatches) | {stream:.2f} | {args.tokens / stream:,.0f} |")
     print(f"| in memory | {memory:.2f} | {args.tokens / memory:,.0f} |")
-    print(f"ratio {record['ratio']:.3f}x (goal <= 1.10x); {passes:.0f} passes over a {len(slab)}-token slab; "
-          f"SAE {flops / 1e9:.1f} GFLOP, stream reads {read_bytes / 2**20:.1f} MiB")
+    print(f"ratio {record['ratio']:.3f}x (goal <= 1.10x); {passes:.2f} passes over a {len(slab)}-token slab; "
+          f"SAE {flops / 1e9:.1f} GFLOP ({flops / 1e9 / memory:.0f} GFLOP/s in memory), stream reads "
+          f"{read_bytes / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":
