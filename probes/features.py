@@ -38,6 +38,12 @@ def x_t_tokens(store: ActivationStore, videos: list[int], step: int) -> np.ndarr
     return _pool(store, _patch_tokens(latent, store.layout.token_grid))
 
 
+def given_video(store: ActivationStore) -> bool:
+    """Whether the store was traced from given videos (``interp trace --video-file``): its final sample is then
+    each video's VAE latent, the clean input a probe on the blocks is compared against."""
+    return bool((store.layout.extra.get("trace_config") or {}).get("video_file"))
+
+
 def final_tokens(store: ActivationStore, videos: list[int]) -> np.ndarray:
     """(videos, stored tokens, patch features) of each video's final sample, cut and pooled like x_t."""
     latent = store.final(videos).astype(np.float32)

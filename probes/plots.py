@@ -19,7 +19,8 @@ def _grid(rows, column: str):
 
 def metric_limits(rows) -> tuple[float, float]:
     """The scale of scores: [0, 1] for accuracy; [min(0, lowest), 1] for R^2 (it can be negative)."""
-    low = float(np.nanmin([rows[c].min() for c in ("value", "control", "x_t", "condition") if rows[c].notna().any()]))
+    shown = [c for c in ("value", "control", "x_t", "condition", "vae_latent") if c in rows and rows[c].notna().any()]
+    low = float(np.nanmin([rows[c].min() for c in shown]))
     return min(0.0, np.floor(low * 10) / 10), 1.0
 
 
@@ -39,6 +40,8 @@ def _curves(ax, rows, metric: str, limits) -> None:
     ax.plot(per_step.index, per_step.to_numpy(), "^-", color="C2", ms=3, label="probe on x_t alone")
     if rows["condition"].notna().any():
         ax.axhline(rows["condition"].iloc[0], color="C4", ls="-.", label="conditioning alone")
+    if "vae_latent" in rows and rows["vae_latent"].notna().any():
+        ax.axhline(rows["vae_latent"].iloc[0], color="C5", ls="--", label="the video's VAE latent alone")
     if metric == "accuracy" and rows["majority_rate"].notna().any():
         ax.axhline(rows["majority_rate"].iloc[0], color="grey", ls=":", label="majority class")
     ax.set(xlabel="denoising step", ylabel=f"test {metric}", ylim=(limits[0] - 0.02, limits[1] + 0.02))

@@ -10,6 +10,8 @@ output of training videos and scored on held-out videos. Beside every score:
   ``control_types`` says how many types there were;
 - ``x_t``: the same probe on the noisy latent that entered the model at that step (per step);
 - ``condition``: the same probe on the conditioning latent alone (one figure per target);
+- ``vae_latent``: for a store traced from given videos (``features.given_video``), the same probe on each
+  video's clean VAE latent (the raw latent baseline; NaN for a generated store);
 - ``majority_rate``: the test accuracy of always answering the commonest training class.
 
 Slabs are read one (step, site) at a time; the fast path fits ``group`` slabs together, so memory
@@ -32,7 +34,7 @@ from activations import ActivationStore, parse_index_spec
 from activations.axes import parse_site
 from probes.budget import check_max_tokens
 from probes.config import METHODS, ProbeConfig, Split, split_videos
-from probes.features import condition_tokens, token_types, x_t_tokens
+from probes.features import condition_tokens, final_tokens, given_video, token_types, x_t_tokens
 from probes.fit import fit_fast
 from probes.labels import CLASS, LabelProvider, Labels, labels_from_array, load_label_file
 from probes.tables import read_results, save_results, write_into_store
@@ -42,7 +44,8 @@ __all__ = ["COLUMNS", "ProbeConfig", "Split", "read_results", "run_probes", "sav
 
 COLUMNS = (
     "target", "kind", "site", "layer", "step", "sigma", "metric", "value", "control", "selectivity",
-    "control_types", "majority_rate", "x_t", "condition", "regularisation", "n_train_videos", "n_test_videos", "method",
+    "control_types", "majority_rate", "x_t", "condition", "vae_latent", "regularisation", "n_train_videos",
+    "n_test_videos", "method",
     "value_lo", "value_hi", "selectivity_lo", "selectivity_hi",
 )  # fmt: skip
 # value_lo/hi, selectivity_lo/hi: 95% bootstrap intervals over the test videos (probes.intervals).
@@ -147,7 +150,7 @@ def load_targets(
 
 def _probe_whole(
     store: ActivationStore, cfg: ProbeConfig, all_labels: list[Labels], split: Split, slabs: list, steps: list, progress
-) -> tuple[list[Target], dict, dict, dict]:
+) -> tuple[list[Target], dict, dict, dict, dict]:
     """Every token: each (step, site) slab of every video read whole, ``group`` slabs at a time."""
     videos = split.train + split.test
     condition = condition_tokens(store, videos) if store.has_condition else None
@@ -170,9 +173,10 @@ def _probe_whole(
             x_t_scores[step] = scores
         bar.update(len(group))
     condition_scores = prober.scores([condition])[0] if condition is not None else {}
+    clean_scores = prober.scores([final_tokens(store, videos)])[0] if given_video(store) else {}
     bar.update(1)
     bar.close()
-    return targets, results, x_t_scores, condition_scores
+    return targets, results, x_t_scores, condition_scores, clean_scores
 
 
 def run_probes(
@@ -202,11 +206,11 @@ def run_probes(
         if cfg.max_tokens is not None:  # the token budget: blocks of chosen rows, no slab read whole
             from probes.streaming import probe_budgeted
 
-            targets, results, x_t_scores, condition_scores = probe_budgeted(
+            targets, results, x_t_scores, condition_scores, clean_scores = probe_budgeted(
                 store, cfg, all_labels, split, slabs, steps, progress
             )
         else:
-            targets, results, x_t_scores, condition_scores = _probe_whole(
+            targets, results, x_t_scores, condition_scores, clean_scores = _probe_whole(
                 store, cfg, all_labels, split, slabs, steps, progress
             )
         rows = []
@@ -233,6 +237,7 @@ def run_probes(
                         "majority_rate": t.majority_rate,
                         "x_t": x_t_scores[step][name][0],
                         "condition": condition_scores[name][0] if condition_scores else float("nan"),
+                        "vae_latent": clean_scores[name][0] if clean_scores else float("nan"),
                         "regularisation": reg,
                         "n_train_videos": len(split.train),
                         "n_test_videos": len(split.test),

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from activations import ActivationStore
 from probes.budget import GramRidge, token_selection
 from probes.config import ProbeConfig, Split
-from probes.features import FIT_ROWS, ConditionSummary, condition_tokens, x_t_tokens
+from probes.features import FIT_ROWS, ConditionSummary, condition_tokens, final_tokens, given_video, x_t_tokens
 from probes.fit import Head, fit_fast
 from probes.labels import CLASS, REGRESSION, Labels, standardised
 from probes.targets import Target, control_labels, groups, sklearn_scores, target_intervals
@@ -273,8 +273,9 @@ def probe_budgeted(
     slabs: list[tuple[str, int]],
     steps: list[int],
     progress: bool = True,
-) -> tuple[list[Target], dict, dict, dict]:
-    """(targets, scores per (site, step), x_t scores per step, condition scores) under the budget."""
+) -> tuple[list[Target], dict, dict, dict, dict]:
+    """(targets, scores per (site, step), x_t scores per step, condition scores, the given videos' VAE latent
+    scores) under the budget."""
     prober = BudgetProber(store, cfg, all_labels, split)
     size = cfg.group if cfg.method == "fast" else 1
     results: dict[tuple[str, int], dict] = {}
@@ -293,6 +294,9 @@ def probe_budgeted(
     condition_scores: dict = {}
     if store.has_condition:
         condition_scores = prober.scores([prober.input_source(lambda vs: condition_tokens(store, vs))], False)[0]
+    clean_scores: dict = {}
+    if given_video(store):
+        clean_scores = prober.scores([prober.input_source(lambda vs: final_tokens(store, vs))], False)[0]
     bar.update(1)
     bar.close()
-    return [bt.target for bt in prober.targets], results, x_t_scores, condition_scores
+    return [bt.target for bt in prober.targets], results, x_t_scores, condition_scores, clean_scores

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import numpy as np
 
-# A target counts as decodable from the inputs when a probe on x_t alone (at some step) or on the
-# conditioning alone scores within this of the best block probe (in the metric's units).
+# A target counts as decodable from the inputs when a probe on x_t alone (at some step), on the
+# conditioning alone or (a store of given videos) on the video's VAE latent alone scores within this of
+# the best block probe (in the metric's units).
 INPUT_MARGIN = 0.05
 
 
 def input_baseline(rows) -> tuple[str, float]:
-    """The stronger input-only control of one target's rows: ("x_t alone", best over steps) or
-    ("conditioning alone", its score); NaN where neither was measured."""
+    """The strongest input-only control of one target's rows: ("x_t alone", best over steps), ("conditioning
+    alone", its score) or ("the video's VAE latent alone", its score); NaN where none was measured."""
     x_t = float(np.nanmax(rows["x_t"])) if np.isfinite(rows["x_t"]).any() else float("nan")
-    cond = float(rows["condition"].iloc[0]) if np.isfinite(rows["condition"]).any() else float("nan")
-    if np.isfinite(cond) and not (x_t > cond):
-        return "conditioning alone", cond
-    return "x_t alone", x_t
+    found = [("x_t alone", x_t)]
+    for column, name in (("condition", "conditioning alone"), ("vae_latent", "the video's VAE latent alone")):
+        if column in rows and np.isfinite(rows[column]).any():
+            found.append((name, float(rows[column].iloc[0])))
+    finite = [(n, v) for n, v in found if np.isfinite(v)]
+    return max(finite, key=lambda nv: nv[1]) if finite else ("x_t alone", float("nan"))
 
 
 def decodable_from_inputs(rows, margin: float = INPUT_MARGIN) -> bool:

@@ -9,7 +9,8 @@ from PIL import Image, ImageSequence
 
 from interp.analysis.scorers import ScorerError, load_scorer
 from interp.tasks import maze as maze_task
-from interp.tasks.maze_data import maze_from_record, maze_record, read_maze, render_frames, to_grid
+from interp.tasks.maze import to_grid
+from interp.tasks.maze_data import maze_from_record, maze_record, read_maze, render_frames
 
 
 def _gif(path) -> np.ndarray:

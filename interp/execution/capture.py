@@ -190,10 +190,12 @@ def trace_batch(
     conditioning,
     shift: float | None,
     backend: str = "nnsight",
+    extra_hooks: Sequence[StepHook] = (),
 ) -> SampleResult:
-    """Sample one batch, streaming the chosen steps' activations and x0_hat into ``part``."""
+    """Sample one batch, streaming the chosen steps' activations and x0_hat into ``part``; ``extra_hooks`` run
+    first (a real video's: each step's x_s given, ``interp.videos``)."""
     sink = StoreSink(part, Pooling.from_json(layout.pooling), site_grids(adapter, layout.sites, layout.latent_shape))
-    hooks: list[StepHook] = [SiteTracer(layout.sites, layout.steps, sink, layout.cfg_branch)]
+    hooks: list[StepHook] = [*extra_hooks, SiteTracer(layout.sites, layout.steps, sink, layout.cfg_branch)]
     if layout.condition_shape is not None:
         part.write_condition(adapter.condition_latent(conditioning))
     scheduler = adapter.make_scheduler(shift)

@@ -37,7 +37,8 @@ class EvaluateConfig(SourceConfig, ExperimentConfig):
 
 
 def run_evaluate(cfg: EvaluateConfig, adapter=None, progress: bool = True) -> MazeEvaluation:
-    from interp.tasks.maze_data import read_maze, to_grid
+    from interp.tasks.maze import to_grid
+    from interp.tasks.maze_data import read_maze
 
     if cfg.data is not None:  # before any model is read: every chosen sample is a maze
         from interp.samples import choose_samples, read_samples

@@ -4,6 +4,7 @@ stores), as a run with a manifest: ``NAME.csv``, ``NAME.config.json``, heatmaps,
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from math import isfinite, nan
 from pathlib import Path
 
 from activations.reader import ActivationStore
@@ -16,7 +17,7 @@ from probes.run import ProbeConfig, run_probes, save_results
 from probes.summary import input_flag
 
 COLUMNS = ["target", "metric", "step", "layer", "value", "value_lo", "value_hi", "control", "selectivity",
-           "selectivity_lo", "selectivity_hi", "x_t", "condition", "majority_rate", "control_types",
+           "selectivity_lo", "selectivity_hi", "x_t", "condition", "vae_latent", "majority_rate", "control_types",
            "inputs"]  # fmt: skip
 
 
@@ -121,7 +122,9 @@ def headline(r: dict, digits: int = 2) -> str:
         f"{r['target']}: best selectivity {r['selectivity']:{f}}{_interval(r, 'selectivity')} at step {r['step']}, "
         f"layer {r['layer']} ({r['metric']} {r['value']:{f}}{_interval(r, 'value')}; control task {r['control']:{f}}"
         f"{_types(r)}, "
-        f"x_t alone {r['x_t']:{f}}, conditioning alone {r['condition']:{f}})"
+        f"x_t alone {r['x_t']:{f}}, conditioning alone {r['condition']:{f}}"
+        + (f", the video's VAE latent alone {r['vae_latent']:{f}}" if isfinite(r.get("vae_latent", nan)) else "")
+        + ")"
     )
     return f"{r['target']} is {r['inputs']}; " + text if r["inputs"] else text
 

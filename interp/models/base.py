@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from activations.axes import block_site, parse_site
@@ -173,6 +174,25 @@ class VideoDiTAdapter:
     def decode(self, latents: torch.Tensor):
         """Latents to RGB videos (B, T, H, W, 3) uint8."""
         self._needs_pipeline("decode")
+
+    def encode_video(self, frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """RGB frames (T, H, W, 3) uint8 to the clean latent (1, *latent) a generation of this video would end at:
+        resized to ``height`` x ``width`` by the pipeline's video processor, encoded by its VAE (the posterior's
+        mode: ``retrieve_latents(..., sample_mode="argmax")``), normalised as the family's pipeline normalises
+        latents (``normalise_latents``: the inverse of ``decode``)."""
+        from PIL import Image
+
+        pipe = getattr(self, "pipeline", None)
+        if pipe is None or getattr(self, "vae", None) is None:
+            self._needs_pipeline("video encoder")
+        video = pipe.video_processor.preprocess_video([Image.fromarray(f) for f in frames], height, width)
+        with torch.no_grad():
+            z = self.vae.encode(video.to(self.vae.device, self.vae.dtype)).latent_dist.mode()
+        return self.normalise_latents(z.float())
+
+    def normalise_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The VAE's latents (B, C, F, h, w) as this family's sampler holds them."""
+        raise ValueError(f"{type(self).__name__}: encoding videos is not wired for this family yet")
 
     @property
     def device(self) -> torch.device:

@@ -175,6 +175,13 @@ class CogVideoXAdapter(VideoDiTAdapter):
         video = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
         return video_to_uint8(video)
 
+    def normalise_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled by the VAE's scaling factor, frames before channels (B, F, C, h, w), as the pipeline holds them."""
+        if self.transformer.config.patch_size_t:
+            raise ValueError("CogVideoX 1.5 pads its latents with frames a video does not have: encoding videos is "
+                             "not wired for it yet")  # fmt: skip
+        return (z * self.vae.config.scaling_factor).permute(0, 2, 1, 3, 4)
+
 
 @register("CogVideoXImageToVideoPipeline")
 class CogVideoXI2VAdapter(CogVideoXAdapter):

@@ -157,3 +157,7 @@ class HunyuanVideoAdapter(VideoDiTAdapter):
             raise ValueError("decoding needs the pipeline's VAE")
         video = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
         return video_to_uint8(video)
+
+    def normalise_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled by the VAE's scaling factor, as the pipeline's decode undoes."""
+        return z * self.vae.config.scaling_factor

@@ -172,6 +172,12 @@ class LTXAdapter(VideoDiTAdapter):
         video = vae.decode(z.to(vae.dtype), timestep, return_dict=False)[0]
         return video_to_uint8(video)
 
+    def normalise_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised and packed into tokens as the pipeline holds them (``_normalize_latents``, ``_pack_latents``)."""
+        pipe, vae, cfg = self.pipeline, self.vae, self.transformer.config
+        z = pipe._normalize_latents(z, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+        return pipe._pack_latents(z, cfg.patch_size, cfg.patch_size_t)
+
 
 @register("LTXImageToVideoPipeline")
 class LTXI2VAdapter(LTXAdapter):

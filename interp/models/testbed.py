@@ -189,6 +189,12 @@ class TestbedAdapter(VideoDiTAdapter):
         timesteps = timestep.expand(batch) if timestep.ndim == 0 else timestep
         return [ForwardCall(self.transformer, (model_input, timesteps, text), {"return_dict": False})]
 
+    def encode_video(self, frames: np.ndarray, height: int, width: int) -> torch.Tensor:
+        """RGB frames of a maze video (any pixel size) to its per-cell latent (1, C, T, N, N): the renderer's
+        inverse (``maze.latent_from_frames``) at N = (height - 1) / 2 cells."""
+        latent = maze_task.latent_from_frames(frames, (height - 1) // 2)
+        return torch.from_numpy(latent[None]).to(self.device, self.dtype)
+
     def decode(self, latents: torch.Tensor | np.ndarray) -> np.ndarray:
         """Latents (B, C, T, N, N) to RGB videos (B, T, 2N+1, 2N+1, 3) uint8."""
         arr = latents.detach().float().cpu().numpy() if isinstance(latents, torch.Tensor) else latents

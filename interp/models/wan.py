@@ -217,6 +217,13 @@ class WanAdapter(VideoDiTAdapter):
         video = self.vae.decode((latents * std + mean).to(self.vae.dtype), return_dict=False)[0]
         return video_to_uint8(video)
 
+    def normalise_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """(z - latents_mean) / latents_std, as Wan's image-to-video pipeline normalises its condition latent."""
+        cfg = self.vae.config
+        mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(z)
+        std = torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(z)
+        return (z - mean) / std
+
 
 # -- tokens held clean (Wan 2.2 TI2V and LTX-Video image-to-video's first frame) ------------------
 @dataclass

@@ -185,6 +185,39 @@ def render(latent: np.ndarray) -> np.ndarray:
     return _PALETTE_RGB[kind].astype(np.uint8)
 
 
+def to_grid(video: np.ndarray, size: int) -> np.ndarray:
+    """A decoded video (T, H, W, 3) of any size read back onto a maze's (2N+1)^2 grid: the centre pixel
+    of each square (away from the blur a model or a VAE leaves at square edges)."""
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"expected an RGB video (T, H, W, 3), got shape {video.shape}")
+    side = 2 * size + 1
+    rows = ((np.arange(side) + 0.5) * video.shape[1] / side).astype(int)
+    cols = ((np.arange(side) + 0.5) * video.shape[2] / side).astype(int)
+    return video[:, rows][:, :, cols]
+
+
+def latent_from_frames(video: np.ndarray, size: int) -> np.ndarray:
+    """The renderer's inverse: RGB frames of a maze of ``size`` cells (T, H, W, 3) at any pixel size (sampled at
+    the centres of the (2N+1)-pixel grid) to the per-cell latent (C, T, N, N) in {-1, +1}, as ``encode`` makes
+    it: passages from the walls between cells, start and goal where the puzzle frame shows them (held on every
+    frame), trail on every cell the trail or the agent covers, agent where it stands."""
+    kind = classify_pixels(to_grid(video, size))  # (T, 2N+1, 2N+1)
+    names = {name: PALETTE_NAMES.index(name) for name in PALETTE_NAMES}
+    frames = len(video)
+    z = np.zeros((len(LATENT_CHANNELS), frames, size, size), dtype=np.float32)
+    z[OPEN_E, :, :, :-1] = kind[:, 1::2, 2:-1:2] != names["wall"]
+    z[OPEN_W, :, :, 1:] = z[OPEN_E, :, :, :-1]
+    z[OPEN_S, :, :-1, :] = kind[:, 2:-1:2, 1::2] != names["wall"]
+    z[OPEN_N, :, 1:, :] = z[OPEN_S, :, :-1, :]
+    cells = kind[:, 1::2, 1::2]
+    z[START] = cells[0] == names["start"]
+    z[GOAL] = cells[0] == names["goal"]
+    z[TRAIL] = np.isin(cells, [names["trail"], names["agent"]])
+    z[AGENT] = cells == names["agent"]
+    return z * 2 - 1
+
+
 def classify_pixels(video: np.ndarray) -> np.ndarray:
     """Nearest palette entry of every pixel of an RGB video (T, H, W, 3) -> (T, H, W) indices."""
     diff = video.astype(np.int32)[..., None, :] - _PALETTE_RGB

@@ -6,7 +6,7 @@ A sample folder (``interp data maze``): ``first_frame.png`` (the puzzle, the maz
 (2N+1)^2 squares drawn at ``pixels`` x ``pixels``), ``final_frame.png`` (the solved maze),
 ``ground_truth.gif`` (the solution video, the agent walking one cell per frame), ``prompt.txt``
 (the instruction) and ``maze.json`` (the maze's truth: size, seed, open sides, start, goal, path).
-``read_maze`` rebuilds the maze from ``maze.json`` with every field checked; ``to_grid`` reads a
+``read_maze`` rebuilds the maze from ``maze.json`` with every field checked; ``maze.to_grid`` reads a
 decoded video of any size back onto the maze's grid (the centre pixel of each square), which
 ``maze.verify`` judges.
 """
@@ -76,21 +76,9 @@ def render_frames(maze: maze_task.Maze, frames: int, pixels: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).resize((pixels, pixels), Image.NEAREST)) for f in grid])
 
 
-def to_grid(video: np.ndarray, size: int) -> np.ndarray:
-    """A decoded video (T, H, W, 3) of any size read back onto a maze's (2N+1)^2 grid: the centre pixel
-    of each square (away from the blur a model or a VAE leaves at square edges)."""
-    video = np.asarray(video)
-    if video.ndim != 4 or video.shape[-1] != 3:
-        raise ValueError(f"expected an RGB video (T, H, W, 3), got shape {video.shape}")
-    side = 2 * size + 1
-    rows = ((np.arange(side) + 0.5) * video.shape[1] / side).astype(int)
-    cols = ((np.arange(side) + 0.5) * video.shape[2] / side).astype(int)
-    return video[:, rows][:, :, cols]
-
-
 def maze_score(video: np.ndarray, maze: maze_task.Maze) -> float:
     """1 if the verifier finds the video solves the maze, else 0 (``maze.verify`` on its grid)."""
-    return float(maze_task.verify(to_grid(video, maze.size), maze).solved)
+    return float(maze_task.verify(maze_task.to_grid(video, maze.size), maze).solved)
 
 
 def write_maze_samples(out: str | Path, size: int, n: int, first_seed: int, frames: int, pixels: int) -> list[Path]:
@@ -138,7 +126,7 @@ def read_maze_samples(folder: str | Path, names: list[str] | None = None) -> lis
             frame = np.asarray(Image.open(sample.first_frame).convert("RGB"))
         except Exception as err:  # noqa: BLE001 - OSError, PIL's DecompressionBombError, ...
             raise ValueError(f"{sample.first_frame}: not a readable image ({type(err).__name__})") from None
-        shown = maze_task.classify_pixels(to_grid(frame[None], maze.size))[0]
+        shown = maze_task.classify_pixels(maze_task.to_grid(frame[None], maze.size))[0]
         expected = maze_task.classify_pixels(maze_task.render(maze_task.encode(maze, 2))[:1])[0]
         if not np.array_equal(shown, expected):
             raise ValueError(f"{sample.first_frame}: does not show the maze its {TRUTH} describes")

@@ -1,0 +1,189 @@
+"""Real videos in (issue 32): a video file decoded by PyAV as a player shows it, encoded as the pipeline's VAE
+encodes (or by the testbed renderer's inverse), and traced into the same store layout: each stored x_s is the
+scheduler's own noising of the video (FlowMatchEuler's ``scale_noise``, UniPC's ``add_noise``), or the step of
+its ODE inversion, from which regeneration returns the video; probes read the video's VAE latent as a control."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_pipelines import build_tiny_wan, write_samples
+
+from activations import ActivationStore
+from interp.tasks import maze as maze_task
+from interp.videos import read_video
+
+
+def _write_lossless(path, frames: np.ndarray, rate: int = 8) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_a_video_is_read_as_a_player_shows_it(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (6, 24, 40, 3), dtype=np.uint8)
+    _write_lossless(tmp_path / "v.mkv", frames)
+    assert np.array_equal(read_video(tmp_path / "v.mkv", 6), frames)
+    assert np.array_equal(read_video(tmp_path / "v.mkv", 4), frames[:4])  # the model's frames, from the start
+    with pytest.raises(ValueError, match="shows 6 frames; the model takes 7"):
+        read_video(tmp_path / "v.mkv", 7)
+    # A GIF writer merges a repeated frame into one shown twice as long: it still counts twice.
+    video = frames[[0, 1, 1, 2]]
+    images = [Image.fromarray(f) for f in video]
+    images[0].save(tmp_path / "v.gif", save_all=True, append_images=images[1:], duration=100, loop=0)
+    got = read_video(tmp_path / "v.gif", 4)
+    assert len(got) == 4 and np.array_equal(got[1], got[2]) and not np.array_equal(got[0], got[1])
+    (tmp_path / "notes.txt").write_text("not a video")
+    with pytest.raises(ValueError, match="not a video FFmpeg can read"):
+        read_video(tmp_path / "notes.txt", 2)
+
+
+def test_the_testbed_encodes_a_maze_video_by_inverting_its_renderer():
+    for size in (3, 4, 6):
+        for seed in range(8):
+            latent = maze_task.encode(maze_task.generate_maze(size, seed), 5)
+            video = maze_task.render(latent)
+            assert np.array_equal(maze_task.latent_from_frames(video, size), latent)
+            large = video.repeat(9, 1).repeat(9, 2)  # drawn large, as `interp data maze --pixels` draws it
+            assert np.array_equal(maze_task.latent_from_frames(large, size), latent)
+
+
+@pytest.fixture(scope="module")
+def mazes(tmp_path_factory):
+    from interp.tasks.maze_data import write_maze_samples
+
+    folder = tmp_path_factory.mktemp("mazes")
+    write_maze_samples(folder, size=4, n=6, frames=4, first_seed=3, pixels=36)
+    return folder
+
+
+def test_a_forward_noised_store_holds_the_schedulers_noising_of_the_video(mazes, tmp_path, run_cli):
+    """Each stored x_s is diffusers' FlowMatchEuler ``scale_noise`` of the video's latent with the run's noise at
+    that step's timestep; x0_hat is the model's reading of it; the final is the video."""
+    from interp.experiments.trace import TraceConfig
+
+    code, out, err = run_cli("trace", "--data", mazes, "--video-file", "ground_truth.gif", "--steps", "0,7,15",
+                             "--layers", "0", "--dtype", "float32", "--out", tmp_path / "v.h5")  # fmt: skip
+    assert code == 0, err
+    cfg = TraceConfig(data=str(mazes), video_file="ground_truth.gif", steps="0,7,15", layers="0", dtype="float32")
+    adapter = cfg.load()
+    videos = cfg.videos(adapter)
+    noise, cond = cfg.inputs(adapter, videos)
+    clean = torch.from_numpy(np.stack([maze_task.encode(v.sample.truth, 4) for v in videos]))
+    scheduler = adapter.make_scheduler(cfg.shift_of(adapter))
+    adapter.set_timesteps(scheduler, 20)
+    with ActivationStore(tmp_path / "v.h5") as store:
+        assert np.array_equal(store.final(), clean.numpy())
+        for step in store.steps:
+            t = scheduler.timesteps[step : step + 1]
+            expected = scheduler.scale_noise(clean, t, noise)
+            x_t = torch.from_numpy(store.x_t(steps=[step])[:, 0])
+            assert torch.allclose(x_t, expected, atol=1e-6), step
+            with torch.no_grad():
+                v = adapter.predict(expected, t[0], cond)
+            x0 = expected - float(scheduler.sigmas[step]) * v
+            assert torch.allclose(torch.from_numpy(store.x0_hat(steps=[step])[:, 0]), x0, atol=1e-4), step
+        meta = store.meta(0)
+    assert meta["noising"] == "forward" and meta["video_file"].endswith("ground_truth.gif")
+    assert meta["verdict"]["solved"]  # the ground truth, read back through the renderer's inverse
+    code, out, err = run_cli("probe", tmp_path / "v.h5", "--target", "on_path", "--folds", 2, "--out", tmp_path / "p")
+    assert code == 0 and "the video's VAE latent alone" in out, err
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "p" / "probes.csv")
+    assert np.isfinite(table["vae_latent"]).all() and table["vae_latent"].nunique() == 1
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_an_inverted_video_regenerates_within_tolerance(mazes, tmp_path, solver):
+    """Inversion from the video to noise, then regeneration from that noise with the model's own sampler, returns
+    the video (relative latent error under 2%, the verifier's verdict unchanged); the store's x_s follow the
+    inverted trajectory."""
+    from interp.experiments.trace import TraceConfig, run_trace
+    from interp.videos import invert
+
+    cfg = TraceConfig(data=str(mazes), video_file="ground_truth.gif", noising="invert", solver=solver, steps="0,10",
+                      layers="0", dtype="float32")  # fmt: skip
+    store_path = run_trace(cfg, tmp_path / "i.h5", progress=False)
+    adapter = cfg.load()
+    videos = cfg.videos(adapter)
+    _, cond = cfg.inputs(adapter, videos)
+    clean = torch.from_numpy(np.stack([maze_task.encode(v.sample.truth, 4) for v in videos]))
+    trajectory = invert(adapter, clean, cond, adapter.make_scheduler(cfg.shift_of(adapter)), 20, solver)
+    with ActivationStore(store_path) as store:
+        errors = [store.meta(v)["inversion"]["reconstruction_error"] for v in store.completed_videos]
+        assert all(store.meta(v)["verdict"]["solved"] for v in store.completed_videos)
+        for step in (0, 10):
+            assert torch.allclose(torch.from_numpy(store.x_t(steps=[step])[:, 0]), trajectory[step], atol=1e-5)
+    assert max(errors) < 0.02, errors
+
+
+def test_inversion_needs_a_flow_and_bad_video_choices_are_one_line(mazes, tmp_path, run_cli):
+    from types import SimpleNamespace
+
+    from interp.experiments.trace import TraceConfig
+    from interp.videos import check_videos
+
+    cfg = TraceConfig(data=str(mazes), video_file="ground_truth.gif", noising="invert")
+    with pytest.raises(ValueError, match="predicts v_prediction: use --noising forward"):
+        check_videos(cfg, SimpleNamespace(prediction="v_prediction", name="cogvideox"), cfg.videos(cfg.load()))
+    for args, expected in ((["--data", mazes, "--video-file", "nope.mp4"], "nope.mp4 is not there"),
+                           (["--video-file", "a.mp4"], "give --data DIR"),
+                           (["--noising", "invert"], "give --video-file"),
+                           (["--data", mazes, "--video-file", "../a.gif"], "not a path")):  # fmt: skip
+        code, _, err = run_cli("trace", *args, "--out", tmp_path / "x.h5")
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_pipeline_encodes_a_video_as_its_vae_and_noises_it_with_its_scheduler(tmp_path, run_cli):
+    """Tiny Wan with UniPC (the scheduler Wan ships): the clean latent is the pipeline VAE's posterior mode of the
+    processed video, normalised as WanImageToVideoPipeline normalises latents; each stored x_s is UniPC's
+    ``add_noise`` of it at that step."""
+    from diffusers import DiffusionPipeline
+    from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
+
+    from interp.models.base import PipelineSpec
+    from interp.models.loading import load_model
+
+    folder = build_tiny_wan(tmp_path / "wan", unipc=True)
+    data = write_samples(tmp_path / "data", n=2)
+    rng = np.random.default_rng(1)
+    for sample in sorted(data.iterdir()):
+        _write_lossless(sample / "clip.mkv", rng.integers(0, 255, (7, 40, 40, 3), dtype=np.uint8))
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    adapter = load_model(folder, PipelineSpec(32, 32, 5))
+    frames = read_video(data / "sample_000" / "clip.mkv", 5)
+    video = pipe.video_processor.preprocess_video([Image.fromarray(f) for f in frames], 32, 32)
+    z = retrieve_latents(pipe.vae.encode(video), sample_mode="argmax")
+    mean = torch.tensor(pipe.vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = 1.0 / torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1)
+    expected = (z - mean) * std  # WanImageToVideoPipeline.prepare_latents
+    assert torch.allclose(adapter.encode_video(frames, 32, 32), expected, atol=1e-6)
+    code, _, err = run_cli("trace", "--model", folder, "--data", data, "--video-file", "clip.mkv", "--height", 32,
+                           "--width", 32, "--num-frames", 5, "--num-steps", 4, "--steps", "0,2", "--layers", "0",
+                           "--dtype", "float32", "--out", tmp_path / "w.h5")  # fmt: skip
+    assert code == 0, err
+    from interp.experiments.trace import TraceConfig
+
+    cfg = TraceConfig.from_dict({**json.loads((tmp_path / "w.h5.config.json").read_text())})
+    videos = cfg.videos(adapter)
+    noise, _ = cfg.inputs(adapter, videos)
+    clean = torch.cat([adapter.encode_video(read_video(data / v.sample.name / "clip.mkv", 5), 32, 32) for v in videos])
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(4)
+    with ActivationStore(tmp_path / "w.h5") as store:
+        for step in (0, 2):
+            noised = scheduler.add_noise(clean, noise, scheduler.timesteps[step : step + 1])
+            assert torch.allclose(torch.from_numpy(store.x_t(steps=[step])[:, 0]), noised, atol=1e-5), step
+        assert np.allclose(store.final(), clean.numpy(), atol=1e-6)
