@@ -187,3 +187,28 @@ def test_a_pipeline_encodes_a_video_as_its_vae_and_noises_it_with_its_scheduler(
             noised = scheduler.add_noise(clean, noise, scheduler.timesteps[step : step + 1])
             assert torch.allclose(torch.from_numpy(store.x_t(steps=[step])[:, 0]), noised, atol=1e-5), step
         assert np.allclose(store.final(), clean.numpy(), atol=1e-6)
+
+
+def test_given_videos_set_the_same_mazes_ground_truth_beside_the_models_generations(tmp_path, run_cli):
+    """`interp given_videos STORE`: the ground-truth videos of the store's own mazes and noise seeds (at sigma 1
+    both stores hold the same x_s: the noise), probed on the same target per (step, layer) with the controls."""
+    from interp.experiments.trace import TraceConfig, run_trace
+
+    store = run_trace(TraceConfig(n=6, steps="0,10,19", layers="0,6", dtype="float32", first_seed=7),
+                      tmp_path / "g.h5", progress=False)  # fmt: skip
+    code, out, err = run_cli("given_videos", store, "--folds", 2, "--out", tmp_path / "gv")
+    assert code == 0, err
+    record = json.loads((tmp_path / "gv" / "given_videos.json").read_text())
+    with ActivationStore(store) as generated, ActivationStore(record["video_store"]) as given:
+        seeds = [[(s.meta(v)["maze_seed"], s.meta(v)["noise_seed"]) for v in s.completed_videos] for s in (generated,
+                                                                                                          given)]
+        assert seeds[0] == seeds[1] == [(7 + i, 7 + i) for i in range(6)]  # the same mazes, the same noise seeds
+        assert np.array_equal(generated.x_t(steps=[0]), given.x_t(steps=[0]))  # sigma 1: both hold the noise
+        assert not np.array_equal(generated.x_t(steps=[10]), given.x_t(steps=[10]))
+        assert all(given.meta(v)["verdict"]["solved"] for v in given.completed_videos)
+    assert {(r["store"], r["step"]) for r in record["rows"]} == {(k, s) for k in ("generated", "given video")
+                                                                 for s in (0, 10, 19)}  # fmt: skip
+    manifest = json.loads((tmp_path / "gv" / "run.json").read_text())
+    assert manifest["claims"][0]["verdict"] in ("shows", "does not show", "cannot tell")
+    code, _, err = run_cli("given_videos", record["video_store"], "--out", tmp_path / "again")
+    assert code == 2 and "traced from given videos already" in err
