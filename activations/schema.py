@@ -142,9 +142,14 @@ class StoreLayout:
     def differences(self, other: StoreLayout) -> list[str]:
         """Fields that differ; in ``extra``, and in its records (``trace_config``), only keys both layouts
         have (a key one side lacks is a description a newer toolkit records, e.g. ``latent_frame_axis``, or a
-        config field added since, not a different setting: those are the layout's own fields)."""
+        config field added since, not a different setting: those are the layout's own fields); a model config's
+        ``_name_or_path`` (the folder it was loaded from) is not compared."""
         mine, theirs = asdict(self), asdict(other)
         mine["extra"], theirs["extra"] = _shared(_renamed(mine["extra"]), _renamed(theirs["extra"]))
+        for side in (mine, theirs):  # where the weights were read from is not what they are (a moved checkout)
+            side["model_config"] = {expert: {k: v for k, v in config.items() if k != "_name_or_path"}
+                                    if isinstance(config, dict) else config
+                                    for expert, config in side["model_config"].items()}  # fmt: skip
         return [k for k in mine if json.dumps(mine[k], sort_keys=True) != json.dumps(theirs[k], sort_keys=True)]
 
 

@@ -180,6 +180,30 @@ def test_resuming_with_other_settings_is_refused(tmp_path, tiny):
         run_trace(TraceConfig(model=model_dir, n=2, steps="0", layers="1"), tmp_path / "r.h5", progress=False)
 
 
+def test_a_store_resumes_from_another_checkout_of_the_shipped_testbed(tmp_path, monkeypatch):
+    """The folder the weights were read from (``_name_or_path`` of the model config) is not a setting: a store of
+    ``--model testbed`` begun in one checkout resumes in another (the same name, the same weights elsewhere);
+    weights of another config under that name are refused."""
+    import json
+    import shutil
+
+    from activations import ActivationStore
+    from interp.models import registry
+
+    cfg = TraceConfig(n=2, steps="0", layers="0", num_steps=4)
+    run_trace(cfg, tmp_path / "m.h5", progress=False)
+    entry, folder = registry.resolve("testbed")
+    checkout = Path(shutil.copytree(folder, tmp_path / "other_checkout"))
+    monkeypatch.setitem(registry._NAMED, "testbed", (entry, checkout))
+    run_trace(cfg, tmp_path / "m.h5", progress=False)  # opens, checks, finds every video done
+    with ActivationStore(tmp_path / "m.h5") as store:
+        assert store.completed_videos == [0, 1]
+    config = json.loads((checkout / "config.json").read_text())
+    (checkout / "config.json").write_text(json.dumps({**config, "eps": 1e-5}))
+    with pytest.raises(StoreError, match="model_config differ"):
+        run_trace(cfg, tmp_path / "m.h5", progress=False)
+
+
 KILL_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
