@@ -70,6 +70,12 @@ def test_demo_writes_every_artefact_and_prints_headlines(demo_run):
     assert study["options"]["n_trace"] == 8 and len(study["headline"]) >= 7
 
 
+def _figures(out) -> list:
+    """The PNGs a run drew: every one under the run folder but the sample folders it wrote as data (a maze
+    sample's puzzle and solution frames, beside its prompt.txt: the given-videos stage's inputs)."""
+    return [p for p in out.rglob("*.png") if not (p.parent / "prompt.txt").is_file()]
+
+
 def test_report_links_every_artefact(demo_run):
     out, _ = demo_run
     page = (out / "report.html").read_text()
@@ -77,7 +83,7 @@ def test_report_links_every_artefact(demo_run):
     embedded = set(re.findall(r'data-file="([^"]*)"', page))
     for path in ARTEFACTS[:-1]:
         assert _resolve(out, path) in links, f"{path} not linked"
-    for png in out.rglob("*.png"):
+    for png in _figures(out):
         assert png.relative_to(out).as_posix() in embedded, f"{png} not shown"
     # Intervention videos play inline beside each other: the ensemble's one seed / ensemble / control.
     assert len([f for f in embedded if f.startswith("ensemble/videos/") and f.endswith(".gif")]) == 3
@@ -126,7 +132,7 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(demo_run, t
     body = re.search(r"<body([^>]*)>", dom).group(1)
     attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body))
     gifs = {f for f in re.findall(r'data-file="([^"]*)"', page.read_text()) if f.endswith(".gif")}  # videos inline
-    n_images = len(list(out.rglob("*.png"))) + len(gifs)
+    n_images = len(_figures(out)) + len(gifs)
     assert int(attrs["data-images"]) == n_images, attrs
     assert attrs["data-images-loaded"] == attrs["data-images"], f"broken: {attrs.get('data-images-broken')}"
     shot = tmp_path / "report.png"
