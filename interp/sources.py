@@ -21,7 +21,8 @@ from interp.models.base import PipelineSpec, VideoDiTAdapter
 from interp.models.loading import load_model
 from interp.samples import Sample, Video, choose_samples, read_samples
 from interp.tasks import maze as maze_task
-from interp.validation import MAX_SIZE, SEED
+from interp.validation import MAX_SIZE, SEED, Rule
+from interp.videos import NOISINGS, SOLVERS
 
 
 def default_dtype(device: str, torch_dtype: str | None) -> str:
@@ -61,7 +62,12 @@ class SourceConfig:
     ``height``/``width``, ``torch_dtype``). This is the one place that asks which kind of family it is.
     """
 
-    field_rules = {"seed": SEED}
+    field_rules = {"seed": SEED, "noising": Rule(lambda x: x in NOISINGS, "one of " + ", ".join(NOISINGS)),
+                   "solver": Rule(lambda x: x in SOLVERS, "one of " + ", ".join(SOLVERS))}  # fmt: skip
+    # How this experiment may read a given video (``video_file``): ``invert`` (its runs start from the video's
+    # inverted noise: a trajectory that regenerates it, resumable as any run), ``forward`` (a trace's x_s
+    # only: no trajectory to continue); () none (an experiment that draws its own noise per seed).
+    video_noisings: ClassVar[tuple[str, ...]] = ("invert",)
     old_spellings: ClassVar[dict[str, str]] = {"frames": "num_frames"}  # configs written before one source
     cli_help = {
         "model": "A shipped testbed (testbed, testbed-mixed), a folder of testbed weights, or a pipeline folder.",
@@ -84,6 +90,11 @@ class SourceConfig:
         "device": "Torch device.",
         "torch_dtype": "float32 (default on CPU), bfloat16 (default elsewhere).",
         "batch_size": "Videos per forward; default: the family's.",
+        "video_file": "A real video: this file of each sample folder (e.g. ground_truth.mp4) is the clean sample the "
+                      "runs follow.",
+        "noising": "With --video-file: forward (each step's x_s the scheduler's noising of the video; trace only) "
+                   "or invert (the flow ODE run from the video to noise: runs regenerate it from there).",
+        "solver": "With --noising invert: euler or heun.",
     }
     cli_flags = {"n": ("-n", "--n"), "num_frames": ("--num-frames", "--frames"), "seeds": ("--seed",)}
 
@@ -106,6 +117,10 @@ class SourceConfig:
     true_cfg_scale: float | None = None  # HunyuanVideo's true CFG (None: off)
     device: str = "cpu"
     torch_dtype: str | None = None  # None: float32 on CPU, bfloat16 elsewhere (recorded resolved)
+    # Real videos in (``interp.videos``): a file of each sample folder is the clean sample; None: generated.
+    video_file: str | None = None
+    noising: str = "forward"
+    solver: str = "euler"
 
     def __post_init__(self):
         self.torch_dtype = default_dtype(self.device, self.torch_dtype)
@@ -187,6 +202,23 @@ class SourceConfig:
         elif self.shift is not None:
             raise ValueError("--shift is the testbed's sampler; a pipeline samples with its own scheduler's shift "
                              "(set in the folder's scheduler_config.json)")  # fmt: skip
+        self._check_video()
+
+    def _check_video(self) -> None:
+        defaults = type(self).__dataclass_fields__
+        if self.video_file is None:
+            if (self.noising, self.solver) != (defaults["noising"].default, defaults["solver"].default):
+                raise ValueError("--noising and --solver choose how a given video is read: give --video-file")
+            return
+        if not self.video_noisings:
+            raise ValueError("--video-file: this experiment draws its own noise per seed; it does not read videos")
+        if self.data is None:
+            raise ValueError("--video-file names a file of each sample folder: give --data DIR")
+        if Path(self.video_file).name != self.video_file:
+            raise ValueError(f"--video-file {self.video_file!r}: a file name inside each sample folder, not a path")
+        if self.noising not in self.video_noisings:
+            raise ValueError(f"--noising {self.noising}: each step's x_s is then set, with no trajectory to resume; "
+                             f"this experiment takes --noising {' or '.join(self.video_noisings)}")  # fmt: skip
 
     def load(self, skeleton: bool = False) -> VideoDiTAdapter:
         """The model through its family. ``skeleton``: the adapter built from the folder's configs alone on
@@ -204,7 +236,12 @@ class SourceConfig:
         read = _VIDEOS_READ.get(id(self))
         if read is None or read[0]() is not self or read[1] != key:
             ref = weakref.ref(self, lambda _, i=id(self): _VIDEOS_READ.pop(i, None))
-            read = _VIDEOS_READ[id(self)] = (ref, key, self._read_videos(adapter))
+            found = self._read_videos(adapter)
+            if self.video_file is not None:  # every sample folder holds its video; an inversion has a flow
+                from interp.videos import check_videos
+
+                check_videos(self, adapter, found)
+            read = _VIDEOS_READ[id(self)] = (ref, key, found)
         return list(read[2])
 
     def _read_videos(self, adapter: VideoDiTAdapter) -> list[Video]:
@@ -252,15 +289,27 @@ class SourceConfig:
         float32, as its pipeline prepares them."""
         return initial_noise(seeds, shape, adapter.device, adapter.dtype if adapter.task else torch.float32)
 
-    def inputs(self, adapter: VideoDiTAdapter, videos: list[Video]) -> tuple[torch.Tensor, object]:
-        """(noise, conditioning) of ``videos``, row i for video i; each row's noise drawn from its seed alone."""
+    def inputs(self, adapter: VideoDiTAdapter, videos: list[Video], drawn: bool = False) -> tuple[torch.Tensor, object]:
+        """(noise, conditioning) of ``videos``, row i for video i; each row's noise drawn from its seed alone. With
+        ``video_file`` and ``noising invert`` the noise is each video's inverted latent at the first step: a run
+        from it regenerates the video (``drawn``: the drawn noise all the same, for a trace's own hook)."""
         noise = self.noise(adapter, [v.seed for v in videos], self.latent_shape(adapter, videos))
         if adapter.task:
-            return noise, adapter.conditioning([v.sample.truth for v in videos], self.frames_of(adapter))
-        samples = [v.sample for v in videos]
-        adapter.check_prompt_tokens(self.max_sequence_length_of(adapter))
-        return noise, sample_conditioning(adapter, samples, noise, self.video_spec(adapter), self.negative_prompt,
-                                          self.max_sequence_length_of(adapter))  # fmt: skip
+            cond = adapter.conditioning([v.sample.truth for v in videos], self.frames_of(adapter))
+        else:
+            adapter.check_prompt_tokens(self.max_sequence_length_of(adapter))
+            cond = sample_conditioning(adapter, [v.sample for v in videos], noise, self.video_spec(adapter),
+                                       self.negative_prompt, self.max_sequence_length_of(adapter))  # fmt: skip
+        if self.video_file is None or drawn:
+            return noise, cond
+        from interp.videos import clean_latents, invert
+
+        if self.noising != "invert":  # a forward-noised video has no noise that regenerates it
+            raise ValueError("--noising forward sets each step's x_s with no trajectory to resume: use --noising "
+                             "invert")  # fmt: skip
+        clean = clean_latents(self, adapter, videos)[0].to(noise)
+        scheduler = adapter.make_scheduler(self.shift_of(adapter))
+        return invert(adapter, clean, cond, scheduler, self.num_steps_of(adapter), self.solver)[0], cond
 
     def metas(self, adapter: VideoDiTAdapter, videos: list[Video], latents: torch.Tensor) -> list[dict]:
         """What the store records of finished videos: their inputs and, for a task's own model, the
@@ -283,7 +332,8 @@ class MazeSizes:
     """A source over several maze sizes (mixed into a ``SourceConfig`` with a ``sizes`` field): one source
     per size of the testbed's generated mazes, or the data folder's samples (then ``--size`` is refused)."""
 
-    cli_hidden = ("size",)  # each group's size is one of ``sizes``
+    cli_hidden = ("size", "video_file", "noising", "solver")  # each group's size is one of ``sizes``; no videos
+    video_noisings = ()  # it draws its own noise per seed
 
     def groups(self) -> list:
         return [replace(self, size=size) for size in self.sizes] if self.data is None else [self]

@@ -78,7 +78,7 @@ def test_a_forward_noised_store_holds_the_schedulers_noising_of_the_video(mazes,
     cfg = TraceConfig(data=str(mazes), video_file="ground_truth.gif", steps="0,7,15", layers="0", dtype="float32")
     adapter = cfg.load()
     videos = cfg.videos(adapter)
-    noise, cond = cfg.inputs(adapter, videos)
+    noise, cond = cfg.inputs(adapter, videos, drawn=True)
     clean = torch.from_numpy(np.stack([maze_task.encode(v.sample.truth, 4) for v in videos]))
     scheduler = adapter.make_scheduler(cfg.shift_of(adapter))
     adapter.set_timesteps(scheduler, 20)
@@ -117,7 +117,7 @@ def test_an_inverted_video_regenerates_within_tolerance(mazes, tmp_path, solver)
     store_path = run_trace(cfg, tmp_path / "i.h5", progress=False)
     adapter = cfg.load()
     videos = cfg.videos(adapter)
-    _, cond = cfg.inputs(adapter, videos)
+    _, cond = cfg.inputs(adapter, videos, drawn=True)
     clean = torch.from_numpy(np.stack([maze_task.encode(v.sample.truth, 4) for v in videos]))
     trajectory = invert(adapter, clean, cond, adapter.make_scheduler(cfg.shift_of(adapter)), 20, solver)
     with ActivationStore(store_path) as store:
@@ -178,7 +178,7 @@ def test_a_pipeline_encodes_a_video_as_its_vae_and_noises_it_with_its_scheduler(
 
     cfg = TraceConfig.from_dict({**json.loads((tmp_path / "w.h5.config.json").read_text())})
     videos = cfg.videos(adapter)
-    noise, _ = cfg.inputs(adapter, videos)
+    noise, _ = cfg.inputs(adapter, videos, drawn=True)
     clean = torch.cat([adapter.encode_video(read_video(data / v.sample.name / "clip.mkv", 5), 32, 32) for v in videos])
     scheduler = pipe.scheduler
     scheduler.set_timesteps(4)
@@ -212,3 +212,31 @@ def test_given_videos_set_the_same_mazes_ground_truth_beside_the_models_generati
     assert manifest["claims"][0]["verdict"] in ("shows", "does not show", "cannot tell")
     code, _, err = run_cli("given_videos", record["video_store"], "--out", tmp_path / "again")
     assert code == 2 and "traced from given videos already" in err
+
+
+def test_causal_runs_start_from_the_inverted_noise_and_regenerate_the_video(mazes, tmp_path, run_cli):
+    """Item 5: with --video-file and --noising invert, every run of a causal experiment starts from the video's
+    inverted noise, so its recorded run regenerates the video and resumes as any recorded run (self-patching
+    changes nothing); noise at a step reads against it. --noising forward (no trajectory) is refused there, and
+    an experiment that draws its own noise per seed takes no video."""
+    from interp.api import block, copy_from, run
+    from interp.experiments.perturb import PerturbConfig
+
+    cfg = PerturbConfig(data=str(mazes), video_file="ground_truth.gif", noising="invert")
+    adapter = cfg.load()
+    videos = cfg.videos(adapter)
+    noise, cond = cfg.inputs(adapter, videos)
+    clean = torch.from_numpy(np.stack([maze_task.encode(v.sample.truth, 4) for v in videos]))
+    base = run(adapter, noise, cond, sites=[block(3)], num_steps=20)
+    error = (base.final - clean).flatten(1).norm(dim=1) / clean.flatten(1).norm(dim=1)
+    assert error.max() < 0.02 and all(base.solved([v.sample.truth for v in videos]))
+    patched = run(adapter, noise, cond, num_steps=20, interventions=[copy_from(base, block(3), steps=[10])])
+    assert torch.equal(patched.final, base.final)
+    common = ["--data", mazes, "--video-file", "ground_truth.gif"]
+    code, out, err = run_cli("perturb", *common, "--noising", "invert", "--steps", "0,10", "--frames-to-noise", 1,
+                             "--out", tmp_path / "p")  # fmt: skip
+    assert code == 0 and "no noise: 1.00 solved" in out, err
+    code, _, err = run_cli("perturb", *common, "--out", tmp_path / "q")
+    assert code == 2 and "this experiment takes --noising invert" in err and not (tmp_path / "q").exists()
+    code, _, err = run_cli("ensemble", *common, "--out", tmp_path / "e")
+    assert code == 2 and "--video-file" in err and not (tmp_path / "e").exists()

@@ -25,8 +25,7 @@ from interp.execution.capture import build_layout, trace_batch
 from interp.experiments.base import Experiment, ExperimentConfig, register
 from interp.manifest import Manifest
 from interp.sources import SourceConfig, Video
-from interp.validation import Rule
-from interp.videos import NOISINGS, SOLVERS
+from interp.videos import NOISINGS
 
 
 @dataclass
@@ -44,14 +43,7 @@ class TraceConfig(SourceConfig, ExperimentConfig):
     branch: str = "cond"
     attention: bool = False  # also the frame-attention statistics of each chosen layer's self-attention
     cross_attention: bool = False  # and of its cross-attention (attn2), per key group (text; Wan I2V: image)
-    # Real videos in (``interp.videos``): a video file of each sample folder is the clean sample; each step's x_s
-    # is its forward noising, or the step of its ODE inversion; None: the model's own generation.
-    video_file: str | None = None
-    noising: str = "forward"
-    solver: str = "euler"
-
-    field_rules = {"noising": Rule(lambda x: x in NOISINGS, "one of " + ", ".join(NOISINGS)),
-                   "solver": Rule(lambda x: x in SOLVERS, "one of " + ", ".join(SOLVERS))}  # fmt: skip
+    video_noisings = NOISINGS  # a store of a given video: each step's x_s its noising, or its inversion
 
     cli_help = {
         **SourceConfig.cli_help,
@@ -65,11 +57,6 @@ class TraceConfig(SourceConfig, ExperimentConfig):
         "branch": "The guidance branch stored: cond or uncond.",
         "attention": "Also store frame-attention statistics per head.",
         "cross_attention": "Also store cross-attention statistics.",
-        "video_file": "Trace a real video: this file of each sample folder (e.g. ground_truth.mp4) is encoded into "
-                      "the clean latent and the model reads it at every step's noise level.",
-        "noising": "With --video-file: forward (each x_s the scheduler's noising of the video) or invert (the flow "
-                   "ODE run from the video to noise with the model's velocity).",
-        "solver": "With --noising invert: euler or heun.",
     }
     cli_flags = {**SourceConfig.cli_flags, "subs": ("--sub",)}
 
@@ -77,16 +64,6 @@ class TraceConfig(SourceConfig, ExperimentConfig):
         ExperimentConfig.__post_init__(self)  # interp.validation: types and ranges
         SourceConfig.__post_init__(self)
 
-    def check(self, pipeline: bool | None = None) -> None:
-        super().check(pipeline)
-        defaults = type(self).__dataclass_fields__
-        if self.video_file is None and (self.noising, self.solver) != (defaults["noising"].default,
-                                                                        defaults["solver"].default):
-            raise ValueError("--noising and --solver choose how a real video is traced: give --video-file")
-        if self.video_file is not None and self.data is None:
-            raise ValueError("--video-file names a file of each sample folder: give --data DIR")
-        if self.video_file is not None and Path(self.video_file).name != self.video_file:
-            raise ValueError(f"--video-file {self.video_file!r}: a file name inside each sample folder, not a path")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -127,11 +104,7 @@ def plan_trace(cfg: TraceConfig, adapter) -> TracePlan:
     sites = adapter.site_names(layers, tuple(cfg.subs))
     for site in sites:
         adapter.site_path(site)  # validates site names before any compute
-    videos = cfg.videos(adapter)
-    if cfg.video_file is not None:  # real videos in: each sample folder's file, read when its batch is traced
-        from interp.videos import check_videos
-
-        check_videos(cfg, adapter, videos)
+    videos = cfg.videos(adapter)  # a given video's file checked there; read when its batch is traced
     # ``data`` only where given: a testbed store traced before the field existed still resumes
     batch_size = cfg.batch_of(adapter, cfg.batch_size)
     generated = ("n", "size", "first_seed") if cfg.data is not None else ()  # the folder decides these
@@ -190,7 +163,7 @@ class TraceJob:
         """Trace a contiguous run of videos into one part of ``writer``'s store."""
         cfg, adapter, plan = self.cfg, self.adapter, self.plan
         chosen = [plan.videos[v] for v in videos]
-        noise, conditioning = cfg.inputs(adapter, chosen)
+        noise, conditioning = cfg.inputs(adapter, chosen, drawn=True)  # a given video's x_s are set by its hook
         hooks, read = [], [{} for _ in chosen]
         if cfg.video_file is not None:  # a real video: the store's x_s are its noising or its inversion
             from interp.videos import video_hook

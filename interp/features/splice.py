@@ -50,6 +50,9 @@ def splice_runs(store, videos: list[int]) -> SpliceRuns:
     if not isinstance(record, dict):
         raise ValueError(f"{store.path} records no trace config: the splice-in score re-runs the store's videos")
     cfg = TraceConfig.from_dict({"experiment": "trace", **record})
+    if cfg.video_file is not None and cfg.noising != "invert":
+        raise ValueError(f"{store.path} holds forward-noised videos: no trajectory to continue a run along (trace "
+                         "them with --noising invert)")  # fmt: skip
     adapter = cfg.load()
     keys = [store.layout.video_keys[v] for v in videos]
     by_key = {v.key: v for v in cfg.videos(adapter)}
