@@ -180,9 +180,11 @@ def feature_edit(sae, site: str, feature: int, mode: str = "ablate", value: floa
     random direction of the same norm: the control)."""
     if mode not in FEATURE_MODES:
         raise ValueError(f"mode must be one of {', '.join(FEATURE_MODES)}, got {mode!r}")
-    if not 0 <= feature < int(sae.cfg.d_sae):
+    if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)) or not 0 <= feature < int(sae.cfg.d_sae):
         raise ValueError(f"feature {feature} is not a latent of this SAE (0-{int(sae.cfg.d_sae) - 1})")
-    d = sae.W_dec[feature].detach() if direction is None else torch.as_tensor(np.asarray(direction))
+    d = sae.W_dec[feature].detach() if direction is None else torch.as_tensor(np.asarray(direction, dtype=np.float32))
+    if tuple(d.shape) != tuple(sae.W_dec.shape[1:]):
+        raise ValueError(f"direction must have the SAE's input width {sae.W_dec.shape[1]}, got shape {tuple(d.shape)}")
 
     def fn(v: torch.Tensor, step: int) -> torch.Tensor:
         x = v.reshape(-1, v.shape[-1]).to(sae.device, torch.float32)

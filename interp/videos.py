@@ -27,31 +27,38 @@ NOISINGS = ("forward", "invert")
 def read_video(path: str | Path, num_frames: int) -> np.ndarray:
     """The first ``num_frames`` RGB frames (T, H, W, 3) uint8 of a video file, decoded by PyAV (FFmpeg), as a player
     shows them at the video's frame period (the shortest time a frame is shown): a frame held twice as long
-    (an encoder merges repeated frames, as GIF writers do) counts twice."""
+    (an encoder merges repeated frames, as GIF writers do, the last ones too) counts twice."""
     import av
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no video at {path}")
-    frames, times = [], []
+    frames, starts, ends = [], [], []
+
+    def period() -> float:
+        gaps = [b - a for a, b in zip(starts, starts[1:]) if b > a] + [e - s for s, e in zip(starts, ends) if e > s]
+        return min(gaps, default=1.0)
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ValueError(f"{path} holds no video stream")
             for frame in container.decode(video=0):
+                start = float(frame.time) if frame.time is not None else float(len(starts))
+                shown = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
                 frames.append(frame.to_ndarray(format="rgb24"))
-                times.append(float(frame.time) if frame.time is not None else float(len(times)))
-                period = min((b - a for a, b in zip(times, times[1:]) if b > a), default=None)
-                if period is not None and (times[-1] - times[0]) / period >= num_frames - 1:
+                starts.append(start)
+                ends.append(start + shown)
+                if ends[-1] - starts[0] >= num_frames * period() - 1e-9:
                     break
     except av.error.FFmpegError as err:
         raise ValueError(f"{path} is not a video FFmpeg can read ({err})") from None
-    period = min((b - a for a, b in zip(times, times[1:]) if b > a), default=1.0)
-    shown = [int(np.searchsorted(times, times[0] + j * period + period / 2, side="right")) - 1
-             for j in range(num_frames)]  # fmt: skip
-    if not frames or times[-1] < times[0] + (num_frames - 1) * period - period / 2:
-        raise ValueError(f"{path} shows {round((times[-1] - times[0]) / period) + 1 if frames else 0} frames; the "
-                         f"model takes {num_frames}")  # fmt: skip
+    step = period()
+    end = max(ends[-1], starts[-1] + step) if frames else 0.0  # a last frame of unknown length: one period
+    shows = round((end - starts[0]) / step) if frames else 0
+    if shows < num_frames:
+        raise ValueError(f"{path} shows {shows} frames; the model takes {num_frames}")
+    shown = [int(np.searchsorted(starts, starts[0] + j * step + step / 2, side="right")) - 1 for j in range(num_frames)]
     return np.stack([frames[i] for i in shown])
 
 
@@ -68,16 +75,34 @@ class ForwardNoising(StepHook):
     """At every step x_s is the scheduler's noising of ``clean`` (or, given ``trajectory``, that step's inverted
     latent); after the last step the latents are the clean latent itself: the store's final is the video."""
 
-    def __init__(self, clean: torch.Tensor, noise: torch.Tensor, num_steps: int, trajectory=None):
+    def __init__(self, clean: torch.Tensor, noise: torch.Tensor, num_steps: int, trajectory=None, adapter=None):
         self.clean, self.noise, self.num_steps, self.trajectory = clean, noise, num_steps, trajectory
+        self.adapter = adapter  # its tokens held clean (an image-to-video first frame) stay the video's
 
     def before_model(self, state: StepState) -> torch.Tensor:
         if self.trajectory is not None:
             return self.trajectory[state.step].to(state.latents)
-        return noised(state.scheduler, self.clean.to(state.latents), self.noise.to(state.latents), state.timestep)
+        x = noised(state.scheduler, self.clean.to(state.latents), self.noise.to(state.latents), state.timestep)
+        return hold_clean(self.adapter, x, self.clean.to(x)) if self.adapter is not None else x
 
     def after_step(self, state: StepState) -> torch.Tensor | None:
         return self.clean.to(state.latents) if state.step == self.num_steps - 1 else None
+
+
+def hold_clean(adapter, x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """``x`` with the tokens the model holds clean (``clean_latent_frames``: Wan 2.2 TI2V's, LTX image-to-video's
+    first frame) set to the video's: the model reads them as given, never noised."""
+    frames = adapter.clean_latent_frames(tuple(clean.shape[1:]))
+    if not frames:
+        return x
+    x = x.clone()
+    if adapter.latent_frame_axis is not None:
+        index = [slice(None)] * x.ndim
+        index[adapter.latent_frame_axis + 1] = frames
+        x[tuple(index)] = clean[tuple(index)]
+    else:  # packed tokens, the first frame's first (LTX)
+        x[:, : adapter.clean_tokens] = clean[:, : adapter.clean_tokens]
+    return x
 
 
 def invert(
@@ -93,18 +118,19 @@ def invert(
                          f"{adapter.prediction}: use --noising forward")  # fmt: skip
     adapter.set_timesteps(scheduler, num_steps, clean.device)
     sigmas = [float(s) for s in scheduler.sigmas]
-    scale = float(scheduler.config.num_train_timesteps)
+    # The model reads each point at the timestep a generation gives it there (UniPC's are whole numbers); sigma 0: 0.
+    timesteps = [*scheduler.timesteps.to(clean.device), torch.zeros((), device=clean.device)]
     out = [None] * num_steps
     x = clean
     with torch.no_grad():
         for k in reversed(range(num_steps)):
             here, there = sigmas[k + 1], sigmas[k]
-            v = adapter.predict(x, torch.tensor(here * scale, device=x.device), conditioning).to(x.dtype)
+            v = adapter.predict(x, timesteps[k + 1].to(timesteps[k].dtype), conditioning).to(x.dtype)
             step = x + (there - here) * v
             if solver == "heun":
-                v_end = adapter.predict(step, torch.tensor(there * scale, device=x.device), conditioning).to(x.dtype)
+                v_end = adapter.predict(hold_clean(adapter, step, clean), timesteps[k], conditioning).to(x.dtype)
                 step = x + (there - here) * (v + v_end) / 2
-            x = out[k] = step
+            x = out[k] = hold_clean(adapter, step, clean)
     return torch.stack(out)
 
 
@@ -153,4 +179,4 @@ def video_hook(cfg, adapter, videos: list, noise: torch.Tensor, conditioning, nu
         errors = ((again - flat).norm(dim=1) / flat.norm(dim=1).clamp_min(1e-12)).tolist()
         for meta, error in zip(metas, errors):
             meta["inversion"] = {"solver": cfg.solver, "reconstruction_error": error}
-    return ForwardNoising(clean, noise, num_steps, trajectory), metas
+    return ForwardNoising(clean, noise, num_steps, trajectory, adapter), metas

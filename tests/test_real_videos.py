@@ -43,6 +43,13 @@ def test_a_video_is_read_as_a_player_shows_it(tmp_path):
     images[0].save(tmp_path / "v.gif", save_all=True, append_images=images[1:], duration=100, loop=0)
     got = read_video(tmp_path / "v.gif", 4)
     assert len(got) == 4 and np.array_equal(got[1], got[2]) and not np.array_equal(got[0], got[1])
+    # ... the last frames too: a maze video of 16 frames whose agent arrives early ends on a merged frame
+    maze = maze_task.generate_maze(3, 0)
+    latent = maze_task.encode(maze, 16)
+    from interp.report.filmstrip import save_gif
+
+    save_gif(maze_task.render(latent), tmp_path / "m.gif", scale=1)
+    assert np.array_equal(maze_task.latent_from_frames(read_video(tmp_path / "m.gif", 16), 3), latent)
     (tmp_path / "notes.txt").write_text("not a video")
     with pytest.raises(ValueError, match="not a video FFmpeg can read"):
         read_video(tmp_path / "notes.txt", 2)
@@ -212,6 +219,10 @@ def test_given_videos_set_the_same_mazes_ground_truth_beside_the_models_generati
     assert manifest["claims"][0]["verdict"] in ("shows", "does not show", "cannot tell")
     code, _, err = run_cli("given_videos", record["video_store"], "--out", tmp_path / "again")
     assert code == 2 and "traced from given videos already" in err
+    other = run_trace(TraceConfig(n=6, steps="0,10,19", layers="0,6", dtype="float32", first_seed=30),
+                      tmp_path / "o.h5", progress=False)  # fmt: skip
+    code, _, err = run_cli("given_videos", other, "--folds", 2, "--out", tmp_path / "gv")  # the first run's folder
+    assert code == 2 and "holds other mazes" in err, err
 
 
 def test_causal_runs_start_from_the_inverted_noise_and_regenerate_the_video(mazes, tmp_path, run_cli):
@@ -240,3 +251,25 @@ def test_causal_runs_start_from_the_inverted_noise_and_regenerate_the_video(maze
     assert code == 2 and "this experiment takes --noising invert" in err and not (tmp_path / "q").exists()
     code, _, err = run_cli("ensemble", *common, "--out", tmp_path / "e")
     assert code == 2 and "--video-file" in err and not (tmp_path / "e").exists()
+
+
+
+def test_the_first_frame_an_image_to_video_model_holds_clean_stays_the_videos(tmp_path, run_cli):
+    """Wan 2.2 TI2V holds its first latent frame clean: a given video's stored x_s keep that frame as the video's
+    latent at every step (forward and inverted), the other frames noised as the scheduler noises them."""
+    from tiny_pipelines_i2v import build_tiny_wan_ti2v
+
+    folder = build_tiny_wan_ti2v(tmp_path / "ti2v")
+    data = write_samples(tmp_path / "data", n=1)
+    rng = np.random.default_rng(2)
+    _write_lossless(data / "sample_000" / "clip.mkv", rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8))
+    for noising in ("forward", "invert"):
+        code, _, err = run_cli("trace", "--model", folder, "--data", data, "--video-file", "clip.mkv", "--noising",
+                               noising, "--height", 32, "--width", 32, "--num-frames", 5, "--num-steps", 3,
+                               "--layers", "0", "--dtype", "float32", "--out", tmp_path / f"{noising}.h5")  # fmt: skip
+        assert code == 0, err
+        with ActivationStore(tmp_path / f"{noising}.h5") as store:
+            final, x_t = store.final(), store.x_t()
+            assert np.allclose(x_t[:, :, :, 0], final[:, None, :, 0], atol=1e-6), noising  # frame 0: the video's
+            assert not np.allclose(x_t[:, 0, :, 1:], final[:, :, 1:], atol=1e-3)  # the rest: noised
+

@@ -200,6 +200,8 @@ def test_a_feature_edit_is_the_sae_space_edit_on_its_tokens_only(trained):
     assert not torch.allclose(y[:, tokens], x[:, tokens])
     with pytest.raises(ValueError, match="not a latent of this SAE"):
         feature_edit(sae, site, int(sae.cfg.d_sae), "clamp")
+    with pytest.raises(ValueError, match="direction must have the SAE's input width"):
+        feature_edit(sae, site, j, "clamp", direction=np.ones(hidden + 1))
 
 
 def test_steer_sweeps_strength_beside_random_directions(trained, tmp_path, run_cli):
@@ -258,3 +260,25 @@ def test_a_dashboard_is_the_latents_own_numbers(trained):
     assert importance["latent distance"] == 0.0 and importance["latent distance random"] == 0.0
     live = splice_importance(runs, sae, row["site"], 9, j)
     assert live["latent distance"] > 0
+
+
+def test_a_step_shared_sae_is_read_and_steered_at_its_own_steps(tmp_path, run_cli):
+    """A step-shared SAE of one step reads in `sae features`; `sae steer --at-steps` reads it at each edited step
+    with that step's mean, and refuses a step it was not trained on."""
+    from interp.experiments.trace import TraceConfig, run_trace
+
+    store = run_trace(TraceConfig(n=6, steps="0,9", layers="3", num_steps=10, dtype="float32"), tmp_path / "t.h5",
+                      progress=False)  # fmt: skip
+    for steps, name in (("9", "one"), ("0,9", "two")):
+        code, _, err = run_cli("sae", "train", store, "--steps", steps, "--layers", 3, "--shared", "--training-tokens",
+                               4096, "--batch-size", 256, "--buffer-tokens", 1024, "--k", 8, "--test-fraction", 0.34,
+                               "--no-splice", "--out", tmp_path / name)  # fmt: skip
+        assert code == 0, err
+    code, _, err = run_cli("sae", "features", tmp_path / "one", "--target", "on_path", "--out", tmp_path / "f")
+    assert code == 0, err
+    common = ["sae", "steer", tmp_path / "two", "--layer", 3, "--step", 9, "--feature", 0, "--mode", "ablate",
+              "--strength", 1, "--n-random", 1]  # fmt: skip
+    code, _, err = run_cli(*common, "--at-steps", "0,9", "--out", tmp_path / "s")
+    assert code == 0, err
+    code, _, err = run_cli(*common, "--at-steps", "5", "--out", tmp_path / "s5")
+    assert code == 2 and "shared by steps [0, 9]" in err, err

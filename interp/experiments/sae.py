@@ -6,7 +6,7 @@ latents): a table and layers x steps heatmaps, like the probes'."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +163,8 @@ def run_sae(cfg: SAEConfig, out, progress: bool = True, executor=None) -> SAERes
         steps, sites = _slabs(cfg, store)
     units = [(site, tuple(steps) if cfg.shared else (step,), store_path, out_path) for site in sites
              for step in (steps[:1] if cfg.shared else steps)]  # fmt: skip
-    done = executor_or_local(executor).map(SWEEP, cfg, context, units, progress, "sparse autoencoders")
+    sent = replace(cfg, store=store_path)  # a worker opens the store wherever it runs
+    done = executor_or_local(executor).map(SWEEP, sent, context, units, progress, "sparse autoencoders")
     rows = [row for unit_rows in done for row in unit_rows]
     if cfg.splice:  # the held-out videos re-run once clean, then once per SAE and step, and per ablation
         with ActivationStore(cfg.store) as store:

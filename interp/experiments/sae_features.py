@@ -161,8 +161,8 @@ def _dashboards(cfg: SAEFeaturesConfig, record: dict, rows: list[dict], progress
             path = paths[(site, step)]
             steps = trained[Path(path).relative_to(cfg.saes).as_posix()]
 
-            def sae_at(s: int, path=path, steps=steps):
-                return load_sae(path, cfg.device, s if len(steps) > 1 else None)
+            def sae_at(s: int, path=path):  # a step-shared SAE read at step s; a per-step one ignores it
+                return load_sae(path, cfg.device, s)
 
             marks = "" if row["marks"] is None else f" for {row['target']} = {row['marks']:g}"
             match = f"{row['metric']} {row['value']:.2f}{marks}, control {row['control']:.2f}"

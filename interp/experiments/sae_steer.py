@@ -104,7 +104,7 @@ def run_sae_steer(cfg: SAESteerConfig, progress: bool = True) -> SteerResult:
 
     from activations.selection import parse_index_spec
     from interp.api import feature_edit
-    from interp.features.saes import load_sae
+    from interp.features.saes import StepSAE, load_sae
     from interp.features.splice import splice_runs
 
     record = read_sae_run(cfg.saes)
@@ -114,6 +114,10 @@ def run_sae_steer(cfg: SAESteerConfig, progress: bool = True) -> SteerResult:
         raise ValueError(f"--feature {cfg.feature}: the SAE has {int(sae.cfg.d_sae)} latents")
     with ActivationStore(record["config"]["store"]) as store:
         steps = [cfg.step] if not cfg.at_steps else parse_index_spec(cfg.at_steps, store.layout.num_steps, "step")
+        # A step-shared SAE is read at each edited step with that step's mean (one that was not among its steps is
+        # refused there); an SAE of one step is applied as it is at every edited step.
+        sae_at = {s: load_sae(Path(cfg.saes) / slab["path"], cfg.device, s) for s in steps} if isinstance(
+            sae, StepSAE) else {s: sae for s in steps}  # fmt: skip
         scale, firing = _activity(store, sae, slab["site"], cfg.step, record["train_videos"], cfg.feature)
         if cfg.mode != "ablate" and scale == 0:
             raise ValueError(f"feature {cfg.feature} never fires on the training tokens at step {cfg.step}: clamp and "
@@ -128,9 +132,9 @@ def run_sae_steer(cfg: SAESteerConfig, progress: bool = True) -> SteerResult:
     units = [(s, k) for s in cfg.strengths for k in range(-1, cfg.n_random)]
     for strength, k in tqdm(units, disable=not progress, desc="feature edits"):
         value = strength if cfg.mode == "ablate" else strength * scale
-        edit = feature_edit(sae, slab["site"], cfg.feature, cfg.mode, value, steps, tokens,
-                            direction=None if k < 0 else randoms[k]).bind(runs.adapter, batch)  # fmt: skip
-        final = runs.final([edit])
+        edits = [feature_edit(sae_at[s], slab["site"], cfg.feature, cfg.mode, value, [s], tokens,
+                              direction=None if k < 0 else randoms[k]).bind(runs.adapter, batch) for s in steps]
+        final = runs.final(edits)
         row = {"strength": strength, "value": value, "direction": "feature" if k < 0 else f"random {k}"}
         row.update({name: float(loss(final).mean()) for name, loss in runs.losses.items()})
         rows.append(row)

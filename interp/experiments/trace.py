@@ -64,7 +64,6 @@ class TraceConfig(SourceConfig, ExperimentConfig):
         ExperimentConfig.__post_init__(self)  # interp.validation: types and ranges
         SourceConfig.__post_init__(self)
 
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 

@@ -105,7 +105,7 @@ def _latents(sae, rows: np.ndarray) -> np.ndarray:
 
 
 def _blocks(store: ActivationStore, site: str, step: int, videos: list[int], n_tokens: int):
-    reader = TokenBatches(store, site, [step], videos, block_tokens=min(BLOCK_TOKENS, n_tokens))
+    reader = TokenBatches(store, site, [step], videos, block_tokens=BLOCK_TOKENS)
     for block, _, start, stop, rows in reader.in_order():
         yield block, start, stop, rows
 

@@ -120,6 +120,8 @@ class StepSAE:
         return self.sae.decode(z) + self.mean
 
     def __getattr__(self, name: str):
+        if name == "sae":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.sae, name)
 
 

@@ -33,6 +33,7 @@ def load_model(
     folder's configs on the meta device (what a plan reads: layout, sizes, steps; it cannot run), the
     weights loaded later by a second call, as nnsight plans on a meta model and dispatches."""
     entry, folder = resolve(model)
+    torch_dtype_of(torch_dtype)  # any family: a bad name is one line, before anything is built
     if skeleton:
         if entry.skeleton is not None:
             return entry.skeleton(folder, spec, torch_dtype)
@@ -42,17 +43,22 @@ def load_model(
     return load_pipeline_adapter(folder, spec, torch_dtype, device)
 
 
+def torch_dtype_of(name) -> torch.dtype:
+    """The torch dtype a name says (float32, bfloat16, float16); one line for any other."""
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"torch_dtype must name a torch dtype (float32, bfloat16, float16), got {name!r}")
+    return dtype
+
+
 def load_pipeline_adapter(
     folder: str | Path, spec: PipelineSpec | None = None, torch_dtype: str = "float32", device: str = "cpu"
 ) -> VideoDiTAdapter:
     """The adapter of a local pipeline folder, chosen by the pipeline class in its model_index.json."""
-    import torch
     from diffusers import DiffusionPipeline
 
     entry = family(pipeline_class_name(folder))
-    dtype = getattr(torch, torch_dtype, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"torch_dtype must name a torch dtype (float32, bfloat16, float16), got {torch_dtype!r}")
+    dtype = torch_dtype_of(torch_dtype)
     loader = entry.pipeline_class or DiffusionPipeline
     pipe = loader.from_pretrained(Path(folder), dtype=dtype, local_files_only=True).to(device)
     spec = (spec or PipelineSpec()).resolved(pipe)
