@@ -89,6 +89,12 @@ class ForwardNoising(StepHook):
         return self.clean.to(state.latents) if state.step == self.num_steps - 1 else None
 
 
+def require_flow(adapter) -> None:
+    if adapter.prediction != "flow":
+        raise ValueError(f"--noising invert follows a flow-matching model's velocity; {adapter.name} predicts "
+                         f"{adapter.prediction}: use --noising forward")  # fmt: skip
+
+
 def hold_clean(adapter, x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """``x`` with the tokens the model holds clean (``clean_latent_frames``: Wan 2.2 TI2V's, LTX image-to-video's
     first frame) set to the video's: the model reads them as given, never noised."""
@@ -113,9 +119,7 @@ def invert(
     both ends of each step)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
-    if adapter.prediction != "flow":
-        raise ValueError(f"ODE inversion follows a flow-matching model's velocity; {adapter.name} predicts "
-                         f"{adapter.prediction}: use --noising forward")  # fmt: skip
+    require_flow(adapter)
     adapter.set_timesteps(scheduler, num_steps, clean.device)
     sigmas = [float(s) for s in scheduler.sigmas]
     # The model reads each point at the timestep a generation gives it there (UniPC's are whole numbers); sigma 0: 0.
@@ -144,9 +148,8 @@ def check_videos(cfg, adapter, videos: list) -> None:
     if missing:
         raise ValueError(f"--video-file {cfg.video_file}: {missing[0]} is not there"
                          + (f" (nor in {len(missing) - 1} other sample folders)" if len(missing) > 1 else ""))
-    if cfg.noising == "invert" and adapter.prediction != "flow":
-        raise ValueError(f"--noising invert follows a flow-matching model's velocity; {adapter.name} predicts "
-                         f"{adapter.prediction}: use --noising forward")  # fmt: skip
+    if cfg.noising == "invert":
+        require_flow(adapter)
 
 
 def clean_latents(cfg, adapter, videos: list) -> tuple[torch.Tensor, list[Path]]:

@@ -17,14 +17,12 @@ from activations.reader import ActivationStore
 from interp.analysis.claims import CANNOT_TELL, NOT_SHOWN, SHOWS, claim
 from interp.experiments.base import Experiment, ExperimentConfig, register
 from interp.manifest import Manifest, Table
-from interp.validation import Rule
-from interp.videos import NOISINGS, SOLVERS
+from interp.sources import SourceConfig
 
 
 @dataclass
 class GivenVideosConfig(ExperimentConfig):
-    field_rules = {"noising": Rule(lambda x: x in NOISINGS, "one of " + ", ".join(NOISINGS)),
-                   "solver": Rule(lambda x: x in SOLVERS, "one of " + ", ".join(SOLVERS))}  # fmt: skip
+    field_rules = {k: SourceConfig.field_rules[k] for k in ("noising", "solver")}
     experiment = "given_videos"
     store: str = ""  # a store of the model's own generations of maze samples
     target: str = "on_path"

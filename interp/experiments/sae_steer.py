@@ -79,12 +79,10 @@ def _slab(cfg: SAESteerConfig, record: dict) -> dict:
 
 def _activity(store, sae, site: str, step: int, videos: list[int], feature: int) -> tuple[float, float]:
     """(mean active value, share of tokens it fires on) of one latent over ``videos``' tokens."""
-    from activations.batches import TokenBatches
+    from interp.features.saes import encoded_blocks
 
     total, count, n = 0.0, 0, 0
-    for _, _, _, _, rows in TokenBatches(store, site, [step], videos, block_tokens=8192).in_order():
-        with torch.no_grad():
-            z = sae.encode(torch.from_numpy(rows.reshape(-1, rows.shape[-1])).to(sae.device))[:, feature]
+    for *_, z in encoded_blocks(store, sae, site, step, videos, [feature]):
         total, count, n = total + float(z.sum()), count + int((z != 0).sum()), n + len(z)
     return (total / count if count else 0.0), count / max(n, 1)
 

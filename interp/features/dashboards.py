@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from activations.batches import TokenBatches
+from interp.features.saes import encoded_blocks
 
 
 @dataclass
@@ -37,10 +37,8 @@ def _activations(store, sae, site: str, step: int, feature: int, videos: list[in
     """(videos, stored tokens) activation of one latent, in ``videos``' order."""
     out = np.zeros((len(videos), store.layout.n_tokens), dtype=np.float32)
     where = {v: i for i, v in enumerate(videos)}
-    for block, _, start, stop, rows in TokenBatches(store, site, [step], videos).in_order():
-        with torch.no_grad():
-            z = sae.encode(torch.from_numpy(rows.reshape(-1, rows.shape[-1])).to(sae.device))[:, feature]
-        out[[where[v] for v in block], start:stop] = z.reshape(len(block), -1).cpu().numpy()
+    for block, start, stop, z in encoded_blocks(store, sae, site, step, videos, [feature]):
+        out[[where[v] for v in block], start:stop] = z.reshape(len(block), -1)
     return out
 
 

@@ -17,15 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from activations.batches import TokenBatches
 from activations.reader import ActivationStore
+from interp.features.saes import encoded_blocks
 from probes.intervals import N_BOOT, interval
 from probes.labels import CLASS
 from probes.targets import Target
 
-BLOCK_TOKENS = 8192  # tokens encoded at once: the block's latents are the largest array held
 LEVELS = 1024  # AUROC intervals: held-out scores binned to this many rank levels (the point value is exact)
 
 
@@ -96,18 +94,6 @@ def _label_grid(target: Target, n_videos: int, n_tokens: int, control: bool) -> 
     train, test = np.full(n_videos * n_tokens, np.nan), np.full(n_videos * n_tokens, np.nan)
     train[target.rows_train], test[target.rows_test] = head.y_train, head.y_test
     return train.reshape(n_videos, n_tokens), test.reshape(n_videos, n_tokens)
-
-
-def _latents(sae, rows: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        x = torch.as_tensor(rows.reshape(-1, rows.shape[-1]), dtype=torch.float32, device=sae.device)
-        return sae.encode(x).double().cpu().numpy()
-
-
-def _blocks(store: ActivationStore, site: str, step: int, videos: list[int], n_tokens: int):
-    reader = TokenBatches(store, site, [step], videos, block_tokens=BLOCK_TOKENS)
-    for block, _, start, stop, rows in reader.in_order():
-        yield block, start, stop, rows
 
 
 def _choose(sums: _Sums) -> _Choice:
@@ -184,8 +170,7 @@ def match_features(
             y_train, y_test = _label_grid(t, len(videos), n_tok, control)
             classes = np.unique(y_train[np.isfinite(y_train)]) if t.labels.kind == CLASS else None
             heads.append((t, control, y_train, y_test, _Sums(d_sae, classes)))
-    for block, start, stop, rows in _blocks(store, site, step, sorted(train), n_tok):
-        z = _latents(sae, rows)
+    for block, start, stop, z in encoded_blocks(store, sae, site, step, sorted(train)):
         index = [where[v] for v in block]
         for _, _, y_train, _, sums in heads:
             y = y_train[index, start:stop].reshape(-1)
@@ -196,8 +181,7 @@ def match_features(
     chosen = sorted({c.feature for c in choices})
     kept: dict[int, tuple] = {i: ([], []) for i in range(len(heads))}  # held-out values of each head's latent
     kept_video: dict[int, list] = {i: [] for i in range(len(heads))}  # ... and the video of each value
-    for block, start, stop, rows in _blocks(store, site, step, sorted(test), n_tok):
-        z = _latents(sae, rows)[:, chosen]
+    for block, start, stop, z in encoded_blocks(store, sae, site, step, sorted(test), chosen):
         index = [where[v] for v in block]
         for i, (_, _, _, y_test, _) in enumerate(heads):
             y = y_test[index, start:stop].reshape(-1)

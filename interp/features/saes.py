@@ -125,6 +125,22 @@ class StepSAE:
         return getattr(self.sae, name)
 
 
+ENCODE_TOKENS = 8192  # tokens encoded at once: a block's latents are the largest array an SAE reader holds
+
+
+def encoded_blocks(store, sae, site: str, step: int, videos: list[int], features=None):
+    """The SAE's latents of ``videos``' tokens of ``site`` at ``step``, one block at a time, in store order:
+    (videos of the block, first token, end token, latents (block videos x tokens, d_sae or len(features)),
+    float64). ``features``: only these latents' columns."""
+    from activations.batches import TokenBatches
+
+    for block, _, start, stop, rows in TokenBatches(store, site, [step], videos, block_tokens=ENCODE_TOKENS).in_order():
+        with torch.no_grad():
+            z = sae.encode(torch.as_tensor(rows.reshape(-1, rows.shape[-1]), dtype=torch.float32, device=sae.device))
+        z = z if features is None else z[:, features]
+        yield block, start, stop, z.double().cpu().numpy()
+
+
 def step_means(store, site: str, steps: list[int], videos: list[int]) -> dict[int, np.ndarray]:
     """Each step's mean token of ``site`` over ``videos`` (float64 sums, one block at a time)."""
     from activations.batches import TokenBatches
