@@ -273,3 +273,40 @@ def test_the_first_frame_an_image_to_video_model_holds_clean_stays_the_videos(tm
             assert np.allclose(x_t[:, :, :, 0], final[:, None, :, 0], atol=1e-6), noising  # frame 0: the video's
             assert not np.allclose(x_t[:, 0, :, 1:], final[:, :, 1:], atol=1e-3)  # the rest: noised
 
+
+
+@pytest.mark.parametrize("family", ["cogvideox", "ltx", "hunyuanvideo"])
+def test_every_family_encodes_a_video_as_its_pipeline_holds_latents(family, tmp_path):
+    """The clean latent of each family is its pipeline VAE's posterior mode of the processed video, in the layout
+    and scale its pipeline holds latents in (CogVideoX: frames first, times the scaling factor, as its image-to-
+    video pipeline scales image latents; LTX: normalised with the VAE's mean and std, then packed into tokens as
+    its pipelines pack; HunyuanVideo: times the scaling factor), of the run's latent shape, and decoding it gives
+    what the pipeline's VAE decodes from the raw posterior mode."""
+    from diffusers import DiffusionPipeline
+    from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
+    from tiny_pipelines import family_inputs
+
+    adapter, shape, _, _ = family_inputs(family, tmp_path / family)
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / family)
+    frames = np.random.default_rng(3).integers(0, 255, (9, 40, 40, 3), dtype=np.uint8)
+    video = pipe.video_processor.preprocess_video([Image.fromarray(f) for f in frames], 32, 32)
+    with torch.no_grad():
+        z = retrieve_latents(pipe.vae.encode(video), sample_mode="argmax")
+    vae = pipe.vae
+    if family == "cogvideox":
+        expected = vae.config.scaling_factor * z.permute(0, 2, 1, 3, 4)
+    elif family == "ltx":
+        normalised = pipe._normalize_latents(z, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+        config = pipe.transformer.config
+        expected = pipe._pack_latents(normalised, config.patch_size, config.patch_size_t)
+    else:
+        expected = z * vae.config.scaling_factor
+    got = adapter.encode_video(frames, 32, 32)
+    assert tuple(got.shape[1:]) == tuple(shape) and torch.allclose(got, expected, atol=1e-6)
+    with torch.no_grad():
+        direct = pipe.vae.decode(z, return_dict=False)[0] if family != "ltx" else None
+    if direct is not None:
+        from interp.models.base import video_to_uint8
+
+        decoded = adapter.decode(got).astype(int)
+        assert np.abs(decoded - video_to_uint8(direct)).max() <= 1  # the scale's round trip, to a level
