@@ -350,6 +350,21 @@ def cases(f: dict[str, Path], root: Path) -> list[tuple[str, list[str], tuple[in
             "--out", root / f"{name}.h5")  # fmt: skip
     add("hostile: --shift 1e300", "generate", "--shift", "1e300", "--out", out)
     add("hostile: crafted run folder (report renders it escaped)", "report", f["crafted_run"], codes=(0,))
+    # given videos, SAE features and steering (sixteenth session)
+    for args in (["--video-file", "a.mp4"], ["--noising", "invert"], ["--noising", "sideways"], ["--solver", "rk4"],
+                 ["--data", f["samples_good"], "--video-file", "nope.mp4"], ["--data", f["samples_good"],
+                 "--video-file", "../x.mp4"], ["--data", f["samples_good"], "--video-file", "prompt.txt"]):  # fmt: skip
+        add(f"trace {' '.join(map(str, args))}", "trace", "--model", f["wan"], *args, *pipe, "--out", root / "v.h5")
+    add("perturb --video-file forward", "perturb", "--data", f["samples_good"], "--video-file", "a.mp4", "--out", out)
+    add("ensemble --video-file", "ensemble", "--video-file", "a.mp4", "--out", out)
+    add("given_videos missing store", "given_videos", root / "none.h5", "--out", out)
+    add("given_videos a pipeline store", "given_videos", f["good"], "--target", "sideways", "--out", out)
+    add("sae features not a run", "sae", "features", f["dir"], "--out", out)
+    add("sae features a file", "sae", "features", f["file"], "--out", out)
+    add("sae steer not a run", "sae", "steer", f["dir"], "--feature", 3, "--out", out)
+    add("sae steer --mode explode", "sae", "steer", f["dir"], "--mode", "explode", "--out", out)
+    add("sae train --test-fraction 1", "sae", "train", f["good"], "--test-fraction", 1, "--out", out)
+    add("sae (old spelling) missing store", "sae", root / "none.h5", "--out", out)
     return c
 
 

@@ -27,5 +27,22 @@ def main() -> None:
 
         cli_main()
     except KeyboardInterrupt:
-        sys.stderr.write("\ninterp: interrupted\n")
-        sys.exit(130)
+        _interrupted()
+    except Exception as err:  # an interrupt that Python wrapped on its way out (e.g. in a class's __set_name__)
+        if _caused_by_interrupt(err):
+            _interrupted()
+        raise
+
+
+def _interrupted() -> None:
+    sys.stderr.write("\ninterp: interrupted\n")
+    sys.exit(130)
+
+
+def _caused_by_interrupt(err: BaseException) -> bool:
+    seen = 0
+    while err is not None and seen < 20:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False

@@ -85,3 +85,18 @@ def test_a_ctrl_c_swallowed_by_a_garbage_collection_callback_still_stops_the_com
                 pass
     finally:
         sys.unraisablehook = previous
+
+
+def test_an_interrupt_python_wrapped_during_start_up_is_still_an_interrupt():
+    """A Ctrl-C inside a class's ``__set_name__`` (torch's imports create such classes) reaches the script as a
+    RuntimeError caused by the KeyboardInterrupt: it still ends as one line, exit 130."""
+    from interp.entry import _caused_by_interrupt
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise RuntimeError("Error calling __set_name__") from interrupt
+    except RuntimeError as wrapped:
+        assert _caused_by_interrupt(wrapped)
+    assert not _caused_by_interrupt(ValueError("a bad input"))

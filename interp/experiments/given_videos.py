@@ -55,6 +55,15 @@ class GivenVideosResult:
     best_layer: int
 
 
+def _check_target(target: str) -> None:
+    from interp.tasks.maze_labels import MAZE_TARGETS, VIDEO_TARGETS
+
+    if target not in MAZE_TARGETS:
+        known = ", ".join(MAZE_TARGETS)
+        why = "one label per video: no token to read it at" if target in VIDEO_TARGETS else "unknown"
+        raise ValueError(f"--target {target!r}: {why}; per-token maze targets: {known}")
+
+
 def _trace_config(store_path: str):
     from interp.experiments.trace import TraceConfig
 
@@ -97,6 +106,7 @@ def run_given_videos(cfg: GivenVideosConfig, out, progress: bool = True) -> Give
     from interp.tasks.maze_labels import MAZE
     from probes.run import ProbeConfig, run_probes
 
+    _check_target(cfg.target)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     generated = _trace_config(cfg.store)
@@ -193,6 +203,7 @@ def save_given_videos(result: GivenVideosResult, cfg: GivenVideosConfig, out) ->
 def plan_given_videos(cfg: GivenVideosConfig, out: Path):
     from interp.plans import FIGURES, Plan
 
+    _check_target(cfg.target)
     generated = _trace_config(cfg.store)
     with ActivationStore(cfg.store) as store:
         videos, steps, stored, sites = store.n_videos, store.layout.num_steps, len(store.steps), len(store.sites)
