@@ -302,14 +302,12 @@ class SourceConfig:
                                        self.negative_prompt, self.max_sequence_length_of(adapter))  # fmt: skip
         if self.video_file is None or drawn:
             return noise, cond
-        from interp.videos import clean_latents, invert
+        from interp.videos import clean_latents, invert_videos
 
         if self.noising != "invert":  # a forward-noised video has no noise that regenerates it
             raise ValueError("--noising forward sets each step's x_s with no trajectory to resume: use --noising "
                              "invert")  # fmt: skip
-        clean = clean_latents(self, adapter, videos)[0].to(noise)
-        scheduler = adapter.make_scheduler(self.shift_of(adapter))
-        return invert(adapter, clean, cond, scheduler, self.num_steps_of(adapter), self.solver)[0], cond
+        return invert_videos(self, adapter, clean_latents(self, adapter, videos)[0].to(noise), cond)[0], cond
 
     def metas(self, adapter: VideoDiTAdapter, videos: list[Video], latents: torch.Tensor) -> list[dict]:
         """What the store records of finished videos: their inputs and, for a task's own model, the

@@ -68,7 +68,7 @@ def noised(scheduler, clean: torch.Tensor, noise: torch.Tensor, timestep) -> tor
     t = torch.as_tensor(timestep).reshape(1).to(clean.device)
     if hasattr(scheduler, "scale_noise"):
         return scheduler.scale_noise(clean, t, noise)
-    return scheduler.add_noise(clean, noise, t.long() if not torch.is_floating_point(t) else t)
+    return scheduler.add_noise(clean, noise, t)
 
 
 class ForwardNoising(StepHook):
@@ -96,18 +96,12 @@ def require_flow(adapter) -> None:
 
 
 def hold_clean(adapter, x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """``x`` with the tokens the model holds clean (``clean_latent_frames``: Wan 2.2 TI2V's, LTX image-to-video's
-    first frame) set to the video's: the model reads them as given, never noised."""
-    frames = adapter.clean_latent_frames(tuple(clean.shape[1:]))
-    if not frames:
+    """``x`` with the tokens the model holds clean (``clean_index``: Wan 2.2 TI2V's, LTX image-to-video's first
+    frame) set to the video's: the model reads them as given, never noised."""
+    if adapter.clean_index is None:
         return x
     x = x.clone()
-    if adapter.latent_frame_axis is not None:
-        index = [slice(None)] * x.ndim
-        index[adapter.latent_frame_axis + 1] = frames
-        x[tuple(index)] = clean[tuple(index)]
-    else:  # packed tokens, the first frame's first (LTX)
-        x[:, : adapter.clean_tokens] = clean[:, : adapter.clean_tokens]
+    x[adapter.clean_index] = clean[adapter.clean_index]
     return x
 
 
@@ -162,6 +156,12 @@ def clean_latents(cfg, adapter, videos: list) -> tuple[torch.Tensor, list[Path]]
     return torch.cat(latents), paths
 
 
+def invert_videos(cfg, adapter, clean: torch.Tensor, conditioning) -> torch.Tensor:
+    """A source's clean latents inverted with its own scheduler, steps and solver (``invert``)."""
+    scheduler = adapter.make_scheduler(cfg.shift_of(adapter))
+    return invert(adapter, clean, conditioning, scheduler, cfg.num_steps_of(adapter), cfg.solver)
+
+
 def video_hook(cfg, adapter, videos: list, noise: torch.Tensor, conditioning, num_steps: int, shift) -> tuple:
     """The hook that traces ``videos`` from their files (``ForwardNoising``, along the inversion for ``invert``)
     and what each video's store record adds: its file and, inverted, the relative distance of the video
@@ -175,7 +175,7 @@ def video_hook(cfg, adapter, videos: list, noise: torch.Tensor, conditioning, nu
     metas = [{"video_file": str(path), "noising": cfg.noising} for path in paths]
     trajectory = None
     if cfg.noising == "invert":
-        trajectory = invert(adapter, clean, conditioning, adapter.make_scheduler(shift), num_steps, cfg.solver)
+        trajectory = invert_videos(cfg, adapter, clean, conditioning)
         with torch.no_grad():
             regenerated = sample(adapter, trajectory[0], conditioning, num_steps, shift).latents
         flat, again = clean.flatten(1).double(), regenerated.flatten(1).double()

@@ -59,7 +59,7 @@ class FeaturesResult:
     rows: list[dict]  # per (target, slab): the chosen feature, its held-out score, control, the probe's beside
     answer: str  # the target the claim reads (the first)
     test_videos: list[int]
-    dashboards: list = field(default_factory=list)  # (Dashboard, decode, model) of each target's best feature
+    dashboards: list = field(default_factory=list)  # (Dashboard, model) of each target's best feature, ranked
 
 
 def read_sae_run(folder: str | Path) -> dict:
@@ -130,7 +130,6 @@ def run_sae_features(cfg: SAEFeaturesConfig, progress: bool = True) -> FeaturesR
 def _dashboards(cfg: SAEFeaturesConfig, record: dict, rows: list[dict], progress: bool) -> list:
     """Each target's best feature (its best slab by selectivity): its dashboard and splice-in importance, ranked
     by how far ablating it alone at its step moves the final latent."""
-    import torch
     from tqdm.auto import tqdm
 
     from interp.features.dashboards import feature_dashboard, splice_importance
@@ -143,33 +142,29 @@ def _dashboards(cfg: SAEFeaturesConfig, record: dict, rows: list[dict], progress
                    key=lambda r: r["selectivity"], default=None)  # fmt: skip
         if best is not None:
             chosen.setdefault((best["site"], best["step"], best["feature"]), best)
-    paths = {(r["site"], r["step"]): Path(cfg.saes) / r["path"] for r in record["rows"]}
-    trained = {}
+    slab = {(r["site"], r["step"]): r for r in record["rows"]}
+    trained: dict[str, list[int]] = {}
     for r in record["rows"]:
         trained.setdefault(r["path"], []).append(r["step"])
+    loaded: dict[tuple, object] = {}
     boards = []
     with ActivationStore(record["config"]["store"]) as store:
         runs = splice_runs(store, record["test_videos"])
-        adapter = runs.adapter
-
-        def decode(latent: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                out = adapter.decode(torch.from_numpy(latent).to(adapter.device, adapter.dtype))
-            return np.asarray(out.cpu() if isinstance(out, torch.Tensor) else out)
-
         for (site, step, feature), row in tqdm(chosen.items(), disable=not progress, desc="feature dashboards"):
-            path = paths[(site, step)]
-            steps = trained[Path(path).relative_to(cfg.saes).as_posix()]
+            path, steps = slab[(site, step)]["path"], trained[slab[(site, step)]["path"]]
 
-            def sae_at(s: int, path=path):  # a step-shared SAE read at step s; a per-step one ignores it
-                return load_sae(path, cfg.device, s)
+            def sae_at(s: int, path=path, shared=len(steps) > 1) -> object:  # a per-step SAE: one load for any s
+                key = (path, s if shared else None)
+                if key not in loaded:
+                    loaded[key] = load_sae(Path(cfg.saes) / path, cfg.device, s)
+                return loaded[key]
 
             marks = "" if row["marks"] is None else f" for {row['target']} = {row['marks']:g}"
             match = f"{row['metric']} {row['value']:.2f}{marks}, control {row['control']:.2f}"
             board = feature_dashboard(store, sae_at, site, step, feature, record["test_videos"], steps, row["target"],
                                       match)  # fmt: skip
             board.importance = splice_importance(runs, sae_at(step), site, step, feature, seed=int(feature))
-            boards.append((board, decode, adapter))
+            boards.append((board, runs.adapter))
     return sorted(boards, key=lambda b: -b[0].importance["latent distance"])
 
 
@@ -179,8 +174,8 @@ def _save_dashboards(result: FeaturesResult, out: Path, manifest: Manifest) -> N
 
     ranked = []
     with ActivationStore(read_sae_run(result.config.saes)["config"]["store"]) as store:
-        for rank, (board, decode, model) in enumerate(result.dashboards, 1):
-            path = draw_dashboard(board, store, decode, out / f"dashboard_{rank:02d}_{board.target}.png", model)
+        for rank, (board, model) in enumerate(result.dashboards, 1):
+            path = draw_dashboard(board, store, out / f"dashboard_{rank:02d}_{board.target}.png", model)
             manifest.add(path, "figure", f"feature {board.feature} ({board.site}, step {board.step}), best match "
                          f"{board.target}: frames x steps, step profile, top tokens on decoded x0_hat")  # fmt: skip
             ranked.append({"rank": rank, "target": board.target, "site": board.site, "step": board.step,

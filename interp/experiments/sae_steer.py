@@ -102,7 +102,7 @@ def run_sae_steer(cfg: SAESteerConfig, progress: bool = True) -> SteerResult:
 
     from activations.selection import parse_index_spec
     from interp.api import feature_edit
-    from interp.features.saes import StepSAE, load_sae
+    from interp.features.saes import StepSAE, load_sae, random_directions
     from interp.features.splice import splice_runs
 
     record = read_sae_run(cfg.saes)
@@ -122,10 +122,7 @@ def run_sae_steer(cfg: SAESteerConfig, progress: bool = True) -> SteerResult:
                              "add are multiples of its mean active value (choose a live one: interp sae features)")
         runs = splice_runs(store, record["test_videos"])
     tokens = _tokens(cfg, runs.adapter, runs.noise)
-    decoder = sae.W_dec[cfg.feature].detach()
-    generator = torch.Generator().manual_seed(cfg.seed)
-    randoms = [torch.randn(decoder.shape, generator=generator) for _ in range(cfg.n_random)]
-    randoms = [r / r.norm() * decoder.norm().cpu() for r in randoms]  # the decoder row's norm
+    randoms = random_directions(sae, cfg.feature, cfg.n_random, cfg.seed)
     batch, rows = runs.noise.shape[0], []
     units = [(s, k) for s in cfg.strengths for k in range(-1, cfg.n_random)]
     for strength, k in tqdm(units, disable=not progress, desc="feature edits"):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interp.features.saes import encoded_blocks
+from interp.features.saes import encoded_blocks, random_directions
 
 
 @dataclass
@@ -61,13 +61,14 @@ def feature_dashboard(
     return Dashboard(site, step, feature, target, match, steps, profile, off, top)
 
 
-def draw_dashboard(board: Dashboard, store, decode: Callable | None, path: str | Path, model=None) -> Path:
-    """The dashboard as one figure: frames x steps heatmap, step profile, the top tokens on decoded x0_hat
-    (``model``'s ``pixel_box`` places a token on its frame)."""
+def draw_dashboard(board: Dashboard, store, path: str | Path, model=None) -> Path:
+    """The dashboard as one figure: frames x steps heatmap, step profile, the top tokens on x0_hat decoded by
+    ``model`` (its ``pixel_box`` places a token on its frame; None: no frames drawn)."""
     from interp.report.mpl import pyplot
 
     plt = pyplot()
-    n_top = len(board.top) if decode is not None and model is not None else 0
+    n_top = len(board.top) if model is not None else 0
+    decoded: dict[int, np.ndarray] = {}  # video -> its x0_hat at the board's step, decoded once
     fig = plt.figure(figsize=(3.2 * 2 + 1.6 * max(n_top, 1), 3.0))
     grid = fig.add_gridspec(1, 2 + max(n_top, 1), width_ratios=[2, 2] + [1] * max(n_top, 1))
     ax = fig.add_subplot(grid[0, 0])
@@ -90,8 +91,12 @@ def draw_dashboard(board: Dashboard, store, decode: Callable | None, path: str |
     for i, (video, token, value) in enumerate(board.top if n_top and cells else []):
         t, rest = divmod(token, cells[1] * cells[2])
         h, w = divmod(rest, cells[2])
-        x0 = np.asarray(store.x0_hat(videos=[video], steps=[board.step])[0, 0], np.float32)
-        frames = decode(x0[None])[0]  # (video frames, height, width, 3)
+        if video not in decoded:
+            x0 = torch.from_numpy(np.asarray(store.x0_hat(videos=[video], steps=[board.step])[0], np.float32))
+            with torch.no_grad():
+                out = model.decode(x0.to(model.device, model.dtype))
+            decoded[video] = np.asarray(out.cpu() if isinstance(out, torch.Tensor) else out)[0]
+        frames = decoded[video]  # (video frames, height, width, 3)
         frame = frames[min(len(frames) - 1, t * len(frames) // cells[0])]
         ax = fig.add_subplot(grid[0, 2 + i])
         ax.imshow(frame, interpolation="nearest")
@@ -114,10 +119,7 @@ def splice_importance(runs, sae, site: str, step: int, feature: int, n_random: i
     from interp.api import feature_edit
 
     batch = runs.noise.shape[0]
-    decoder = sae.W_dec[feature].detach().cpu()
-    generator = torch.Generator().manual_seed(seed)
-    directions = [None] + [(r := torch.randn(decoder.shape, generator=generator)) / r.norm() * decoder.norm()
-                           for _ in range(n_random)]  # fmt: skip
+    directions = [None, *random_directions(sae, feature, n_random, seed)]
     losses: dict[str, list[float]] = {}
     for direction in directions:
         edit = feature_edit(sae, site, feature, "ablate", 1.0, [step], direction=direction).bind(runs.adapter, batch)

@@ -141,6 +141,15 @@ def encoded_blocks(store, sae, site: str, step: int, videos: list[int], features
         yield block, start, stop, z.double().cpu().numpy()
 
 
+def random_directions(sae, feature: int, n: int, seed: int) -> list[torch.Tensor]:
+    """``n`` seeded random directions (on the CPU) of the norm of ``feature``'s decoder row: the control of an edit
+    along that row."""
+    norm = sae.W_dec[feature].detach().norm().cpu()
+    generator = torch.Generator().manual_seed(seed)
+    draws = [torch.randn(sae.W_dec.shape[1:], generator=generator) for _ in range(n)]
+    return [r / r.norm() * norm for r in draws]
+
+
 def step_means(store, site: str, steps: list[int], videos: list[int]) -> dict[int, np.ndarray]:
     """Each step's mean token of ``site`` over ``videos`` (float64 sums, one block at a time)."""
     from activations.batches import TokenBatches

@@ -137,6 +137,8 @@ class VideoDiTAdapter:
     pipeline_spec: PipelineSpec | None = None  # a pipeline's run settings, its video size resolved (set on load)
     latent_frame_axis: int | None = 1  # axis of the frames in one video's latent (C, T, H, W); None: packed
     latent_channel_axis: int = 0  # axis of the channels in one video's latent: the features of a latent position
+    # Index into a batch of latents of the tokens the model holds clean (an image-to-video first frame); None: none.
+    clean_index: tuple | None = None
     # Canonical sub-module names (sites ``blocks.K.attn1`` ...) -> this family's attribute names.
     sub_modules: dict[str, str] = {"attn1": "attn1", "attn2": "attn2", "ffn": "ffn"}
 

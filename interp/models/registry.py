@@ -106,11 +106,6 @@ def is_pipeline_folder(model: str | Path) -> bool:
     return Path(model, "model_index.json").is_file()
 
 
-def named_models() -> list[str]:
-    _discover()
-    return list(_NAMED)
-
-
 def resolve(model: str | Path) -> tuple[Family, Path]:
     """The family and folder of a model given by name or path, from its JSON files alone: a shipped model's
     name, a diffusers pipeline folder (``model_index.json``) or a registered one-model folder."""

@@ -308,9 +308,13 @@ class WanTI2VAdapter(WanAdapter):
         self.image_to_video = image_to_video
         self.name = "wan2.2-ti2v"
 
+    @property
+    def clean_index(self) -> tuple | None:
+        return self.CLEAN if self.image_to_video else None
+
     def make_scheduler(self, shift: float | None = None):
         scheduler = super().make_scheduler(shift)
-        return holding_clean(scheduler, self.CLEAN) if self.image_to_video else scheduler
+        return holding_clean(scheduler, self.clean_index) if self.image_to_video else scheduler
 
     def clean_latent_frames(self, latent_shape: tuple[int, ...]) -> list[int]:
         return [0] if self.image_to_video else []
@@ -354,4 +358,4 @@ class WanTI2VAdapter(WanAdapter):
 
     def x0_hat(self, latents, output, timestep, sigma, scheduler) -> torch.Tensor:
         x0 = super().x0_hat(latents, output, timestep, sigma, scheduler)
-        return hold_clean_x0(x0, output, self.CLEAN if self.image_to_video else None)
+        return hold_clean_x0(x0, output, self.clean_index)

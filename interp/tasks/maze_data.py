@@ -81,6 +81,11 @@ def maze_score(video: np.ndarray, maze: maze_task.Maze) -> float:
     return float(maze_task.verify(maze_task.to_grid(video, maze.size), maze).solved)
 
 
+def sample_name(size: int, seed: int) -> str:
+    """The folder name of a maze sample (``write_maze_samples``)."""
+    return f"maze{size}_seed{seed:06d}"
+
+
 def write_maze_samples(out: str | Path, size: int, n: int, first_seed: int, frames: int, pixels: int) -> list[Path]:
     """``n`` maze sample folders in ``out`` (seeds first_seed..): returns their paths."""
     if not maze_task.MIN_SIZE <= size <= 64 or n < 1 or frames < maze_task.MIN_FRAMES or not 2 * size + 1 <= pixels:
@@ -92,7 +97,7 @@ def write_maze_samples(out: str | Path, size: int, n: int, first_seed: int, fram
     folders = []
     for i in range(n):
         maze = maze_task.generate_maze(size, first_seed + i)
-        folder = out / f"maze{size}_seed{maze.seed:06d}"
+        folder = out / sample_name(size, maze.seed)
         folder.mkdir(parents=True, exist_ok=True)
         video = render_frames(maze, frames, pixels)
         Image.fromarray(video[0]).save(folder / "first_frame.png")
