@@ -310,3 +310,53 @@ def test_every_family_encodes_a_video_as_its_pipeline_holds_latents(family, tmp_
 
         decoded = adapter.decode(got).astype(int)
         assert np.abs(decoded - video_to_uint8(direct)).max() <= 1  # the scale's round trip, to a level
+
+
+def test_cogvideox_forward_noising_and_a_feature_edit_on_its_joint_stream(tmp_path, run_cli):
+    """CogVideoX (DDIM, v-prediction; text and video in one stream): a given video's stored x_s are diffusers'
+    ``add_noise`` of its latent, and a feature edit of a block changes exactly its SAE-space delta on the chosen
+    video tokens and nothing else of that block's video rows."""
+    from diffusers import DiffusionPipeline
+    from tiny_pipelines import family_inputs
+
+    from interp.api import block, feature_edit, frame_tokens, run
+    from interp.experiments.trace import TraceConfig
+    from interp.features.saes import SAESpec, load_sae, training_sae
+
+    adapter, _, noise, cond = family_inputs("cogvideox", tmp_path / "cog")
+    data = write_samples(tmp_path / "data", n=1)
+    rng = np.random.default_rng(4)
+    _write_lossless(data / "sample_000" / "clip.mkv", rng.integers(0, 255, (9, 32, 32, 3), dtype=np.uint8))
+    args = ["--model", tmp_path / "cog", "--data", data, "--video-file", "clip.mkv", "--height", 32, "--width", 32,
+            "--num-frames", 9, "--num-steps", 3, "--max-sequence-length", 16, "--layers", "0", "--dtype", "float32"]
+    code, _, err = run_cli("trace", *args, "--out", tmp_path / "c.h5")
+    assert code == 0, err
+    cfg = TraceConfig.from_dict(json.loads((tmp_path / "c.h5.config.json").read_text()))
+    videos = cfg.videos(adapter)
+    drawn, _ = cfg.inputs(adapter, videos, drawn=True)
+    clean = adapter.encode_video(read_video(data / "sample_000" / "clip.mkv", 9), 32, 32)
+    scheduler = DiffusionPipeline.from_pretrained(tmp_path / "cog").scheduler
+    scheduler.set_timesteps(3)
+    with ActivationStore(tmp_path / "c.h5") as store:
+        for step in range(3):
+            expected = scheduler.add_noise(clean, drawn, scheduler.timesteps[step : step + 1])
+            assert torch.allclose(torch.from_numpy(store.x_t(steps=[step])[:, 0]), expected, atol=1e-5), step
+        assert np.allclose(store.final(), clean.numpy(), atol=1e-6)
+    site = block(0)
+    hidden = adapter.hidden_size()
+    untrained = training_sae(SAESpec(expansion=2, k=4), hidden, "cpu", {"hook_name": site})
+    untrained.save_inference_model(str(tmp_path / "sae"))  # the form `interp sae train` saves and edits read
+    sae = load_sae(tmp_path / "sae")
+    x = run(adapter, noise, cond, sites=[site], num_steps=3, steps=[1]).activations(site)[0]
+    with torch.no_grad():
+        z = sae.encode(x.reshape(-1, hidden))
+    j = int((z != 0).sum(0).argmax())
+    tokens = frame_tokens(adapter, noise, [1])
+    edit = feature_edit(sae, site, j, "clamp", 2.0, steps=[1], tokens=tokens)
+    y = run(adapter, noise, cond, sites=[site], num_steps=3, steps=[1], interventions=[edit]).activations(site)[0]
+    z2 = z.clone()
+    z2[:, j] = 2.0
+    with torch.no_grad():
+        expected = (x.reshape(-1, hidden) - sae.decode(z) + sae.decode(z2)).reshape(x.shape)
+    off = [t for t in range(x.shape[1]) if t not in tokens]
+    assert torch.allclose(y[:, tokens], expected[:, tokens], atol=1e-5) and torch.equal(y[:, off], x[:, off])
